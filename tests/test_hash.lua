@@ -1,0 +1,19 @@
+-- SHA-256 from the engine, against a file of known content.
+local t = require "t"
+local core = require "modelget.core"
+
+test("sha256_file hashes a whole file", function()
+  local dir = t.tmpdir("hash")
+  local data = t.bytes(3 * 1024 * 1024 + 17, 7)
+  t.write(dir .. "/f", data)
+  t.eq(core.sha256_file(dir .. "/f"), t.sha256(data), "sha256 of 3 MiB + 17")
+  t.eq(core.sha256_file(dir .. "/empty") , nil, "missing file")
+  local _, msg, code = core.sha256_file(dir .. "/missing")
+  t.eq(code, "ENOENT", "code")
+  t.match(msg, "missing", "message names the file")
+end)
+
+test("the streaming hasher matches a known digest", function()
+  t.eq(core.hasher():update("a"):update("bc"):hex(),
+    "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", "sha256('abc')")
+end)
