@@ -1,0 +1,244 @@
+-- modelget: the facade. Defaults, option tables and policy over the engine (modelget.core).
+-- Every function returns its result, or nil, "context: message", CODE for failures of the world;
+-- a wrong argument type raises.
+local core = require "modelget.core"
+local util = require "modelget.util"
+local store = require "modelget.store"
+local download = require "modelget.download"
+local pull = require "modelget.pull"
+local rules = require "modelget.rules"
+local registry = require "modelget.registry"
+local custom = require "modelget.custom"
+
+local modelget = { core = core, version = "0.1.0" }
+
+local function options(opts, level)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then error("bad argument: options must be a table, got " .. type(opts), level or 3) end
+  return opts
+end
+
+local function emitter(opts)
+  local on_event, on_progress = opts.on_event, opts.on_progress
+  return function(ev)
+    if on_event then on_event(ev) end
+    if on_progress and ev.event == "progress" then on_progress(ev) end
+  end
+end
+
+-- The CA bundle: --cacert, else MODELGET_CA_BUNDLE, SSL_CERT_FILE, CURL_CA_BUNDLE, else the system's.
+local function cacert(opts)
+  for _, v in ipairs { opts.cacert, os.getenv("MODELGET_CA_BUNDLE"), os.getenv("SSL_CERT_FILE"),
+                       os.getenv("CURL_CA_BUNDLE") } do
+    if v and v ~= "" then return v end
+  end
+end
+
+function modelget.store_root(opts) return store.root(options(opts)) end
+
+function modelget.catalog(opts)
+  opts = options(opts)
+  return registry.load { store = store.root(opts), paths = opts.registry }
+end
+
+function modelget.frameworks() return rules.list() end
+
+-- A scheduler for running many pulls at once from coroutines: sched:spawn(fn) starts a task,
+-- sched:pull(target, opts) (inside a task) pulls, sched:run() drives them all, sched:close().
+function modelget.scheduler(opts)
+  opts = options(opts)
+  local emit = emitter(opts)
+  local sched = download.scheduler {
+    jobs = opts.jobs, limit_rate = opts.limit_rate, cacert = cacert(opts), retries = opts.retries,
+    retry_wait = opts.retry_wait, stall_timeout = opts.stall_timeout, emit = emit,
+  }
+  local catalog
+  function sched.pull(self, target, popts)
+    if type(target) ~= "string" then error("bad argument #1 to 'pull': expected an id or URL", 2) end
+    popts = options(popts)
+    local merged = setmetatable({}, { __index = function(_, k)
+      if popts[k] ~= nil then return popts[k] end
+      return opts[k]
+    end })
+    if not target:match("^%a[%w+.-]*://") and not catalog then
+      local problems
+      catalog, problems = modelget.catalog(opts)
+      for _, p in ipairs(problems or {}) do emit { event = "warning", message = p } end
+    end
+    local entry, err, code = pull.resolve(target, merged, catalog)
+    local result
+    if entry then
+      result, err, code = pull.run(self, entry, { root = store.root(merged), opts = merged, emit = emit })
+    end
+    if result then
+      emit { event = "done", id = result.id, path = result.path, sha256 = result.sha256, bytes = result.bytes,
+             already = result.already }
+      return result
+    end
+    emit { event = "error", id = entry and entry.id or target, code = code, message = err }
+    return nil, err, code
+  end
+  return sched
+end
+
+function modelget.pull(target, opts)
+  if type(target) ~= "string" then error("bad argument #1 to 'pull': expected an id or URL", 2) end
+  opts = options(opts)
+  local sched = modelget.scheduler(opts)
+  local r
+  sched:spawn(function() r = table.pack(sched:pull(target)) end)
+  local ok, err = pcall(sched.run, sched)
+  sched:close()
+  if not ok then error(err, 0) end
+  return table.unpack(r, 1, 3)
+end
+
+-- Pulls every target concurrently (jobs transfers at once); one outcome per target, in order.
+function modelget.pull_many(targets, opts)
+  if type(targets) ~= "table" then error("bad argument #1 to 'pull_many': expected a list", 2) end
+  opts = options(opts)
+  local sched = modelget.scheduler(opts)
+  local out = {}
+  for i, target in ipairs(targets) do
+    sched:spawn(function()
+      local r, err, code = sched:pull(target)
+      out[i] = { ok = r ~= nil, target = target, result = r, err = err, code = code }
+    end)
+  end
+  local ok, err = pcall(sched.run, sched)
+  sched:close()
+  if not ok then error(err, 0) end
+  return out
+end
+
+function modelget.info(id, opts)
+  if type(id) ~= "string" then error("bad argument #1 to 'info': expected an id", 2) end
+  opts = options(opts)
+  local catalog = modelget.catalog(opts)
+  local entry = catalog:get(id)
+  local root = store.root(opts)
+  local inst = store.find(root, id, entry and entry.framework)
+  if not entry and not inst then
+    return util.fail("ENOENT", "unknown model id '%s': see 'modelget list' or 'modelget search WORDS'", id)
+  end
+  local info = {}
+  for k, v in pairs(entry or { id = id, framework = inst.framework, name = inst.manifest.name, url = inst.manifest.url }) do
+    info[k] = v
+  end
+  info.installed = inst ~= nil
+  if inst then info.path, info.installed_bytes, info.installed_files = inst.path, inst.bytes, inst.files end
+  return info
+end
+
+function modelget.installed(opts)
+  local list = store.installed(store.root(options(opts)))
+  for _, m in ipairs(list) do m.manifest = nil end
+  return list
+end
+
+-- Re-hashes installed models (all, or the ids given) against their manifests.
+function modelget.verify(ids, opts)
+  if ids ~= nil and type(ids) ~= "table" then error("bad argument #1 to 'verify': expected a list of ids or nil", 2) end
+  opts = options(opts)
+  local root = store.root(opts)
+  local all = store.installed(root)
+  local wanted
+  if ids and #ids > 0 then
+    wanted = {}
+    for _, id in ipairs(ids) do
+      if not store.find(root, id) then return util.fail("ENOENT", "model '%s' is not installed: see 'modelget ls'", id) end
+      wanted[id] = true
+    end
+  end
+  local out = {}
+  for _, m in ipairs(all) do
+    if not wanted or wanted[m.id] then
+      local bad = store.check(m.path, m.manifest, true)
+      out[#out + 1] = { id = m.id, framework = m.framework, path = m.path, ok = #bad == 0, bad = bad }
+    end
+  end
+  return out
+end
+
+function modelget.remove(id, opts)
+  if type(id) ~= "string" then error("bad argument #1 to 'remove': expected an id", 2) end
+  local root = store.root(options(opts))
+  local m = store.find(root, id)
+  if not m then return util.fail("ENOENT", "model '%s' is not installed: see 'modelget ls'", id) end
+  local lock, err, code = store.lock(root, id)
+  if not lock then
+    if code == "EBUSY" then return util.fail("EBUSY", "model '%s' is being downloaded: wait for it or stop that pull first", id) end
+    return nil, err, code
+  end
+  local ok, rerr, rcode = core.rmtree(m.path)
+  core.rmtree(store.partial_dir(root, m.framework, m.id))
+  lock:close()
+  if not ok then return nil, rerr, rcode end
+  return true
+end
+
+-- Adopts a local folder (a git clone of a model repo, say): checks it, copies it into the store.
+function modelget.import_dir(dir, opts)
+  if type(dir) ~= "string" then error("bad argument #1 to 'import_dir': expected a folder path", 2) end
+  opts = options(opts)
+  if not opts.id or not opts.framework then return util.fail("EUSAGE", "import needs --id ID and --framework F") end
+  if not util.safe_component(opts.id) then return util.fail("EUSAGE", "not a valid model id: '%s'", opts.id) end
+  local rule = rules.get(opts.framework)
+  if not rule then return util.fail("EUSAGE", "unknown framework '%s'", opts.framework) end
+  local st = core.stat(dir)
+  if not st or st.type ~= "dir" then return util.fail("EUSAGE", "%s: not a folder", dir) end
+  local root = store.root(opts)
+  local entry = { id = opts.id, framework = opts.framework, name = util.basename(dir), source = "import " .. dir }
+  local lock, lerr, lcode = store.lock(root, entry.id)
+  if not lock then return nil, lerr, lcode end
+  local result, err, code = (function()
+    for _, f in ipairs(rule.side_files and rule.side_files(entry) or {}) do
+      local path = f.path or f.name
+      if not f.optional and not core.stat(dir .. "/" .. path) then
+        return util.fail("EFORMAT", "model not compatible with %s: required file %s missing in %s",
+          rule.title or rule.name, path, dir)
+      end
+    end
+    local staging = store.partial_dir(root, entry.framework, entry.id) .. "/staging." .. core.getpid()
+    core.rmtree(staging)
+    local ok, merr, mcode = core.mkdirs(staging)
+    if not ok then return nil, merr, mcode end
+    local files, total = {}, 0
+    local skip = function(rel, name) return name == ".git" or rel == store.MANIFEST end
+    for _, f in ipairs(store.walk(dir, skip)) do
+      if f.type == "file" then
+        local dest = staging .. "/" .. f.path
+        core.mkdirs(util.dirname(dest))
+        local n, cerr, ccode = util.copy_file(dir .. "/" .. f.path, dest)
+        if not n then core.rmtree(staging); return nil, cerr, ccode end
+        files[#files + 1] = { path = f.path, size = n, sha256 = core.sha256_file(dest) }
+        total = total + n
+      end
+    end
+    local cok, cerr = rule.check(staging, entry)
+    if not cok then
+      core.rmtree(staging)
+      return util.fail("EFORMAT", "model not compatible with %s: %s", rule.title or rule.name, cerr)
+    end
+    local dest, ierr, icode = store.install(root, staging, entry, files)
+    if not dest then core.rmtree(staging); return nil, ierr, icode end
+    core.rmtree(store.partial_dir(root, entry.framework, entry.id))
+    return { id = entry.id, framework = entry.framework, path = dest, bytes = total, files = files }
+  end)()
+  lock:close()
+  return result, err, code
+end
+
+-- Custom model URLs (SPEC "Custom URL schema"), kept in <store>/registry/custom.json.
+modelget.urls = {
+  list = function(opts) return custom.list(store.root(options(opts))) end,
+  add = function(fields, opts)
+    if type(fields) ~= "table" then error("bad argument #1 to 'urls.add': expected a table", 2) end
+    return custom.add(store.root(options(opts)), fields)
+  end,
+  remove = function(id, opts) return custom.remove(store.root(options(opts)), id) end,
+  export = function(file, opts) return custom.export(store.root(options(opts)), file) end,
+  import = function(file, opts) return custom.import(store.root(options(opts)), file) end,
+}
+
+return modelget

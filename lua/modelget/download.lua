@@ -1,0 +1,210 @@
+-- The scheduler: many downloads over one engine Session, each a coroutine. The engine moves the
+-- bytes; this layer decides what happens between attempts: retries with exponential backoff and
+-- jitter, Retry-After, the next alternative URL, progress ticks, Ctrl-C.
+local core = require "modelget.core"
+local util = require "modelget.util"
+
+local download = {}
+
+local Scheduler = {}
+Scheduler.__index = Scheduler
+
+local TICK = 0.25 -- seconds between progress events
+
+function download.scheduler(opts)
+  opts = opts or {}
+  local rate = 0
+  if opts.limit_rate then
+    rate = util.parse_size(opts.limit_rate)
+    if not rate then error("limit_rate: not a rate: " .. tostring(opts.limit_rate), 2) end
+  end
+  local session = core.session {
+    jobs = opts.jobs or 4, limit_rate = rate, cacert = opts.cacert,
+    user_agent = "modelget/0.1", connect_timeout = opts.connect_timeout or 30,
+  }
+  return setmetatable({
+    session = session, opts = opts,
+    waiting = {},   -- Transfer -> {co=, info=}
+    sleepers = {},  -- {at=, co=}
+    ready = {},     -- coroutines to resume at the next turn (a finished group)
+    tasks = 0,
+    emit = opts.emit or function() end,
+  }, Scheduler)
+end
+
+-- Runs fn(...) as a task; it may call the yielding methods below.
+function Scheduler:spawn(fn, ...)
+  local co = coroutine.create(fn)
+  self.tasks = self.tasks + 1
+  self:resume(co, ...)
+  return co
+end
+
+function Scheduler:resume(co, ...)
+  local ok, err = coroutine.resume(co, ...)
+  if not ok then
+    self.tasks = self.tasks - 1
+    error(debug.traceback(co, err), 0)
+  end
+  if coroutine.status(co) == "dead" then
+    self.tasks = self.tasks - 1
+    if self.on_task_end then self.on_task_end(co) end
+  end
+end
+
+function Scheduler:interrupted() return self.was_interrupted or core.interrupted() end
+
+-- Yields until the seconds pass (or Ctrl-C).
+function Scheduler:sleep(seconds)
+  self.sleepers[#self.sleepers + 1] = { at = core.now() + seconds, co = coroutine.running() }
+  coroutine.yield()
+end
+
+-- Runs every function in fns as its own task and yields until all have finished; returns their
+-- first results in order.
+function Scheduler:all(fns)
+  local me = coroutine.running()
+  local results, left = {}, #fns
+  if left == 0 then return results end
+  for i, fn in ipairs(fns) do
+    self:spawn(function()
+      results[i] = table.pack(fn())
+      left = left - 1
+      if left == 0 then self.ready[#self.ready + 1] = me end
+    end)
+  end
+  coroutine.yield()
+  return results
+end
+
+-- One transfer attempt: adds it to the session and yields until it finishes.
+function Scheduler:transfer(opts, info)
+  local t = self.session:add(opts)
+  self.waiting[t] = { co = coroutine.running(), info = info }
+  coroutine.yield()
+  local r = t:result()
+  t:close()
+  return r
+end
+
+function Scheduler:progress_tick()
+  for t, w in pairs(self.waiting) do
+    local info = w.info
+    if info and info.id then
+      local p = t:progress()
+      if p.state == "running" or p.completed > 0 then
+        self.emit { event = "progress", id = info.id, file = info.file, completed = p.completed,
+          total = p.total, speed = p.speed, eta = p.eta }
+      end
+    end
+  end
+end
+
+-- Drives every task to its end.
+function Scheduler:run()
+  local last_tick = 0
+  while self.tasks > 0 do
+    if core.interrupted() and not self.was_interrupted then
+      self.was_interrupted = true
+      for t in pairs(self.waiting) do t:cancel() end
+    end
+    local now = core.now()
+    local timeout = #self.ready > 0 and 0 or TICK
+    for _, s in ipairs(self.sleepers) do
+      timeout = math.min(timeout, math.max(0, s.at - now))
+    end
+    if next(self.waiting) then self.session:perform(timeout)
+    elseif timeout > 0 then core.sleep(timeout) end
+    for _, t in ipairs(self.session:finished()) do
+      local w = self.waiting[t]
+      if w then
+        self.waiting[t] = nil
+        self:resume(w.co)
+      end
+    end
+    now = core.now()
+    local due, keep = {}, {}
+    for _, s in ipairs(self.sleepers) do
+      if s.at <= now or self.was_interrupted then due[#due + 1] = s else keep[#keep + 1] = s end
+    end
+    self.sleepers = keep
+    for _, s in ipairs(due) do self:resume(s.co) end
+    local ready = self.ready
+    self.ready = {}
+    for _, co in ipairs(ready) do self:resume(co) end
+    if now - last_tick >= TICK then
+      last_tick = now
+      self:progress_tick()
+    end
+  end
+end
+
+function Scheduler:close()
+  if self.session then self.session:close(); self.session = nil end
+end
+
+-- Backoff before attempt n+1: exponential from the base, capped, with jitter; Retry-After wins.
+local function backoff(base, attempt, retry_after)
+  if retry_after then return math.min(retry_after, 600) end
+  local delay = math.min(base * 2 ^ (attempt - 1), 60)
+  return delay * (0.5 + math.random() * 0.5)
+end
+
+-- Fetches one file through its URLs in order, each tried `retries` times.
+-- spec: {id=, file=, urls={…}, partial=path | memory=bytes, head=, size=, space_factor=, space_path=,
+--        auth_for=function(url) -> {header=, host=}|nil}
+-- Returns the engine's result table (ok) or nil, message, code.
+function Scheduler:fetch(spec)
+  local opts = self.opts
+  local retries = math.max(1, opts.retries or 5)
+  local base = opts.retry_wait or 1
+  local tried, last, saw_auth = {}, nil, nil
+  for ui, url in ipairs(spec.urls) do
+    if ui > 1 then
+      self.emit { event = "fallback", id = spec.id, file = spec.file, from = spec.urls[ui - 1], to = url,
+        reason = last and last.message }
+    end
+    for attempt = 1, retries do
+      local r = self:transfer({
+        url = url, partial = spec.partial, memory = spec.memory, head = spec.head,
+        auth = spec.auth_for and spec.auth_for(url) or nil,
+        stall_timeout = opts.stall_timeout or 30, expected_size = spec.size,
+        space_factor = spec.space_factor, space_path = spec.space_path,
+      }, spec)
+      if r.ok then
+        r.url = url
+        return r
+      end
+      if self:interrupted() then
+        return util.fail("EINTR", "interrupted")
+      end
+      last = r
+      if r.code == "EAUTH" then saw_auth = r end
+      if r.code == "ESPACE" then return nil, r.message, r.code end
+      if not r.retryable or attempt == retries then break end
+      local delay = backoff(base, attempt, r.retry_after)
+      self.emit { event = "retry", id = spec.id, file = spec.file, url = url, attempt = attempt + 1,
+        delay = delay, reason = r.message }
+      self:sleep(delay)
+      if self:interrupted() then return util.fail("EINTR", "interrupted") end
+    end
+    tried[#tried + 1] = string.format("%s (%s)", url, last and last.message or "?")
+  end
+  local code = saw_auth and "EAUTH" or "ENET"
+  local msg = string.format("download failed: %s: tried %s", spec.file or "?", table.concat(tried, ", "))
+  if saw_auth and spec.auth_hint then msg = msg .. "; " .. spec.auth_hint end
+  return nil, msg, code
+end
+
+-- A small JSON document (Hub API listings), through the same retries and policy.
+function Scheduler:fetch_json(url, spec)
+  local r, err, code = self:fetch {
+    id = spec and spec.id, file = url, urls = { url }, memory = 16 * 1024 * 1024,
+    auth_for = spec and spec.auth_for, auth_hint = spec and spec.auth_hint,
+  }
+  if not r then return nil, err, code end
+  return util.json_decode(r.body or "", url)
+end
+
+download.Scheduler = Scheduler
+return download

@@ -1,0 +1,345 @@
+-- One pull: target → entry → file plan → downloads (resumable, verified) → extraction → format
+-- check → atomic install. Runs as a task of a download scheduler, so many pulls share one Session.
+local core = require "modelget.core"
+local util = require "modelget.util"
+local store = require "modelget.store"
+local rules = require "modelget.rules"
+local auth = require "modelget.auth"
+local hub = require "modelget.hub"
+
+local pull = {}
+
+local function framework_names()
+  local names = {}
+  for _, r in ipairs(rules.list()) do names[#names + 1] = r.name end
+  return table.concat(names, ", ")
+end
+
+local function looks_like_url(s) return s:match("^%a[%w+.-]*://") ~= nil end
+
+-- The entry for a URL given on the command line (or through the API).
+local function entry_for_url(url, opts)
+  url = hub.rewrite(url)
+  local ok, err, code = util.check_url(url)
+  if not ok then return nil, err, code end
+  local name = opts.name or util.url_filename(url)
+  if not util.safe_component(name) then
+    return util.fail("EUSAGE", "cannot name a file after %s: pass --name FILE", url)
+  end
+  local framework = opts.framework or rules.framework_for_name(name)
+  if not framework then
+    return util.fail("EUSAGE", "cannot tell the framework of '%s' from its extension: pass --framework (%s)",
+      name, framework_names())
+  end
+  local id = opts.id or util.strip_ext(name)
+  return { id = id, name = name, file = name, framework = framework, url = url, alt = {},
+           unzip = opts.unzip and true or false, source = "command line" }
+end
+
+-- Resolves an id or URL into an entry, with the pull's options laid over it.
+function pull.resolve(target, opts, catalog)
+  local entry, err, code
+  if looks_like_url(target) then
+    entry, err, code = entry_for_url(target, opts)
+    if not entry then return nil, err, code end
+  else
+    local found = catalog and catalog:get(target)
+    if not found then
+      return util.fail("ENOENT", "unknown model id '%s': see 'modelget list' or 'modelget search WORDS'", target)
+    end
+    entry = setmetatable({}, { __index = found })
+    if opts.id then entry.id = opts.id end
+    if opts.name then entry.file = opts.name end
+    if opts.unzip then entry.unzip = true end
+  end
+  if opts.sha256 then
+    if not util.is_sha256(opts.sha256) then
+      return util.fail("EUSAGE", "--sha256: expected 64 hex digits, got '%s'", opts.sha256)
+    end
+    entry.sha256 = opts.sha256:lower()
+  end
+  if opts.framework and not looks_like_url(target) then entry.framework = opts.framework end
+  if not rules.get(entry.framework) then
+    return util.fail("EUSAGE", "unknown framework '%s' (known: %s)", entry.framework, framework_names())
+  end
+  if not util.safe_component(entry.id) then return util.fail("EUSAGE", "not a valid model id: '%s'", tostring(entry.id)) end
+  local alts = {}
+  for _, u in ipairs(entry.alt or {}) do alts[#alts + 1] = u end
+  for _, u in ipairs(opts.alt or {}) do alts[#alts + 1] = u end
+  entry.alt = alts
+  return entry
+end
+
+-- The file name the main download gets: the entry's file, its name when that is a file name, else the
+-- URL's last segment.
+local function main_file_name(entry)
+  if entry.file then return entry.file end
+  local name = entry.name
+  if name and not name:find("%s") and name:find("%.%w+$") and util.safe_component(name) then return name end
+  return util.url_filename(entry.url)
+end
+
+local function rewrite_all(urls)
+  local out = {}
+  for _, u in ipairs(urls) do out[#out + 1] = hub.rewrite(u) end
+  return out
+end
+
+-- The files of a pull: {{path=, urls={…}, sha256=, size=, optional=, main=, archive=}…}
+local function plan_files(sched, entry, rule, ctx)
+  local files = {}
+  if entry.url then
+    local name = main_file_name(entry)
+    local urls = { hub.rewrite(entry.url) }
+    for _, u in ipairs(rewrite_all(entry.alt or {})) do urls[#urls + 1] = u end
+    files[#files + 1] = { path = name, urls = urls, sha256 = entry.sha256, size = entry.size, main = true,
+                          archive = entry.unzip or nil }
+  end
+  if entry.hub then
+    local listed, err, code = hub.list_files(entry, function(url) return sched:fetch_json(url, ctx) end)
+    if not listed then return nil, err, code end
+    if #listed == 0 then
+      return util.fail("ENOENT", "%s: no file of the Hub repo %s matches the include patterns", entry.id, entry.hub.repo)
+    end
+    for _, f in ipairs(listed) do
+      files[#files + 1] = { path = f.path, urls = { hub.rewrite(f.url) }, listed_sha256 = f.sha256, size = f.size,
+                            main = not entry.url and #files == 0 }
+    end
+  end
+  local seen = {}
+  for _, f in ipairs(files) do seen[f.path] = true end
+  local extra = {}
+  for _, f in ipairs(entry.files or {}) do extra[#extra + 1] = f end
+  for _, f in ipairs(rule.side_files and rule.side_files(entry) or {}) do extra[#extra + 1] = f end
+  for _, f in ipairs(extra) do
+    local path = f.path or f.name
+    if not seen[path] then
+      seen[path] = true
+      local urls = { hub.rewrite(f.url) }
+      for _, u in ipairs(rewrite_all(f.alt or {})) do urls[#urls + 1] = u end
+      files[#files + 1] = { path = path, urls = urls, sha256 = f.sha256, size = util.parse_size(f.size),
+                            optional = f.optional, side = true }
+    end
+  end
+  if #files == 0 then return util.fail("EINPUT", "%s: the entry has no url, hub repo or files", entry.id) end
+  for _, f in ipairs(files) do
+    if not util.safe_relpath(f.path) then
+      return util.fail("EINPUT", "%s: unsafe file path '%s'", entry.id, tostring(f.path))
+    end
+    for _, u in ipairs(f.urls) do
+      local ok, err, code = util.check_url(u)
+      if not ok then return nil, err, code end
+    end
+  end
+  return files
+end
+
+-- Partial files live flat under the pull's partial folder; nested paths are flattened.
+local function partial_path(pdir, path) return pdir .. "/" .. path:gsub("/", "%%2F") .. ".part" end
+
+local function remove_partial(path)
+  os.remove(path)
+  os.remove(path .. ".state")
+end
+
+local function verify_file(f, r, emit, id)
+  local expected, source = f.sha256, "the recipe"
+  if not expected and util.is_sha256(r.linked_etag) then expected, source = r.linked_etag:lower(), "the server" end
+  if not expected and f.listed_sha256 then expected, source = f.listed_sha256, "the Hub listing" end
+  local stated_size = f.size or r.linked_size
+  if f.size and r.bytes ~= f.size then
+    return util.fail("ESIZE", "verification failed for %s: expected %d bytes, got %d", f.path, f.size, r.bytes)
+  end
+  if r.linked_size and r.bytes ~= r.linked_size then
+    return util.fail("ESIZE", "verification failed for %s: the server stated %d bytes, got %d", f.path, r.linked_size, r.bytes)
+  end
+  if expected and expected:lower() ~= r.sha256 then
+    emit { event = "verify", id = id, file = f.path, sha256 = r.sha256, expected = expected, ok = false }
+    return util.fail("EHASH", "verification failed for %s: SHA-256 %s, expected %s (from %s)",
+      f.path, r.sha256, expected, source)
+  end
+  emit { event = "verify", id = id, file = f.path, sha256 = r.sha256, expected = expected, ok = true,
+         checked = expected ~= nil, bytes = stated_size and r.bytes }
+  return true
+end
+
+-- Extracts a verified archive into the staging folder under the framework's layout.
+local function extract(archive, staging, entry, rule, emit, archive_size)
+  local list, info_or_err, code = core.archive_list(archive)
+  if not list then return nil, string.format("%s: %s", entry.id, info_or_err), code end
+  local info = info_or_err
+  local free = core.free_space(staging) or math.huge
+  if info.expanded and info.expanded > free then
+    return util.fail("ESPACE", "insufficient storage to extract %s: need %s, %s free in %s",
+      entry.id, util.human(info.expanded), util.human(free), staging)
+  end
+  local layout = rule.layout and rule.layout(entry) or {}
+  local cap = math.max(100 * archive_size, 64 * 1024 * 1024)
+  local r, err, ecode = core.extract(archive, staging, {
+    strip_components = layout.strip_components, strip = layout.strip,
+    max_bytes = math.min(cap, free),
+    on_progress = function(p)
+      emit { event = "extract", id = entry.id, entries = p.entries, completed = p.bytes, total = p.total or info.expanded }
+    end,
+  })
+  if not r then return nil, err, ecode end
+  emit { event = "extract", id = entry.id, entries = r.entries, completed = r.bytes, total = r.bytes, done = true }
+  return r
+end
+
+-- Is the model already installed and intact? Re-hashes its files against the manifest.
+local function installed_ok(root, entry)
+  local dir = store.model_dir(root, entry.framework, entry.id)
+  local m = store.read_manifest(dir)
+  if not m then return nil end
+  if #store.check(dir, m, true) > 0 then return nil, dir end
+  local bytes = 0
+  for _, f in ipairs(m.files) do bytes = bytes + f.size end
+  return { id = entry.id, framework = entry.framework, path = dir, files = m.files, bytes = bytes,
+           sha256 = m.files[1] and m.files[1].sha256, already = true }
+end
+
+-- The pull itself, inside a scheduler task. ctx: {root=, opts=, emit=}
+function pull.run(sched, entry, ctx)
+  local root, opts, emit = ctx.root, ctx.opts, ctx.emit
+  local rule = rules.get(entry.framework)
+  local lock, lerr, lcode = store.lock(root, entry.id)
+  if not lock then return nil, lerr, lcode end
+
+  local result, err, code = (function()
+    if not opts.force then
+      local done, broken = installed_ok(root, entry)
+      if done then return done end
+      if broken then emit { event = "repair", id = entry.id, path = broken } end
+    end
+    local aok, aerr, acode = auth.require(entry, entry.url or (entry.hub and hub.endpoint()))
+    if not aok then return nil, aerr, acode end
+
+    local fctx = {
+      id = entry.id,
+      auth_for = function(url) return auth.for_url(url) end,
+      auth_hint = auth.hint and auth.hint(entry.url or hub.endpoint()) or nil,
+    }
+    local files, perr, pcode = plan_files(sched, entry, rule, fctx)
+    if not files then return nil, perr, pcode end
+
+    local pdir = store.partial_dir(root, entry.framework, entry.id)
+    local ok, merr, mcode = core.mkdirs(pdir)
+    if not ok then return nil, merr, mcode end
+
+    -- Storage: what is still to come (times two for an archive) against free space, before any body.
+    local need = 0
+    for _, f in ipairs(files) do
+      if f.size then
+        local have = (core.stat(partial_path(pdir, f.path)) or {}).size or 0
+        need = need + math.max(0, f.size - have) + (f.archive and f.size or 0)
+      end
+    end
+    local free = core.free_space(pdir)
+    if free and need > free then
+      return util.fail("ESPACE", "insufficient storage for %s: need %s, %s free in %s", entry.id,
+        util.human(need), util.human(free), root)
+    end
+
+    emit { event = "start", id = entry.id, framework = entry.framework, files = #files,
+           url = files[1].urls[1], total = entry.size }
+
+    local jobs = {}
+    for i, f in ipairs(files) do
+      jobs[i] = function()
+        return sched:fetch {
+          id = entry.id, file = f.path, urls = f.urls, partial = partial_path(pdir, f.path), size = f.size,
+          space_factor = f.archive and 2 or 1, space_path = pdir,
+          auth_for = fctx.auth_for, auth_hint = fctx.auth_hint,
+        }
+      end
+    end
+    local results = sched:all(jobs)
+
+    -- Every file verified before anything is assembled.
+    local fetched = {}
+    for i, f in ipairs(files) do
+      local r, ferr, fcode = table.unpack(results[i], 1, 3)
+      if not r then
+        if fcode == "EINTR" then
+          return util.fail("EINTR", "interrupted: partial data kept in %s; run the same pull again to resume", pdir)
+        end
+        if f.optional and fcode ~= "ESPACE" then
+          emit { event = "skip", id = entry.id, file = f.path, reason = ferr }
+        elseif f.side and fcode ~= "EAUTH" and fcode ~= "ESPACE" then
+          return util.fail("EFORMAT", "%s: required file %s could not be fetched: %s", entry.id, f.path, ferr)
+        else
+          return nil, ferr, fcode
+        end
+      else
+        local vok, verr, vcode = verify_file(f, r, emit, entry.id)
+        if not vok then
+          remove_partial(partial_path(pdir, f.path))
+          return nil, verr, vcode
+        end
+        fetched[#fetched + 1] = { file = f, result = r }
+      end
+    end
+
+    -- Assemble in a staging folder next to the partials (same file system as the store).
+    local staging = pdir .. "/staging." .. core.getpid()
+    core.rmtree(staging)
+    ok, merr, mcode = core.mkdirs(staging)
+    if not ok then return nil, merr, mcode end
+    local manifest_files, main_sha, total = {}, nil, 0
+    local function fail_staged(...)
+      core.rmtree(staging)
+      return ...
+    end
+    for _, item in ipairs(fetched) do
+      local f, r = item.file, item.result
+      local src = partial_path(pdir, f.path)
+      if f.archive then
+        local xr, xerr, xcode = extract(src, staging, entry, rule, emit, r.bytes)
+        if not xr then
+          if xcode == "EARCHIVE" then remove_partial(src) end
+          return fail_staged(nil, xerr, xcode)
+        end
+        main_sha = main_sha or r.sha256
+      else
+        local dest = staging .. "/" .. f.path
+        core.mkdirs(util.dirname(dest))
+        local rok, rerr, rcode = core.rename(src, dest)
+        if not rok then return fail_staged(nil, rerr, rcode) end
+        os.remove(src .. ".state")
+        if f.main then main_sha = r.sha256 end
+      end
+    end
+    -- The manifest: every installed file with its size and hash (extracted files hashed here).
+    local known = {}
+    for _, item in ipairs(fetched) do
+      if not item.file.archive then known[item.file.path] = item.result.sha256 end
+    end
+    for _, f in ipairs(store.walk(staging)) do
+      if f.type == "file" then
+        manifest_files[#manifest_files + 1] = { path = f.path, size = f.size,
+          sha256 = known[f.path] or core.sha256_file(staging .. "/" .. f.path) }
+        total = total + f.size
+      end
+    end
+
+    local cok, cerr = rule.check(staging, entry)
+    if not cok then
+      for _, item in ipairs(fetched) do remove_partial(partial_path(pdir, item.file.path)) end
+      return fail_staged(util.fail("EFORMAT", "model not compatible with %s: %s", rule.title or entry.framework, cerr))
+    end
+
+    local dest, ierr, icode = store.install(root, staging, entry, manifest_files)
+    if not dest then return fail_staged(nil, ierr, icode) end
+    for _, item in ipairs(fetched) do remove_partial(partial_path(pdir, item.file.path)) end
+    core.rmtree(pdir)
+    local res = { id = entry.id, framework = entry.framework, path = dest, bytes = total,
+                  sha256 = main_sha, files = manifest_files }
+    return res
+  end)()
+
+  lock:close()
+  return result, err, code
+end
+
+return pull

@@ -1,0 +1,142 @@
+-- The store on disk (SPEC "Store"):
+--   <root>/models/<framework>/<id>/…   installed models; each holds .modelget.json, its manifest
+--   <root>/registry/                   the user's recipes and custom.json
+--   <root>/partial/<framework>--<id>/  resumable partial files and the staging folder of a pull
+--   <root>/partial/locks/<id>.lock     held while a model is being pulled
+-- Only complete, verified files ever appear under models/: a pull assembles the model in a staging
+-- folder on the same file system and renames it into place in one step.
+local core = require "modelget.core"
+local util = require "modelget.util"
+
+local store = {}
+
+store.MANIFEST = ".modelget.json"
+
+function store.root(opts)
+  local root = opts and opts.store
+  if not root or root == "" then root = os.getenv("MODELGET_HOME") end
+  if not root or root == "" then
+    local xdg = os.getenv("XDG_DATA_HOME")
+    if xdg and xdg ~= "" then root = xdg .. "/modelget"
+    else root = (os.getenv("HOME") or ".") .. "/.local/share/modelget" end
+  end
+  return (root:gsub("/+$", ""))
+end
+
+function store.model_dir(root, framework, id) return root .. "/models/" .. framework .. "/" .. id end
+function store.partial_dir(root, framework, id) return root .. "/partial/" .. framework .. "--" .. id end
+function store.registry_dir(root) return root .. "/registry" end
+
+-- Held for the whole pull of one id; rm refuses while it is held.
+function store.lock(root, id)
+  local dir = root .. "/partial/locks"
+  local ok, err, code = core.mkdirs(dir)
+  if not ok then return nil, err, code end
+  local lock, lerr, lcode = core.lock(dir .. "/" .. id .. ".lock")
+  if not lock then
+    if lcode == "EBUSY" then return util.fail("EBUSY", "model '%s' is being downloaded by another modelget process", id) end
+    return nil, lerr, lcode
+  end
+  return lock
+end
+
+function store.read_manifest(dir)
+  local text = util.read_file(dir .. "/" .. store.MANIFEST)
+  if not text then return nil end
+  local m = util.json_decode(text, dir .. "/" .. store.MANIFEST)
+  if type(m) ~= "table" or type(m.files) ~= "table" then return nil end
+  return m
+end
+
+-- Every installed model, from the manifests: {{id=, framework=, path=, bytes=, files=, manifest=}…}.
+function store.installed(root)
+  local out = {}
+  local fws = core.listdir(root .. "/models") or {}
+  for _, fw in ipairs(fws) do
+    for _, id in ipairs(core.listdir(root .. "/models/" .. fw) or {}) do
+      local dir = store.model_dir(root, fw, id)
+      local m = store.read_manifest(dir)
+      if m then
+        local bytes = 0
+        for _, f in ipairs(m.files) do bytes = bytes + (f.size or 0) end
+        out[#out + 1] = { id = id, framework = fw, path = dir, bytes = bytes, files = m.files, manifest = m }
+      end
+    end
+  end
+  table.sort(out, function(a, b)
+    if a.framework ~= b.framework then return a.framework < b.framework end
+    return a.id < b.id
+  end)
+  return out
+end
+
+function store.find(root, id, framework)
+  for _, m in ipairs(store.installed(root)) do
+    if m.id == id and (not framework or m.framework == framework) then return m end
+  end
+end
+
+-- Files under dir (relative, sorted), skipping the manifest and, for local imports, .git.
+function store.walk(dir, skip)
+  local out = {}
+  local function walk(rel)
+    local full = rel == "" and dir or (dir .. "/" .. rel)
+    for _, name in ipairs(core.listdir(full) or {}) do
+      local r = rel == "" and name or (rel .. "/" .. name)
+      if not (skip and skip(r, name)) then
+        local st = core.stat(dir .. "/" .. r)
+        if st and st.type == "dir" then walk(r)
+        elseif st then out[#out + 1] = { path = r, size = st.size, type = st.type } end
+      end
+    end
+  end
+  walk("")
+  return out
+end
+
+-- Compares a model's files with its manifest: the relative paths that are missing, resized or
+-- (when rehash) hashed differently.
+function store.check(dir, manifest, rehash)
+  local bad = {}
+  for _, f in ipairs(manifest.files) do
+    local path = dir .. "/" .. f.path
+    local st = core.stat(path)
+    if not st or st.type ~= "file" or st.size ~= f.size then
+      bad[#bad + 1] = f.path
+    elseif rehash and f.sha256 then
+      local got = core.sha256_file(path)
+      if got ~= f.sha256 then bad[#bad + 1] = f.path end
+    end
+  end
+  return bad
+end
+
+-- Writes the manifest into the staged folder, then renames the folder into place in one step.
+-- An existing model (a forced re-pull) is moved aside first and removed after.
+function store.install(root, staging, entry, files)
+  local m = {
+    id = entry.id, framework = entry.framework, name = entry.name, url = entry.url,
+    source = entry.source, installed = os.time(), files = files,
+  }
+  local ok, err, code = core.write_atomic(staging .. "/" .. store.MANIFEST, util.json_encode(m))
+  if not ok then return nil, err, code end
+  local dest = store.model_dir(root, entry.framework, entry.id)
+  ok, err, code = core.mkdirs(util.dirname(dest))
+  if not ok then return nil, err, code end
+  local old
+  if core.stat(dest) then
+    old = staging .. ".old"
+    ok, err, code = core.rename(dest, old)
+    if not ok then return nil, err, code end
+  end
+  ok, err, code = core.rename(staging, dest)
+  if not ok then
+    if old then core.rename(old, dest) end
+    return nil, err, code
+  end
+  core.fsync(util.dirname(dest))
+  if old then core.rmtree(old) end
+  return dest
+end
+
+return store

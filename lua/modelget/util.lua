@@ -1,0 +1,185 @@
+-- Small helpers shared by the Lua layers: failures, URLs and the network policy, sizes, JSON files.
+local util = {}
+
+-- The shape of every failure of the world: nil, "context: message", CODE.
+function util.fail(code, fmt, ...)
+  return nil, select("#", ...) > 0 and string.format(fmt, ...) or fmt, code
+end
+
+-- Exit status for an error code (SPEC "Exit status").
+local exit_for = {
+  EUSAGE = 2, ENOENT = 2, EPOLICY = 2,
+  ENET = 3,
+  EHASH = 4, ESIZE = 4,
+  ESPACE = 5,
+  EAUTH = 6,
+  EARCHIVE = 7,
+  EFORMAT = 8,
+  EINPUT = 9,
+  EINTR = 130,
+}
+function util.exit_status(code) return exit_for[code] or 1 end
+
+-- URLs ------------------------------------------------------------------------------------------
+function util.parse_url(url)
+  local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
+  if not scheme then return nil end
+  local authority, path = rest:match("^([^/?#]*)(.*)$")
+  local hostport = authority:match("@([^@]*)$") or authority
+  local host, port
+  if hostport:sub(1, 1) == "[" then
+    host, port = hostport:match("^%[([^%]]*)%]:?(%d*)$")
+  else
+    host, port = hostport:match("^([^:]*):?(%d*)$")
+  end
+  if not host or host == "" then return nil end
+  return { scheme = scheme:lower(), host = host:lower(), port = tonumber(port),
+           path = path ~= "" and path or "/" }
+end
+
+function util.is_loopback(host)
+  host = host and host:lower()
+  return host == "localhost" or host == "::1" or (host ~= nil and host:match("^127%.%d+%.%d+%.%d+$") ~= nil)
+end
+
+-- SPEC "Network policy": https only; plain http only to loopback hosts.
+function util.check_url(url)
+  if type(url) ~= "string" then return util.fail("EPOLICY", "not a URL: %s", tostring(url)) end
+  local u = util.parse_url(url)
+  if not u then return util.fail("EPOLICY", "not a URL: %s", url) end
+  if u.scheme == "https" then return u end
+  if u.scheme == "http" and util.is_loopback(u.host) then return u end
+  if u.scheme == "http" then
+    return util.fail("EPOLICY", "refused %s: plain http:// is allowed only to loopback hosts; use https://", url)
+  end
+  return util.fail("EPOLICY", "refused %s: only https:// URLs are allowed", url)
+end
+
+function util.url_decode(s)
+  return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- The file name a URL points at: its last path segment, decoded, without query or fragment.
+function util.url_filename(url)
+  local u = util.parse_url(url)
+  local path = u and u.path or url
+  path = path:gsub("[?#].*$", "")
+  local name = util.url_decode(path:match("([^/]*)/*$") or "")
+  return name
+end
+
+function util.basename(path) return (path:match("([^/]*)/*$")) end
+function util.dirname(path) return path:match("^(.*)/[^/]*$") or "." end
+function util.strip_ext(name)
+  local base = name:gsub("%.tar%.%w+$", ""):gsub("%.zip$", "")
+  return (base:match("^(.+)%.[^.]+$") or base)
+end
+
+-- A name safe as one path component (ids, file names from URLs).
+function util.safe_component(name)
+  if type(name) ~= "string" or name == "" or name == "." or name == ".." or name:find("[/%z\n\r]") then
+    return nil
+  end
+  return name
+end
+
+-- A relative path with no empty, "." or ".." parts.
+function util.safe_relpath(path)
+  if type(path) ~= "string" or path == "" or path:sub(1, 1) == "/" or path:find("[%z\n\r\\]") then return nil end
+  for part in path:gmatch("[^/]*") do
+    if part == "." or part == ".." then return nil end
+  end
+  if path:find("//") or path:sub(-1) == "/" then return nil end
+  return path
+end
+
+-- Sizes -----------------------------------------------------------------------------------------
+local units = { [""] = 1, B = 1, K = 1024, KB = 1000, KIB = 1024, M = 1024 ^ 2, MB = 1000 ^ 2,
+  MIB = 1024 ^ 2, G = 1024 ^ 3, GB = 1000 ^ 3, GIB = 1024 ^ 3, T = 1024 ^ 4, TB = 1000 ^ 4, TIB = 1024 ^ 4 }
+
+-- "500K", "20M", "1.5G", "669 MB", 1234 -> bytes (integer) or nil.
+function util.parse_size(v)
+  if math.type(v) == "integer" then return v >= 0 and v or nil end
+  if type(v) == "number" then return v >= 0 and math.floor(v) or nil end
+  if type(v) ~= "string" then return nil end
+  local num, unit = v:match("^%s*(%d+%.?%d*)%s*(%a*)%s*$")
+  local mult = unit and units[unit:upper()]
+  if not num or not mult then return nil end
+  return math.floor(tonumber(num) * mult + 0.5)
+end
+
+function util.human(bytes)
+  if not bytes then return "?" end
+  local names = { "B", "KB", "MB", "GB", "TB" }
+  local v, i = bytes + 0.0, 1
+  while v >= 1000 and i < #names do v = v / 1000; i = i + 1 end
+  if i == 1 then return string.format("%d B", bytes) end
+  return string.format(v >= 100 and "%.0f %s" or "%.1f %s", v, names[i])
+end
+
+function util.is_sha256(s) return type(s) == "string" and #s == 64 and s:match("^%x+$") ~= nil end
+
+-- Files and JSON --------------------------------------------------------------------------------
+function util.read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err, "EIO" end
+  local data = f:read("a")
+  f:close()
+  return data
+end
+
+local cjson
+local function json()
+  if not cjson then
+    cjson = require("cjson").new()
+    cjson.encode_sparse_array(true)
+    cjson.encode_escape_forward_slash(false)
+  end
+  return cjson
+end
+util.json = json
+
+function util.json_decode(text, source)
+  local ok, v = pcall(json().decode, text)
+  if not ok then
+    return util.fail("EINPUT", "%s: not valid JSON: %s", source or "input", tostring(v):gsub("^.-: ", ""))
+  end
+  return v
+end
+
+function util.json_encode(v) return json().encode(v) end
+
+function util.json_null() return json().null end
+
+-- Sorted keys of a table, for stable output.
+function util.sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  return keys
+end
+
+-- Copies a file in chunks (import of local folders); returns bytes copied.
+function util.copy_file(from, to)
+  local src, err = io.open(from, "rb")
+  if not src then return util.fail("EIO", "%s", err) end
+  local dst, derr = io.open(to, "wb")
+  if not dst then src:close(); return util.fail("EIO", "%s", derr) end
+  local total = 0
+  while true do
+    local chunk = src:read(1 << 20)
+    if not chunk then break end
+    local ok, werr = dst:write(chunk)
+    if not ok then
+      src:close(); dst:close()
+      return util.fail(werr:find("No space") and "ESPACE" or "EIO", "%s: %s", to, werr)
+    end
+    total = total + #chunk
+  end
+  src:close()
+  local ok, cerr = dst:close()
+  if not ok then return util.fail("EIO", "%s: %s", to, cerr) end
+  return total
+end
+
+return util
