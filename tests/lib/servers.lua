@@ -1,0 +1,202 @@
+-- Loopback servers for the tests, started lazily once per test run and stopped at its end:
+--   servers.ca()       the test certificate authority (pass .cert as --cacert / cacert=)
+--   servers.nginx()    Debian's nginx over HTTPS (HTTP/2 when it can) and plain HTTP: the ordinary path
+--   servers.fixture()  tests/fixtures/server.py: Range and validators, scripted faults, a fixture Hub
+-- Only 127.0.0.1, ::1 and localhost are ever used.
+local t = require "t"
+local core = require "modelget.core"
+local cjson = require "cjson"
+
+local servers = {}
+local q = t.shquote
+
+local function fixtures_dir()
+  local dir = debug.getinfo(1, "S").source:match("^@(.*)/lib/[^/]*$") or "tests"
+  if dir:sub(1, 1) ~= "/" then
+    local p = io.popen("pwd")
+    dir = p:read("l") .. "/" .. dir
+    p:close()
+  end
+  return dir .. "/fixtures"
+end
+local FIXTURES = fixtures_dir()
+
+local function run(cmdline, what)
+  local r = t.sh(cmdline)
+  if r.status ~= 0 then
+    error(string.format("%s failed (exit %d): %s%s", what, r.status, r.stdout, r.stderr), 0)
+  end
+  return r
+end
+
+local function alive(pid)
+  return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true
+end
+
+-- Writes through a temporary name and a rename, so a server never serves a half-written file.
+local function put_file(path, data)
+  t.write(path .. ".part", data)
+  assert(core.rename(path .. ".part", path))
+  return path
+end
+
+-- Percent-encodes a file name for a URL path (slashes kept).
+local function url_path(name)
+  return (name:gsub("[^%w_.~/-]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+
+-- JSON numbers come back from cjson as floats: whole ones become integers (200, not 200.0).
+local function integers(v)
+  if type(v) == "table" then
+    for k, x in pairs(v) do v[k] = integers(x) end
+  elseif math.type(v) == "float" then
+    return math.tointeger(v) or v
+  end
+  return v
+end
+
+local function read_json(text) return integers(cjson.decode(text)) end
+
+local function read_json_lines(path)
+  local out = {}
+  for line in (t.read(path) or ""):gmatch("[^\n]+") do out[#out + 1] = read_json(line) end
+  return out
+end
+
+-- Starts a server once; later calls return the same one, or raise the same startup failure again.
+local function once(start)
+  local value, failure
+  return function()
+    if failure then error(failure, 2) end
+    if not value then
+      local ok, res = pcall(start)
+      if not ok then failure = tostring(res); error(failure, 2) end
+      value = res
+    end
+    return value
+  end
+end
+
+-- The CA -----------------------------------------------------------------------------------------
+servers.ca = once(function()
+  local dir = t.tmpdir("certs")
+  run("sh " .. q(FIXTURES .. "/mkcerts.sh") .. " " .. q(dir), "making the test certificates")
+  return { cert = dir .. "/ca.pem", key = dir .. "/ca.key", dir = dir,
+           server_cert = dir .. "/server.pem", server_key = dir .. "/server.key" }
+end)
+
+-- nginx ------------------------------------------------------------------------------------------
+servers.nginx = once(function()
+  local ca = servers.ca()
+  local prefix = t.tmpdir("nginx")
+  local docroot = prefix .. "/docroot"
+  local r = run(string.format("sh %s start %s %s %s %d", q(FIXTURES .. "/nginx.sh"), q(prefix), q(docroot),
+    q(ca.dir), core.getpid()), "starting nginx")
+  local https_port, http_port = r.stdout:match("(%d+) (%d+)")
+  t.defer(function() os.execute("sh " .. q(FIXTURES .. "/nginx.sh") .. " stop " .. q(prefix)) end)
+  local s = {
+    url = "https://127.0.0.1:" .. https_port,
+    url_localhost = "https://localhost:" .. https_port,
+    http_url = "http://127.0.0.1:" .. http_port,
+    port = tonumber(https_port), http_port = tonumber(http_port),
+    root = docroot, prefix = prefix,
+  }
+  function s.put(name, data)
+    put_file(docroot .. "/" .. name, data)
+    return s.url .. "/" .. url_path(name)
+  end
+  -- nginx writes a request's line just after the response's last byte: wait for the log to settle.
+  function s.log()
+    local file, text = prefix .. "/access.log", nil
+    for _ = 1, 40 do
+      local now = t.read(file) or ""
+      if now == text then break end
+      text = now
+      core.sleep(0.05)
+    end
+    local out = {}
+    for _, e in ipairs(read_json_lines(file)) do
+      out[#out + 1] = { method = e.method, path = e.path, status = e.status,
+                        range = e.range ~= "" and e.range or nil, bytes = e.bytes, protocol = e.protocol,
+                        host = e.host }
+    end
+    return out
+  end
+  return s
+end)
+
+-- The fixture server -----------------------------------------------------------------------------
+local function script_file(root, path)
+  local quoted = path:gsub("[^%w_.~-]", function(c) return string.format("%%%02X", c:byte()) end)
+  return root .. "/scripts/" .. quoted .. ".json"
+end
+
+servers.fixture = once(function()
+  local ca = servers.ca()
+  local root = t.tmpdir("fixture")
+  local ports_file = root .. "/ports.json"
+  local cmd = string.format("python3 %s %s --port-file %s --tls-cert %s --tls-key %s --watch-pid %d",
+    q(FIXTURES .. "/server.py"), q(root), q(ports_file), q(ca.server_cert), q(ca.server_key), core.getpid())
+  local p = io.popen(cmd .. " </dev/null >" .. q(root .. "/server.out") .. " 2>" .. q(root .. "/server.err")
+    .. " & echo $!")
+  local pid = tonumber(p:read("l"))
+  p:close()
+  t.defer(function() os.execute("kill " .. pid .. " 2>/dev/null") end)
+  local deadline = core.now() + 20
+  while not t.exists(ports_file) do
+    if not alive(pid) or core.now() > deadline then
+      error("the fixture server did not start: " .. (t.read(root .. "/server.err") or ""), 0)
+    end
+    core.sleep(0.02)
+  end
+  local ports = read_json(t.read(ports_file))
+  local s = {
+    url = "https://127.0.0.1:" .. ports.https,
+    url_localhost = "https://localhost:" .. ports.https,
+    url6 = "https://[::1]:" .. ports.https,
+    http_url = "http://127.0.0.1:" .. ports.http,
+    port = ports.https, http_port = ports.http,
+    root = root, pid = pid,
+  }
+  local log = root .. "/log.jsonl"
+
+  function s.put(name, data)
+    put_file(root .. "/files/" .. name, data)
+    return s.url .. "/f/" .. url_path(name)
+  end
+
+  -- name: a file under /f/ ("model.bin"), or any request path ("/org/repo/resolve/main/x.gguf").
+  function s.script(name, list)
+    local path = name:sub(1, 1) == "/" and name or ("/f/" .. name)
+    put_file(script_file(root, path), #list == 0 and "[]" or cjson.encode(list))
+  end
+
+  -- Logged requests whose path matches the Lua pattern (all when nil), oldest first. Each:
+  -- {method=, path=, query=, headers={lower-case names}, status=, host=, scheme=, time=}
+  function s.requests(pattern)
+    local out = {}
+    for _, e in ipairs(read_json_lines(log)) do
+      if not pattern or e.path:find(pattern) then out[#out + 1] = e end
+    end
+    return out
+  end
+
+  function s.clear_log() io.open(log, "w"):close() end
+
+  function s.hub_put(repo, path, data) return put_file(root .. "/hub/" .. repo .. "/" .. path, data) end
+
+  -- A token makes the repo gated (401 without it, 403 with another); nil opens it again.
+  function s.hub_gate(repo, token)
+    local file = root .. "/hub/" .. repo .. "/.gated"
+    if token then t.write(file, token) else os.remove(file) end
+  end
+
+  -- The Hub states a wrong SHA-256 (X-Linked-Etag) for the repo's LFS files; false tells the truth again.
+  function s.hub_lie(repo, lie)
+    local file = root .. "/hub/" .. repo .. "/.lie"
+    if lie == false then os.remove(file) else t.write(file, "lie") end
+  end
+  return s
+end)
+
+return servers
