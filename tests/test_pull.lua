@@ -1,0 +1,322 @@
+-- End-to-end pulls through the host, as a user runs them: bytes installed and their hash, the exit
+-- status, the message, and what the servers saw (Range, If-Range, Authorization).
+local t = require "t"
+local servers = require "servers"
+local cjson = require "cjson"
+
+local MiB = 1024 * 1024
+
+local function store_dir(name) return t.tmpdir("store-" .. name) end
+
+-- modelget pull … with the test CA, a private store and short backoff.
+local function pull(store, args, opts)
+  local argv = { "pull", "--store", store, "--cacert", servers.ca().cert, "--retry-wait", "0.05" }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return t.modelget(argv, opts)
+end
+
+local function events(stdout)
+  local out = {}
+  for line in stdout:gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
+  return out
+end
+
+local function installed(store, fw, id, name)
+  return store .. "/models/" .. fw .. "/" .. id .. "/" .. name
+end
+
+local function no_model(store, fw, id)
+  t.ok(not t.exists(store .. "/models/" .. fw .. "/" .. id), "no model folder for " .. id)
+end
+
+test("a plain URL from nginx is pulled, verified and installed", function()
+  local ng = servers.nginx()
+  local data = t.bytes(3 * MiB + 5, 1)
+  local url = ng.put("plain/model.bin", data)
+  local store = store_dir("plain")
+  local r = t.status(pull(store, { url, "--framework", "other", "--sha256", t.sha256(data), "-q" }), 0, "pull")
+  local path = installed(store, "other", "model", "model.bin")
+  t.eq(t.sha256_file(path), t.sha256(data), "installed bytes")
+  t.eq(r.stderr, "", "stderr of a quiet, successful pull")
+  -- Nothing half-written is left behind.
+  for _, f in ipairs(t.tree(store .. "/partial")) do
+    t.nomatch(f, "%.part$", "partial file left: " .. f)
+    t.nomatch(f, "staging", "staging left: " .. f)
+  end
+end)
+
+test("--json events end with done, carrying the path, sha256 and size", function()
+  local ng = servers.nginx()
+  local data = t.bytes(2 * MiB, 2)
+  local url = ng.put("json/weights.bin", data)
+  local store = store_dir("json")
+  local r = t.status(pull(store, { url, "--framework", "other", "--json" }), 0, "pull --json")
+  local evs = events(r.stdout)
+  t.ok(#evs >= 2, "several events")
+  t.eq(evs[1].event, "start", "first event")
+  local done = evs[#evs]
+  t.eq(done.event, "done", "last event")
+  t.eq(done.id, "weights", "id from the file name")
+  t.eq(done.sha256, t.sha256(data), "done.sha256")
+  t.eq(done.bytes, #data, "done.bytes")
+  t.eq(done.path, store .. "/models/other/weights", "done.path")
+end)
+
+test("a cut connection is resumed with Range and If-Range", function()
+  local fx = servers.fixture()
+  local data = t.bytes(4 * MiB, 3)
+  local url = fx.put("cut.bin", data)
+  fx.script("cut.bin", { { cut = 1500000 } })
+  fx.clear_log()
+  local store = store_dir("cut")
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "pull through a cut")
+  t.eq(t.sha256_file(installed(store, "other", "cut", "cut.bin")), t.sha256(data), "bytes after resume")
+  local reqs = fx.requests("/f/cut.bin")
+  t.eq(#reqs, 2, "two requests")
+  t.eq(reqs[1].headers.range, nil, "first request has no Range")
+  t.eq(reqs[2].headers.range, "bytes=1500000-", "second request resumes where the cut was")
+  t.ok(reqs[2].headers["if-range"], "second request carries If-Range")
+end)
+
+test("a server that ignores Range gets the whole file again, and the bytes are right", function()
+  local fx = servers.fixture()
+  local data = t.bytes(3 * MiB, 4)
+  local url = fx.put("norange.bin", data)
+  fx.script("norange.bin", { { cut = 1000000 }, { ignore_range = true } })
+  fx.clear_log()
+  local store = store_dir("norange")
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "pull")
+  t.eq(t.sha256_file(installed(store, "other", "norange", "norange.bin")), t.sha256(data), "bytes")
+  local reqs = fx.requests("/f/norange.bin")
+  t.eq(reqs[2].headers.range, "bytes=1000000-", "resume was asked")
+  t.eq(reqs[2].status, 200, "server answered the whole file")
+end)
+
+test("a file that changed on the server between attempts is restarted, not spliced", function()
+  local fx = servers.fixture()
+  local old = t.bytes(2 * MiB, 5)
+  local new = t.bytes(2 * MiB, 6)
+  local url = fx.put("changing.bin", old)
+  fx.put("changing-v2.bin", new)
+  fx.script("changing.bin", { { cut = 700000 }, { content = "changing-v2.bin", etag = "\"v2\"" , ["repeat"] = true } })
+  local store = store_dir("changing")
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "pull")
+  t.eq(t.sha256_file(installed(store, "other", "changing", "changing.bin")), t.sha256(new), "the new file, whole")
+end)
+
+test("a stalled transfer is retried after --stall-timeout", function()
+  local fx = servers.fixture()
+  local data = t.bytes(1 * MiB, 7)
+  local url = fx.put("stall.bin", data)
+  fx.script("stall.bin", { { stall = 300000, seconds = 20 } })
+  fx.clear_log()
+  local store = store_dir("stall")
+  local r = t.status(pull(store, { url, "--framework", "other", "--stall-timeout", "1", "--json" }), 0, "pull")
+  t.eq(t.sha256_file(installed(store, "other", "stall", "stall.bin")), t.sha256(data), "bytes")
+  local retry
+  for _, ev in ipairs(events(r.stdout)) do if ev.event == "retry" then retry = ev end end
+  t.ok(retry, "a retry event")
+  t.match(retry.reason, "no data", "the retry says why")
+  t.eq(fx.requests("/f/stall.bin")[2].headers.range, "bytes=300000-", "resumed after the stall")
+end)
+
+test("404 and 503 fall back to the alternative URL", function()
+  local fx = servers.fixture()
+  local ng = servers.nginx()
+  local data = t.bytes(512 * 1024, 8)
+  local dead = fx.put("gone.onnx", "x")
+  fx.script("gone.onnx", { { status = 404, ["repeat"] = true } })
+  local busy = fx.put("busy.onnx", "x")
+  fx.script("busy.onnx", { { status = 503, ["repeat"] = true } })
+  local good = ng.put("alt/model.onnx", data)
+  local store = store_dir("alt")
+  local r = t.status(pull(store, { dead, "--id", "m", "--framework", "other", "--alt", busy, "--alt", good,
+    "--retries", "2", "--json" }), 0, "pull with alternatives")
+  t.eq(t.sha256_file(installed(store, "other", "m", "gone.onnx")), t.sha256(data), "bytes from the alternative")
+  local fallbacks = 0
+  for _, ev in ipairs(events(r.stdout)) do if ev.event == "fallback" then fallbacks = fallbacks + 1 end end
+  t.eq(fallbacks, 2, "two fallbacks")
+  t.eq(#fx.requests("/f/gone.onnx"), 1, "404 is not retried")
+  t.eq(#fx.requests("/f/busy.onnx"), 2, "503 is retried --retries times")
+end)
+
+test("every URL dead: exit 3, the URLs tried named, nothing installed", function()
+  local fx = servers.fixture()
+  local a = fx.put("dead-a.bin", "x")
+  local b = fx.put("dead-b.bin", "x")
+  fx.script("dead-a.bin", { { status = 500, ["repeat"] = true } })
+  fx.script("dead-b.bin", { { status = 404, ["repeat"] = true } })
+  local store = store_dir("dead")
+  local r = t.status(pull(store, { a, "--alt", b, "--framework", "other", "--retries", "2", "-q" }), 3, "pull")
+  t.match(r.stderr, "dead%-a%.bin", "names the first URL")
+  t.match(r.stderr, "dead%-b%.bin", "names the alternative")
+  t.match(r.stderr, "404", "says the last status")
+  no_model(store, "other", "dead-a")
+end)
+
+test("a wrong SHA-256: exit 4, nothing installed, the partial removed", function()
+  local ng = servers.nginx()
+  local data = t.bytes(1 * MiB, 9)
+  local url = ng.put("hash/wrong.bin", data)
+  local store = store_dir("wronghash")
+  local r = t.status(pull(store, { url, "--framework", "other", "--sha256", string.rep("ab", 32), "-q" }), 4, "pull")
+  t.match(r.stderr, t.sha256(data), "says the hash it got")
+  t.match(r.stderr, string.rep("ab", 32), "says the hash expected")
+  no_model(store, "other", "wrong")
+  for _, f in ipairs(t.tree(store .. "/partial")) do
+    t.nomatch(f, "%.part$", "no partial left: " .. f)
+  end
+end)
+
+test("429 with Retry-After is honoured", function()
+  local fx = servers.fixture()
+  local data = t.bytes(100000, 10)
+  local url = fx.put("limited.bin", data)
+  fx.script("limited.bin", { { status = 429, retry_after = 1 } })
+  local store = store_dir("429")
+  local r = t.status(pull(store, { url, "--framework", "other", "--json" }), 0, "pull")
+  local retry
+  for _, ev in ipairs(events(r.stdout)) do if ev.event == "retry" then retry = ev end end
+  t.ok(retry, "a retry event")
+  t.eq(retry.delay, 1, "waited what Retry-After said")
+  t.eq(t.sha256_file(installed(store, "other", "limited", "limited.bin")), t.sha256(data), "bytes")
+end)
+
+test("a redirect to another host does not carry the Hub token", function()
+  local fx = servers.fixture()
+  local data = t.bytes(200000, 11)
+  fx.put("moved.gguf", "GGUF")
+  local target = fx.url_localhost .. "/f/moved-target.bin"
+  fx.put("moved-target.bin", data)
+  fx.script("moved.gguf", { { status = 302, redirect = target } })
+  fx.clear_log()
+  local store = store_dir("redirect")
+  t.status(pull(store, { fx.url .. "/f/moved.gguf", "--framework", "other", "-q" },
+    { env = { HF_ENDPOINT = fx.url, HF_TOKEN = "hf_secret_token_123" } }), 0, "pull")
+  t.eq(fx.requests("/f/moved.gguf")[1].headers.authorization, "Bearer hf_secret_token_123",
+    "the Hub host gets the token")
+  local second = fx.requests("/f/moved%-target.bin")[1]
+  t.eq(second.headers.host:match("^localhost"), "localhost", "the redirect went to the other host")
+  t.eq(second.headers.authorization, nil, "the other host gets no token")
+end)
+
+test("plain http:// to a non-loopback host is refused with 2 before any connection", function()
+  local store = store_dir("policy")
+  local r = t.status(pull(store, { "http://example.com/model.gguf", "-q" }), 2, "pull")
+  t.match(r.stderr, "http://example.com/model.gguf", "names the URL")
+  t.match(r.stderr, "https", "says what is allowed")
+  t.ok(not t.exists(store .. "/models"), "nothing installed")
+end)
+
+test("a server announcing more bytes than the disk has: exit 5 before the body", function()
+  local fx = servers.fixture()
+  local url = fx.put("huge.bin", t.bytes(1000, 12))
+  fx.script("huge.bin", { { announce = 1000000000000000, ["repeat"] = true } })
+  local store = store_dir("space")
+  local r = t.status(pull(store, { url, "--framework", "other", "-q" }), 5, "pull")
+  t.match(r.stderr, "free", "says what is free")
+  no_model(store, "other", "huge")
+  for _, f in ipairs(t.tree(store .. "/partial")) do
+    local st = require("modelget.core").stat(store .. "/partial/" .. f)
+    if st.type == "file" and f:match("%.part$") then t.eq(st.size, 0, "no body written: " .. f) end
+  end
+end)
+
+test("several downloads at once", function()
+  local ng = servers.nginx()
+  local urls, datas = {}, {}
+  for i = 1, 6 do
+    datas[i] = t.bytes(300000 + i, 20 + i)
+    urls[i] = ng.put(string.format("many/file%d.bin", i), datas[i])
+  end
+  local store = store_dir("many")
+  local args = { "--framework", "other", "-j", "3", "-q" }
+  for _, u in ipairs(urls) do args[#args + 1] = u end
+  t.status(pull(store, args), 0, "pull six")
+  for i = 1, 6 do
+    t.eq(t.sha256_file(installed(store, "other", "file" .. i, "file" .. i .. ".bin")), t.sha256(datas[i]), "file " .. i)
+  end
+end)
+
+test("kill -9 mid-download, then pull again: resumed with Range", function()
+  local fx = servers.fixture()
+  local data = t.bytes(3 * MiB, 13)
+  local url = fx.put("killed.bin", data)
+  fx.clear_log()
+  local store = store_dir("kill9")
+  local pidfile = t.tmpdir("kill9") .. "/pid"
+  -- A rate-limited pull in the background, killed once its partial holds some data.
+  t.sh(string.format("(%s pull %s --store %s --cacert %s --framework other -q --limit-rate 400K & echo $! > %s) >/dev/null 2>&1",
+    t.shquote(t.bin), t.shquote(url), t.shquote(store), t.shquote(servers.ca().cert), t.shquote(pidfile)))
+  local pid = assert(t.read(pidfile)):match("%d+")
+  local core = require "modelget.core"
+  local partial = store .. "/partial/other--killed/killed.bin.part"
+  local waited = 0
+  while waited < 20 do
+    local st = core.stat(partial)
+    if st and st.size > 600000 then break end
+    core.sleep(0.1)
+    waited = waited + 0.1
+  end
+  os.execute("kill -9 " .. pid)
+  core.sleep(0.2)
+  local kept = core.stat(partial).size
+  t.ok(kept > 0 and kept < #data, "a partial was left by the killed pull")
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "the second pull")
+  t.eq(t.sha256_file(installed(store, "other", "killed", "killed.bin")), t.sha256(data), "bytes after resume")
+  local reqs = fx.requests("/f/killed.bin")
+  local range = reqs[#reqs].headers.range
+  t.ok(range and tonumber(range:match("^bytes=(%d+)%-$")) > 0, "the second run asked for a Range: " .. tostring(range))
+end)
+
+test("Ctrl-C keeps the partial, exits 130, and the next pull resumes", function()
+  local fx = servers.fixture()
+  local data = t.bytes(3 * MiB, 14)
+  local url = fx.put("interrupted.bin", data)
+  fx.clear_log()
+  local store = store_dir("sigint")
+  local pidfile = t.tmpdir("sigint") .. "/pid"
+  local statusfile = pidfile .. ".status"
+  t.sh(string.format("(%s pull %s --store %s --cacert %s --framework other -q --limit-rate 400K 2>%s.err; echo $? > %s) >/dev/null 2>&1 & echo $! > %s",
+    t.shquote(t.bin), t.shquote(url), t.shquote(store), t.shquote(servers.ca().cert), t.shquote(pidfile),
+    t.shquote(statusfile), t.shquote(pidfile)))
+  local core = require "modelget.core"
+  local partial = store .. "/partial/other--interrupted/interrupted.bin.part"
+  local waited = 0
+  while waited < 20 do
+    local st = core.stat(partial)
+    if st and st.size > 500000 then break end
+    core.sleep(0.1)
+    waited = waited + 0.1
+  end
+  os.execute("pkill -INT -f " .. t.shquote("pull " .. url))
+  waited = 0
+  while not t.read(statusfile) and waited < 10 do core.sleep(0.1); waited = waited + 0.1 end
+  t.eq(tonumber(t.read(statusfile)), 130, "exit status after Ctrl-C")
+  t.match(t.read(pidfile .. ".err") or "", "resume", "says the partial is kept and how to resume")
+  t.ok(core.stat(partial) and core.stat(partial).size > 0, "partial kept")
+  no_model(store, "other", "interrupted")
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "the second pull")
+  t.eq(t.sha256_file(installed(store, "other", "interrupted", "interrupted.bin")), t.sha256(data), "bytes")
+  local reqs = fx.requests("/f/interrupted.bin")
+  t.match(reqs[#reqs].headers.range or "", "^bytes=%d+%-$", "resumed with Range")
+end)
+
+test("pulling an installed model again does nothing and says so; --force downloads again", function()
+  local ng = servers.nginx()
+  local data = t.bytes(400000, 15)
+  local url = ng.put("again/again.bin", data)
+  local store = store_dir("again")
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "first pull")
+  local r = t.status(pull(store, { url, "--framework", "other", "--json" }), 0, "second pull")
+  local evs = events(r.stdout)
+  t.eq(evs[#evs].event, "done", "done")
+  t.eq(evs[#evs].already, true, "already installed")
+  local downloads = 0
+  for _, ev in ipairs(evs) do if ev.event == "start" then downloads = downloads + 1 end end
+  t.eq(downloads, 0, "no download started")
+  r = t.status(pull(store, { url, "--framework", "other", "--force", "--json" }), 0, "forced pull")
+  evs = events(r.stdout)
+  t.eq(evs[1].event, "start", "forced pull downloads")
+  t.eq(t.sha256_file(installed(store, "other", "again", "again.bin")), t.sha256(data), "bytes")
+end)
