@@ -299,3 +299,35 @@ test("scripts reach hub paths too", function()
   t.eq(curl(fx.url .. "/api/models/org/scripted/tree/main").code, 503, "scripted listing")
   t.eq(curl(fx.url .. "/api/models/org/scripted/tree/main").code, 200, "then normal")
 end)
+
+test("a behaviour with a method is left for a request of that method", function()
+  local fx = servers.fixture()
+  local url = fx.put("method.bin", "body")
+  fx.script("method.bin", { { method = "GET", status = 503 } })
+  t.eq(curl(url, "-I").code, 200, "HEAD passes by")
+  t.eq(curl(url).code, 503, "GET takes it")
+  t.eq(curl(url).code, 200, "then normal")
+end)
+
+test("many parallel connections, some cut, all answered", function()
+  local fx = servers.fixture()
+  local data = t.bytes(256 * 1024, 8)
+  local words = { "curl", "-sS", "--parallel", "--parallel-max", "16", "--cacert", t.shquote(servers.ca().cert) }
+  local dir = t.tmpdir("parallel")
+  for i = 1, 40 do
+    local name = "par" .. i .. ".bin"
+    fx.put(name, data)
+    if i % 5 == 0 then fx.script(name, { { cut = 1000 } }) end
+    words[#words + 1] = "-o " .. dir .. "/" .. i .. " " .. fx.url .. "/f/" .. name
+  end
+  t.sh(table.concat(words, " "))
+  for i = 1, 40 do
+    local got = t.read(dir .. "/" .. i)
+    if i % 5 == 0 then t.eq(got, data:sub(1, 1000), "cut " .. i) else t.eq(got, data, "file " .. i) end
+  end
+  t.eq(curl(fx.url .. "/f/par1.bin").body, data, "the server still answers")
+end)
+
+test("the fixture server reported no errors of its own", function()
+  t.eq(servers.fixture().errors(), "", "server stderr")
+end)

@@ -183,6 +183,9 @@ servers.fixture = once(function()
 
   function s.clear_log() io.open(log, "w"):close() end
 
+  -- What the server wrote to stderr: empty unless the server itself has a bug.
+  function s.errors() return t.read(root .. "/server.err") or "" end
+
   function s.hub_put(repo, path, data) return put_file(root .. "/hub/" .. repo .. "/" .. path, data) end
 
   -- A token makes the repo gated (401 without it, 403 with another); nil opens it again.
