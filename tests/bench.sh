@@ -1,0 +1,140 @@
+#!/bin/sh
+# make bench: modelget against curl, wget and aria2c over loopback HTTPS (nginx, the test CA).
+#   sh tests/bench.sh BUILD_DIR
+# 1. one 1 GiB file: modelget pull with --sha256 vs curl -o, wget -O, aria2c --checksum (best of 3)
+# 2. 200 files of 100 KB: one modelget pull -j 8 vs curl --parallel --parallel-max 8, aria2c -j8 -i
+# Prints wall-clock times, ratios (modelget / other), peak RSS, and the targets beside them.
+set -eu
+build=$(cd "${1:-build}" && pwd)
+modelget=$build/modelget
+here=$(cd "$(dirname "$0")" && pwd)
+fixtures=$here/fixtures
+runs=${BENCH_RUNS:-3}
+big_size=${BENCH_BIG_BYTES:-1073741824}
+small_count=${BENCH_SMALL_COUNT:-200}
+small_size=102400
+
+for tool in "$modelget" curl wget aria2c /usr/bin/time nginx openssl python3; do
+  command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || { echo "bench: $tool is missing (make deps)" >&2; exit 1; }
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/modelget-bench.XXXXXX")
+cleanup() {
+  sh "$fixtures/nginx.sh" stop "$tmp/nginx" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "bench: preparing files in $tmp"
+sh "$fixtures/mkcerts.sh" "$tmp/certs"
+ca=$tmp/certs/ca.pem
+mkdir -p "$tmp/www/small" "$tmp/out"
+head -c "$big_size" /dev/urandom > "$tmp/www/big.bin"
+big_sha=$(sha256sum "$tmp/www/big.bin" | cut -d' ' -f1)
+python3 - "$tmp/www/small" "$small_count" "$small_size" <<'EOF'
+import os, sys
+folder, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(1, count + 1):
+    with open(os.path.join(folder, "f%03d.bin" % i), "wb") as f:
+        f.write(os.urandom(size))
+EOF
+ports=$(sh "$fixtures/nginx.sh" start "$tmp/nginx" "$tmp/www" "$tmp/certs" $$)
+base=https://127.0.0.1:${ports%% *}
+big_url=$base/big.bin
+: > "$tmp/small.urls"
+: > "$tmp/small.curl"
+for f in "$tmp"/www/small/*.bin; do
+  name=${f##*/}
+  echo "$base/small/$name" >> "$tmp/small.urls"
+  printf 'url = "%s"\noutput = "%s"\n' "$base/small/$name" "$tmp/out/$name" >> "$tmp/small.curl"
+done
+
+# timed LABEL COMMAND… : runs COMMAND under /usr/bin/time in a clean output folder and store;
+# appends "seconds max_rss_kib" (or "fail") to $tmp/LABEL.
+timed() {
+  label=$1; shift
+  rm -rf "$tmp/out" "$tmp/store"
+  mkdir -p "$tmp/out"
+  if /usr/bin/time -f '%e %M' -o "$tmp/time" "$@" >"$tmp/cmd.log" 2>&1; then
+    cat "$tmp/time" >> "$tmp/$label"
+  else
+    echo "fail" >> "$tmp/$label"
+    echo "bench: $label failed:" >&2
+    tail -5 "$tmp/cmd.log" >&2
+  fi
+}
+best() { awk '$1 != "fail" && (b == "" || $1 < b) { b = $1 } END { print (b == "" ? "fail" : b) }' "$tmp/$1"; }
+peak() { awk '$1 != "fail" && $2 > m { m = $2 } END { printf "%.1f", m / 1024 }' "$tmp/$1"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "fail" || b == "fail" || b == 0) print "-"; else printf "%.2f", a / b }'; }
+verdict() { awk -v r="$1" -v limit="$2" 'BEGIN { if (r == "-") print "no figure"; else print (r + 0 <= limit + 0 ? "met" : "MISSED") }'; }
+
+# The 200 files in one modelget command; a Lua script over pull_many when the command cannot take them.
+small_script=$tmp/pull_many.lua
+cat > "$small_script" <<'EOF'
+local modelget = require "modelget"
+local list_file, store, cacert = arg[1], arg[2], arg[3]
+local urls = {}
+for url in io.lines(list_file) do urls[#urls + 1] = url end
+for _, r in ipairs(modelget.pull_many(urls, { framework = "other", jobs = 8, store = store, cacert = cacert, quiet = true })) do
+  if not r.ok then io.stderr:write(r.target, ": ", tostring(r.err), "\n"); os.exit(1) end
+end
+EOF
+small_mode=command
+# shellcheck disable=SC2046
+if ! "$modelget" pull $(cat "$tmp/small.urls") --framework other -j 8 --store "$tmp/store" -q --cacert "$ca" \
+     >"$tmp/cmd.log" 2>&1; then
+  small_mode=script
+  echo "bench: 'modelget pull URL…' failed for the 200 files; using pull_many through 'modelget run'" >&2
+  tail -3 "$tmp/cmd.log" >&2
+fi
+echo "bench: 1 file of $big_size bytes, $runs runs each"
+i=0
+while [ $i -lt "$runs" ]; do
+  timed big.modelget "$modelget" pull "$big_url" --sha256 "$big_sha" --framework other --store "$tmp/store" -q --cacert "$ca"
+  timed big.curl curl -sS --cacert "$ca" -o "$tmp/out/big.bin" "$big_url"
+  timed big.wget wget -q --ca-certificate="$ca" -O "$tmp/out/big.bin" "$big_url"
+  timed big.aria2c aria2c -q --ca-certificate="$ca" --checksum=sha-256="$big_sha" -d "$tmp/out" -o big.bin "$big_url"
+  i=$((i + 1))
+done
+echo "bench: $small_count files of $small_size bytes, $runs runs each (modelget: $small_mode)"
+i=0
+while [ $i -lt "$runs" ]; do
+  if [ "$small_mode" = command ]; then
+    # shellcheck disable=SC2046
+    timed small.modelget "$modelget" pull $(cat "$tmp/small.urls") --framework other -j 8 --store "$tmp/store" -q --cacert "$ca"
+  else
+    timed small.modelget "$modelget" run "$small_script" "$tmp/small.urls" "$tmp/store" "$ca"
+  fi
+  timed small.curl curl -sS --cacert "$ca" --parallel --parallel-max 8 -K "$tmp/small.curl"
+  timed small.aria2c aria2c -q --ca-certificate="$ca" -j8 -i "$tmp/small.urls" -d "$tmp/out"
+  i=$((i + 1))
+done
+
+mg_big=$(best big.modelget)
+mg_small=$(best small.modelget)
+echo
+echo "== 1 file of $((big_size / 1048576)) MiB (best of $runs, seconds; modelget verifies and installs, curl and wget do not hash)"
+printf '  %-24s %8s\n' "modelget pull --sha256" "$mg_big"
+for tool in curl wget aria2c; do
+  t=$(best big.$tool)
+  printf '  %-24s %8s   modelget/%s = %s\n' "$tool" "$t" "$tool" "$(ratio "$mg_big" "$t")"
+done
+r=$(ratio "$mg_big" "$(best big.curl)")
+echo "  target: pull+verify <= 1.10x curl -o   -> $r ($(verdict "$r" 1.10))"
+echo
+echo "== $small_count files (best of $runs, seconds)"
+printf '  %-24s %8s\n' "modelget pull -j 8" "$mg_small"
+for tool in curl aria2c; do
+  t=$(best small.$tool)
+  printf '  %-24s %8s   modelget/%s = %s\n' "$tool" "$t" "$tool" "$(ratio "$mg_small" "$t")"
+done
+r=$(ratio "$mg_small" "$(best small.curl)")
+echo "  target: <= 1.5x curl --parallel        -> $r ($(verdict "$r" 1.5))"
+echo
+echo "== peak RSS (MiB, /usr/bin/time)"
+for label in big.modelget small.modelget big.curl big.wget big.aria2c small.curl small.aria2c; do
+  printf '  %-24s %8s\n' "$label" "$(peak "$label")"
+done
+rss=$(peak big.modelget)
+echo "  target: modelget <= 32 MiB (the big pull) -> $rss ($(awk -v m="$rss" 'BEGIN { print (m + 0 <= 32 ? "met" : "MISSED") }'))"
