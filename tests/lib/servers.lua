@@ -1,8 +1,42 @@
--- Loopback servers for the tests, started lazily once per test run and stopped at its end:
---   servers.ca()       the test certificate authority (pass .cert as --cacert / cacert=)
---   servers.nginx()    Debian's nginx over HTTPS (HTTP/2 when it can) and plain HTTP: the ordinary path
---   servers.fixture()  tests/fixtures/server.py: Range and validators, scripted faults, a fixture Hub
--- Only 127.0.0.1, ::1 and localhost are ever used.
+-- Loopback servers for the tests, started lazily once per test run and stopped at its end (t.defer).
+-- Only 127.0.0.1, ::1 and localhost are ever used. Each function returns the same table every call.
+--
+-- servers.ca() -> { cert = CA certificate (pass as --cacert / cacert=), key, dir,
+--                   server_cert, server_key }     (tests/fixtures/mkcerts.sh; SANs 127.0.0.1, ::1, localhost)
+--
+-- servers.nginx() -> Debian's nginx (tests/fixtures/nginx.sh, nginx.conf.in): the ordinary path.
+--   url = "https://127.0.0.1:P" (HTTP/2 and HTTP/1.1), url_localhost, http_url = "http://127.0.0.1:P2",
+--   port, http_port, root (the docroot), prefix,
+--   put(name, data) -> url .. "/" .. name          (name may hold folders; written atomically)
+--   log() -> { {method=, path=, status=, range= (nil when none), bytes=, protocol=, host=}… } oldest first
+--
+-- servers.fixture() -> tests/fixtures/server.py: Range and validators, scripted faults, a fixture Hub.
+--   url = "https://127.0.0.1:P", url_localhost = "https://localhost:P" (another host to clients),
+--   url6 = "https://[::1]:P", http_url = "http://127.0.0.1:P2", port, http_port, root, pid,
+--   put(name, data) -> url .. "/f/" .. name        (ROOT/files/<name>)
+--   script(name, {behaviour…})  name: a file under /f/ ("x.bin") or any request path ("/org/r/resolve/main/x").
+--       Each request to that path takes the first behaviour; {} or an empty list means normal answers.
+--       Behaviours (combine where it makes sense):
+--         { cut = N }                     headers, N body bytes, then the connection is closed
+--         { stall = N, seconds = S }      N body bytes, nothing for S seconds (default 60), then closed
+--         { status = 503, retry_after = S } an error status (4xx/5xx), Retry-After when given
+--         { ignore_range = true }         200 and the whole body even when Range was asked
+--         { etag = '"other"' }, { content = "other-file" }   another validator / other bytes (a changed file)
+--         { announce = BYTES }            Content-Length: BYTES, a little body, then closed
+--         { redirect = URL, status = 302 }  { delay = S } (seconds before answering)
+--         ["repeat"] = true               not taken: applies to every request until the script is replaced
+--         method = "GET"                  applies only to (and is taken only by) requests of that method
+--   requests(pattern) -> logged requests whose path matches the Lua pattern (all when nil), oldest first:
+--       { method=, path=, query=, headers = {lower-case names}, status=, host= (Host header), scheme=, time= }
+--       A request is logged before its response is sent.
+--   clear_log(), errors() -> the server's stderr ("" unless the server has a bug)
+--   hub_put(repo, path, data)   ROOT/hub/<org>/<repo>/<path>; the Hub is at HF_ENDPOINT = url
+--   hub_gate(repo, token|nil)   401 without "Authorization: Bearer <token>", 403 with another; nil opens it
+--   hub_lie(repo[, false])      X-Linked-Etag (and the redirect's ETag) state a wrong sha256
+--   Hub routes: /api/models/<org>/<repo>[/revision/<rev>][?blobs=1], /api/models/<org>/<repo>/tree/<rev>[/<dir>]
+--   [?recursive=1], /<org>/<repo>/resolve/<rev>/<path> (LFS: 302 to /cdn/<sha256> on the other host name,
+--   with X-Linked-Etag, X-Linked-Size, X-Repo-Commit; others: 200, ETag "<git blob sha1>"), /cdn/<sha256>.
+--   LFS: files of 1 MiB or more, or named *.safetensors, *.gguf, *.onnx, *.bin. Dot-files never show.
 local t = require "t"
 local core = require "modelget.core"
 local cjson = require "cjson"
