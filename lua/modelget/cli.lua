@@ -1,17 +1,920 @@
--- placeholder: the command line lands in its own change
+-- The command line: options, commands, help, exit status (SPEC "Command line").
+-- The host calls main(arg) inside a protected call and exits with the integer it returns.
+-- Every failure is one line on stderr, "modelget: what happened; what to do", and a status from
+-- the error code (DESIGN "Error codes and exit status"); --json adds an "error" event on stdout.
+local core = require "modelget.core"
+local progress = require "modelget.progress"
+
 local M = {}
-function M.main(arg)
-  if arg[1] == "run" then
-    local script = arg[2]
-    local args = { [0] = script }
-    for i = 3, #arg do args[#args + 1] = arg[i] end
-    _G.arg = args
-    local chunk, err = loadfile(script)
-    if not chunk then io.stderr:write("modelget: ", err, "\n") return 9 end
-    local r = chunk(table.unpack(args))
-    return math.type(r) == "integer" and r or 0
-  end
-  io.stderr:write("modelget: not yet\n")
-  return 2
+local PROG = "modelget"
+
+-- Exit status ---------------------------------------------------------------------------------------
+M.EXIT = {
+  EUSAGE = 2, ENOENT = 2, EPOLICY = 2, ENET = 3, EHASH = 4, ESIZE = 4, ESPACE = 5, EAUTH = 6,
+  EARCHIVE = 7, EFORMAT = 8, EINPUT = 9, EINTR = 130,
+}
+function M.exit_status(code) return M.EXIT[code] or 1 end
+
+-- What to do, per error code; the facade's message says what happened.
+local HINTS = {
+  EUSAGE = "see modelget --help",
+  ENOENT = "see modelget list, or modelget search WORDS",
+  EPOLICY = "use an https:// URL (plain http:// only to a loopback host)",
+  ENET = "check the network and the URL, or give a mirror with --alt URL; pulling again resumes the partial download",
+  EHASH = "the bad download was discarded; pull again, or check the sha256 if the model changed upstream",
+  ESIZE = "the bad download was discarded; pull again, or check the size if the model changed upstream",
+  ESPACE = "free space (see modelget ls, then modelget rm ID) or use another --store",
+  EAUTH = "set HF_TOKEN (or $HF_HOME/token) for the Hugging Face Hub, KAGGLE_USERNAME and KAGGLE_KEY"
+    .. " (or ~/.kaggle/kaggle.json) for Kaggle",
+  EARCHIVE = "nothing was installed; check that the URL is the right archive, or pull without --unzip",
+  EFORMAT = "nothing was installed; check --framework and that the URL is the model file itself",
+  EINPUT = "fix the file named above and try again",
+  EINTR = "the partial download is kept: the same pull again resumes it",
+  EBUSY = "that model is being downloaded: wait for the pull to end, or stop it first",
+}
+
+-- Numbers -------------------------------------------------------------------------------------------
+local SUFFIX = { [""] = 1, K = 1024, M = 1024 ^ 2, G = 1024 ^ 3, T = 1024 ^ 4 }
+
+-- "500K", "20M", "1.5G", "1048576" (binary multiples, like curl) -> bytes/s; nil when malformed.
+function M.parse_rate(s)
+  local num, unit = tostring(s):upper():match("^(%d+%.?%d*)([KMGT]?)I?B?$")
+  local n = tonumber(num)
+  if not n then return nil end
+  return math.floor(n * SUFFIX[unit] + 0.5)
 end
+
+local function whole(min)
+  return function(s)
+    local n = math.tointeger(tonumber(s))
+    if n and n >= min then return n end
+    return nil, string.format("a whole number, %d or more", min)
+  end
+end
+
+local function seconds(min_exclusive)
+  return function(s)
+    local n = tonumber(s)
+    if n and n == n and n ~= math.huge and (min_exclusive and n > 0 or not min_exclusive and n >= 0) then
+      return n
+    end
+    return nil, min_exclusive and "a number of seconds above 0" or "a number of seconds, 0 or more"
+  end
+end
+
+local function rate(s)
+  local n = M.parse_rate(s)
+  if n and n > 0 then return n end
+  return nil, "a rate such as 500K, 20M, 1.5G or plain bytes per second"
+end
+
+local function sha256_hex(s)
+  if #s == 64 and s:match("^%x+$") then return s:lower() end
+  return nil, "64 hexadecimal digits"
+end
+
+-- Options -------------------------------------------------------------------------------------------
+-- key: the facade's option name. global: accepted with every command.
+local OPTIONS = {
+  { long = "store", arg = "DIR", global = true,
+    help = "store root (default $MODELGET_HOME, else $XDG_DATA_HOME/modelget, else ~/.local/share/modelget)" },
+  { long = "registry", arg = "PATH", global = true, multi = true,
+    help = "an extra recipe file or folder (repeatable; also $MODELGET_REGISTRY_PATH, :-separated)" },
+  { long = "cacert", arg = "FILE", global = true,
+    help = "CA bundle (default $MODELGET_CA_BUNDLE, $SSL_CERT_FILE, $CURL_CA_BUNDLE, else the system's)" },
+  { long = "json", global = true, help = "machine-readable output: one JSON object a line on stdout" },
+  { long = "quiet", short = "q", global = true, help = "no progress output" },
+  { long = "jobs", short = "j", arg = "N", global = true, check = whole(1), help = "concurrent downloads (default 4)" },
+  { long = "limit-rate", arg = "RATE", global = true, check = rate, help = "total bandwidth cap: 500K, 20M, 1.5G or bytes/s" },
+  { long = "stall-timeout", arg = "S", global = true, check = seconds(true),
+    help = "retry a transfer that receives nothing for S seconds (default 30)" },
+  { long = "retries", arg = "N", global = true, check = whole(0), help = "attempts per URL before the next URL (default 5)" },
+  { long = "retry-wait", arg = "S", global = true, check = seconds(false),
+    help = "base wait before a retry, doubled each time (default 1)" },
+  { long = "no-color", global = true, help = "no colour (also when $NO_COLOR is set)" },
+  { long = "help", short = "h", global = true, help = "this help, or a command's help after the command" },
+  { long = "version", global = true, help = "the program's and the engine's versions" },
+  -- Options of some commands (each command lists the ones it takes).
+  { long = "framework", arg = "F" }, { long = "installed" },
+  { long = "sha256", arg = "HEX", check = sha256_hex }, { long = "id", arg = "ID" }, { long = "name", arg = "FILE" },
+  { long = "url", arg = "URL" }, { long = "unzip" }, { long = "auth" }, { long = "alt", arg = "URL", multi = true },
+  { long = "force" },
+}
+local LONG, SHORT = {}, {}
+for _, o in ipairs(OPTIONS) do
+  o.key = o.long:gsub("-", "_")
+  LONG[o.long] = o
+  if o.short then SHORT[o.short] = o end
+end
+
+-- A usage error: raised while parsing, caught in main (exit 2, one line and a hint).
+local Usage = {}
+local function usage(fmt, ...)
+  error(setmetatable({ message = string.format(fmt, ...) }, Usage), 0)
+end
+
+local function set_option(p, o, value, shown)
+  if o.check and value ~= nil then
+    local v, want = o.check(value)
+    if v == nil then usage("bad value for %s: '%s' (%s)", shown, value, want) end
+    value = v
+  end
+  if o.multi then
+    p.opts[o.key] = p.opts[o.key] or {}
+    table.insert(p.opts[o.key], value)
+  else
+    p.opts[o.key] = value == nil and true or value
+  end
+  p.given[#p.given + 1] = o
+end
+
+-- argv -> {command=, args={…}, opts={key=value…}, given={option…}}. Options may come before or
+-- after the command; "--" ends them; for `run`, every word after the script is the script's.
+function M.parse(argv)
+  local p = { args = {}, opts = {}, given = {} }
+  local raw, i = false, 1
+  while i <= #argv do
+    local a = argv[i]
+    if raw or a == "-" or a:sub(1, 1) ~= "-" then
+      if not p.command and not raw then p.command = a
+      else
+        p.args[#p.args + 1] = a
+        if p.command == "run" and #p.args == 1 then raw = true end
+      end
+    elseif a == "--" then
+      raw = true
+    elseif a:sub(1, 2) == "--" then
+      local name, value = a:match("^%-%-([^=]+)=(.*)$")
+      name = name or a:sub(3)
+      local o = LONG[name]
+      if not o then usage("unknown option --%s", name) end
+      if o.arg then
+        if value == nil then
+          i = i + 1
+          value = argv[i]
+          if value == nil then usage("--%s needs a value (%s)", name, o.arg) end
+        end
+      elseif value ~= nil then
+        usage("--%s takes no value", name)
+      end
+      set_option(p, o, value, "--" .. name)
+    else
+      -- Short options: -q, -h, -j N, -j4, and flags together (-qh).
+      local k = 2
+      while k <= #a do
+        local letter = a:sub(k, k)
+        local o = SHORT[letter]
+        if not o then usage("unknown option -%s", letter) end
+        if o.arg then
+          local value = a:sub(k + 1)
+          if value == "" then
+            i = i + 1
+            value = argv[i]
+            if value == nil then usage("-%s needs a value (%s)", letter, o.arg) end
+          end
+          set_option(p, o, value, "-" .. letter)
+          break
+        end
+        set_option(p, o, nil, "-" .. letter)
+        k = k + 1
+      end
+    end
+    i = i + 1
+  end
+  return p
+end
+
+-- Output helpers ------------------------------------------------------------------------------------
+local function one_line(s) return (tostring(s):gsub("%s*\n%s*", " ")) end
+
+local function json_line(obj)
+  io.stdout:write(progress.json_line(obj), "\n")
+end
+
+local function json_lines(list)
+  for _, obj in ipairs(list) do json_line(progress.plain_data(obj)) end
+end
+
+local function printf(fmt, ...) io.stdout:write(string.format(fmt, ...), "\n") end
+
+-- Left-aligned columns; the last column is not padded.
+local function columns(rows, indent)
+  local widths = {}
+  for _, row in ipairs(rows) do
+    for c, cell in ipairs(row) do
+      widths[c] = math.max(widths[c] or 0, utf8.len(cell) or #cell)
+    end
+  end
+  for _, row in ipairs(rows) do
+    local out = {}
+    for c, cell in ipairs(row) do
+      out[c] = c < #row and (cell .. string.rep(" ", widths[c] - (utf8.len(cell) or #cell))) or cell
+    end
+    io.stdout:write(indent or "", (table.concat(out, "  "):gsub("%s+$", "")), "\n")
+  end
+end
+
+-- The context of one command: parsed options, the facade's options, failure reporting.
+local Ctx = {}
+Ctx.__index = Ctx
+
+function Ctx:facade()
+  return require "modelget"
+end
+
+-- Messages from the facade that already say what to do get no second hint.
+local function has_hint(message)
+  message = tostring(message)
+  return message:find("modelget %l") or message:find("see '") or message:find("; run ") or message:find("pass %-%-")
+end
+
+-- Reports a failure: one line on stderr (and an "error" event with --json); returns the status.
+-- extra: id (for the event), hint (replaces the code's), event_sent (the facade already sent it).
+function Ctx:fail(message, code, extra)
+  extra = extra or {}
+  code = code or "EIO"
+  local hint = extra.hint
+  if hint == nil and not has_hint(message) then hint = HINTS[code] end
+  if code == "EUSAGE" and self.command and hint == HINTS.EUSAGE then
+    hint = "see modelget help " .. self.command
+  end
+  if self.json and not extra.event_sent then
+    json_line({ event = "error", id = extra.id, code = code, message = one_line(message) })
+    io.stdout:flush()
+  end
+  io.stderr:write(PROG, ": ", one_line(message), hint and hint ~= false and ("; " .. hint) or "", "\n")
+  io.stderr:flush()
+  return M.exit_status(code)
+end
+
+function Ctx:usage(fmt, ...)
+  return self:fail(string.format(fmt, ...), "EUSAGE")
+end
+
+-- Problems met while loading recipes: one warning line each, loading went on.
+function Ctx:warn_problems(problems)
+  for _, p in ipairs(problems or {}) do
+    io.stderr:write(PROG, ": warning: ", one_line(p), "\n")
+  end
+end
+
+function Ctx:reporter()
+  local stdout_tty = core.isatty(1)
+  local mode = progress.mode(self.opts, stdout_tty)
+  return progress.new {
+    mode = mode,
+    out = io.stdout,
+    color = self.color,
+    width = core.terminal_width() or tonumber(os.getenv("COLUMNS")) or 80,
+    clock = core.now,
+  }
+end
+
+-- The catalog, its loading problems shown as warnings; nil and the exit status when it fails.
+function Ctx:catalog()
+  local catalog, problems, code = self:facade().catalog(self.opts)
+  if not catalog then return nil, self:fail(problems, code) end
+  self:warn_problems(problems)
+  return catalog
+end
+
+-- Checks a --framework value against the rules the facade knows.
+function Ctx:check_framework(name)
+  if not name then return true end
+  local names = {}
+  for _, rule in ipairs(self:facade().frameworks()) do
+    if rule.name == name then return true end
+    names[#names + 1] = rule.name
+  end
+  return nil, string.format("unknown framework '%s' (one of: %s)", name, table.concat(names, ", "))
+end
+
+-- Commands ------------------------------------------------------------------------------------------
+local COMMANDS, ORDER = {}, {}
+local function command(name, def)
+  def.name = name
+  def.options = def.options or {}
+  COMMANDS[name] = def
+  ORDER[#ORDER + 1] = name
+end
+
+local function installed_set(mg, opts)
+  local set = {}
+  for _, m in ipairs(mg.installed(opts) or {}) do set[m.id] = m end
+  return set
+end
+
+local function size_of(entry)
+  if entry.size then return progress.bytes(entry.size) end
+  local total
+  for _, f in ipairs(entry.files or {}) do
+    if f.size then total = (total or 0) + f.size end
+  end
+  return total and progress.bytes(total) or "size unknown"
+end
+
+local function framework_order(mg)
+  local order, title = {}, {}
+  for i, rule in ipairs(mg.frameworks()) do
+    order[rule.name] = i
+    title[rule.name] = rule.title or rule.name
+  end
+  return order, title
+end
+
+-- Sorted by framework (in the rules' order), then id.
+local function sort_entries(entries, order)
+  table.sort(entries, function(a, b)
+    local fa, fb = order[a.framework] or math.huge, order[b.framework] or math.huge
+    if fa ~= fb then return fa < fb end
+    if a.framework ~= b.framework then return tostring(a.framework) < tostring(b.framework) end
+    return a.id < b.id
+  end)
+  return entries
+end
+
+local function entry_list(catalog)
+  local list = {}
+  for _, e in ipairs(catalog:entries()) do list[#list + 1] = e end
+  return list
+end
+
+-- Prints entries grouped under their framework's title, "*" marking the installed ones.
+function Ctx:show_entries(entries, installed)
+  local mg = self:facade()
+  local order, title = framework_order(mg)
+  sort_entries(entries, order)
+  if self.json then
+    for _, e in ipairs(entries) do
+      local obj = progress.plain_data(e)
+      obj.installed = installed[e.id] ~= nil
+      json_line(obj)
+    end
+    return
+  end
+  local group, rows, any_installed = nil, {}, false
+  local function flush()
+    if #rows > 0 then columns(rows, "  ") end
+    rows = {}
+  end
+  for _, e in ipairs(entries) do
+    if e.framework ~= group then
+      flush()
+      group = e.framework
+      printf("%s%s (%s)", group == entries[1].framework and "" or "\n", title[group] or group, group)
+    end
+    local mark = installed[e.id] and "*" or " "
+    any_installed = any_installed or installed[e.id] ~= nil
+    rows[#rows + 1] = { mark .. " " .. e.id, e.name or "", size_of(e), e.auth and "auth" or "" }
+  end
+  flush()
+  if any_installed then printf("\n* installed") end
+end
+
+command("list", {
+  usage = "list [--framework F] [--installed]",
+  summary = "the catalog, grouped by framework",
+  options = { framework = "only this framework's entries", installed = "only the installed entries" },
+  max = 0,
+  run = function(ctx)
+    local mg = ctx:facade()
+    local ok, err = ctx:check_framework(ctx.opts.framework)
+    if not ok then return ctx:usage("%s", err) end
+    local catalog, status = ctx:catalog()
+    if not catalog then return status end
+    local installed = installed_set(mg, ctx.opts)
+    local shown = {}
+    for _, e in ipairs(entry_list(catalog)) do
+      if (not ctx.opts.framework or e.framework == ctx.opts.framework)
+        and (not ctx.opts.installed or installed[e.id]) then
+        shown[#shown + 1] = e
+      end
+    end
+    if #shown == 0 and not ctx.json then
+      printf(ctx.opts.installed and "no installed entries" or "no entries")
+      return 0
+    end
+    ctx:show_entries(shown, installed)
+    return 0
+  end,
+})
+
+command("info", {
+  usage = "info ID",
+  summary = "one entry: name, framework, URLs, size, sha256, files, auth, install state",
+  min = 1, max = 1, ids = true,
+  run = function(ctx)
+    local mg = ctx:facade()
+    local id = ctx.args[1]
+    local e, err, code = mg.info(id, ctx.opts)
+    if not e then return ctx:fail(err, code, { id = id }) end
+    if ctx.json then
+      json_line(progress.plain_data(e))
+      return 0
+    end
+    local rows = {
+      { "id", e.id }, { "name", e.name or "" }, { "framework", e.framework or "" },
+      { "url", e.url or (e.hub and e.hub.repo and ("hub: " .. e.hub.repo)) or "" },
+    }
+    for _, u in ipairs(e.alt or {}) do rows[#rows + 1] = { "alternative", u } end
+    rows[#rows + 1] = { "size", size_of(e) }
+    rows[#rows + 1] = { "sha256", e.sha256 or "not stated (verified only if the server states one)" }
+    if e.unzip then rows[#rows + 1] = { "archive", "extracted after download" } end
+    for _, f in ipairs(e.files or {}) do
+      rows[#rows + 1] = { "file", f.name .. (f.optional and " (optional)" or "") .. (f.url and ("  " .. f.url) or "") }
+    end
+    rows[#rows + 1] = { "auth", e.auth and tostring(e.auth == true and "required" or e.auth) or "none" }
+    if e.tags and #e.tags > 0 then rows[#rows + 1] = { "tags", table.concat(e.tags, ", ") } end
+    if e.memory then rows[#rows + 1] = { "memory", tostring(e.memory) } end
+    if e.description then rows[#rows + 1] = { "description", one_line(e.description) } end
+    if e.source then rows[#rows + 1] = { "source", e.source } end
+    rows[#rows + 1] = { "installed", e.installed and ("yes, in " .. (e.path or "?")) or "no" }
+    for _, r in ipairs(rows) do r[1] = r[1] .. ":" end
+    columns(rows)
+    return 0
+  end,
+})
+
+command("search", {
+  usage = "search WORDS",
+  summary = "entries whose id, name or tags match every word",
+  min = 1,
+  run = function(ctx)
+    local mg = ctx:facade()
+    local catalog, status = ctx:catalog()
+    if not catalog then return status end
+    local words = {}
+    for _, a in ipairs(ctx.args) do
+      for w in a:lower():gmatch("%S+") do words[#words + 1] = w end
+    end
+    local found = {}
+    for _, e in ipairs(entry_list(catalog)) do
+      local text = { e.id:lower(), (e.name or ""):lower() }
+      for _, tag in ipairs(e.tags or {}) do text[#text + 1] = tostring(tag):lower() end
+      local hay = table.concat(text, "\0")
+      local all = true
+      for _, w in ipairs(words) do
+        if not hay:find(w, 1, true) then all = false; break end
+      end
+      if all then found[#found + 1] = e end
+    end
+    if #found == 0 then
+      return ctx:fail("nothing matches '" .. table.concat(ctx.args, " ") .. "'", "ENOMATCH",
+        { hint = "see modelget list" })
+    end
+    ctx:show_entries(found, installed_set(mg, ctx.opts))
+    return 0
+  end,
+})
+
+command("frameworks", {
+  usage = "frameworks",
+  summary = "the frameworks and their rules",
+  max = 0,
+  run = function(ctx)
+    local rules = ctx:facade().frameworks()
+    if ctx.json then
+      json_lines(rules)
+      return 0
+    end
+    local rows = {}
+    for _, r in ipairs(rules) do
+      local exts = r.extensions and #r.extensions > 0 and table.concat(r.extensions, " ") or "any file"
+      rows[#rows + 1] = { r.name, r.title or "", exts, r.describe and one_line(r.describe) or "" }
+    end
+    columns(rows)
+    return 0
+  end,
+})
+
+-- pull ----------------------------------------------------------------------------------------------
+local PULL_ONE_TARGET = { "sha256", "id", "name", "alt" }
+
+local function pull_options(ctx)
+  local o = {}
+  for k, v in pairs(ctx.opts) do o[k] = v end
+  return o
+end
+
+-- The "done" line (or event) of a pull, unless the facade's own "done" event said it already.
+local function report_pulled(reporter, target, res)
+  local id = res.id or target
+  if not reporter.done[id] then
+    reporter:event({ event = "done", id = id, path = res.path, sha256 = res.sha256, bytes = res.bytes,
+      already = res.already })
+  end
+end
+
+local function pull_failed(ctx, reporter, target, err, code)
+  return ctx:fail(err, code, { id = target, event_sent = reporter.failed[err] })
+end
+
+command("pull", {
+  usage = "pull ID|URL… [--sha256 HEX] [--framework F] [--id ID] [--name FILE] [--unzip] [--alt URL]… [--force]",
+  summary = "download, verify, extract, fetch side files, install",
+  options = {
+    sha256 = "the file's expected SHA-256 (a URL's; a recipe states its own)",
+    framework = "the framework of a URL (default: from the extension)",
+    id = "the id to install a URL under (default: the file name without extension)",
+    name = "the file name to save a URL as",
+    unzip = "the URL is an archive: extract it",
+    alt = "an alternative URL, tried when the first fails (repeatable)",
+    force = "download again even when installed and verified",
+  },
+  min = 1, ids = true,
+  run = function(ctx)
+    local mg = ctx:facade()
+    if #ctx.args > 1 then
+      for _, k in ipairs(PULL_ONE_TARGET) do
+        if ctx.opts[k] then return ctx:usage("--%s applies to one target; pull those one at a time", k) end
+      end
+    end
+    local ok, ferr = ctx:check_framework(ctx.opts.framework)
+    if not ok then return ctx:usage("%s", ferr) end
+    local reporter = ctx:reporter()
+    local opts = pull_options(ctx)
+    opts.on_event = function(ev) reporter:event(ev) end
+    if #ctx.args == 1 then
+      local target = ctx.args[1]
+      local res, err, code = mg.pull(target, opts)
+      reporter:close()
+      if not res then return pull_failed(ctx, reporter, target, err, code) end
+      report_pulled(reporter, target, res)
+      return 0
+    end
+    local results = mg.pull_many(ctx.args, opts)
+    reporter:close()
+    local status = 0
+    for i, r in ipairs(results) do
+      local target = r.target or ctx.args[i]
+      if r.ok then
+        report_pulled(reporter, target, r.result)
+      else
+        local s = pull_failed(ctx, reporter, target, r.err, r.code)
+        if status == 0 then status = s end
+      end
+    end
+    return status
+  end,
+})
+
+command("verify", {
+  usage = "verify [ID…]",
+  summary = "re-hash installed models (all, or the ones named)",
+  ids = true,
+  run = function(ctx)
+    local mg = ctx:facade()
+    local reporter = ctx:reporter()
+    local opts = pull_options(ctx)
+    opts.on_event = function(ev) reporter:event(ev) end
+    local list, err, code = mg.verify(#ctx.args > 0 and ctx.args or nil, opts)
+    reporter:close()
+    if not list then return ctx:fail(err, code) end
+    local bad = {}
+    for _, m in ipairs(list) do
+      if ctx.json then
+        json_line({ event = "verified", id = m.id, framework = m.framework, ok = m.ok, bad = m.bad })
+      elseif m.ok then
+        printf("ok      %s", m.id)
+      else
+        printf("FAILED  %s: %s", m.id, table.concat(m.bad or {}, ", "))
+      end
+      if not m.ok then
+        bad[#bad + 1] = m.id .. ": " .. table.concat(m.bad or { "?" }, ", ")
+      end
+    end
+    if #list == 0 and not ctx.json then printf("no models installed") end
+    if #bad > 0 then
+      return ctx:fail("verification failed: " .. table.concat(bad, "; "), "EHASH",
+        { hint = "modelget pull --force ID downloads it again" })
+    end
+    return 0
+  end,
+})
+
+command("ls", {
+  usage = "ls",
+  summary = "installed models: framework, size on disk, state recorded at install",
+  max = 0,
+  run = function(ctx)
+    local mg = ctx:facade()
+    local list, err, code = mg.installed(ctx.opts)
+    if not list then return ctx:fail(err, code) end
+    if ctx.json then
+      json_lines(list)
+      return 0
+    end
+    if #list == 0 then
+      printf("no models installed in %s", mg.store_root(ctx.opts))
+      return 0
+    end
+    local rows, total = { { "ID", "FRAMEWORK", "SIZE", "STATE", "PATH" } }, 0
+    for _, m in ipairs(list) do
+      total = total + (m.bytes or 0)
+      local state = m.state or (m.verified == false and "unverified") or "verified"
+      rows[#rows + 1] = { m.id, m.framework or "", progress.bytes(m.bytes), state, m.path or "" }
+    end
+    columns(rows)
+    printf("%d model%s, %s in %s", #list, #list == 1 and "" or "s", progress.bytes(total), mg.store_root(ctx.opts))
+    return 0
+  end,
+})
+
+command("rm", {
+  usage = "rm ID…",
+  summary = "remove installed models",
+  min = 1, ids = true,
+  run = function(ctx)
+    local mg = ctx:facade()
+    local status = 0
+    for _, id in ipairs(ctx.args) do
+      local ok, err, code = mg.remove(id, ctx.opts)
+      if ok then
+        if ctx.json then json_line({ event = "removed", id = id })
+        elseif not ctx.opts.quiet then printf("removed %s", id) end
+      else
+        local s = ctx:fail(err, code, { id = id })
+        if status == 0 then status = s end
+      end
+    end
+    return status
+  end,
+})
+
+-- urls ----------------------------------------------------------------------------------------------
+local URLS = {}
+
+function URLS.list(ctx)
+  local list, err, code = ctx:facade().urls.list(ctx.opts)
+  if not list then return ctx:fail(err, code) end
+  if ctx.json then
+    json_lines(list)
+    return 0
+  end
+  if #list == 0 then printf("no custom URLs (add one with modelget urls add)") return 0 end
+  local rows = {}
+  for _, e in ipairs(list) do
+    local notes = {}
+    if e.sha256 then notes[#notes + 1] = "sha256" end
+    if e.requiresUnzip or e.unzip then notes[#notes + 1] = "unzip" end
+    if e.requiresAuth or e.auth then notes[#notes + 1] = "auth" end
+    local alts = e.alternativeURLs or e.alt or {}
+    if #alts > 0 then notes[#notes + 1] = #alts .. " alternative" .. (#alts == 1 and "" or "s") end
+    rows[#rows + 1] = { e.id, e.name or "", e.url or "", table.concat(notes, ", ") }
+  end
+  columns(rows)
+  return 0
+end
+
+function URLS.add(ctx)
+  for _, k in ipairs({ "id", "name", "url" }) do
+    if not ctx.opts[k] then return ctx:usage("urls add needs --%s", k) end
+  end
+  local ok, ferr = ctx:check_framework(ctx.opts.framework)
+  if not ok then return ctx:usage("%s", ferr) end
+  local fields = {
+    id = ctx.opts.id, name = ctx.opts.name, url = ctx.opts.url, sha256 = ctx.opts.sha256,
+    framework = ctx.opts.framework, requiresUnzip = ctx.opts.unzip or false,
+    requiresAuth = ctx.opts.auth or false, alternativeURLs = ctx.opts.alt or {},
+  }
+  local res, err, code = ctx:facade().urls.add(fields, ctx.opts)
+  if not res then return ctx:fail(err, code, { id = fields.id }) end
+  if ctx.json then json_line({ event = "added", id = fields.id })
+  else printf("added %s (modelget pull %s downloads it)", fields.id, fields.id) end
+  return 0
+end
+
+function URLS.rm(ctx)
+  local id = ctx.args[2]
+  local res, err, code = ctx:facade().urls.remove(id, ctx.opts)
+  if not res then return ctx:fail(err, code, { id = id }) end
+  if ctx.json then json_line({ event = "removed", id = id }) else printf("removed custom URL %s", id) end
+  return 0
+end
+
+function URLS.export(ctx)
+  local file = ctx.args[2]
+  local res, err, code = ctx:facade().urls.export(file, ctx.opts)
+  if not res then return ctx:fail(err, code) end
+  if file then
+    if ctx.json then json_line({ event = "exported", file = file })
+    else printf("exported custom URLs to %s", file) end
+  else
+    io.stdout:write(res, res:sub(-1) == "\n" and "" or "\n")
+  end
+  return 0
+end
+
+function URLS.import(ctx)
+  local file = ctx.args[2]
+  local res, err, code = ctx:facade().urls.import(file, ctx.opts)
+  if not res then return ctx:fail(err, code) end
+  local n = type(res) == "table" and (res.count or res.imported or #res) or nil
+  if ctx.json then json_line({ event = "imported", file = file, count = n })
+  else printf("imported %s from %s", n and (n .. " custom URL" .. (n == 1 and "" or "s")) or "custom URLs", file) end
+  return 0
+end
+
+local URLS_ARGS = { list = { 1, 1 }, add = { 1, 1 }, rm = { 2, 2 }, export = { 1, 2 }, import = { 2, 2 } }
+
+command("urls", {
+  usage = "urls list|add|rm ID|export [FILE]|import FILE",
+  summary = "custom model URLs (the JSON schema of the guide)",
+  detail = "add takes --id ID --name FILE --url URL [--sha256 HEX] [--framework F] [--unzip] [--auth] [--alt URL]…",
+  options = {
+    id = "add: the entry's id", name = "add: the file name (with its extension)", url = "add: the download URL",
+    sha256 = "add: the file's expected SHA-256", framework = "add: the framework (default: from the extension)",
+    unzip = "add: the URL is an archive to extract", auth = "add: the URL needs credentials",
+    alt = "add: an alternative URL (repeatable)",
+  },
+  min = 1, max = 2,
+  run = function(ctx)
+    local sub = ctx.args[1]
+    local n = URLS_ARGS[sub]
+    if not n then return ctx:usage("unknown urls command '%s' (list, add, rm, export, import)", sub) end
+    if #ctx.args < n[1] then return ctx:usage("urls %s needs %s", sub, sub == "rm" and "an ID" or "a FILE") end
+    if #ctx.args > n[2] then return ctx:usage("too many arguments for urls %s", sub) end
+    if sub ~= "add" then
+      for _, o in ipairs(ctx.given) do
+        if not o.global then return ctx:usage("--%s applies to urls add only", o.long) end
+      end
+    end
+    return URLS[sub](ctx)
+  end,
+})
+
+command("import", {
+  usage = "import DIR --id ID --framework F",
+  summary = "adopt a local folder (a git clone of a model repo, say) into the store",
+  options = { id = "the id to install it under", framework = "its framework" },
+  min = 1, max = 1,
+  run = function(ctx)
+    for _, k in ipairs({ "id", "framework" }) do
+      if not ctx.opts[k] then return ctx:usage("import needs --%s", k) end
+    end
+    local ok, ferr = ctx:check_framework(ctx.opts.framework)
+    if not ok then return ctx:usage("%s", ferr) end
+    local res, err, code = ctx:facade().import_dir(ctx.args[1], ctx.opts)
+    if not res then return ctx:fail(err, code, { id = ctx.opts.id }) end
+    if ctx.json then
+      json_line({ event = "done", id = res.id or ctx.opts.id, path = res.path, sha256 = res.sha256,
+        bytes = res.bytes })
+    else
+      printf("imported %s (%s) into %s", res.id or ctx.opts.id, progress.bytes(res.bytes), res.path or "?")
+    end
+    return 0
+  end,
+})
+
+-- run -----------------------------------------------------------------------------------------------
+command("run", {
+  usage = "run SCRIPT.lua [ARGS…]",
+  summary = "run a Lua script with the engine and the facade loaded",
+  detail = "The script sees its arguments in arg (arg[0] is the script) and in ...; require \"modelget\""
+    .. " and require \"modelget.core\" work. Its integer return value (or os.exit) is the exit status;"
+    .. " an error stops it with status 9 and file:line: message.",
+  min = 1,
+  run = function(ctx)
+    local script = ctx.args[1]
+    local args = { [0] = script, table.unpack(ctx.args, 2) }
+    local chunk, err = loadfile(script)
+    if not chunk then
+      if not core.stat(script) then return ctx:fail("cannot open " .. script, "EUSAGE", { hint = false }) end
+      return ctx:fail(err, "EINPUT", { hint = false })
+    end
+    _G.arg = args
+    local debug_on = os.getenv("MODELGET_DEBUG")
+    local ok, res = xpcall(chunk, function(e)
+      if type(e) == "table" then return e end
+      local msg = tostring(e)
+      return debug_on and debug.traceback(msg, 2) or msg
+    end, table.unpack(args))
+    if not ok then
+      if type(res) == "table" then
+        local code = res.code or "EINPUT"
+        return res.exit or ctx:fail(res.message or tostring(res), code, { hint = false })
+      end
+      return ctx:fail(res, "EINPUT", { hint = false })
+    end
+    if math.type(res) == "integer" then return res end
+    if res == false then return 1 end
+    return 0
+  end,
+})
+
+command("help", {
+  usage = "help [COMMAND]",
+  summary = "this help, or one command's",
+  max = 1,
+  run = function(ctx)
+    local name = ctx.args[1]
+    if not name then io.stdout:write(M.help()) return 0 end
+    if not COMMANDS[name] then return ctx:usage("unknown command '%s'", name) end
+    io.stdout:write(M.command_help(name))
+    return 0
+  end,
+})
+
+-- Help ----------------------------------------------------------------------------------------------
+local function option_rows(filter, describe)
+  local rows = {}
+  for _, o in ipairs(OPTIONS) do
+    local text = describe(o)
+    if filter(o) and text then
+      local flag = (o.short and ("-" .. o.short .. ", ") or "    ") .. "--" .. o.long .. (o.arg and (" " .. o.arg) or "")
+      rows[#rows + 1] = { flag, text }
+    end
+  end
+  return rows
+end
+
+local function render(rows, indent)
+  local w = 0
+  for _, r in ipairs(rows) do w = math.max(w, utf8.len(r[1])) end
+  local out = {}
+  for _, r in ipairs(rows) do
+    out[#out + 1] = indent .. r[1] .. string.rep(" ", w - utf8.len(r[1]) + 2) .. r[2]
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+function M.help()
+  local cmds = {}
+  for _, name in ipairs(ORDER) do
+    cmds[#cmds + 1] = "  " .. COMMANDS[name].usage .. "\n      " .. COMMANDS[name].summary .. "\n"
+  end
+  return "usage: modelget [OPTIONS] COMMAND [ARGS]\n\n"
+    .. "Downloads machine-learning models: resumable, verified (SHA-256), checked against their\n"
+    .. "framework, installed under the store. Options may come before or after the command.\n\n"
+    .. "commands:\n" .. table.concat(cmds)
+    .. "\noptions:\n" .. render(option_rows(function(o) return o.global end, function(o) return o.help end), "  ")
+    .. "\nmodelget help COMMAND (or COMMAND --help) shows a command's options.\n"
+    .. "exit status: 0 done, 1 other failure, 2 usage or unknown id or refused URL, 3 network, 4 integrity,\n"
+    .. "5 insufficient storage, 6 authentication, 7 unsafe or corrupt archive, 8 not compatible with its\n"
+    .. "framework, 9 bad input file, 130 interrupted (partial data kept).\n"
+end
+
+function M.command_help(name)
+  local c = COMMANDS[name]
+  local text = "usage: modelget [OPTIONS] " .. c.usage .. "\n\n" .. c.summary .. "\n"
+  if c.detail then text = text .. c.detail .. "\n" end
+  local rows = option_rows(function(o) return c.options[o.key] ~= nil end, function(o) return c.options[o.key] end)
+  if #rows > 0 then text = text .. "\noptions:\n" .. render(rows, "  ") end
+  return text .. "\nglobal options (--store, --json, -q, -j, …): see modelget --help\n"
+end
+
+function M.version()
+  local ok, mg = pcall(require, "modelget")
+  local v = ok and type(mg) == "table" and mg.version or "?"
+  return string.format("modelget %s (%s, %s)\n", v, core.version(), _VERSION)
+end
+
+-- Main ----------------------------------------------------------------------------------------------
+local function check_arity(c, args)
+  if c.min and #args < c.min then
+    local what = c.usage:match("^%S+%s+(%S+)") or "an argument"
+    return string.format("%s needs %s", c.name, what)
+  end
+  if c.max and #args > c.max then
+    return string.format("%s takes %s", c.name,
+      c.max == 0 and "no arguments" or string.format("at most %d argument%s", c.max, c.max == 1 and "" or "s"))
+  end
+end
+
+function M.main(argv)
+  local ok, p = pcall(M.parse, argv)
+  local ctx = setmetatable({ opts = {}, given = {}, args = {} }, Ctx)
+  if not ok then
+    if getmetatable(p) ~= Usage then error(p, 0) end
+    -- --json may have come before the bad word: the error event is still owed.
+    for _, a in ipairs(argv) do if a == "--json" then ctx.json = true end end
+    return ctx:fail(p.message, "EUSAGE")
+  end
+  ctx.opts, ctx.given, ctx.args = p.opts, p.given, p.args
+  ctx.json = p.opts.json and true or false
+  ctx.color = not p.opts.no_color and os.getenv("NO_COLOR") == nil and core.isatty(1)
+  p.opts.no_color, p.opts.help, p.opts.version = nil, nil, nil
+
+  local given = {}
+  for _, o in ipairs(p.given) do given[o.long] = true end
+  if given.version then io.stdout:write(M.version()) return 0 end
+  if p.command == nil then
+    if given.help then io.stdout:write(M.help()) return 0 end
+    return ctx:fail("no command given", "EUSAGE")
+  end
+  local c = COMMANDS[p.command]
+  if not c then return ctx:fail(string.format("unknown command '%s'", p.command), "EUSAGE") end
+  ctx.command = c.name
+  if given.help then io.stdout:write(M.command_help(c.name)) return 0 end
+  for _, o in ipairs(p.given) do
+    if not o.global and c.options[o.key] == nil then
+      return ctx:usage("--%s does not apply to %s", o.long, c.name)
+    end
+  end
+  local bad = check_arity(c, p.args)
+  if bad then return ctx:fail(bad, "EUSAGE") end
+  if c.name ~= "run" then core.catch_interrupt() end
+  return c.run(ctx)
+end
+
 return M

@@ -1,0 +1,344 @@
+-- What a person sees while models download. One reporter takes the facade's events (SPEC "--json
+-- events") and shows them in one of four ways:
+--   "tty"    one line per active file and a total line, redrawn in place (ANSI), at most ~10 times/s
+--   "plain"  occasional whole lines (start, every 10 % or few seconds per file, done): logs and pipes
+--   "json"   every event as one JSON object a line
+--   "quiet"  nothing
+-- Failures are the command line's to report (one line on stderr); the reporter only draws.
+local M = {}
+
+local REDRAW_EVERY = 0.1   -- seconds between two redraws on a terminal
+local PLAIN_EVERY = 5      -- seconds between two plain lines for one file (besides every 10 %)
+
+-- Formatting ---------------------------------------------------------------------------------------
+local UNITS = { "B", "KiB", "MiB", "GiB", "TiB" }
+
+-- 1536 -> "1.5 KiB"; nil -> "?"
+function M.bytes(n)
+  if type(n) ~= "number" then return "?" end
+  local i = 1
+  while n >= 1024 and i < #UNITS do n = n / 1024; i = i + 1 end
+  if i == 1 then return string.format("%d B", math.floor(n)) end
+  return string.format(n >= 100 and "%.0f %s" or "%.1f %s", n, UNITS[i])
+end
+
+function M.rate(n)
+  if type(n) ~= "number" or n <= 0 then return "" end
+  return M.bytes(n) .. "/s"
+end
+
+-- seconds -> "0:05", "12:30", "1:02:03"; unknown -> "--:--"
+function M.duration(s)
+  if type(s) ~= "number" or s ~= s or s < 0 or s == math.huge then return "--:--" end
+  s = math.floor(s + 0.5)
+  local h, m = s // 3600, (s % 3600) // 60
+  if h > 0 then return string.format("%d:%02d:%02d", h, m, s % 60) end
+  return string.format("%d:%02d", m, s % 60)
+end
+
+local function width_of(s) return utf8.len(s) or #s end
+
+-- Cuts s to at most n characters (an ellipsis marks the cut) and pads it to n.
+local function fit(s, n)
+  local w = width_of(s)
+  if w > n then
+    if n < 2 then return s:sub(1, n) end
+    s = s:sub(1, utf8.offset(s, n) - 1) .. "…"
+    w = n
+  end
+  return s .. string.rep(" ", n - w)
+end
+
+local function percent(completed, total)
+  if type(total) ~= "number" or total <= 0 then return nil end
+  return math.min(100, math.floor(100 * (completed or 0) / total))
+end
+
+-- Colour -------------------------------------------------------------------------------------------
+local SGR = { green = "32", red = "31", yellow = "33", cyan = "36", dim = "2", bold = "1" }
+
+local Reporter = {}
+Reporter.__index = Reporter
+
+function Reporter:paint(colour, s)
+  if not self.color then return s end
+  return "\27[" .. SGR[colour] .. "m" .. s .. "\27[0m"
+end
+
+-- Lines that stay (start, retry, done) ---------------------------------------------------------------
+local function label(ev)
+  if ev.file and ev.file ~= "" and ev.file ~= ev.id then return ev.id .. ": " .. ev.file end
+  return ev.id or ev.file or "?"
+end
+
+-- The sentence for one event, or nil when the event only moves a bar (or says nothing).
+function Reporter:sentence(ev)
+  local kind, id = ev.event, ev.id or "?"
+  if kind == "start" then
+    local parts = {}
+    if ev.files and ev.files > 1 then parts[#parts + 1] = ev.files .. " files" end
+    if ev.total then parts[#parts + 1] = M.bytes(ev.total) end
+    return "downloading " .. id .. (#parts > 0 and (" (" .. table.concat(parts, ", ") .. ")") or "")
+  elseif kind == "retry" then
+    local wait = ev.delay and string.format("retrying in %.1fs", ev.delay) or "retrying"
+    local attempt = ev.attempt and string.format(" (attempt %d)", ev.attempt) or ""
+    return self:paint("yellow", label(ev) .. (ev.reason and (": " .. ev.reason) or "") .. "; " .. wait .. attempt)
+  elseif kind == "fallback" then
+    return self:paint("yellow", label(ev) .. ": trying " .. (ev.to or "the next URL")
+      .. (ev.reason and (" (" .. ev.reason .. ")") or ""))
+  elseif kind == "verify" then
+    if ev.ok == false then return nil end
+    local sum = ev.sha256 and ev.sha256:sub(1, 16) .. "…" or "?"
+    if ev.checked == false then
+      return label(ev) .. ": no SHA-256 stated to check against (sha256 " .. sum .. " recorded)"
+    end
+    return "verified " .. label(ev) .. " (sha256 " .. sum .. ")"
+  elseif kind == "extract" then
+    if ev.done then
+      return string.format("extracted %s: %s entries, %s", id, tostring(ev.entries or "?"), M.bytes(ev.completed))
+    end
+    if self.extracting[id] then return nil end
+    self.extracting[id] = true
+    return "extracting " .. id
+  elseif kind == "repair" then
+    return self:paint("yellow", id .. ": the installed files changed on disk; downloading again")
+  elseif kind == "skip" then
+    return label(ev) .. ": optional file skipped" .. (ev.reason and (" (" .. ev.reason .. ")") or "")
+  elseif kind == "done" then
+    if ev.already then
+      return id .. " is already installed and verified in " .. (ev.path or "?") .. " (--force downloads it again)"
+    end
+    return self:paint("green", "installed " .. id) .. " (" .. M.bytes(ev.bytes) .. ") in " .. (ev.path or "?")
+  end
+  return nil
+end
+
+-- Files in flight ----------------------------------------------------------------------------------
+function Reporter:file(ev)
+  local key = (ev.id or "") .. "\0" .. (ev.file or "")
+  local f = self.files[key]
+  if not f then
+    f = { key = key, id = ev.id, file = ev.file, name = ev.file or ev.id or "?", completed = 0 }
+    self.files[key] = f
+    self.order[#self.order + 1] = f
+  end
+  return f
+end
+
+function Reporter:track(ev)
+  local f = self:file(ev)
+  if ev.total then f.total = ev.total end
+  if ev.completed then f.completed = ev.completed end
+  f.speed, f.eta = ev.speed, ev.eta
+  return f
+end
+
+-- Marks every file of a model finished (done) or gone (error): it leaves the live block.
+function Reporter:finish_model(id, ok)
+  for _, f in ipairs(self.order) do
+    if f.id == id and not f.finished then
+      f.finished = true
+      if ok and f.total then f.completed = f.total end
+      f.speed, f.eta = nil, nil
+    end
+  end
+end
+
+function Reporter:totals()
+  local done, total, speed, known = 0, 0, 0, true
+  for _, f in ipairs(self.order) do
+    done = done + (f.completed or 0)
+    if f.total then total = total + f.total else known = false end
+    speed = speed + (f.speed or 0)
+  end
+  return done, known and total or nil, speed
+end
+
+-- Terminal drawing ---------------------------------------------------------------------------------
+function Reporter:bar_line(name, completed, total, speed, eta, width)
+  local pct = percent(completed, total)
+  local amount = total and (M.bytes(completed) .. " / " .. M.bytes(total)) or M.bytes(completed)
+  local tail = string.format(" %4s %21s %12s %7s", pct and (pct .. "%") or "", amount, M.rate(speed),
+    M.duration(eta))
+  local bar_w = width >= 72 and 20 or (width >= 56 and 10 or 0)
+  local name_w = math.max(8, width - #tail - (bar_w > 0 and bar_w + 3 or 0) - 1)
+  local bar = ""
+  if bar_w > 0 then
+    local filled = pct and math.floor(bar_w * pct / 100) or 0
+    bar = " [" .. self:paint("cyan", string.rep("=", filled)) .. string.rep(" ", bar_w - filled) .. "]"
+  end
+  return fit(name, name_w) .. bar .. tail
+end
+
+function Reporter:live_lines()
+  local lines, active = {}, 0
+  for _, f in ipairs(self.order) do
+    if not f.finished then
+      active = active + 1
+      lines[#lines + 1] = self:bar_line(f.name, f.completed, f.total, f.speed, f.eta, self.width)
+    end
+  end
+  if active > 0 then
+    local done, total, speed = self:totals()
+    local eta = total and speed > 0 and (total - done) / speed or nil
+    local files = string.format("total (%d file%s)", #self.order, #self.order == 1 and "" or "s")
+    lines[#lines + 1] = self:paint("bold", self:bar_line(files, done, total, speed, eta, self.width))
+  end
+  return lines
+end
+
+-- Moves up over the block drawn last time and clears it.
+function Reporter:erase()
+  if self.drawn > 0 then
+    self.out:write(string.format("\r\27[%dA", self.drawn))
+    for _ = 1, self.drawn do self.out:write("\27[2K\n") end
+    self.out:write(string.format("\27[%dA", self.drawn))
+  end
+  self.drawn = 0
+end
+
+function Reporter:redraw(now)
+  self.last_draw = now or self.clock()
+  local lines = self:live_lines()
+  local out = { string.format(self.drawn > 0 and "\r\27[%dA" or "", self.drawn) }
+  for _, line in ipairs(lines) do out[#out + 1] = "\27[2K" .. line .. "\n" end
+  -- Lines left over from a taller block are cleared, then the cursor comes back under the new one.
+  local extra = self.drawn - #lines
+  if extra > 0 then
+    for _ = 1, extra do out[#out + 1] = "\27[2K\n" end
+    out[#out + 1] = string.format("\27[%dA", extra)
+  end
+  self.out:write(table.concat(out))
+  self.out:flush()
+  self.drawn = #lines
+end
+
+-- A line that stays: printed above the live block, which is drawn again under it.
+function Reporter:say(line)
+  if self.mode == "tty" then
+    self:erase()
+    self.out:write(line, "\n")
+    self:redraw()
+  else
+    self.out:write(line, "\n")
+    self.out:flush()
+  end
+end
+
+-- Plain lines ---------------------------------------------------------------------------------------
+function Reporter:plain_progress(f, now)
+  local pct = percent(f.completed, f.total)
+  local step = pct and pct // 10 or nil
+  local due = (step and step > (f.step or -1)) or now - (f.said or 0) >= PLAIN_EVERY
+  if not due then return end
+  f.step, f.said = step or f.step, now
+  local amount = f.total and (M.bytes(f.completed) .. " of " .. M.bytes(f.total)) or M.bytes(f.completed)
+  local parts = { label(f) }
+  if pct then parts[#parts + 1] = pct .. "%" end
+  parts[#parts + 1] = amount
+  if f.speed and f.speed > 0 then parts[#parts + 1] = M.rate(f.speed) end
+  if f.eta then parts[#parts + 1] = M.duration(f.eta) .. " left" end
+  self.out:write(table.concat(parts, "  "), "\n")
+  self.out:flush()
+end
+
+-- Events --------------------------------------------------------------------------------------------
+local json
+
+-- Only data crosses into JSON: functions and userdata are dropped, cycles are cut.
+local function plain_data(v, seen)
+  local kind = type(v)
+  if kind ~= "table" then
+    if kind == "string" or kind == "number" or kind == "boolean" then return v end
+    return nil
+  end
+  seen = seen or {}
+  if seen[v] then return nil end
+  seen[v] = true
+  local out = {}
+  for k, x in pairs(v) do
+    if type(k) == "string" or type(k) == "number" then out[k] = plain_data(x, seen) end
+  end
+  seen[v] = nil
+  return out
+end
+M.plain_data = plain_data
+
+-- One JSON object on one line.
+function M.json_line(obj)
+  json = json or require "cjson"
+  if json.encode_sparse_array then json.encode_sparse_array(true) end
+  return json.encode(plain_data(obj))
+end
+
+function Reporter:event(ev)
+  local mode, kind = self.mode, ev.event
+  if kind == "done" and ev.id then self.done[ev.id] = true end
+  if kind == "error" and ev.message then self.failed[ev.message] = true end
+  if mode == "json" then
+    self.out:write(M.json_line(ev), "\n")
+    self.out:flush()
+    return
+  end
+  if kind == "warning" then
+    -- Recipe problems: worth a line even with -q, on stderr like every message.
+    self.err:write("modelget: warning: ", tostring(ev.message), "\n")
+    return
+  end
+  if mode == "quiet" then return end
+  if kind == "progress" then
+    local f = self:track(ev)
+    local now = self.clock()
+    if mode == "plain" then
+      self:plain_progress(f, now)
+    elseif now - self.last_draw >= REDRAW_EVERY then
+      self:redraw(now)
+    end
+    return
+  end
+  if kind == "done" then self:finish_model(ev.id, true) end
+  if kind == "error" then
+    self:finish_model(ev.id, false)
+    if mode == "tty" then self:redraw() end
+    return
+  end
+  local line = self:sentence(ev)
+  if line then self:say(line) end
+end
+
+-- A message line from the command itself ("already installed"), placed like the event lines.
+function Reporter:note(line)
+  if self.mode == "quiet" or self.mode == "json" then return end
+  self:say(line)
+end
+
+-- Clears the live block; called once when the command ends.
+function Reporter:close()
+  if self.mode == "tty" then self:erase(); self.out:flush() end
+end
+
+-- opts: mode ("tty"|"plain"|"json"|"quiet"), out (file, default io.stdout), err (io.stderr), color (bool),
+-- width (columns), clock (seconds function).
+function M.new(opts)
+  opts = opts or {}
+  local r = setmetatable({
+    mode = opts.mode or "plain",
+    out = opts.out or io.stdout,
+    err = opts.err or io.stderr,
+    color = opts.color and true or false,
+    width = math.max(40, opts.width or 80),
+    clock = opts.clock or os.clock,
+    files = {}, order = {}, drawn = 0, last_draw = -math.huge,
+    done = {}, failed = {}, extracting = {},
+  }, Reporter)
+  return r
+end
+
+-- The mode for a command line's options and stdout: json > quiet > tty > plain.
+function M.mode(opts, isatty)
+  if opts.json then return "json" end
+  if opts.quiet then return "quiet" end
+  return isatty and "tty" or "plain"
+end
+
+return M
