@@ -47,8 +47,8 @@ $(BUILD)/modelget.so: $(ENGINE_OBJ)
 	$(CC) $(CFLAGS) -shared -o $@ $^ $(ENGINE_LIBS)
 
 DEBS := liblua5.4-dev lua5.4 libcurl4-openssl-dev libssl-dev libarchive-dev lua-cjson pkg-config gcc make \
-        nginx-light openssl curl wget aria2 python3 libonnx-testdata npm time xz-utils bzip2 zstd p7zip-full \
-        util-linux procps
+        nginx-light openssl curl wget aria2 python3 libonnx-testdata time xz-utils bzip2 zstd p7zip-full \
+        util-linux procps $(if $(shell command -v npm 2>/dev/null),,npm)
 
 # Installs only what is missing; apt-get update only when something is.
 deps:
