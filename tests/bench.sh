@@ -43,29 +43,33 @@ ports=$(sh "$fixtures/nginx.sh" start "$tmp/nginx" "$tmp/www" "$tmp/certs" $$)
 base=https://127.0.0.1:${ports%% *}
 big_url=$base/big.bin
 : > "$tmp/small.urls"
-: > "$tmp/small.curl"
+: > "$tmp/small.curlrc"
 for f in "$tmp"/www/small/*.bin; do
   name=${f##*/}
   echo "$base/small/$name" >> "$tmp/small.urls"
-  printf 'url = "%s"\noutput = "%s"\n' "$base/small/$name" "$tmp/out/$name" >> "$tmp/small.curl"
+  printf 'url = "%s"\noutput = "%s"\n' "$base/small/$name" "$tmp/out/$name" >> "$tmp/small.curlrc"
 done
 
 # timed LABEL COMMAND… : runs COMMAND under /usr/bin/time in a clean output folder and store;
-# appends "seconds max_rss_kib" (or "fail") to $tmp/LABEL.
+# appends "wall_seconds max_rss_kib" (or "fail") to $tmp/times/LABEL.
+mkdir -p "$tmp/times"
 timed() {
   label=$1; shift
   rm -rf "$tmp/out" "$tmp/store"
   mkdir -p "$tmp/out"
-  if /usr/bin/time -f '%e %M' -o "$tmp/time" "$@" >"$tmp/cmd.log" 2>&1; then
-    cat "$tmp/time" >> "$tmp/$label"
+  start=$(date +%s.%N)
+  if /usr/bin/time -f '%M' -o "$tmp/rss" "$@" >"$tmp/cmd.log" 2>&1; then
+    end=$(date +%s.%N)
+    echo "$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }') $(tail -1 "$tmp/rss")" >> "$tmp/times/$label"
   else
-    echo "fail" >> "$tmp/$label"
+    echo "fail" >> "$tmp/times/$label"
     echo "bench: $label failed:" >&2
     tail -5 "$tmp/cmd.log" >&2
   fi
 }
-best() { awk '$1 != "fail" && (b == "" || $1 < b) { b = $1 } END { print (b == "" ? "fail" : b) }' "$tmp/$1"; }
-peak() { awk '$1 != "fail" && $2 > m { m = $2 } END { printf "%.1f", m / 1024 }' "$tmp/$1"; }
+runs_of() { awk '{ printf "%s%s", (NR > 1 ? " " : ""), $1 }' "$tmp/times/$1"; }
+best() { awk '$1 != "fail" && (b == "" || $1 < b) { b = $1 } END { print (b == "" ? "fail" : b) }' "$tmp/times/$1"; }
+peak() { awk '$1 != "fail" && $2 + 0 >= m { m = $2; n++ } END { if (n) printf "%.1f", m / 1024; else print "-" }' "$tmp/times/$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "fail" || b == "fail" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 verdict() { awk -v r="$1" -v limit="$2" 'BEGIN { if (r == "-") print "no figure"; else print (r + 0 <= limit + 0 ? "met" : "MISSED") }'; }
 
@@ -106,7 +110,7 @@ while [ $i -lt "$runs" ]; do
   else
     timed small.modelget "$modelget" run "$small_script" "$tmp/small.urls" "$tmp/store" "$ca"
   fi
-  timed small.curl curl -sS --cacert "$ca" --parallel --parallel-max 8 -K "$tmp/small.curl"
+  timed small.curl curl -sS --cacert "$ca" --parallel --parallel-max 8 -K "$tmp/small.curlrc"
   timed small.aria2c aria2c -q --ca-certificate="$ca" -j8 -i "$tmp/small.urls" -d "$tmp/out"
   i=$((i + 1))
 done
@@ -115,19 +119,19 @@ mg_big=$(best big.modelget)
 mg_small=$(best small.modelget)
 echo
 echo "== 1 file of $((big_size / 1048576)) MiB (best of $runs, seconds; modelget verifies and installs, curl and wget do not hash)"
-printf '  %-24s %8s\n' "modelget pull --sha256" "$mg_big"
+printf '  %-24s %8s   (runs: %s)\n' "modelget pull --sha256" "$mg_big" "$(runs_of big.modelget)"
 for tool in curl wget aria2c; do
   t=$(best big.$tool)
-  printf '  %-24s %8s   modelget/%s = %s\n' "$tool" "$t" "$tool" "$(ratio "$mg_big" "$t")"
+  printf '  %-24s %8s   modelget/%s = %s   (runs: %s)\n' "$tool" "$t" "$tool" "$(ratio "$mg_big" "$t")" "$(runs_of big.$tool)"
 done
 r=$(ratio "$mg_big" "$(best big.curl)")
 echo "  target: pull+verify <= 1.10x curl -o   -> $r ($(verdict "$r" 1.10))"
 echo
 echo "== $small_count files (best of $runs, seconds)"
-printf '  %-24s %8s\n' "modelget pull -j 8" "$mg_small"
+printf '  %-24s %8s   (runs: %s)\n' "modelget pull -j 8" "$mg_small" "$(runs_of small.modelget)"
 for tool in curl aria2c; do
   t=$(best small.$tool)
-  printf '  %-24s %8s   modelget/%s = %s\n' "$tool" "$t" "$tool" "$(ratio "$mg_small" "$t")"
+  printf '  %-24s %8s   modelget/%s = %s   (runs: %s)\n' "$tool" "$t" "$tool" "$(ratio "$mg_small" "$t")" "$(runs_of small.$tool)"
 done
 r=$(ratio "$mg_small" "$(best small.curl)")
 echo "  target: <= 1.5x curl --parallel        -> $r ($(verdict "$r" 1.5))"
@@ -137,4 +141,4 @@ for label in big.modelget small.modelget big.curl big.wget big.aria2c small.curl
   printf '  %-24s %8s\n' "$label" "$(peak "$label")"
 done
 rss=$(peak big.modelget)
-echo "  target: modelget <= 32 MiB (the big pull) -> $rss ($(awk -v m="$rss" 'BEGIN { print (m + 0 <= 32 ? "met" : "MISSED") }'))"
+echo "  target: modelget <= 32 MiB (the big pull) -> $rss ($(verdict "$rss" 32))"
