@@ -1,3 +1,947 @@
-/* placeholder until the extract part lands */
+/* Archive listing and safe extraction on libarchive.
+ *
+ * libarchive only reads; every file, folder and link is made here, relative to an O_DIRECTORY
+ * descriptor of the destination, one path component at a time with O_NOFOLLOW, so nothing the
+ * archive planted is ever followed. A hostile or damaged archive is refused whole: what this call
+ * made is removed again (in reverse order of creation) before it returns. Symbolic links are made
+ * last, once every other entry is on disk, and only when they stay inside the destination.
+ * Lua runs only between libarchive calls (on_progress, under lua_pcall): a Lua error never unwinds
+ * through libarchive; it is re-raised after the clean-up. */
 #include "core.h"
-void mg_open_extract(lua_State *L) { (void)L; }
+#include "extract.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <locale.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+#ifdef __APPLE__
+#include <xlocale.h>
+#endif
+
+#define READER_MT "modelget.ArchiveReader"
+#define READ_BLOCK (256 * 1024)
+
+/* What the extraction made or saw, by clean relative path: duplicates, hard-link targets,
+ * paths through symlinks, and the clean-up all ask this set. */
+enum { REC_DIR = 1, REC_FILE, REC_SYMLINK };
+typedef struct {
+  char *path;
+  char *target;          /* symlinks: the link text, made after every other entry */
+  unsigned char type;
+  unsigned char created; /* made by this extraction (removed again on failure) */
+} Record;
+
+/* One open archive (and, while extracting, its destination). A userdata, so a Lua error
+ * (out of memory while building a listing) cannot leak the handle. */
+typedef struct {
+  struct archive *a;
+  int archive_fd;
+  int root_fd;
+  Record *recs;
+  size_t nrecs, caprecs;
+  size_t *slots; /* open addressing over recs: index + 1, 0 = empty */
+  size_t nslots;
+  size_t *made;  /* indices of created records, in order of creation */
+  size_t nmade, capmade;
+  locale_t utf8, saved; /* this thread's LC_CTYPE while libarchive runs (see utf8_names) */
+} Reader;
+
+typedef struct {
+  const char *code;
+  char msg[1024];
+} Failure;
+
+static int failf(Failure *f, const char *code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(f->msg, sizeof f->msg, fmt, ap);
+  va_end(ap);
+  f->code = code;
+  return -1;
+}
+
+/* An archive path as a message may show it: control bytes escaped, long names cut. */
+static const char *shown(const char *s, char *out, size_t outsz) {
+  size_t n = 0;
+  if (!s) s = "";
+  for (; *s && n + 8 < outsz; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c < 0x20 || c == 0x7f) n += (size_t)snprintf(out + n, outsz - n, "\\x%02x", c);
+    else out[n++] = (char)c;
+  }
+  if (*s) { memcpy(out + n, "...", 3); n += 3; }
+  out[n] = '\0';
+  return out;
+}
+
+/* Reader lifetime ------------------------------------------------------------------------------ */
+
+/* libarchive converts zip and pax names to the current locale's charset; in the C locale a
+ * UTF-8 name then comes back as no name at all. So while a reader is open, this thread reads
+ * with a UTF-8 LC_CTYPE (uselocale: the process locale is left alone). */
+static void utf8_names(Reader *r, int on) {
+  if (on && !r->utf8) {
+    r->utf8 = newlocale(LC_CTYPE_MASK, "C.UTF-8", (locale_t)0);
+    if (!r->utf8) r->utf8 = newlocale(LC_CTYPE_MASK, "UTF-8", (locale_t)0);
+    if (r->utf8) r->saved = uselocale(r->utf8);
+  } else if (!on && r->utf8) {
+    uselocale(r->saved);
+    freelocale(r->utf8);
+    r->utf8 = (locale_t)0;
+  }
+}
+
+static void reader_release(Reader *r) {
+  if (r->a) { archive_read_free(r->a); r->a = NULL; }
+  utf8_names(r, 0);
+  if (r->archive_fd >= 0) { close(r->archive_fd); r->archive_fd = -1; }
+  if (r->root_fd >= 0) { close(r->root_fd); r->root_fd = -1; }
+  for (size_t i = 0; i < r->nrecs; i++) {
+    free(r->recs[i].path);
+    free(r->recs[i].target);
+  }
+  free(r->recs);
+  free(r->slots);
+  free(r->made);
+  r->recs = NULL;
+  r->slots = r->made = NULL;
+  r->nrecs = r->caprecs = r->nslots = r->nmade = r->capmade = 0;
+}
+
+static int reader_gc(lua_State *L) {
+  reader_release(luaL_checkudata(L, 1, READER_MT));
+  return 0;
+}
+
+static Reader *new_reader(lua_State *L) {
+  Reader *r = lua_newuserdatauv(L, sizeof *r, 0);
+  memset(r, 0, sizeof *r);
+  r->archive_fd = r->root_fd = -1;
+  luaL_setmetatable(L, READER_MT);
+  return r;
+}
+
+static const char *base_name(const char *path) {
+  const char *slash = strrchr(path, '/');
+  return slash && slash[1] ? slash + 1 : path;
+}
+
+/* Only archives of files: tar (all its dialects), zip and 7z, raw or under gzip, bzip2, xz, lzma,
+ * zstd or lz4. Not "raw" (one compressed file is not an archive), not mtree (it names files on
+ * this machine), not the rest of libarchive's formats. */
+static int reader_open(Reader *r, const char *path, const char *name, Failure *f) {
+  r->archive_fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (r->archive_fd < 0) return failf(f, mg_errno_code(errno), "%s: %s", path, strerror(errno));
+  utf8_names(r, 1);
+  r->a = archive_read_new();
+  if (!r->a) return failf(f, "EIO", "%s: libarchive: out of memory", name);
+  archive_read_support_format_tar(r->a);
+  archive_read_support_format_zip(r->a);
+  archive_read_support_format_7zip(r->a);
+  archive_read_support_filter_gzip(r->a);
+  archive_read_support_filter_bzip2(r->a);
+  archive_read_support_filter_xz(r->a);
+  archive_read_support_filter_lzma(r->a);
+  archive_read_support_filter_zstd(r->a);
+  archive_read_support_filter_lz4(r->a);
+  if (archive_read_open_fd(r->a, r->archive_fd, READ_BLOCK) != ARCHIVE_OK)
+    return failf(f, "EARCHIVE", "%s: %s", name, archive_error_string(r->a));
+  return 0;
+}
+
+/* 1: an entry, 0: the end, -1: a failure (damaged, or not an archive at all). */
+static int next_entry(Reader *r, struct archive_entry **e, const char *name, Failure *f) {
+  int rc = archive_read_next_header(r->a, e);
+  if (rc == ARCHIVE_EOF) return 0;
+  /* Warnings are about names that do not fit the C locale; the UTF-8 name is read instead. */
+  if (rc == ARCHIVE_OK || rc == ARCHIVE_WARN) return 1;
+  const char *why = archive_error_string(r->a);
+  if (archive_format(r->a) == 0)
+    return failf(f, "EARCHIVE", "%s: not an archive of files (zip, tar, 7z; gzip, bzip2, xz, zstd): %s",
+                 name, why ? why : "unrecognised");
+  return failf(f, "EARCHIVE", "%s: damaged archive: %s", name, why ? why : "unreadable header");
+}
+
+static const char *entry_path(struct archive_entry *e) {
+  const char *p = archive_entry_pathname_utf8(e);
+  return p ? p : archive_entry_pathname(e);
+}
+
+static const char *entry_hardlink(struct archive_entry *e) {
+  const char *p = archive_entry_hardlink_utf8(e);
+  return p ? p : archive_entry_hardlink(e);
+}
+
+static const char *entry_symlink(struct archive_entry *e) {
+  const char *p = archive_entry_symlink_utf8(e);
+  return p ? p : archive_entry_symlink(e);
+}
+
+static const char *format_name(struct archive *a) {
+  switch (archive_format(a) & ARCHIVE_FORMAT_BASE_MASK) {
+  case ARCHIVE_FORMAT_TAR: return "tar";
+  case ARCHIVE_FORMAT_ZIP: return "zip";
+  case ARCHIVE_FORMAT_7ZIP: return "7z";
+  default: return "unknown";
+  }
+}
+
+static const char *filter_name(struct archive *a) {
+  switch (archive_filter_code(a, 0)) {
+  case ARCHIVE_FILTER_NONE: return "none";
+  case ARCHIVE_FILTER_GZIP: return "gzip";
+  case ARCHIVE_FILTER_BZIP2: return "bzip2";
+  case ARCHIVE_FILTER_XZ: return "xz";
+  case ARCHIVE_FILTER_LZMA: return "lzma";
+  case ARCHIVE_FILTER_ZSTD: return "zstd";
+  case ARCHIVE_FILTER_LZ4: return "lz4";
+  default: return "unknown";
+  }
+}
+
+/* Paths -------------------------------------------------------------------------------------- */
+
+/* Why a name (an entry path or a link text) is refused outright, or NULL. */
+static const char *bad_name(const char *s) {
+  if (!s || !*s) return "the entry has no name";
+  for (const char *p = s; *p; p++) {
+    unsigned char c = (unsigned char)*p;
+    if (c < 0x20 || c == 0x7f) return "the name holds a control character";
+    if (c == '\\') return "the name holds a backslash (a Windows path)";
+  }
+  if (s[0] == '/') return "absolute path";
+  if (((s[0] | 0x20) >= 'a' && (s[0] | 0x20) <= 'z') && s[1] == ':') return "Windows drive path";
+  return NULL;
+}
+
+/* Rewrites an entry path as clean components joined by '/' (no '.', no empty parts); "" is the
+ * root itself. Returns NULL, or why the path is refused. */
+static const char *clean_path(const char *raw, char *out, size_t outsz) {
+  const char *why = bad_name(raw);
+  if (why) return why;
+  size_t n = 0;
+  const char *p = raw;
+  while (*p) {
+    const char *s = p;
+    while (*p && *p != '/') p++;
+    size_t len = (size_t)(p - s);
+    if (*p) p++;
+    if (len == 0 || (len == 1 && s[0] == '.')) continue;
+    if (len == 2 && s[0] == '.' && s[1] == '.') return "the path climbs out of the folder ('..')";
+    if (len > NAME_MAX) return "a name in the path is too long";
+    if (n + len + 2 > outsz) return "the path is too long";
+    if (n) out[n++] = '/';
+    memcpy(out + n, s, len);
+    n += len;
+  }
+  out[n] = '\0';
+  return NULL;
+}
+
+/* Drops n leading components; NULL when nothing is left. */
+static char *strip_path(char *path, int n) {
+  for (; n > 0; n--) {
+    char *slash = strchr(path, '/');
+    if (!slash) return NULL;
+    path = slash + 1;
+  }
+  return *path ? path : NULL;
+}
+
+static size_t count_components(const char *path) {
+  size_t n = *path ? 1 : 0;
+  for (; *path; path++) n += *path == '/';
+  return n;
+}
+
+/* The record set ----------------------------------------------------------------------------- */
+
+static size_t hash_path(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return (size_t)h;
+}
+
+static size_t *slot_of(const Reader *r, const char *path) {
+  size_t mask = r->nslots - 1, i = hash_path(path) & mask;
+  while (r->slots[i] && strcmp(r->recs[r->slots[i] - 1].path, path) != 0) i = (i + 1) & mask;
+  return &r->slots[i];
+}
+
+static Record *rec_find(const Reader *r, const char *path) {
+  if (!r->nslots) return NULL;
+  size_t *slot = slot_of(r, path);
+  return *slot ? &r->recs[*slot - 1] : NULL;
+}
+
+static int grow_slots(Reader *r) {
+  size_t n = r->nslots ? r->nslots * 2 : 256;
+  size_t *slots = calloc(n, sizeof *slots);
+  if (!slots) return ENOMEM;
+  free(r->slots);
+  r->slots = slots;
+  r->nslots = n;
+  for (size_t i = 0; i < r->nrecs; i++) *slot_of(r, r->recs[i].path) = i + 1;
+  return 0;
+}
+
+/* Room for one more of n items in a growing array: the array (moved or not), or NULL. */
+static void *grow(void *items, size_t n, size_t *cap, size_t size) {
+  if (n < *cap) return items;
+  size_t want = *cap ? *cap * 2 : 64;
+  void *grown = realloc(items, want * size);
+  if (grown) *cap = want;
+  return grown;
+}
+
+static int note_made(Reader *r, size_t index) {
+  size_t *made = grow(r->made, r->nmade, &r->capmade, sizeof *made);
+  if (!made) return ENOMEM;
+  r->made = made;
+  r->made[r->nmade++] = index;
+  r->recs[index].created = 1;
+  return 0;
+}
+
+/* Adds (or updates) path; created notes it for the clean-up. Returns 0 or ENOMEM. */
+static int rec_add(Reader *r, const char *path, int type, int created, const char *target) {
+  Record *rec = rec_find(r, path);
+  if (!rec) {
+    if ((r->nrecs + 1) * 2 > r->nslots && grow_slots(r)) return ENOMEM;
+    Record *recs = grow(r->recs, r->nrecs, &r->caprecs, sizeof *recs);
+    if (!recs) return ENOMEM;
+    r->recs = recs;
+    rec = &r->recs[r->nrecs];
+    memset(rec, 0, sizeof *rec);
+    rec->path = strdup(path);
+    if (!rec->path) return ENOMEM;
+    *slot_of(r, path) = ++r->nrecs;
+  }
+  rec->type = (unsigned char)type;
+  if (target) {
+    free(rec->target);
+    if (!(rec->target = strdup(target))) return ENOMEM;
+  }
+  return created && !rec->created ? note_made(r, (size_t)(rec - r->recs)) : 0;
+}
+
+/* The destination tree ----------------------------------------------------------------------- */
+
+static void close_parent(const Reader *r, int fd) {
+  if (fd >= 0 && fd != r->root_fd) close(fd);
+}
+
+/* Opens the folder that holds path (relative to the root), one component at a time and never
+ * following a symlink; with create, missing folders are made and recorded. Returns a descriptor
+ * (close it with close_parent) or -1 with errno set; *leaf gets the last component.
+ * path is cut and mended in place: it must not be a record's own string. */
+static int open_parent(Reader *r, char *path, int create, const char **leaf) {
+  int cur = r->root_fd;
+  char *s = path;
+  for (char *slash; (slash = strchr(s, '/')) != NULL; s = slash + 1) {
+    *slash = '\0';
+    int fd = openat(cur, s, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT && create) {
+      if (mkdirat(cur, s, 0755) == 0) {
+        if (rec_add(r, path, REC_DIR, 1, NULL)) {
+          unlinkat(cur, s, AT_REMOVEDIR);
+          errno = ENOMEM;
+        } else {
+          fd = openat(cur, s, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        }
+      } else if (errno == EEXIST) {
+        fd = openat(cur, s, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+      }
+    }
+    int err = errno;
+    *slash = '/';
+    close_parent(r, cur);
+    if (fd < 0) { errno = err; return -1; }
+    cur = fd;
+  }
+  *leaf = s;
+  return cur;
+}
+
+/* Removes what this extraction made, newest first. */
+static void remove_made(Reader *r) {
+  char path[PATH_MAX];
+  for (size_t i = r->nmade; i-- > 0;) {
+    const Record *rec = &r->recs[r->made[i]];
+    const char *leaf;
+    snprintf(path, sizeof path, "%s", rec->path);
+    int dfd = open_parent(r, path, 0, &leaf);
+    if (dfd < 0) continue;
+    unlinkat(dfd, leaf, rec->type == REC_DIR ? AT_REMOVEDIR : 0);
+    close_parent(r, dfd);
+  }
+  r->nmade = 0;
+}
+
+/* Extraction --------------------------------------------------------------------------------- */
+
+typedef struct {
+  lua_State *L;
+  Reader *r;
+  const char *name;       /* the archive as messages name it */
+  int strip;
+  int progress_idx;       /* stack index of on_progress, 0 = none */
+  int lua_error;          /* on_progress raised: its error value is on the stack top */
+  int64_t max_entries, max_bytes, free_reserve, total;
+  int64_t seen;           /* entries read, extracted or not (max_entries) */
+  int64_t entries, bytes; /* extracted */
+  int64_t tick_entries, tick_bytes;
+  Failure f;
+} Extraction;
+
+static int entry_fail(Extraction *x, const char *code, const char *raw, const char *fmt, ...) {
+  char why[512], name[320];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof why, fmt, ap);
+  va_end(ap);
+  return failf(&x->f, code, "%s: entry '%s': %s", x->name, shown(raw, name, sizeof name), why);
+}
+
+/* A failed file-system call on an entry, in the user's terms. */
+static int path_fail(Extraction *x, const char *raw, int err) {
+  switch (err) {
+  case EEXIST: return entry_fail(x, "EARCHIVE", raw, "duplicate: the path already exists");
+  case ELOOP: case ENOTDIR: case EMLINK:
+    return entry_fail(x, "EARCHIVE", raw, "the path goes through a symbolic link or a file");
+  case ENAMETOOLONG: return entry_fail(x, "EARCHIVE", raw, "the name is too long for this file system");
+  case EILSEQ: return entry_fail(x, "EARCHIVE", raw, "the name is not valid on this file system");
+  default: return entry_fail(x, mg_errno_code(err), raw, "%s", strerror(err));
+  }
+}
+
+static int over_budget(Extraction *x, const char *raw) {
+  return entry_fail(x, "EARCHIVE", raw, "the archive expands to more than %lld bytes (max_bytes)",
+                    (long long)x->max_bytes);
+}
+
+static int avail_bytes(const Extraction *x, int64_t *avail) {
+  struct statvfs vfs;
+  if (fstatvfs(x->r->root_fd, &vfs) != 0) return -1;
+  *avail = (int64_t)((uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize);
+  return 0;
+}
+
+/* Refuses to start a file that cannot fit while keeping free_reserve bytes free. */
+static int check_space(Extraction *x, const char *raw, int64_t need) {
+  int64_t avail;
+  if (avail_bytes(x, &avail) != 0 || avail - x->free_reserve >= need) return 0;
+  return entry_fail(x, "ESPACE", raw, "not enough free space (%lld bytes needed, %lld available%s)",
+                    (long long)need, (long long)avail, x->free_reserve ? " above the reserve" : "");
+}
+
+/* Runs under lua_pcall: on_progress({entries=, bytes=, total=}). */
+static int call_progress(lua_State *L) {
+  lua_createtable(L, 0, 3);
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, "entries");
+  lua_pushvalue(L, 3);
+  lua_setfield(L, -2, "bytes");
+  lua_pushvalue(L, 4);
+  lua_setfield(L, -2, "total");
+  lua_pushvalue(L, 1);
+  lua_insert(L, -2);
+  lua_call(L, 1, 0);
+  return 0;
+}
+
+static int report_progress(Extraction *x) {
+  x->tick_entries = x->tick_bytes = 0;
+  if (x->free_reserve > 0) {
+    int64_t avail;
+    if (avail_bytes(x, &avail) == 0 && avail < x->free_reserve)
+      return failf(&x->f, "ESPACE", "%s: free space fell below the reserve of %lld bytes", x->name,
+                   (long long)x->free_reserve);
+  }
+  if (!x->progress_idx) return 0;
+  lua_State *L = x->L;
+  lua_pushcfunction(L, call_progress);
+  lua_pushvalue(L, x->progress_idx);
+  lua_pushinteger(L, (lua_Integer)x->entries);
+  lua_pushinteger(L, (lua_Integer)x->bytes);
+  if (x->total >= 0) lua_pushinteger(L, (lua_Integer)x->total);
+  else lua_pushnil(L);
+  if (x->r->utf8) uselocale(x->r->saved); /* Lua runs in the caller's locale */
+  int status = lua_pcall(L, 4, 0, 0);
+  if (x->r->utf8) uselocale(x->r->utf8);
+  if (status != LUA_OK) {
+    x->lua_error = 1;
+    return failf(&x->f, "EIO", "%s: on_progress failed", x->name);
+  }
+  return 0;
+}
+
+/* Between entries and between data blocks: the interrupt flag, then progress when due. */
+static int tick(Extraction *x) {
+  if (mg_interrupt_flag) return failf(&x->f, "EINTR", "%s: extraction interrupted", x->name);
+  if (x->tick_entries < MG_EXTRACT_PROGRESS_ENTRIES && x->tick_bytes < MG_EXTRACT_PROGRESS_BYTES) return 0;
+  return report_progress(x);
+}
+
+/* Counts growth expanded bytes against max_bytes before they are written. */
+static int spend(Extraction *x, const char *raw, int64_t growth) {
+  if (growth > x->max_bytes - x->bytes) return over_budget(x, raw);
+  x->bytes += growth;
+  x->tick_bytes += growth;
+  return 0;
+}
+
+static int write_at(int fd, const char *buf, size_t n, off_t off) {
+  while (n > 0) {
+    ssize_t w = pwrite(fd, buf, n, off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    buf += w;
+    n -= (size_t)w;
+    off += w;
+  }
+  return 0;
+}
+
+/* Copies the entry's data into fd; sparse holes stay holes but count as expanded bytes. */
+static int write_data(Extraction *x, const char *raw, int fd, int64_t stated) {
+  struct archive *a = x->r->a;
+  int64_t extent = 0;
+  for (;;) {
+    const void *buf;
+    size_t size;
+    la_int64_t off;
+    int rc = archive_read_data_block(a, &buf, &size, &off);
+    if (rc == ARCHIVE_EOF) break;
+    if (rc != ARCHIVE_OK) {
+      const char *why = archive_error_string(a);
+      return entry_fail(x, "EARCHIVE", raw, "%s", why ? why : "damaged data");
+    }
+    if (off < 0) off = extent;
+    int64_t end = (int64_t)off + (int64_t)size;
+    if (end > extent) {
+      if (spend(x, raw, end - extent)) return -1;
+      extent = end;
+    }
+    int err = write_at(fd, buf, size, (off_t)off);
+    if (err) return path_fail(x, raw, err);
+    if (tick(x)) return -1;
+  }
+  if (stated > extent) {
+    if (spend(x, raw, stated - extent)) return -1;
+    if (ftruncate(fd, (off_t)stated) != 0) return path_fail(x, raw, errno);
+  }
+  return 0;
+}
+
+/* A regular file: created O_EXCL (never over anything), 0644 or 0755 before the umask — no
+ * setuid, setgid or sticky bit, no owner; the modification time is kept. */
+static int make_file(Extraction *x, struct archive_entry *e, const char *raw, char *path) {
+  Reader *r = x->r;
+  int64_t stated = archive_entry_size_is_set(e) ? (int64_t)archive_entry_size(e) : 0;
+  if (stated < 0) stated = 0;
+  if (stated > x->max_bytes - x->bytes) return over_budget(x, raw);
+  if (stated > 0 && check_space(x, raw, stated)) return -1;
+  const char *leaf;
+  int dfd = open_parent(r, path, 1, &leaf);
+  if (dfd < 0) return path_fail(x, raw, errno);
+  mode_t mode = (archive_entry_perm(e) & 0111) ? 0755 : 0644;
+  int fd = openat(dfd, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+  int err = fd < 0 ? errno : rec_add(r, path, REC_FILE, 1, NULL);
+  if (fd >= 0 && err) { close(fd); unlinkat(dfd, leaf, 0); fd = -1; }
+  close_parent(r, dfd);
+  if (fd < 0) return path_fail(x, raw, err);
+  int rc = write_data(x, raw, fd, stated);
+  if (rc == 0 && archive_entry_mtime_is_set(e)) {
+    struct timespec ts[2];
+    ts[0].tv_sec = ts[1].tv_sec = archive_entry_mtime(e);
+    ts[0].tv_nsec = ts[1].tv_nsec = archive_entry_mtime_nsec(e);
+    futimens(fd, ts);
+  }
+  if (close(fd) != 0 && rc == 0) rc = path_fail(x, raw, errno);
+  return rc;
+}
+
+/* A folder: made 0755 before the umask whatever the archive says (the archive's own mode could
+ * lock this extraction out of it); an existing folder is merged into, anything else refused. */
+static int make_dir(Extraction *x, const char *raw, char *path) {
+  Reader *r = x->r;
+  const char *leaf;
+  int dfd = open_parent(r, path, 1, &leaf);
+  if (dfd < 0) return path_fail(x, raw, errno);
+  int err = 0;
+  if (mkdirat(dfd, leaf, 0755) == 0) {
+    err = rec_add(r, path, REC_DIR, 1, NULL);
+  } else {
+    struct stat st;
+    err = errno;
+    if (err == EEXIST && fstatat(dfd, leaf, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISDIR(st.st_mode)) err = 0;
+  }
+  close_parent(r, dfd);
+  return err ? path_fail(x, raw, err) : 0;
+}
+
+/* A hard link: only to a regular file this extraction already made. */
+static int make_hardlink(Extraction *x, const char *raw, char *path, const char *target) {
+  Reader *r = x->r;
+  char clean[PATH_MAX], shown_target[320];
+  const char *why = clean_path(target, clean, sizeof clean);
+  if (why) return entry_fail(x, "EARCHIVE", raw, "hard link target '%s': %s",
+                             shown(target, shown_target, sizeof shown_target), why);
+  char *t = strip_path(clean, x->strip);
+  const Record *rec = t ? rec_find(r, t) : NULL;
+  if (!rec || rec->type != REC_FILE || !rec->created)
+    return entry_fail(x, "EARCHIVE", raw, "a hard link to '%s', which is not a file extracted before it",
+                      shown(target, shown_target, sizeof shown_target));
+  const char *tleaf, *leaf;
+  int tfd = open_parent(r, t, 0, &tleaf);
+  if (tfd < 0) return path_fail(x, raw, errno);
+  int dfd = open_parent(r, path, 1, &leaf);
+  int err = dfd < 0 ? errno : 0;
+  if (!err && linkat(tfd, tleaf, dfd, leaf, 0) != 0) err = errno;
+  if (!err) err = rec_add(r, path, REC_FILE, 1, NULL);
+  close_parent(r, tfd);
+  close_parent(r, dfd);
+  return err ? path_fail(x, raw, err) : 0;
+}
+
+/* A symbolic link is recorded now and made at the end. Its text must be relative and, read
+ * lexically from the link's folder, stay inside the destination. */
+static int add_symlink(Extraction *x, struct archive_entry *e, const char *raw, const char *path) {
+  const char *text = entry_symlink(e);
+  const char *why = bad_name(text);
+  if (why && text && text[0] == '/') why = "a symbolic link to an absolute path";
+  if (why) return entry_fail(x, "EARCHIVE", raw, "symbolic link target: %s", why);
+  size_t depth = count_components(path) - 1;
+  for (const char *p = text; *p;) {
+    const char *s = p;
+    while (*p && *p != '/') p++;
+    size_t len = (size_t)(p - s);
+    if (*p) p++;
+    if (len == 0 || (len == 1 && s[0] == '.')) continue;
+    if (len == 2 && s[0] == '.' && s[1] == '.') {
+      if (depth == 0) return entry_fail(x, "EARCHIVE", raw, "a symbolic link that points outside the folder");
+      depth--;
+    } else {
+      depth++;
+    }
+  }
+  if (rec_find(x->r, path)) return entry_fail(x, "EARCHIVE", raw, "duplicate: the path already exists");
+  if (rec_add(x->r, path, REC_SYMLINK, 0, text)) return entry_fail(x, "EIO", raw, "out of memory");
+  return 0;
+}
+
+/* Refuses a link whose text walks through another symlink: lexical reading alone would then
+ * not tell where it ends ("a/../.." where a is itself a link). */
+static int check_link_walk(Extraction *x, const char *path, const char *text) {
+  char walk[PATH_MAX];
+  const char *slash = strrchr(path, '/');
+  size_t n = slash ? (size_t)(slash - path) : 0;
+  memcpy(walk, path, n);
+  walk[n] = '\0';
+  for (const char *p = text; *p;) {
+    const char *s = p;
+    while (*p && *p != '/') p++;
+    size_t len = (size_t)(p - s);
+    while (*p == '/') p++;
+    if (len == 0 || (len == 1 && s[0] == '.')) continue;
+    if (len == 2 && s[0] == '.' && s[1] == '.') {
+      char *up = strrchr(walk, '/');
+      n = up ? (size_t)(up - walk) : 0;
+      walk[n] = '\0';
+      continue;
+    }
+    if (n + len + 2 > sizeof walk) return entry_fail(x, "EARCHIVE", path, "symbolic link target is too long");
+    if (n) walk[n++] = '/';
+    memcpy(walk + n, s, len);
+    walk[n += len] = '\0';
+    if (!*p) break; /* the last component may itself be a link: it is checked on its own */
+    const Record *rec = rec_find(x->r, walk);
+    struct stat st;
+    if ((rec && rec->type == REC_SYMLINK) ||
+        (fstatat(x->r->root_fd, walk, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)))
+      return entry_fail(x, "EARCHIVE", path, "a symbolic link whose target goes through another symbolic link");
+  }
+  return 0;
+}
+
+static int make_symlinks(Extraction *x) {
+  Reader *r = x->r;
+  char path[PATH_MAX];
+  for (size_t i = 0; i < r->nrecs; i++) {
+    if (r->recs[i].type != REC_SYMLINK || r->recs[i].created) continue;
+    snprintf(path, sizeof path, "%s", r->recs[i].path);
+    const char *leaf;
+    int dfd = open_parent(r, path, 1, &leaf); /* may add records: r->recs moves */
+    if (dfd < 0) return path_fail(x, path, errno);
+    const char *text = r->recs[i].target;
+    int err = check_link_walk(x, path, text) ? -1 : 0;
+    if (!err && symlinkat(text, dfd, leaf) != 0) err = errno;
+    if (!err) err = note_made(r, i);
+    close_parent(r, dfd);
+    if (err > 0) return path_fail(x, path, err);
+    if (err) return -1;
+  }
+  return 0;
+}
+
+static int extract_entries(Extraction *x) {
+  Reader *r = x->r;
+  struct archive_entry *e;
+  char clean[PATH_MAX];
+  for (;;) {
+    if (tick(x)) return -1;
+    int rc = next_entry(r, &e, x->name, &x->f);
+    if (rc < 0) return -1;
+    if (rc == 0) break;
+    if (++x->seen > x->max_entries)
+      return failf(&x->f, "EARCHIVE", "%s: more than %lld entries (max_entries)", x->name,
+                   (long long)x->max_entries);
+    const char *raw = entry_path(e);
+    const char *why = clean_path(raw, clean, sizeof clean);
+    if (why) return entry_fail(x, "EARCHIVE", raw, "%s", why);
+    char *path = strip_path(clean, x->strip);
+    if (!path) continue; /* the root itself, or all of it stripped */
+    for (char *s = path; (s = strchr(s, '/')) != NULL; *s++ = '/') {
+      *s = '\0';
+      const Record *rec = rec_find(r, path);
+      if (rec && rec->type == REC_SYMLINK) {
+        *s = '/';
+        return entry_fail(x, "EARCHIVE", raw, "the path goes through a symbolic link");
+      }
+    }
+    const Record *same = rec_find(r, path);
+    if (same && same->type == REC_SYMLINK) return entry_fail(x, "EARCHIVE", raw, "duplicate: the path already exists");
+    const char *hardlink = entry_hardlink(e);
+    if (hardlink) {
+      rc = make_hardlink(x, raw, path, hardlink);
+    } else {
+      switch (archive_entry_filetype(e)) {
+      case AE_IFREG: rc = make_file(x, e, raw, path); break;
+      case AE_IFDIR: rc = make_dir(x, raw, path); break;
+      case AE_IFLNK: rc = add_symlink(x, e, raw, path); break;
+      case AE_IFCHR: case AE_IFBLK: return entry_fail(x, "EARCHIVE", raw, "device nodes are refused");
+      case AE_IFIFO: return entry_fail(x, "EARCHIVE", raw, "FIFOs are refused");
+      case AE_IFSOCK: return entry_fail(x, "EARCHIVE", raw, "sockets are refused");
+      default: return entry_fail(x, "EARCHIVE", raw, "entries of unknown type are refused");
+      }
+    }
+    if (rc) return -1;
+    x->entries++;
+    x->tick_entries++;
+  }
+  return make_symlinks(x);
+}
+
+/* strip = "auto": one pass over the headers (nothing written). Strips the top folder only when
+ * every entry lives under that one folder; anything odd leaves strip at 0 for the real pass to
+ * judge. Also sums the stated sizes, for on_progress's total. */
+static int auto_strip(lua_State *L, const char *archive, Extraction *x) {
+  Reader *r = new_reader(L);
+  char clean[PATH_MAX], top[NAME_MAX + 1] = "";
+  int single = 1, deeper = 0;
+  int64_t total = 0, seen = 0;
+  struct archive_entry *e;
+  int rc = reader_open(r, archive, x->name, &x->f);
+  while (rc == 0 && (rc = next_entry(r, &e, x->name, &x->f)) == 1) {
+    rc = 0;
+    if (++seen > x->max_entries) { single = 0; break; }
+    if (archive_entry_filetype(e) == AE_IFREG && archive_entry_size_is_set(e) && !entry_hardlink(e))
+      total += (int64_t)archive_entry_size(e);
+    if (!single || clean_path(entry_path(e), clean, sizeof clean)) { single = 0; continue; }
+    if (!*clean) continue;
+    char *slash = strchr(clean, '/');
+    size_t len = slash ? (size_t)(slash - clean) : strlen(clean);
+    if (!*top) memcpy(top, clean, len + 1), top[len] = '\0';
+    if (strlen(top) != len || memcmp(top, clean, len) != 0) single = 0;
+    else if (slash) deeper = 1;
+    else if (archive_entry_filetype(e) != AE_IFDIR || entry_hardlink(e)) single = 0;
+  }
+  reader_release(r);
+  lua_pop(L, 1);
+  if (rc < 0) return -1;
+  x->strip = single && deeper ? 1 : 0;
+  if (x->total < 0) x->total = total;
+  return 0;
+}
+
+/* Options ------------------------------------------------------------------------------------ */
+
+static int64_t opt_int(lua_State *L, int idx, const char *field, int64_t def, int64_t min) {
+  lua_getfield(L, idx, field);
+  int64_t v = def;
+  if (!lua_isnil(L, -1)) {
+    int ok;
+    v = (int64_t)lua_tointegerx(L, -1, &ok);
+    if (!ok || v < min) luaL_error(L, "bad option '%s' (an integer >= %d expected)", field, (int)min);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static int64_t default_max_bytes(int archive_fd) {
+  struct stat st;
+  int64_t cap = MG_EXTRACT_MIN_MAX_BYTES;
+  if (fstat(archive_fd, &st) == 0 && st.st_size < INT64_MAX / 100 && st.st_size * 100 > cap)
+    cap = st.st_size * 100;
+  return cap;
+}
+
+static int push_failure(lua_State *L, const Failure *f) {
+  return mg_fail(L, f->code, "%s", f->msg);
+}
+
+/* extract(archive, dest_dir [, opts]) -> {entries=, bytes=} | nil, err, code */
+static int ex_extract(lua_State *L) {
+  const char *archive = luaL_checkstring(L, 1);
+  const char *dest = luaL_checkstring(L, 2);
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  if (lua_isnil(L, 3)) { lua_newtable(L); lua_replace(L, 3); }
+  luaL_checkstack(L, 12, NULL);
+
+  Extraction x;
+  memset(&x, 0, sizeof x);
+  x.L = L;
+  x.total = opt_int(L, 3, "total", -1, 0);
+  x.max_entries = opt_int(L, 3, "max_entries", MG_EXTRACT_MAX_ENTRIES, 1);
+  x.max_bytes = opt_int(L, 3, "max_bytes", -1, 0);
+  x.free_reserve = opt_int(L, 3, "free_reserve", 0, 0);
+  int auto_strip_wanted = 0;
+  lua_getfield(L, 3, "strip_components");
+  if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "auto") == 0) auto_strip_wanted = 1;
+  lua_pop(L, 1);
+  if (!auto_strip_wanted) x.strip = (int)opt_int(L, 3, "strip_components", 0, 0);
+  lua_getfield(L, 3, "name"); /* 4: the archive's name in messages */
+  if (!lua_isnil(L, 4) && !lua_isstring(L, 4)) luaL_error(L, "bad option 'name' (a string expected)");
+  x.name = lua_isnil(L, 4) ? base_name(archive) : lua_tostring(L, 4);
+  lua_getfield(L, 3, "on_progress"); /* 5 */
+  if (!lua_isnil(L, 5) && !lua_isfunction(L, 5)) luaL_error(L, "bad option 'on_progress' (a function expected)");
+  x.progress_idx = lua_isnil(L, 5) ? 0 : 5;
+
+  if (auto_strip_wanted && auto_strip(L, archive, &x)) return push_failure(L, &x.f);
+  Reader *r = x.r = new_reader(L); /* 6 */
+  int made_root = 0, rc = reader_open(r, archive, x.name, &x.f);
+  if (rc == 0) {
+    if (x.max_bytes < 0) x.max_bytes = default_max_bytes(r->archive_fd);
+    if (mkdir(dest, 0755) == 0) made_root = 1;
+    else if (errno != EEXIST) rc = failf(&x.f, mg_errno_code(errno), "cannot create %s: %s", dest, strerror(errno));
+  }
+  if (rc == 0) {
+    r->root_fd = open(dest, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (r->root_fd < 0) rc = failf(&x.f, mg_errno_code(errno), "%s: %s", dest, strerror(errno));
+  }
+  if (rc == 0) rc = extract_entries(&x);
+  if (rc == 0 && (x.tick_entries || x.tick_bytes)) rc = report_progress(&x);
+  if (rc != 0) {
+    remove_made(r);
+    if (made_root) rmdir(dest);
+  }
+  reader_release(r);
+  if (x.lua_error) return lua_error(L);
+  if (rc != 0) return push_failure(L, &x.f);
+  lua_createtable(L, 0, 2);
+  lua_pushinteger(L, (lua_Integer)x.entries);
+  lua_setfield(L, -2, "entries");
+  lua_pushinteger(L, (lua_Integer)x.bytes);
+  lua_setfield(L, -2, "bytes");
+  return 1;
+}
+
+/* Listing ------------------------------------------------------------------------------------ */
+
+static const char *entry_type(struct archive_entry *e) {
+  if (entry_hardlink(e)) return "hardlink";
+  switch (archive_entry_filetype(e)) {
+  case AE_IFREG: return "file";
+  case AE_IFDIR: return "dir";
+  case AE_IFLNK: return "symlink";
+  default: return "other";
+  }
+}
+
+static void push_entry(lua_State *L, struct archive_entry *e) {
+  lua_createtable(L, 0, 5);
+  lua_pushstring(L, entry_path(e));
+  lua_setfield(L, -2, "path");
+  const char *type = entry_type(e);
+  lua_pushstring(L, type);
+  lua_setfield(L, -2, "type");
+  if (archive_entry_size_is_set(e)) {
+    lua_pushinteger(L, (lua_Integer)archive_entry_size(e));
+    lua_setfield(L, -2, "size");
+  }
+  lua_pushinteger(L, (lua_Integer)(archive_entry_mode(e) & 07777));
+  lua_setfield(L, -2, "mode");
+  const char *target = type[0] == 'h' ? entry_hardlink(e) : type[0] == 's' ? entry_symlink(e) : NULL;
+  if (target) {
+    lua_pushstring(L, target);
+    lua_setfield(L, -2, "target");
+  }
+}
+
+/* archive_list(path [, opts]) -> {entry…}, info | nil, err, code */
+static int ex_archive_list(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  int64_t max_entries = lua_isnil(L, 2) ? MG_EXTRACT_MAX_ENTRIES
+                                        : opt_int(L, 2, "max_entries", MG_EXTRACT_MAX_ENTRIES, 1);
+  const char *name = base_name(path);
+  Reader *r = new_reader(L); /* 3 */
+  Failure f;
+  int rc = reader_open(r, path, name, &f);
+  lua_newtable(L); /* 4 */
+  int64_t n = 0, expanded = 0;
+  struct archive_entry *e;
+  while (rc == 0 && (rc = next_entry(r, &e, name, &f)) == 1) {
+    rc = 0;
+    if (++n > max_entries) {
+      rc = failf(&f, "EARCHIVE", "%s: more than %lld entries (max_entries)", name, (long long)max_entries);
+      break;
+    }
+    if (archive_entry_filetype(e) == AE_IFREG && archive_entry_size_is_set(e) && !entry_hardlink(e))
+      expanded += (int64_t)archive_entry_size(e);
+    push_entry(L, e);
+    lua_rawseti(L, 4, (lua_Integer)n);
+  }
+  if (rc < 0) {
+    reader_release(r);
+    return push_failure(L, &f);
+  }
+  lua_createtable(L, 0, 4);
+  lua_pushstring(L, format_name(r->a));
+  lua_setfield(L, -2, "format");
+  lua_pushstring(L, filter_name(r->a));
+  lua_setfield(L, -2, "filter");
+  lua_pushinteger(L, (lua_Integer)n);
+  lua_setfield(L, -2, "entries");
+  lua_pushinteger(L, (lua_Integer)expanded);
+  lua_setfield(L, -2, "expanded");
+  reader_release(r);
+  return 2;
+}
+
+void mg_open_extract(lua_State *L) {
+  static const luaL_Reg reader_methods[] = {
+    {NULL, NULL}
+  };
+  static const luaL_Reg funcs[] = {
+    {"archive_list", ex_archive_list},
+    {"extract", ex_extract},
+    {NULL, NULL}
+  };
+  mg_newmeta(L, READER_MT, reader_methods, reader_gc);
+  luaL_setfuncs(L, funcs, 0);
+}
