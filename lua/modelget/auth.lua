@@ -1,0 +1,143 @@
+-- Credentials per host: the Hub's token as "Authorization: Bearer", only to the Hub's host; a Kaggle key
+-- as Basic, only to kaggle.com. The engine drops the header on a redirect to any other host. No message
+-- here ever holds a credential: they name the variable or file to set, never its content.
+local util = require "modelget.util"
+local hub = require "modelget.hub"
+
+local auth = {}
+
+-- env: a table of environment variables standing in for os.getenv (tests), or nil.
+local function getenv(env, name)
+  local v
+  if env then v = env[name] else v = os.getenv(name) end
+  if v == "" then return nil end
+  return v
+end
+
+local function read_trimmed(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read(64 * 1024) or ""
+  f:close()
+  s = s:match("^%s*(.-)%s*$")
+  return s ~= "" and s or nil
+end
+
+local function home(env) return getenv(env, "HOME") or "~" end
+
+-- Where the Hub token is looked for, in order, for messages.
+function auth.hf_token_file(env)
+  local explicit = getenv(env, "HF_TOKEN_PATH")
+  if explicit then return explicit end
+  local hf_home = getenv(env, "HF_HOME")
+  if hf_home then return hf_home .. "/token" end
+  local xdg = getenv(env, "XDG_CACHE_HOME")
+  return (xdg or (home(env) .. "/.cache")) .. "/huggingface/token"
+end
+
+function auth.hf_token(env)
+  return getenv(env, "HF_TOKEN") or read_trimmed(auth.hf_token_file(env))
+end
+
+function auth.kaggle_file(env)
+  local dir = getenv(env, "KAGGLE_CONFIG_DIR")
+  return (dir or (home(env) .. "/.kaggle")) .. "/kaggle.json"
+end
+
+-- username, key from KAGGLE_USERNAME/KAGGLE_KEY, else kaggle.json.
+function auth.kaggle_key(env)
+  local user, key = getenv(env, "KAGGLE_USERNAME"), getenv(env, "KAGGLE_KEY")
+  if user and key then return user, key end
+  local text = read_trimmed(auth.kaggle_file(env))
+  if not text then return nil end
+  local ok, doc = pcall(require("cjson").decode, text)
+  if ok and type(doc) == "table" and type(doc.username) == "string" and type(doc.key) == "string" then
+    return doc.username, doc.key
+  end
+  return nil
+end
+
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local function base64(s)
+  return ((s:gsub(".", function(c)
+    local b, bits = c:byte(), {}
+    for i = 8, 1, -1 do bits[#bits + 1] = (b >> (i - 1)) & 1 end
+    return table.concat(bits)
+  end) .. "0000"):gsub("%d%d%d?%d?%d?%d?", function(x)
+    if #x < 6 then return "" end
+    return B64:sub(tonumber(x, 2) + 1, tonumber(x, 2) + 1)
+  end) .. ({ "", "==", "=" })[#s % 3 + 1])
+end
+auth.base64 = base64
+
+local function is_kaggle(host)
+  return host == "kaggle.com" or (host:sub(-11) == ".kaggle.com")
+end
+
+-- Which service a URL belongs to: "hf", "kaggle" or nil.
+function auth.service(url, env)
+  local u = util.parse_url(url)
+  if not u then return nil end
+  local hub_host, hub_port = hub.host(env)
+  if u.host == hub_host and (u.port or (u.scheme == "http" and 80 or 443)) == hub_port then return "hf", u end
+  if u.scheme == "https" and is_kaggle(u.host) then return "kaggle", u end
+  return nil, u
+end
+
+-- The credential to send with a request to url: {header=, host=, port=} (the engine sends it only while
+-- the request stays on that host), or nil when none applies or none is set.
+function auth.for_url(url, env)
+  local service, u = auth.service(url, env)
+  if service == "hf" then
+    local token = auth.hf_token(env)
+    if not token then return nil end
+    local host, port = hub.host(env)
+    return { header = "Authorization: Bearer " .. token, host = host, port = port, service = "hf" }
+  elseif service == "kaggle" then
+    local user, key = auth.kaggle_key(env)
+    if not user then return nil end
+    return { header = "Authorization: Basic " .. base64(user .. ":" .. key), host = u.host,
+             port = u.port or 443, service = "kaggle" }
+  end
+  return nil
+end
+
+-- How to provide the credential a service needs, for messages.
+function auth.how(service, env)
+  if service == "kaggle" then
+    return "set KAGGLE_USERNAME and KAGGLE_KEY, or write " .. auth.kaggle_file(env)
+        .. " (an API token from https://www.kaggle.com/settings)"
+  end
+  return "set HF_TOKEN, or write the token to " .. auth.hf_token_file(env)
+      .. " (a read token from https://huggingface.co/settings/tokens; the model's license may need accepting first)"
+end
+
+-- What to tell a user whose request to url was refused (401/403), or nil when no credential of ours
+-- applies to that host.
+function auth.hint(url, env)
+  local service = auth.service(url or "", env)
+  if not service then return nil end
+  local have
+  if service == "hf" then have = auth.hf_token(env) else have = auth.kaggle_key(env) end
+  if have then
+    return service == "hf" and "the token was refused: check it, and accept the model's license on its Hub page"
+        or "the Kaggle key was refused: check it, and accept the model's terms on Kaggle"
+  end
+  return auth.how(service, env)
+end
+
+-- When the entry needs a credential (entry.auth) and none is set for its URL's service:
+-- nil, "model 'x' needs …: set …", "EAUTH". Otherwise true.
+function auth.require(entry, url, env)
+  if not entry or not entry.auth then return true end
+  local service = entry.auth
+  if service == true then service = auth.service(url or entry.url or "", env) or (entry.hub and "hf") end
+  if service ~= "hf" and service ~= "kaggle" then return true end -- a credential we cannot supply
+  local have
+  if service == "hf" then have = auth.hf_token(env) else have = auth.kaggle_key(env) end
+  if have then return true end
+  local what = service == "hf" and "a Hugging Face token" or "a Kaggle API key"
+  return util.fail("EAUTH", "model '%s' needs %s: %s", entry.id or "?", what, auth.how(service, env))
+end
+
+return auth

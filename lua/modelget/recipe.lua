@@ -1,0 +1,383 @@
+-- The recipe language: model declarations in Lua, loaded into a sandbox that holds only the language
+-- and a few pure helpers (the ALLOWED list below). A recipe file reads like this:
+--
+--   framework "llamacpp"                 -- the framework of the models below (may change again)
+--   model "tinyllama-1.1b-gguf" {
+--     name = "TinyLlama 1.1B Chat (Q4_K_M)",
+--     url  = hf "TheBloke/TinyLlama-1.1B-Chat-v1.0-GGUF" "tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf",
+--     size = "669 MB", tags = {"chat", "small"},
+--   }
+--
+-- Loading a file gives normalized entries (the shape in docs/DESIGN.md) and problems, each
+-- "file:line: message"; a bad model or a failing file is reported and the rest still loads.
+local util = require "modelget.util"
+local rules = require "modelget.rules"
+local hub = require "modelget.hub"
+
+local recipe = {}
+
+-- What a recipe runs under: a bounded number of VM instructions and of memory growth, so a runaway
+-- recipe stops with a message instead of hanging or exhausting the program.
+recipe.MAX_INSTRUCTIONS = 5 * 1000 * 1000
+recipe.MAX_MEMORY = 64 * 1024 * 1024
+local HOOK_EVERY = 10 -- instructions between checks: a string doubling in a loop cannot outrun it far
+local MAX_REP = 1024 * 1024 -- string.rep result cap in recipes
+
+-- Copies of the pure libraries (a recipe must not change the program's own string or table).
+local function copy(lib, without)
+  local out = {}
+  for k, v in pairs(lib) do out[k] = v end
+  for _, k in ipairs(without or {}) do out[k] = nil end
+  return out
+end
+
+local safe_string = copy(string, { "dump" })
+safe_string.rep = function(s, n, sep)
+  local len = #tostring(s) * math.max(0, math.tointeger(n) or 0) + #tostring(sep or "") * math.max(0, (n or 0) - 1)
+  if len > MAX_REP then error(("string.rep: result too large for a recipe (%.0f bytes)"):format(len), 2) end
+  return string.rep(s, n, sep)
+end
+
+-- The one list of what a recipe may name, besides the language itself (framework, model, hf) and the
+-- globals it defines for itself. Everything else (os, io, require, load, loadfile, dofile, debug,
+-- rawset, setmetatable, collectgarbage, pcall, print, coroutine, package, _G) is "not available".
+local function allowed_names()
+  return {
+    ipairs = ipairs, pairs = pairs, next = next, select = select, type = type,
+    tonumber = tonumber, tostring = tostring, error = error, assert = assert,
+    string = safe_string,
+    table = copy(table),
+    math = copy(math, { "random", "randomseed" }),
+    utf8 = copy(utf8),
+  }
+end
+recipe.ALLOWED = {}
+for k in pairs(allowed_names()) do recipe.ALLOWED[#recipe.ALLOWED + 1] = k end
+table.sort(recipe.ALLOWED)
+
+-- Fields ----------------------------------------------------------------------------------------
+
+local FIELDS = { "name", "framework", "url", "file", "alt", "sha256", "size", "unzip", "auth", "files", "hub",
+  "tags", "memory", "description", "license", "homepage" }
+local is_field = {}
+for _, f in ipairs(FIELDS) do is_field[f] = true end
+recipe.FIELDS = FIELDS
+
+local ARCHIVE = { "%.zip$", "%.tar$", "%.tar%.gz$", "%.tgz$", "%.tar%.xz$", "%.txz$", "%.tar%.zst$",
+  "%.tar%.bz2$", "%.tbz2?$" }
+
+local function is_archive(name)
+  local lower = name:lower()
+  for _, p in ipairs(ARCHIVE) do if lower:find(p) then return true end end
+  return false
+end
+recipe.is_archive = is_archive
+
+-- A field check raises {field=, msg=} through this; normalize() turns it into one problem line.
+local function bad(field, fmt, ...)
+  error({ field = field, msg = string.format(fmt, ...) }, 0)
+end
+
+local function check_url(field, v)
+  if type(v) ~= "string" then bad(field, "expected a URL string, got %s", type(v)) end
+  if not util.check_url(v) then
+    if not util.parse_url(v) then bad(field, "not a URL: %q", v) end
+    bad(field, "must be https:// (or http:// to a loopback host), got %q", v)
+  end
+  return v
+end
+recipe.check_url = check_url
+
+local function check_string(field, v, pattern, what)
+  if type(v) ~= "string" then bad(field, "expected a string, got %s", type(v)) end
+  if pattern and not v:find(pattern) then bad(field, "%q is not %s", v, what) end
+  return v
+end
+
+local function check_size(field, v)
+  local n = util.parse_size(v)
+  if not n then bad(field, "expected bytes or a size like \"669 MB\", got %s", type(v) == "string" and ("%q"):format(v) or type(v)) end
+  return n
+end
+
+local function check_sha(field, v)
+  if type(v) ~= "string" then bad(field, "expected 64 hex digits, got %s", type(v)) end
+  if not util.is_sha256(v) then bad(field, "expected 64 hex digits, got %q", v) end
+  return v:lower()
+end
+
+local function check_list(field, v, each)
+  if type(v) == "string" then v = { v } end
+  if type(v) ~= "table" then bad(field, "expected a list, got %s", type(v)) end
+  local out = {}
+  for k in pairs(v) do
+    if math.type(k) ~= "integer" or k < 1 or k > #v then bad(field, "expected a list, found key %s", tostring(k)) end
+  end
+  for i, x in ipairs(v) do out[i] = each(field .. "[" .. i .. "]", x) end
+  return out
+end
+
+local function check_bool(field, v)
+  if type(v) ~= "boolean" then bad(field, "expected true or false, got %s", type(v)) end
+  return v
+end
+
+local function check_auth(field, v)
+  if v == true or v == "hf" or v == "kaggle" then return v end
+  if v == false then return nil end
+  bad(field, "expected \"hf\", \"kaggle\" or true, got %s", type(v) == "string" and ("%q"):format(v) or type(v))
+end
+
+local function check_relpath(field, v)
+  check_string(field, v)
+  if not util.safe_relpath(v) then bad(field, "%q is not a safe relative path", v) end
+  return v
+end
+
+local function check_table(field, v, known)
+  if type(v) ~= "table" then bad(field, "expected a table, got %s", type(v)) end
+  for k in pairs(v) do
+    if not known[k] then bad(field, "unknown field '%s'", tostring(k)) end
+  end
+  return v
+end
+
+local FILE_FIELDS = { name = true, url = true, sha256 = true, size = true, optional = true }
+local function check_file(field, v)
+  check_table(field, v, FILE_FIELDS)
+  if v.url == nil then bad(field, "missing url") end
+  local f = {
+    url = check_url(field .. ".url", v.url),
+    name = v.name ~= nil and check_relpath(field .. ".name", v.name) or nil,
+    sha256 = v.sha256 ~= nil and check_sha(field .. ".sha256", v.sha256) or nil,
+    size = v.size ~= nil and check_size(field .. ".size", v.size) or nil,
+    optional = v.optional ~= nil and check_bool(field .. ".optional", v.optional) or nil,
+  }
+  f.name = f.name or util.url_filename(f.url)
+  if not util.safe_relpath(f.name) then bad(field, "no file name in %s; give name=", f.url) end
+  return f
+end
+
+local HUB_FIELDS = { repo = true, revision = true, dir = true, include = true, exclude = true }
+local function check_hub(field, v)
+  if type(v) == "string" then v = { repo = v } end
+  check_table(field, v, HUB_FIELDS)
+  local h = {
+    repo = check_string(field .. ".repo", v.repo, "^[%w][%w._-]*/[%w][%w._-]*$", "a Hub repo (owner/name)"),
+    revision = v.revision ~= nil and check_string(field .. ".revision", v.revision, "^[^/%s][^%s]*$", "a revision")
+      or "main",
+    dir = v.dir ~= nil and check_relpath(field .. ".dir", v.dir) or nil,
+    include = v.include ~= nil and check_list(field .. ".include", v.include, check_string) or nil,
+    exclude = v.exclude ~= nil and check_list(field .. ".exclude", v.exclude, check_string) or nil,
+  }
+  return h
+end
+
+-- Normalizes one declaration (fields from the recipe) into a catalog entry, or raises {field=, msg=}.
+local function normalize(id, fields, default_framework)
+  for k in pairs(fields) do
+    if type(k) ~= "string" or not is_field[k] then
+      bad(tostring(k), "unknown field (fields: %s)", table.concat(FIELDS, ", "))
+    end
+  end
+  local e = { id = id }
+  e.name = fields.name ~= nil and check_string("name", fields.name) or id
+  e.url = fields.url ~= nil and check_url("url", fields.url) or nil
+  e.alt = fields.alt ~= nil and check_list("alt", fields.alt, check_url) or {}
+  e.sha256 = fields.sha256 ~= nil and check_sha("sha256", fields.sha256) or nil
+  e.size = fields.size ~= nil and check_size("size", fields.size) or nil
+  -- A plain integer is the exact byte count (verified on download); "669 MB" is an estimate for
+  -- listings and the free-space check only.
+  e.size_exact = math.type(fields.size) == "integer" or nil
+  e.memory = fields.memory ~= nil and check_size("memory", fields.memory) or nil
+  e.auth = fields.auth ~= nil and check_auth("auth", fields.auth) or nil
+  e.files = fields.files ~= nil and check_list("files", fields.files, check_file) or {}
+  e.hub = fields.hub ~= nil and check_hub("hub", fields.hub) or nil
+  e.tags = fields.tags ~= nil and check_list("tags", fields.tags, check_string) or {}
+  e.description = fields.description ~= nil and check_string("description", fields.description) or nil
+  e.license = fields.license ~= nil and check_string("license", fields.license) or nil
+  e.homepage = fields.homepage ~= nil and check_url("homepage", fields.homepage) or nil
+
+  if not e.url and not e.hub and #e.files == 0 then bad("url", "missing (give url, hub or files)") end
+  if #e.alt > 0 and not e.url then bad("alt", "alternative URLs need a url") end
+  if e.sha256 and not e.url then bad("sha256", "applies to url, which is missing (give files their own sha256)") end
+
+  if fields.file ~= nil then
+    e.file = check_string("file", fields.file)
+    if not util.safe_component(e.file) then bad("file", "%q is not a file name", e.file) end
+  elseif e.url then
+    e.file = util.url_filename(e.url)
+    if not util.safe_component(e.file) then bad("file", "no file name in %s; give file=", e.url) end
+  end
+
+  local fw = fields.framework or default_framework
+  if fw == nil then
+    fw = rules.framework_for_name(e.file or "")
+    if not fw then bad("framework", "missing, and the file name does not imply one (write framework \"…\")") end
+  end
+  check_string("framework", fw)
+  if not rules.is_framework(fw) then bad("framework", "unknown '%s' (one of: %s)", fw, table.concat(rules.NAMES, ", ")) end
+  e.framework = fw
+
+  if fields.unzip ~= nil then e.unzip = check_bool("unzip", fields.unzip)
+  else e.unzip = e.file ~= nil and is_archive(e.file) end
+  return e
+end
+recipe.normalize = normalize
+
+-- The language --------------------------------------------------------------------------------
+
+-- hf "owner/repo" "path/in/repo.gguf"        → https://huggingface.co/owner/repo/resolve/main/path/in/repo.gguf
+-- hf "owner/repo@rev" "file"                 → … /resolve/rev/file
+-- hf "owner/repo" {"tokenizer.json", …}      → files = {{name=, url=}…} for the files field
+-- hf("owner/repo", "file", "rev")            → the same, in one call
+local function hf(repo, what, revision)
+  if type(repo) ~= "string" or not repo:find("^[%w][%w._-]*/[%w][%w._-]*") then
+    error("hf: expected a Hub repo \"owner/name\", got " .. (type(repo) == "string" and ("%q"):format(repo) or type(repo)), 2)
+  end
+  local r, rev = repo:match("^([^@]+)@(.+)$")
+  if r then repo, revision = r, revision or rev end
+  local function of(path)
+    if type(path) == "string" then
+      if not util.safe_relpath(path) then error("hf: " .. ("%q"):format(path) .. " is not a path in the repo", 2) end
+      return hub.resolve_url(repo, revision, path)
+    elseif type(path) == "table" then
+      local files = {}
+      for i, p in ipairs(path) do
+        if type(p) ~= "string" or not util.safe_relpath(p) then error("hf: files[" .. i .. "] is not a path in the repo", 2) end
+        files[i] = { name = p:match("[^/]*$"), url = hub.resolve_url(repo, revision, p) }
+      end
+      return files
+    end
+    error("hf: expected a file path or a list of them, got " .. type(path), 2)
+  end
+  if what ~= nil then return of(what) end
+  return of
+end
+
+-- Where the recipe called from (the line of `model "id"`): level 3 = the recipe's function.
+local function caller_line()
+  local info = debug.getinfo(3, "Sl")
+  return info and info.currentline or 0
+end
+
+-- Builds the environment of one recipe file; declarations go to `sink(id, fields, line, framework)`.
+local function make_env(chunkname, sink, problem)
+  local env = allowed_names()
+  local state = { framework = nil, pending = {} }
+
+  env.framework = function(name)
+    if type(name) ~= "string" or not rules.is_framework(name) then
+      error(("framework: unknown %s (one of: %s)"):format(type(name) == "string" and ("'" .. name .. "'") or type(name),
+        table.concat(rules.NAMES, ", ")), 2)
+    end
+    state.framework = name
+  end
+
+  env.model = function(id)
+    local line = caller_line()
+    if type(id) == "table" then -- model { id = "x", … }
+      local fields = {}
+      for k, v in pairs(id) do if k ~= "id" then fields[k] = v end end
+      sink(id.id, fields, line, state.framework)
+      return
+    end
+    if type(id) ~= "string" then error("model: expected an id string, got " .. type(id), 2) end
+    local p = { id = id, line = line }
+    state.pending[p] = true
+    return function(fields)
+      state.pending[p] = nil
+      if type(fields) ~= "table" then error("model '" .. id .. "': expected a table of fields, got " .. type(fields), 2) end
+      sink(id, fields, line, state.framework)
+    end
+  end
+
+  env.hf = hf
+
+  setmetatable(env, {
+    __index = function(_, k)
+      error(("'%s' is not available in recipes"):format(tostring(k)), 2)
+    end,
+  })
+  return env, function()
+    for p in pairs(state.pending) do
+      problem(p.line, ("model '%s' has no fields (write model \"%s\" { … })"):format(p.id, p.id))
+    end
+  end
+end
+
+-- Runs fn() under the instruction and memory limits; returns pcall's results.
+local function bounded(fn)
+  local old = table.pack(debug.gethook())
+  local base = collectgarbage("count") * 1024
+  local budget = recipe.MAX_INSTRUCTIONS
+  local string_mt = getmetatable("")
+  local old_index = string_mt.__index
+  string_mt.__index = safe_string -- ("x"):rep(n) reaches the string table through here
+  debug.sethook(function()
+    budget = budget - HOOK_EVERY
+    if budget < 0 then
+      budget = HOOK_EVERY * 100 -- let the error unwind; the next check fires again if it is caught
+      error(("recipe runs too long (more than %d instructions)"):format(recipe.MAX_INSTRUCTIONS), 2)
+    end
+    if collectgarbage("count") * 1024 - base > recipe.MAX_MEMORY then
+      collectgarbage()
+      if collectgarbage("count") * 1024 - base > recipe.MAX_MEMORY then
+        error(("recipe uses too much memory (more than %d MB)"):format(recipe.MAX_MEMORY // (1024 * 1024)), 2)
+      end
+    end
+  end, "", HOOK_EVERY)
+  local res = table.pack(pcall(fn))
+  debug.sethook(table.unpack(old, 1, old.n))
+  string_mt.__index = old_index
+  return table.unpack(res, 1, res.n)
+end
+
+-- Loads recipe source text. chunkname is the file's name as shown in messages. Returns entries (in
+-- declaration order) and problems ("file:line: message").
+function recipe.load_string(src, chunkname)
+  local entries, problems = {}, {}
+  local function problem(line, msg)
+    problems[#problems + 1] = ("%s:%s: %s"):format(chunkname, line or "?", msg)
+  end
+  local function sink(id, fields, line, framework)
+    if type(id) ~= "string" then problem(line, "model: expected an id string, got " .. type(id)) return end
+    if not id:find("^[%w][%w._-]*$") or #id > 128 then
+      problem(line, ("model '%s': the id must be letters, digits, '.', '_' or '-'"):format(id))
+      return
+    end
+    local ok, e = pcall(normalize, id, fields, framework)
+    if ok then
+      e.source = chunkname .. ":" .. line
+      entries[#entries + 1] = e
+    elseif type(e) == "table" and e.field then
+      problem(line, ("model '%s': field '%s': %s"):format(id, e.field, e.msg))
+    else
+      problem(line, ("model '%s': %s"):format(id, tostring(e)))
+    end
+  end
+  local env, finish = make_env(chunkname, sink, problem)
+  local chunk, err = load(src, "@" .. chunkname, "t", env)
+  if not chunk then
+    problems[#problems + 1] = err
+    return {}, problems
+  end
+  local ok, rerr = bounded(chunk)
+  if not ok then
+    entries = {} -- a file that fails to run contributes nothing, as one that fails to compile
+    local msg = tostring(rerr)
+    if not msg:find("^" .. chunkname:gsub("%p", "%%%0") .. ":%d+:") then msg = chunkname .. ": " .. msg end
+    problems[#problems + 1] = msg
+  else
+    finish()
+  end
+  return entries, problems
+end
+
+function recipe.load_file(path, display)
+  local src, err = util.read_file(path)
+  if not src then return {}, { (display or path) .. ": " .. tostring(err) } end
+  return recipe.load_string(src, display or path)
+end
+
+return recipe
