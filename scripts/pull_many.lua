@@ -1,6 +1,7 @@
 -- Pulls several models at once from coroutines, with its own progress lines: an example of the
 -- Lua API (README "The Lua API").
---   modelget run scripts/pull_many.lua [--store DIR] [--registry PATH] [--cacert FILE] [--jobs N] ID|URL…
+--   modelget run scripts/pull_many.lua [--store DIR] [--registry PATH] [--cacert FILE] [--jobs N]
+--                                      [--limit-rate RATE] ID|URL…
 --   lua5.4 scripts/pull_many.lua …      (LUA_PATH and LUA_CPATH pointing at an installed modelget)
 -- Each target is a task of one scheduler: the downloads share one engine session (--jobs transfers
 -- at once); a task may do anything between its pulls. Exit status: 0, or the first failure's.
@@ -11,7 +12,8 @@ local opts, targets = {}, {}
 local i = 1
 while i <= #arg do
   local a = arg[i]
-  local key = ({ ["--store"] = "store", ["--registry"] = "registry", ["--cacert"] = "cacert", ["--jobs"] = "jobs" })[a]
+  local key = ({ ["--store"] = "store", ["--registry"] = "registry", ["--cacert"] = "cacert", ["--jobs"] = "jobs",
+                 ["--limit-rate"] = "limit_rate" })[a]
   if key then
     local value = arg[i + 1]
     if not value then io.stderr:write("pull_many: ", a, " needs a value\n") return 2 end

@@ -226,6 +226,7 @@ end
 local function has_hint(message)
   message = tostring(message)
   return message:find("modelget %l") or message:find("see '") or message:find("; run ") or message:find("pass %-%-")
+    or message:find("; use ")
 end
 
 -- Reports a failure: one line on stderr (and an "error" event with --json); returns the status.
@@ -258,6 +259,12 @@ function Ctx:warn_problems(problems)
   end
 end
 
+local function terminal_width()
+  local w = core.terminal_width()
+  if not w or w <= 0 then w = tonumber(os.getenv("COLUMNS")) end
+  return w and w > 0 and w or 80
+end
+
 function Ctx:reporter()
   local stdout_tty = core.isatty(1)
   local mode = progress.mode(self.opts, stdout_tty)
@@ -265,7 +272,7 @@ function Ctx:reporter()
     mode = mode,
     out = io.stdout,
     color = self.color,
-    width = core.terminal_width() or tonumber(os.getenv("COLUMNS")) or 80,
+    width = terminal_width(),
     clock = core.now,
   }
 end
@@ -592,9 +599,18 @@ command("verify", {
   end,
 })
 
+-- Verified at install; still the same sizes now? (verify re-hashes; ls stays quick on big models)
+local function intact(m)
+  for _, f in ipairs(m.files or {}) do
+    local st = core.stat(m.path .. "/" .. f.path)
+    if not st or st.type ~= "file" or st.size ~= f.size then return false end
+  end
+  return true
+end
+
 command("ls", {
   usage = "ls",
-  summary = "installed models: framework, size on disk, state recorded at install",
+  summary = "installed models: framework, size on disk, state (verified at install, sizes unchanged)",
   max = 0,
   run = function(ctx)
     local mg = ctx:facade()
@@ -611,11 +627,12 @@ command("ls", {
     local rows, total = { { "ID", "FRAMEWORK", "SIZE", "STATE", "PATH" } }, 0
     for _, m in ipairs(list) do
       total = total + (m.bytes or 0)
-      local state = m.state or (m.verified == false and "unverified") or "verified"
+      local state = intact(m) and "ok" or "changed"
       rows[#rows + 1] = { m.id, m.framework or "", progress.bytes(m.bytes), state, m.path or "" }
     end
     columns(rows)
     printf("%d model%s, %s in %s", #list, #list == 1 and "" or "s", progress.bytes(total), mg.store_root(ctx.opts))
+    printf("ok: verified at install, sizes unchanged (modelget verify re-hashes every file)")
     return 0
   end,
 })

@@ -155,35 +155,46 @@ function Reporter:totals()
 end
 
 -- Terminal drawing ---------------------------------------------------------------------------------
-function Reporter:bar_line(name, completed, total, speed, eta, width)
+local function tail_of(completed, total, speed, eta)
   local pct = percent(completed, total)
   local amount = total and (M.bytes(completed) .. " / " .. M.bytes(total)) or M.bytes(completed)
-  local tail = string.format(" %4s %21s %12s %7s", pct and (pct .. "%") or "", amount, M.rate(speed),
-    M.duration(eta))
-  local bar_w = width >= 72 and 20 or (width >= 56 and 10 or 0)
-  local name_w = math.max(8, width - #tail - (bar_w > 0 and bar_w + 3 or 0) - 1)
+  return string.format(" %4s %21s %12s %7s", pct and (pct .. "%") or "", amount, M.rate(speed), M.duration(eta)), pct
+end
+local TAIL_WIDTH = #tail_of(0, 1, 1, 1)
+local MAX_BAR = 30
+
+-- One line: the name (cut or padded to name_w), a bar filling what the width leaves, the numbers.
+function Reporter:bar_line(name, completed, total, speed, eta, name_w)
+  local tail, pct = tail_of(completed, total, speed, eta)
+  local room = self.width - TAIL_WIDTH - 1
+  name_w = math.min(name_w, math.max(12, room - 13))
+  local bar_w = math.min(MAX_BAR, room - name_w - 3)
   local bar = ""
-  if bar_w > 0 then
+  if bar_w >= 5 then
     local filled = pct and math.floor(bar_w * pct / 100) or 0
     bar = " [" .. self:paint("cyan", string.rep("=", filled)) .. string.rep(" ", bar_w - filled) .. "]"
+  else
+    name_w = math.max(1, room)
   end
   return fit(name, name_w) .. bar .. tail
 end
 
 function Reporter:live_lines()
-  local lines, active = {}, 0
+  local live = {}
   for _, f in ipairs(self.order) do
-    if not f.finished then
-      active = active + 1
-      lines[#lines + 1] = self:bar_line(f.name, f.completed, f.total, f.speed, f.eta, self.width)
-    end
+    if not f.finished then live[#live + 1] = f end
   end
-  if active > 0 then
-    local done, total, speed = self:totals()
-    local eta = total and speed > 0 and (total - done) / speed or nil
-    local files = string.format("total (%d file%s)", #self.order, #self.order == 1 and "" or "s")
-    lines[#lines + 1] = self:paint("bold", self:bar_line(files, done, total, speed, eta, self.width))
+  if #live == 0 then return {} end
+  local total_name = string.format("total (%d file%s)", #self.order, #self.order == 1 and "" or "s")
+  local name_w = width_of(total_name)
+  for _, f in ipairs(live) do name_w = math.max(name_w, width_of(f.name)) end
+  local lines = {}
+  for _, f in ipairs(live) do
+    lines[#lines + 1] = self:bar_line(f.name, f.completed, f.total, f.speed, f.eta, name_w)
   end
+  local done, total, speed = self:totals()
+  local eta = total and speed > 0 and (total - done) / speed or nil
+  lines[#lines + 1] = self:paint("bold", self:bar_line(total_name, done, total, speed, eta, name_w))
   return lines
 end
 
@@ -229,6 +240,7 @@ end
 function Reporter:plain_progress(f, now)
   local pct = percent(f.completed, f.total)
   local step = pct and pct // 10 or nil
+  if (f.completed or 0) == 0 then return end -- queued behind others: nothing to say yet
   local due = (step and step > (f.step or -1)) or now - (f.said or 0) >= PLAIN_EVERY
   if not due then return end
   f.step, f.said = step or f.step, now
@@ -297,6 +309,14 @@ function Reporter:event(ev)
     return
   end
   if kind == "done" then self:finish_model(ev.id, true) end
+  if kind == "verify" and ev.ok then
+    local f = self.files[(ev.id or "") .. "\0" .. (ev.file or "")]
+    if f then
+      f.finished = true
+      f.completed = f.total or f.completed
+      f.speed, f.eta = nil, nil
+    end
+  end
   if kind == "error" then
     self:finish_model(ev.id, false)
     if mode == "tty" then self:redraw() end

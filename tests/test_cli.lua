@@ -1,0 +1,452 @@
+-- The command line as a person meets it: help, usage errors (one line, exit 2), what each command
+-- prints and its exit status, progress on a terminal and in a pipe, --json, verify, ls, rm, urls,
+-- import and run. Downloads come from nginx on loopback.
+local t = require "t"
+local servers = require "servers"
+local cjson = require "cjson"
+local core = require "modelget.core"
+
+local KiB, MiB = 1024, 1024 * 1024
+
+-- modelget with a private store, the test CA and short backoff; extra global options first.
+local function mg(store, args, opts)
+  local argv = { "--store", store, "--cacert", servers.ca().cert, "--retry-wait", "0.05" }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return t.modelget(argv, opts)
+end
+
+local function lines(s)
+  local out = {}
+  for line in s:gmatch("[^\n]+") do out[#out + 1] = line end
+  return out
+end
+
+local function events(stdout)
+  local out = {}
+  for _, line in ipairs(lines(stdout)) do out[#out + 1] = cjson.decode(line) end
+  return out
+end
+
+-- A failure a person reads: exactly one line on stderr, "modelget: …".
+local function one_error_line(r, pattern, what)
+  local ls = lines(r.stderr)
+  t.eq(#ls, 1, (what or "stderr") .. ": one line, got " .. r.stderr)
+  t.match(ls[1], "^modelget: ", what)
+  if pattern then t.match(ls[1], pattern, what) end
+  t.nomatch(r.stderr, "traceback", what)
+  return ls[1]
+end
+
+-- A GGUF header good enough for the llama.cpp rules, then data.
+local function gguf(n)
+  return "GGUF" .. string.pack("<I4I8I8", 3, 0, 0) .. t.bytes(n, 5)
+end
+
+-- Runs cmdline on a pseudo-terminal (util-linux script); returns everything the terminal received.
+local function on_tty(cmdline, env)
+  local prefix = ""
+  for k, v in pairs(env or {}) do prefix = prefix .. k .. "=" .. t.shquote(v) .. " " end
+  return t.sh("script -qec " .. t.shquote(prefix .. cmdline) .. " /dev/null")
+end
+
+local function cmdline(store, args)
+  local words = { t.shquote(t.bin), "--store", t.shquote(store), "--cacert", t.shquote(servers.ca().cert) }
+  for _, a in ipairs(args) do words[#words + 1] = t.shquote(a) end
+  return table.concat(words, " ")
+end
+
+-- Help and usage --------------------------------------------------------------------------------------
+test("--help lists every command and global option; help CMD and CMD --help show one", function()
+  local r = t.status(t.modelget { "--help" }, 0, "--help")
+  for _, cmd in ipairs { "list", "info", "search", "frameworks", "pull", "verify", "ls", "rm", "urls", "import", "run" } do
+    t.match(r.stdout, "\n  " .. cmd .. "[ \n]", "--help names " .. cmd)
+  end
+  for _, opt in ipairs { "--store", "--registry", "--cacert", "--json", "--quiet", "--jobs", "--limit-rate",
+                         "--stall-timeout", "--retries", "--retry-wait", "--no-color" } do
+    t.match(r.stdout, opt:gsub("%-", "%%-"), "--help names " .. opt)
+  end
+  t.eq(t.status(t.modelget { "-h" }, 0, "-h").stdout, r.stdout, "-h is --help")
+  local h = t.status(t.modelget { "help", "pull" }, 0, "help pull")
+  t.match(h.stdout, "usage: modelget %[OPTIONS%] pull ID|URL", "pull's usage")
+  for _, opt in ipairs { "--sha256", "--framework", "--id", "--name", "--unzip", "--alt", "--force" } do
+    t.match(h.stdout, opt:gsub("%-", "%%-"), "help pull names " .. opt)
+  end
+  t.eq(t.status(t.modelget { "pull", "--help" }, 0, "pull --help").stdout, h.stdout, "pull --help")
+  t.match(t.status(t.modelget { "help", "urls" }, 0, "help urls").stdout, "%-%-auth", "urls add's options")
+  t.match(t.status(t.modelget { "--version" }, 0, "--version").stdout, "^modelget %d+%.%d+", "--version")
+end)
+
+test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
+  local cases = {
+    { {}, "no command" },
+    { { "frobnicate" }, "unknown command 'frobnicate'" },
+    { { "list", "--frobnicate" }, "unknown option %-%-frobnicate" },
+    { { "-x", "ls" }, "unknown option %-x" },
+    { { "-j", "x", "ls" }, "bad value for %-j: 'x'" },
+    { { "ls", "--jobs", "0" }, "bad value for %-%-jobs" },
+    { { "--limit-rate", "5Q", "ls" }, "bad value for %-%-limit%-rate: '5Q'" },
+    { { "--retries", "-1", "ls" }, "bad value for %-%-retries" },
+    { { "--stall-timeout", "0", "ls" }, "bad value for %-%-stall%-timeout" },
+    { { "ls", "--store" }, "%-%-store needs a value" },
+    { { "info" }, "info needs ID" },
+    { { "ls", "extra" }, "ls takes no arguments" },
+    { { "list", "--force" }, "%-%-force does not apply to list" },
+    { { "pull", "a", "b", "--id", "x" }, "%-%-id applies to one target" },
+    { { "pull", "x", "--sha256", "abc" }, "bad value for %-%-sha256" },
+    { { "pull", "https://127.0.0.1:1/m.bin", "--framework", "nope" }, "unknown framework 'nope'" },
+    { { "urls", "frob" }, "unknown urls command 'frob'" },
+    { { "urls", "add", "--id", "x", "--name", "x.gguf" }, "urls add needs %-%-url" },
+    { { "urls", "list", "--id", "x" }, "%-%-id applies to urls add only" },
+    { { "import", "/tmp", "--id", "x" }, "import needs %-%-framework" },
+    { { "run" }, "run needs SCRIPT" },
+  }
+  local store = t.tmpdir("usage")
+  for _, c in ipairs(cases) do
+    local argv = { "--store", store }
+    for _, a in ipairs(c[1]) do argv[#argv + 1] = a end
+    local r = t.status(t.modelget(argv), 2, table.concat(c[1], " "))
+    local line = one_error_line(r, c[2], table.concat(c[1], " "))
+    t.match(line, "see modelget", "hint in: " .. line)
+    t.eq(r.stdout, "", "stdout of " .. table.concat(c[1], " "))
+  end
+  -- With --json, the error is also an event on stdout.
+  local r = t.status(t.modelget { "--json", "info" }, 2, "--json info")
+  local evs = events(r.stdout)
+  t.eq(#evs, 1, "one event")
+  t.eq(evs[1].event, "error", "error event")
+  t.eq(evs[1].code, "EUSAGE", "code")
+  one_error_line(r, "info needs ID")
+end)
+
+test("options may come after the command, and -jN / --opt=value forms work", function()
+  local ng = servers.nginx()
+  local data = gguf(200 * KiB)
+  local url = ng.put("cli/late.gguf", data)
+  local store = t.tmpdir("late")
+  t.status(t.modelget { "pull", url, "-q", "-j2", "--store=" .. store, "--cacert", servers.ca().cert,
+    "--limit-rate=20M", "--retries", "2", "--stall-timeout", "10" }, 0, "pull with options after")
+  t.eq(t.sha256_file(store .. "/models/llamacpp/late/late.gguf"), t.sha256(data), "installed bytes")
+end)
+
+test("an unknown id is exit 2 for info, pull, verify and rm", function()
+  local store = t.tmpdir("unknown")
+  for _, cmd in ipairs { "info", "pull", "verify", "rm" } do
+    local r = t.status(t.modelget { "--store", store, cmd, "no-such-model" }, 2, cmd .. " no-such-model")
+    one_error_line(r, "no%-such%-model", cmd)
+  end
+end)
+
+-- Pull: output on a pipe, on a terminal, quiet, JSON ------------------------------------------------------
+test("pull on a pipe: plain lines, no ANSI; the model is installed and says where", function()
+  local ng = servers.nginx()
+  local data = gguf(1536 * KiB)
+  local url = ng.put("cli/piped.gguf", data)
+  local store = t.tmpdir("piped")
+  local r = t.status(mg(store, { "pull", url, "--sha256", t.sha256(data), "--limit-rate", "1M" }), 0, "pull")
+  t.nomatch(r.stdout, "\27", "ANSI in piped output")
+  t.match(r.stdout, "downloading piped", "start line")
+  t.match(r.stdout, "piped%.gguf  %d+%%", "a plain progress line with a percentage")
+  t.match(r.stdout, "verified piped: piped%.gguf", "verify line")
+  t.match(r.stdout, "installed piped %(1%.5 MiB%) in " .. store:gsub("%p", "%%%0") .. "/models/llamacpp/piped\n",
+    "done line")
+  t.eq(r.stderr, "", "stderr")
+  t.eq(t.sha256_file(store .. "/models/llamacpp/piped/piped.gguf"), t.sha256(data), "installed bytes")
+  -- Again: nothing to do, and it says so; --force downloads again.
+  r = t.status(mg(store, { "pull", url }), 0, "second pull")
+  t.match(r.stdout, "piped is already installed and verified in ", "already installed")
+  t.nomatch(r.stdout, "downloading", "no download the second time")
+  r = t.status(mg(store, { "pull", url, "--force" }), 0, "forced pull")
+  t.match(r.stdout, "downloading piped", "--force downloads")
+end)
+
+test("pull on a terminal: lines redrawn in place with a bar and a percentage; colour unless NO_COLOR", function()
+  local ng = servers.nginx()
+  local data = gguf(1536 * KiB)
+  local url = ng.put("cli/tty.gguf", data)
+  local store = t.tmpdir("tty")
+  local r = on_tty(cmdline(store, { "pull", url, "--limit-rate", "1M" }))
+  t.eq(r.status, 0, "exit status on a terminal: " .. r.stdout)
+  local plain = r.stdout:gsub("\27%[[%d;]*m", "")
+  t.match(r.stdout, "\27%[%d+A", "cursor moves up to redraw")
+  t.match(r.stdout, "\27%[2K", "lines are cleared before they are redrawn")
+  t.match(plain, "tty%.gguf +%[=* *%] +%d+%%", "a file line with its bar and percentage")
+  t.match(plain, "total %(1 file%) +%[=* *%] +%d+%% +%d", "the total line")
+  t.match(r.stdout, "\27%[32minstalled tty", "done in green")
+  t.eq(t.sha256_file(store .. "/models/llamacpp/tty/tty.gguf"), t.sha256(data), "installed bytes")
+
+  local store2 = t.tmpdir("tty-nocolor")
+  r = on_tty(cmdline(store2, { "pull", url, "--limit-rate", "1M" }), { NO_COLOR = "1" })
+  t.eq(r.status, 0, "exit status with NO_COLOR")
+  t.match(r.stdout, "\27%[%d+A", "still redrawn in place")
+  t.nomatch(r.stdout, "\27%[[%d;]*m", "no colour with NO_COLOR")
+  local store3 = t.tmpdir("tty-flag")
+  r = on_tty(cmdline(store3, { "pull", url, "--no-color" }))
+  t.nomatch(r.stdout, "\27%[[%d;]*m", "no colour with --no-color")
+  r = on_tty(cmdline(t.tmpdir("tty-quiet"), { "pull", url, "-q" }))
+  t.eq(r.status, 0, "quiet on a terminal")
+  t.eq(r.stdout, "", "-q on a terminal prints nothing")
+end)
+
+test("-q prints nothing on success; --json is one event a line ending with done", function()
+  local ng = servers.nginx()
+  local data = gguf(300 * KiB)
+  local url = ng.put("cli/quiet.gguf", data)
+  local r = t.status(mg(t.tmpdir("quiet"), { "pull", url, "-q" }), 0, "pull -q")
+  t.eq(r.stdout, "", "stdout with -q")
+  t.eq(r.stderr, "", "stderr with -q")
+  r = t.status(mg(t.tmpdir("json"), { "--json", "pull", url }), 0, "pull --json")
+  local evs = events(r.stdout)
+  t.eq(evs[1].event, "start", "first event")
+  local kinds = {}
+  for _, ev in ipairs(evs) do kinds[ev.event] = true end
+  t.ok(kinds.verify, "a verify event")
+  t.eq(evs[#evs].event, "done", "last event")
+  t.eq(evs[#evs].sha256, t.sha256(data), "done.sha256")
+  t.eq(evs[#evs].bytes, #data, "done.bytes")
+end)
+
+test("a wrong sha256: exit 4, one line with expected and got; with --json an error event too", function()
+  local ng = servers.nginx()
+  local data = gguf(100 * KiB)
+  local url = ng.put("cli/wrong.gguf", data)
+  local wrong = string.rep("ab", 32)
+  local r = t.status(mg(t.tmpdir("wrong"), { "--json", "pull", url, "--sha256", wrong }), 4, "pull")
+  local line = one_error_line(r, "verification failed")
+  t.match(line, wrong, "expected hash named")
+  t.match(line, t.sha256(data), "got hash named")
+  local evs = events(r.stdout)
+  t.eq(evs[#evs].event, "error", "last event")
+  t.eq(evs[#evs].code, "EHASH", "error code")
+  local errors = 0
+  for _, ev in ipairs(evs) do if ev.event == "error" then errors = errors + 1 end end
+  t.eq(errors, 1, "one error event")
+end)
+
+test("every URL dead: exit 3, one line naming the URL and what to do", function()
+  local r = t.status(mg(t.tmpdir("dead"), { "pull", "https://127.0.0.1:1/gone.gguf", "--retries", "1" }), 3, "pull")
+  local line = one_error_line(r, "127%.0%.0%.1:1/gone%.gguf")
+  t.match(line, "%-%-alt URL", "says what to do")
+end)
+
+test("several targets at once: each installed; a bad one fails the status but not the others", function()
+  local ng = servers.nginx()
+  local a, b = gguf(200 * KiB), gguf(300 * KiB)
+  local ua, ub = ng.put("cli/many-a.gguf", a), ng.put("cli/many-b.gguf", b)
+  local store = t.tmpdir("many")
+  local r = t.status(mg(store, { "pull", ua, ub, "https://127.0.0.1:1/many-c.gguf", "--retries", "1" }), 3, "pull three")
+  one_error_line(r, "many%-c%.gguf")
+  t.eq(t.sha256_file(store .. "/models/llamacpp/many-a/many-a.gguf"), t.sha256(a), "first")
+  t.eq(t.sha256_file(store .. "/models/llamacpp/many-b/many-b.gguf"), t.sha256(b), "second")
+  t.match(r.stdout, "installed many%-a", "first reported")
+  t.match(r.stdout, "installed many%-b", "second reported")
+end)
+
+-- The catalog -------------------------------------------------------------------------------------------
+local function registry_with(url, sha)
+  local dir = t.tmpdir("recipes")
+  t.write(dir .. "/cli.lua", string.format([[
+framework "llamacpp"
+model "cli-tiny" {
+  name = "CLI tiny model", url = %q, sha256 = %q, size = 204824,
+  tags = { "cli-test", "small" },
+}
+framework "onnx"
+model "cli-onnx" { name = "CLI ONNX model", url = %q, tags = { "cli-test" } }
+]], url, sha, url:gsub("%.gguf$", ".onnx")))
+  return dir
+end
+
+test("list, info, search and frameworks; --json forms parse", function()
+  local ng = servers.nginx()
+  local data = gguf(200 * KiB)
+  local url = ng.put("cli/tiny.gguf", data)
+  local reg = registry_with(url, t.sha256(data))
+  local store = t.tmpdir("catalog")
+  local function run(args) return mg(store, { "--registry", reg, table.unpack(args) }) end
+
+  local r = t.status(run { "list" }, 0, "list")
+  t.match(r.stdout, "llama%.cpp %(llamacpp%)\n", "framework heading")
+  t.match(r.stdout, "\n +cli%-tiny +CLI tiny model +200 KiB", "entry with its size")
+  r = t.status(run { "list", "--framework", "onnx" }, 0, "list --framework onnx")
+  t.match(r.stdout, "cli%-onnx", "onnx entry")
+  t.nomatch(r.stdout, "cli%-tiny", "llamacpp entry filtered out")
+
+  t.status(run { "pull", "cli-tiny", "-q" }, 0, "pull cli-tiny")
+  r = t.status(run { "list", "--installed" }, 0, "list --installed")
+  t.match(r.stdout, "%* cli%-tiny", "installed mark")
+  t.nomatch(r.stdout, "cli%-onnx", "only installed")
+  r = t.status(run { "--json", "list" }, 0, "list --json")
+  local seen = {}
+  for _, e in ipairs(events(r.stdout)) do seen[e.id] = e end
+  t.eq(seen["cli-tiny"].installed, true, "installed in JSON")
+  t.eq(seen["cli-onnx"].installed, false, "not installed in JSON")
+
+  r = t.status(run { "info", "cli-tiny" }, 0, "info")
+  t.match(r.stdout, "framework: +llamacpp", "framework")
+  t.match(r.stdout, "url: +" .. url:gsub("%p", "%%%0"), "url")
+  t.match(r.stdout, "sha256: +" .. t.sha256(data), "sha256")
+  t.match(r.stdout, "installed: +yes, in " .. store:gsub("%p", "%%%0"), "install state")
+  local info = cjson.decode(t.status(run { "--json", "info", "cli-tiny" }, 0, "info --json").stdout)
+  t.eq(info.sha256, t.sha256(data), "info --json sha256")
+
+  r = t.status(run { "search", "cli-test", "small" }, 0, "search")
+  t.match(r.stdout, "cli%-tiny", "found by tags")
+  t.nomatch(r.stdout, "cli%-onnx", "every word must match")
+  r = t.status(run { "search", "zzz-nothing" }, 1, "search without a match")
+  one_error_line(r, "nothing matches")
+
+  r = t.status(t.modelget { "frameworks" }, 0, "frameworks")
+  for _, fw in ipairs { "coreml", "mlx", "onnx", "tflite", "llamacpp", "other" } do
+    t.match(r.stdout, "\n?" .. fw .. " ", "framework " .. fw)
+  end
+  t.eq(#events(t.status(t.modelget { "--json", "frameworks" }, 0, "frameworks --json").stdout), 6, "six frameworks")
+end)
+
+-- Installed models: verify, ls, rm ------------------------------------------------------------------------
+test("verify after a flipped byte: exit 4 naming the model and the file; ls and rm", function()
+  local ng = servers.nginx()
+  local data = gguf(256 * KiB)
+  local url = ng.put("cli/flip.gguf", data)
+  local store = t.tmpdir("flip")
+  t.status(mg(store, { "pull", url, "-q" }), 0, "pull")
+  local r = t.status(mg(store, { "verify" }), 0, "verify intact")
+  t.match(r.stdout, "ok +flip", "ok line")
+
+  r = t.status(mg(store, { "ls" }), 0, "ls")
+  t.match(r.stdout, "flip +llamacpp +256 KiB +ok +" .. store:gsub("%p", "%%%0"), "ls row")
+  local ls = events(t.status(mg(store, { "--json", "ls" }), 0, "ls --json").stdout)
+  t.eq(ls[1].id, "flip", "ls --json id")
+  t.eq(ls[1].bytes, #data, "ls --json bytes")
+
+  local path = store .. "/models/llamacpp/flip/flip.gguf"
+  local f = assert(io.open(path, "r+b"))
+  f:seek("set", 1000)
+  local c = f:read(1)
+  f:seek("set", 1000)
+  f:write(string.char((c:byte() + 1) % 256))
+  f:close()
+  r = t.status(mg(store, { "verify" }), 4, "verify after a flipped byte")
+  t.match(r.stdout, "FAILED +flip: flip%.gguf", "FAILED line")
+  one_error_line(r, "flip: flip%.gguf")
+  r = t.status(mg(store, { "verify", "flip" }), 4, "verify flip")
+  local v = events(t.status(mg(store, { "--json", "verify" }), 4, "verify --json").stdout)
+  t.eq(v[1].ok, false, "verify --json ok=false")
+  t.eq(v[1].bad[1], "flip.gguf", "verify --json names the file")
+
+  r = t.status(mg(store, { "rm", "flip" }), 0, "rm")
+  t.match(r.stdout, "removed flip", "rm says so")
+  t.ok(not t.exists(store .. "/models/llamacpp/flip"), "model folder gone")
+  t.match(t.status(mg(store, { "ls" }), 0, "ls empty").stdout, "no models installed", "ls after rm")
+end)
+
+test("rm refuses a model that is being downloaded (exit 1), and says why", function()
+  local ng = servers.nginx()
+  local data = gguf(3 * MiB)
+  local url = ng.put("cli/busy.gguf", data)
+  local store = t.tmpdir("busy")
+  t.status(mg(store, { "pull", url, "-q" }), 0, "first pull")
+  local pidfile = t.tmpdir("busy-pid") .. "/pid"
+  t.sh(string.format("(%s --force -q --limit-rate 200K & echo $! > %s) >/dev/null 2>&1",
+    cmdline(store, { "pull", url }), t.shquote(pidfile)))
+  local pid = assert(t.read(pidfile)):match("%d+")
+  t.defer_case(function() os.execute("kill " .. pid .. " 2>/dev/null") end)
+  local partial = store .. "/partial/llamacpp--busy/busy.gguf.part"
+  for _ = 1, 200 do
+    local st = core.stat(partial)
+    if st and st.size > 0 then break end
+    core.sleep(0.05)
+  end
+  t.ok(core.stat(partial), "the forced pull is under way")
+  local r = t.status(mg(store, { "rm", "busy" }), 1, "rm while pulling")
+  one_error_line(r, "being downloaded")
+  t.ok(t.exists(store .. "/models/llamacpp/busy/busy.gguf"), "the model is still there")
+end)
+
+-- Custom URLs and local folders ---------------------------------------------------------------------------
+test("urls add, list, export, rm, import; the custom id pulls", function()
+  local ng = servers.nginx()
+  local data = gguf(120 * KiB)
+  local url = ng.put("cli/custom.gguf", data)
+  local store = t.tmpdir("urls")
+  t.match(t.status(mg(store, { "urls", "list" }), 0, "empty list").stdout, "no custom URLs", "empty")
+  t.status(mg(store, { "urls", "add", "--id", "my-custom", "--name", "Custom.gguf", "--url", url,
+    "--sha256", t.sha256(data), "--alt", "https://127.0.0.1:1/alt.gguf" }), 0, "urls add")
+  local r = t.status(mg(store, { "urls", "list" }), 0, "urls list")
+  t.match(r.stdout, "my%-custom +Custom%.gguf +" .. url:gsub("%p", "%%%0"), "listed")
+  local listed = events(t.status(mg(store, { "--json", "urls", "list" }), 0, "urls list --json").stdout)
+  t.eq(listed[1].id, "my-custom", "JSON id")
+
+  local file = t.tmpdir("urls-export") .. "/urls.json"
+  t.status(mg(store, { "urls", "export", file }), 0, "export to a file")
+  local exported = cjson.decode(t.read(file))
+  t.eq(exported.custom[1].id, "my-custom", "exported id")
+  t.eq(exported.custom[1].url, url, "exported url")
+  t.eq(exported.custom[1].sha256, t.sha256(data), "exported sha256")
+  local printed = cjson.decode(t.status(mg(store, { "urls", "export" }), 0, "export to stdout").stdout)
+  t.eq(printed.custom[1].id, "my-custom", "export to stdout")
+
+  t.status(mg(store, { "pull", "my-custom", "-q" }), 0, "pull the custom id")
+  t.eq(t.sha256_file(store .. "/models/llamacpp/my-custom/Custom.gguf"), t.sha256(data), "installed under its name")
+
+  t.status(mg(store, { "urls", "rm", "my-custom" }), 0, "urls rm")
+  t.match(t.status(mg(store, { "urls", "list" }), 0, "list after rm").stdout, "no custom URLs", "removed")
+  t.status(mg(store, { "urls", "import", file }), 0, "urls import")
+  t.match(t.status(mg(store, { "urls", "list" }), 0, "list after import").stdout, "my%-custom", "imported")
+
+  local bad = t.write(t.tmpdir("urls-bad") .. "/bad.json", '{"custom": [{"id": "x", "name": "x.gguf"}]}')
+  r = t.status(mg(store, { "urls", "import", bad }), 9, "import a bad file")
+  one_error_line(r, "url")
+end)
+
+test("import adopts a local folder; a wrong format is exit 8", function()
+  local dir = t.tmpdir("clone")
+  local data = gguf(64 * KiB)
+  t.write(dir .. "/model.gguf", data)
+  t.write(dir .. "/README.md", "a model")
+  local store = t.tmpdir("import")
+  local r = t.status(mg(store, { "import", dir, "--id", "local-gguf", "--framework", "llamacpp" }), 0, "import")
+  t.match(r.stdout, "imported local%-gguf", "says so")
+  t.eq(t.sha256_file(store .. "/models/llamacpp/local-gguf/model.gguf"), t.sha256(data), "copied bytes")
+  r = t.status(mg(store, { "import", dir, "--id", "not-onnx", "--framework", "onnx" }), 8, "import as onnx")
+  one_error_line(r, "ONNX")
+end)
+
+-- run -----------------------------------------------------------------------------------------------------
+test("run: arguments reach the script untouched, its return value is the status; errors are 9 with file:line", function()
+  local dir = t.tmpdir("run")
+  local script = t.write(dir .. "/show.lua", [[
+local modelget = require "modelget"
+local core = require "modelget.core"
+print(arg[0], #arg, arg[1], arg[2], select("#", ...), type(modelget.pull), type(core.sha256_file))
+return 3
+]])
+  local r = t.status(t.modelget { "run", script, "a b", "--store", "x" }, 3, "run")
+  t.eq(r.stdout, script .. "\t3\ta b\t--store\t3\tfunction\tfunction\n", "what the script saw")
+
+  local failing = t.write(dir .. "/fail.lua", "local x = 1\nerror('boom: ' .. x)\n")
+  r = t.status(t.modelget { "run", failing }, 9, "failing script")
+  t.eq(r.stderr, "modelget: " .. failing .. ":2: boom: 1\n", "file:line: message")
+  local syntax = t.write(dir .. "/syntax.lua", "local = 1\n")
+  r = t.status(t.modelget { "run", syntax }, 9, "syntax error")
+  one_error_line(r, "syntax%.lua:1:")
+  t.status(t.modelget { "run", t.write(dir .. "/exit.lua", "os.exit(5)") }, 5, "os.exit")
+  t.status(t.modelget { "run", t.write(dir .. "/nil.lua", "local x = 1") }, 0, "no return value")
+  r = t.status(t.modelget { "run", dir .. "/missing.lua" }, 2, "missing script")
+  one_error_line(r, "cannot open")
+end)
+
+test("scripts/pull_many.lua pulls several models from coroutines with its own progress", function()
+  local ng = servers.nginx()
+  local a, b = gguf(700 * KiB), gguf(900 * KiB)
+  local ua, ub = ng.put("cli/pm-a.gguf", a), ng.put("cli/pm-b.gguf", b)
+  local store = t.tmpdir("pull-many")
+  local r = t.status(t.modelget { "run", t.root .. "/scripts/pull_many.lua", "--store", store,
+    "--cacert", servers.ca().cert, "--limit-rate", "1M", ua, ub }, 0, "pull_many.lua")
+  t.match(r.stdout, "%[pm%-a%] installed in ", "first done")
+  t.match(r.stdout, "%[pm%-b%] installed in ", "second done")
+  t.match(r.stdout, "%[pm%-b%] pm%-b%.gguf +%d+%%  %d+ of 921624 bytes", "its own progress lines")
+  t.eq(t.sha256_file(store .. "/models/llamacpp/pm-a/pm-a.gguf"), t.sha256(a), "first bytes")
+  t.eq(t.sha256_file(store .. "/models/llamacpp/pm-b/pm-b.gguf"), t.sha256(b), "second bytes")
+  r = t.status(t.modelget { "run", t.root .. "/scripts/pull_many.lua", "--store", store, "no-such-id" }, 2, "unknown id")
+  t.match(r.stderr, "no%-such%-id", "names the target")
+end)
