@@ -481,7 +481,9 @@ command("frameworks", {
   run = function(ctx)
     local rules = ctx:facade().frameworks()
     if ctx.json then
-      json_lines(rules)
+      for _, r in ipairs(rules) do
+        json_line({ name = r.name, title = r.title, extensions = r.extensions, describe = r.describe })
+      end
       return 0
     end
     local rows = {}

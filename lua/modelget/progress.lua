@@ -280,7 +280,10 @@ M.plain_data = plain_data
 function M.json_line(obj)
   json = json or require "cjson"
   if json.encode_sparse_array then json.encode_sparse_array(true) end
-  return json.encode(plain_data(obj))
+  -- lua-cjson 2.1 escapes every "/" as "\/": valid, but URLs and paths read better without it.
+  return (json.encode(plain_data(obj)):gsub("(\\+)/", function(slashes)
+    if #slashes % 2 == 1 then return slashes:sub(2) .. "/" end
+  end))
 end
 
 function Reporter:event(ev)

@@ -1,0 +1,82 @@
+-- make install PREFIX=…: the installed host runs from the prefix alone, and a stock lua5.4 finds
+-- modelget and modelget.core there through LUA_PATH / LUA_CPATH.
+local t = require "t"
+local servers = require "servers"
+
+local q = t.shquote
+local prefix
+
+-- One install for the file's tests (the normal build: a stock lua5.4 cannot load a sanitizer build).
+local function installed()
+  if not prefix then
+    prefix = t.tmpdir("prefix")
+    t.status(t.sh("make -s -C " .. q(t.root) .. " install PREFIX=" .. q(prefix) .. " >/dev/null"), 0, "make install")
+  end
+  return prefix
+end
+
+-- Runs a command from a folder outside the source tree, with no pointer back into it.
+local function outside(cmdline, env)
+  env = env or {}
+  env.MODELGET_LUA_DIR = "" -- empty counts as unset, and mixes with the variables set here
+  env.MODELGET_REGISTRY_PATH = ""
+  return t.sh("sh -c " .. q("cd " .. q(t.tmpdir("elsewhere")) .. " && " .. cmdline), { env = env })
+end
+
+test("make install puts the host, the module, the Lua files and the registry under PREFIX", function()
+  local p = installed()
+  for _, f in ipairs { "bin/modelget", "lib/lua/5.4/modelget/core.so", "share/lua/5.4/modelget/init.lua",
+                       "share/lua/5.4/modelget/cli.lua", "share/lua/5.4/modelget/progress.lua",
+                       "share/lua/5.4/modelget/rules/llamacpp.lua", "share/modelget/registry/llamacpp.lua",
+                       "share/modelget/scripts/pull_many.lua" } do
+    t.ok(t.exists(p .. "/" .. f), "installed: " .. f)
+  end
+end)
+
+test("the installed host finds its Lua files and the built-in registry, and pulls", function()
+  local p = installed()
+  local bin = q(p .. "/bin/modelget")
+  t.match(t.status(outside(bin .. " --version"), 0, "--version").stdout, "^modelget ", "version")
+  local function ids(stdout)
+    local out = {}
+    for id in stdout:gmatch('"id":"([^"]*)"') do out[#out + 1] = id end
+    table.sort(out)
+    return table.concat(out, " ")
+  end
+  local from_tree = ids(t.status(t.modelget { "--json", "list" }, 0, "list from the tree").stdout)
+  local r = t.status(outside(bin .. " --json list"), 0, "installed list")
+  t.ok(#from_tree > 0, "the built-in catalog has entries")
+  t.eq(ids(r.stdout), from_tree, "the installed host lists the same built-in catalog")
+  local ng = servers.nginx()
+  local data = "GGUF" .. string.pack("<I4I8I8", 3, 0, 0) .. t.bytes(50000, 9)
+  local url = ng.put("install/host.gguf", data)
+  local store = t.tmpdir("install-store")
+  t.status(outside(bin .. " pull -q --store " .. q(store) .. " --cacert " .. q(servers.ca().cert) .. " " .. q(url)),
+    0, "installed host pulls")
+  t.eq(t.sha256_file(store .. "/models/llamacpp/host/host.gguf"), t.sha256(data), "bytes")
+end)
+
+test("a stock lua5.4 loads modelget and modelget.core from PREFIX and pulls", function()
+  local p = installed()
+  local ng = servers.nginx()
+  local data = t.bytes(70000, 10)
+  local url = ng.put("install/stock.bin", data)
+  local store = t.tmpdir("stock-store")
+  local script = t.write(t.tmpdir("stock") .. "/embed.lua", string.format([[
+local modelget = require "modelget"
+local core = require "modelget.core"
+print(package.searchpath("modelget.core", package.cpath))
+local res, err, code = modelget.pull(%q, { store = %q, cacert = %q, framework = "other", quiet = true })
+if not res then io.stderr:write(err, " ", code, "\n") os.exit(1) end
+print(res.path, core.sha256_file(res.path .. "/stock.bin"))
+]], url, store, servers.ca().cert))
+  local env = {
+    LUA_PATH = p .. "/share/lua/5.4/?.lua;" .. p .. "/share/lua/5.4/?/init.lua;;",
+    LUA_CPATH = p .. "/lib/lua/5.4/?.so;;",
+  }
+  local r = t.status(outside("lua5.4 " .. q(script), env), 0, "stock lua5.4")
+  local lines = {}
+  for line in r.stdout:gmatch("[^\n]+") do lines[#lines + 1] = line end
+  t.eq(lines[1], p .. "/lib/lua/5.4/modelget/core.so", "modelget.core from PREFIX")
+  t.eq(lines[2], store .. "/models/other/stock\t" .. t.sha256(data), "pulled through the embedded API")
+end)
