@@ -52,6 +52,7 @@ typedef struct {
   size_t nslots;
   size_t *made;  /* indices of created records, in order of creation */
   size_t nmade, capmade;
+  int64_t headers;      /* headers read so far */
   locale_t utf8, saved; /* this thread's LC_CTYPE while libarchive runs (see utf8_names) */
 } Reader;
 
@@ -135,6 +136,12 @@ static const char *base_name(const char *path) {
   return slash && slash[1] ? slash + 1 : path;
 }
 
+static int not_archive(Reader *r, const char *name, Failure *f) {
+  const char *why = archive_error_string(r->a);
+  return failf(f, "EARCHIVE", "%s: not a readable archive of files (zip, tar or 7z; raw or gzip, bzip2, xz, "
+               "zstd): %s", name, why ? why : "unrecognised");
+}
+
 /* Only archives of files: tar (all its dialects), zip and 7z, raw or under gzip, bzip2, xz, lzma,
  * zstd or lz4. Not "raw" (one compressed file is not an archive), not mtree (it names files on
  * this machine), not the rest of libarchive's formats. */
@@ -153,8 +160,7 @@ static int reader_open(Reader *r, const char *path, const char *name, Failure *f
   archive_read_support_filter_lzma(r->a);
   archive_read_support_filter_zstd(r->a);
   archive_read_support_filter_lz4(r->a);
-  if (archive_read_open_fd(r->a, r->archive_fd, READ_BLOCK) != ARCHIVE_OK)
-    return failf(f, "EARCHIVE", "%s: %s", name, archive_error_string(r->a));
+  if (archive_read_open_fd(r->a, r->archive_fd, READ_BLOCK) != ARCHIVE_OK) return not_archive(r, name, f);
   return 0;
 }
 
@@ -162,12 +168,10 @@ static int reader_open(Reader *r, const char *path, const char *name, Failure *f
 static int next_entry(Reader *r, struct archive_entry **e, const char *name, Failure *f) {
   int rc = archive_read_next_header(r->a, e);
   if (rc == ARCHIVE_EOF) return 0;
-  /* Warnings are about names that do not fit the C locale; the UTF-8 name is read instead. */
-  if (rc == ARCHIVE_OK || rc == ARCHIVE_WARN) return 1;
+  /* Warnings are about names that do not fit the locale; the UTF-8 name is read instead. */
+  if (rc == ARCHIVE_OK || rc == ARCHIVE_WARN) return r->headers++, 1;
+  if (r->headers == 0) return not_archive(r, name, f);
   const char *why = archive_error_string(r->a);
-  if (archive_format(r->a) == 0)
-    return failf(f, "EARCHIVE", "%s: not an archive of files (zip, tar, 7z; gzip, bzip2, xz, zstd): %s",
-                 name, why ? why : "unrecognised");
   return failf(f, "EARCHIVE", "%s: damaged archive: %s", name, why ? why : "unreadable header");
 }
 
@@ -416,7 +420,7 @@ static int entry_fail(Extraction *x, const char *code, const char *raw, const ch
 static int path_fail(Extraction *x, const char *raw, int err) {
   switch (err) {
   case EEXIST: return entry_fail(x, "EARCHIVE", raw, "duplicate: the path already exists");
-  case ELOOP: case ENOTDIR: case EMLINK:
+  case ELOOP: case ENOTDIR:
     return entry_fail(x, "EARCHIVE", raw, "the path goes through a symbolic link or a file");
   case ENAMETOOLONG: return entry_fail(x, "EARCHIVE", raw, "the name is too long for this file system");
   case EILSEQ: return entry_fail(x, "EARCHIVE", raw, "the name is not valid on this file system");
