@@ -141,9 +141,6 @@ function custom.validate(doc, source)
     first[e.id] = i
     out[i] = e
   end
-  if #out ~= (function() local n = 0 for _ in pairs(list) do n = n + 1 end return n end)() then
-    return einput("%s: \"custom\" must be a list", source)
-  end
   return out
 end
 
@@ -229,9 +226,8 @@ function custom.add(store, fields)
   }
   if fields.unzip ~= nil then raw.requiresUnzip = fields.unzip and true or false end
   if fields.auth ~= nil then raw.requiresAuth = fields.auth and true or false end
-  local one, err, code = custom.validate({ custom = { raw } }, "custom URL")
-  if not one then return nil, err, code end
-  local added = one[1]
+  local ok, added = pcall(check_entry, raw, type(raw.id) == "string" and ("custom URL " .. enc(raw.id)) or "custom URL")
+  if not ok then return einput("%s", added) end
   local list, uerr, ucode = update(store, function(list)
     for _, e in ipairs(list) do
       if e.id == added.id then
@@ -269,7 +265,7 @@ end
 
 -- Merges a file's entries by id: a new id is added, an id already in the store is replaced by the
 -- file's entry (importing a configuration applies it). The file is validated whole first.
--- Returns {added={ids}, replaced={ids}}.
+-- Returns {added={ids}, replaced={ids}, count=}.
 function custom.import(store, file)
   local text, err = util.read_file(file)
   if not text then return einput("%s: %s", file, tostring(err)) end
@@ -294,6 +290,7 @@ function custom.import(store, file)
     return list
   end)
   if not list then return nil, uerr, ucode end
+  report.count = #report.added + #report.replaced
   return report
 end
 

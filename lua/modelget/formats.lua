@@ -102,7 +102,7 @@ function M.protobuf_fields(path, fields, what)
   local seen = {}
   local function bad(why)
     f:close()
-    return nil, string.format("not a%s %s file (%s; file starts with %s)", what:match("^[AEIOU]") and "n" or "",
+    return nil, string.format("not a%s %s file (%s; found %s)", what:match("^[AEIOU]") and "n" or "",
       what, why, show_bytes(first))
   end
   if size == 0 then return bad("empty") end

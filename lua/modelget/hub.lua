@@ -128,7 +128,9 @@ end
 -- The Hub lists LFS files with lfs.oid = their SHA-256; for plain git files the oid is a git blob
 -- hash, which is no SHA-256, so those carry no stated hash.
 function hub.select(tree, spec)
-  if type(tree) ~= "table" then return util.fail("EINPUT", "Hub tree listing of %s: not a list", spec.repo) end
+  if type(tree) ~= "table" or (tree[1] == nil and next(tree) ~= nil) then
+    return util.fail("EIO", "the Hub's file listing of %s is not a list", spec.repo)
+  end
   local prefix = spec.dir and (spec.dir:gsub("/+$", "") .. "/") or ""
   local files = {}
   for _, item in ipairs(tree) do

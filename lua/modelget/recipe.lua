@@ -23,33 +23,44 @@ recipe.MAX_MEMORY = 64 * 1024 * 1024
 local HOOK_EVERY = 10 -- instructions between checks: a string doubling in a loop cannot outrun it far
 local MAX_REP = 1024 * 1024 -- string.rep result cap in recipes
 
--- Copies of the pure libraries (a recipe must not change the program's own string or table).
-local function copy(lib, without)
-  local out = {}
-  for k, v in pairs(lib) do out[k] = v end
-  for _, k in ipairs(without or {}) do out[k] = nil end
-  return out
+-- Read-only views of the pure libraries: a recipe can use them but not change them for the program
+-- or for the next recipe.
+local function readonly(name, lib, without)
+  local view = {}
+  for k, v in pairs(lib) do view[k] = v end
+  for _, k in ipairs(without or {}) do view[k] = nil end
+  return setmetatable({}, {
+    __index = view,
+    __newindex = function(_, k) error(("'%s.%s' cannot be changed in recipes"):format(name, tostring(k)), 2) end,
+    __metatable = false,
+  })
 end
 
-local safe_string = copy(string, { "dump" })
-safe_string.rep = function(s, n, sep)
-  local len = #tostring(s) * math.max(0, math.tointeger(n) or 0) + #tostring(sep or "") * math.max(0, (n or 0) - 1)
+local string_view = { rep = function(s, n, sep)
+  local len = #tostring(s) * math.max(0, n or 0) + #tostring(sep or "") * math.max(0, (n or 0) - 1)
   if len > MAX_REP then error(("string.rep: result too large for a recipe (%.0f bytes)"):format(len), 2) end
   return string.rep(s, n, sep)
+end }
+for k, v in pairs(string) do
+  if k ~= "dump" and k ~= "rep" then string_view[k] = v end
 end
+local safe_string = readonly("string", string_view)
 
 -- The one list of what a recipe may name, besides the language itself (framework, model, hf) and the
 -- globals it defines for itself. Everything else (os, io, require, load, loadfile, dofile, debug,
 -- rawset, setmetatable, collectgarbage, pcall, print, coroutine, package, _G) is "not available".
+local LIBRARIES = {
+  ipairs = ipairs, pairs = pairs, next = next, select = select, type = type,
+  tonumber = tonumber, tostring = tostring, error = error, assert = assert,
+  string = safe_string,
+  table = readonly("table", table),
+  math = readonly("math", math, { "random", "randomseed" }),
+  utf8 = readonly("utf8", utf8),
+}
 local function allowed_names()
-  return {
-    ipairs = ipairs, pairs = pairs, next = next, select = select, type = type,
-    tonumber = tonumber, tostring = tostring, error = error, assert = assert,
-    string = safe_string,
-    table = copy(table),
-    math = copy(math, { "random", "randomseed" }),
-    utf8 = copy(utf8),
-  }
+  local env = {}
+  for k, v in pairs(LIBRARIES) do env[k] = v end
+  return env
 end
 recipe.ALLOWED = {}
 for k in pairs(allowed_names()) do recipe.ALLOWED[#recipe.ALLOWED + 1] = k end

@@ -1,0 +1,188 @@
+-- Custom model URLs: <store>/registry/custom.json — add, remove, export/import round trip, and bad
+-- files refused whole with the entry and field named, the store unchanged.
+local t = require "t"
+local custom = require "modelget.custom"
+
+local SHA = ("0123456789abcdef"):rep(4)
+
+local function seeded_store()
+  local store = t.tmpdir("store")
+  assert(custom.add(store, { id = "tiny", name = "tiny.gguf", url = "https://example.com/tiny.gguf" }))
+  assert(custom.add(store, { id = "vision", name = "Vision.mlpackage.zip", url = "https://example.com/v.zip",
+    sha256 = SHA:upper(), unzip = true, auth = true, alt = { "https://mirror.example/v.zip", "http://127.0.0.1:9/v.zip" } }))
+  assert(custom.add(store, { id = "weights", name = "weights.bin", url = "https://example.com/w.bin", framework = "other" }))
+  return store
+end
+
+test("the guide's example file imports, and becomes a catalog entry", function()
+  local store = t.tmpdir("store")
+  local file = t.write(t.tmpdir("in") .. "/urls.json", [[
+{
+    "custom": [
+        {
+            "id": "custom-model-1",
+            "name": "CustomModel.gguf",
+            "url": "https://example.com/model.gguf",
+            "sha256": null,
+            "requiresUnzip": false,
+            "requiresAuth": false,
+            "alternativeURLs": []
+        }
+    ]
+}]])
+  local report = assert(custom.import(store, file))
+  t.eq(report.count, 1, "count")
+  t.eq(report.added[1], "custom-model-1", "added")
+  local entries = assert(custom.entries(store))
+  local e = entries[1]
+  t.eq(e.id, "custom-model-1", "id")
+  t.eq(e.framework, "llamacpp", "framework from the name's extension")
+  t.eq(e.file, "CustomModel.gguf", "file named after the entry's name")
+  t.eq(e.sha256, nil, "null sha256")
+  t.eq(e.unzip, false, "unzip")
+  t.eq(e.auth, nil, "no auth")
+  t.eq(#e.alt, 0, "no alternatives")
+  t.match(e.source, "registry/custom%.json %(entry 1%)$", "source")
+end)
+
+test("entries convert: requiresUnzip → unzip, requiresAuth → auth, alternativeURLs → alt", function()
+  local store = seeded_store()
+  local by = {}
+  for _, e in ipairs(assert(custom.entries(store))) do by[e.id] = e end
+  t.eq(by.vision.framework, "coreml", "through the archive suffix")
+  t.eq(by.vision.unzip, true, "unzip")
+  t.eq(by.vision.auth, true, "auth")
+  t.eq(by.vision.sha256, SHA, "sha256 lower-cased")
+  t.eq(by.vision.alt[2], "http://127.0.0.1:9/v.zip", "alt")
+  t.eq(by.weights.framework, "other", "explicit framework")
+end)
+
+test("export → import into an empty store → export gives the same text", function()
+  local store = seeded_store()
+  local text = assert(custom.export(store))
+  t.eq(text, t.read(store .. "/registry/custom.json"), "export is the store's file")
+  local file = t.tmpdir("out") .. "/urls.json"
+  t.eq(custom.export(store, file), true, "export to a file")
+  t.eq(t.read(file), text, "file holds the text")
+  local other = t.tmpdir("other")
+  local report = assert(custom.import(other, file))
+  t.eq(report.count, 3, "three imported")
+  t.eq(assert(custom.export(other)), text, "round trip")
+  local doc = require("cjson").decode(text)
+  t.eq(doc.custom[2].requiresUnzip, true, "schema names")
+  t.eq(doc.custom[2].alternativeURLs[1], "https://mirror.example/v.zip", "schema names")
+  t.eq(doc.custom[3].framework, "other", "framework kept when given")
+  t.eq(doc.custom[1].framework, nil, "not written when implied")
+  t.nomatch(text, "\\/", "URLs are written without escaped slashes")
+end)
+
+test("import merges by id: new ids are added, known ids replaced", function()
+  local store = seeded_store()
+  local file = t.write(t.tmpdir("in") .. "/more.json", [[
+{"custom": [
+  {"id": "tiny", "name": "tiny-v2.gguf", "url": "https://example.com/tiny-v2.gguf"},
+  {"id": "new-one", "name": "n.onnx", "url": "https://example.com/n.onnx"}
+]}]])
+  local report = assert(custom.import(store, file))
+  t.eq(table.concat(report.replaced, ","), "tiny", "replaced")
+  t.eq(table.concat(report.added, ","), "new-one", "added")
+  local list = assert(custom.list(store))
+  t.eq(#list, 4, "four entries")
+  t.eq(list[1].url, "https://example.com/tiny-v2.gguf", "replaced in place")
+  t.eq(list[4].id, "new-one", "appended")
+end)
+
+test("each kind of bad file is refused whole, naming entry and field, and changes nothing", function()
+  local store = seeded_store()
+  local path = store .. "/registry/custom.json"
+  local before = t.read(path)
+  local function entry(fields)
+    local base = { '"id": "m"', '"name": "m.gguf"', '"url": "https://example.com/m.gguf"' }
+    return '{"custom": [{"id": "ok", "name": "ok.gguf", "url": "https://example.com/ok.gguf"}, {'
+      .. table.concat(fields or base, ", ") .. "}]}"
+  end
+  local cases = {
+    { '{"custom": [ {"id": "a",\n  "name": "a.gguf",, } ] }', ": not valid JSON: .* at character %d+ %(line 2, column %d+%)" },
+    { "", ": not valid JSON" },
+    { '[1, 2]', ': expected an object {"custom": %[…%]}' },
+    { '{"models": []}', ": unknown key 'models'" },
+    { '{"custom": {"id": "x"}}', ': "custom" must be a list' },
+    { entry { '"name": "m.gguf"', '"url": "https://example.com/m.gguf"' }, ": entry 2: field 'id': missing" },
+    { entry { '"id": "m"', '"url": "https://example.com/m.gguf"' }, ': entry 2 %("m"%): field \'name\': missing' },
+    { entry { '"id": "m"', '"name": "m.gguf"' }, ': entry 2 %("m"%): field \'url\': missing' },
+    { entry { '"id": 5', '"name": "m.gguf"', '"url": "https://example.com/m.gguf"' },
+      ": entry 2: field 'id': expected a string, got number" },
+    { entry { '"id": "m"', '"name": "m.gguf"', '"url": "https://example.com/m.gguf"', '"requiresUnzip": "yes"' },
+      ': entry 2 %("m"%): field \'requiresUnzip\': expected true or false, got string' },
+    { entry { '"id": "m"', '"name": "m.gguf"', '"url": "https://example.com/m.gguf"', '"alternativeURLs": "https://a/b"' },
+      ": field 'alternativeURLs': expected a list of URLs, got string" },
+    { entry { '"id": "m"', '"name": "m.gguf"', '"url": "http://example.com/m.gguf"' },
+      ': entry 2 %("m"%): field \'url\': must be https:// %(or http:// to a loopback host%), got "http://example.com/m.gguf"' },
+    { entry { '"id": "m"', '"name": "m.gguf"', '"url": "https://example.com/m.gguf"', '"alternativeURLs": ["ftp://x/y"]' },
+      ": field 'alternativeURLs': must be https://" },
+    { entry { '"id": "ok"', '"name": "m.gguf"', '"url": "https://example.com/m.gguf"' },
+      ': entry 2 %("ok"%): field \'id\': duplicate of entry 1' },
+    { entry { '"id": "m"', '"name": "m.gguf"', '"url": "https://example.com/m.gguf"', '"sha256": "abc123"' },
+      ': entry 2 %("m"%): field \'sha256\': expected 64 hex digits or null, got "abc123"' },
+    { entry { '"id": "m"', '"name": "m.bin"', '"url": "https://example.com/m.bin"' },
+      ': entry 2 %("m"%): field \'framework\': "m.bin" does not imply a framework' },
+    { entry { '"id": "m"', '"name": "m.gguf"', '"url": "https://example.com/m.gguf"', '"framework": "caffe"' },
+      ": field 'framework': unknown \"caffe\"" },
+    { entry { '"id": "m"', '"name": "m.gguf"', '"url": "https://example.com/m.gguf"', '"size": 5' },
+      ": field 'size': unknown field" },
+    { entry { '"id": "../m"', '"name": "m.gguf"', '"url": "https://example.com/m.gguf"' },
+      ": field 'id': \"%.%./m\" must be letters" },
+  }
+  for i, c in ipairs(cases) do
+    local file = t.write(t.tmpdir("bad") .. "/bad.json", c[1])
+    local ok, msg, code = custom.import(store, file)
+    t.eq(ok, nil, "case " .. i .. " refused")
+    t.eq(code, "EINPUT", "case " .. i .. " code")
+    t.eq(msg:sub(1, #file), file, "case " .. i .. " names the file")
+    t.match(msg, c[2], "case " .. i)
+    t.eq(t.read(path), before, "case " .. i .. ": custom.json unchanged")
+  end
+end)
+
+test("add refuses a taken id and a bad field; remove knows its ids", function()
+  local store = seeded_store()
+  local path = store .. "/registry/custom.json"
+  local before = t.read(path)
+  local ok, msg, code = custom.add(store, { id = "tiny", name = "t.gguf", url = "https://example.com/t.gguf" })
+  t.eq(code, "EUSAGE", "taken id")
+  t.match(msg, "custom URL 'tiny' already exists", "message")
+  ok, msg, code = custom.add(store, { id = "h", name = "h.gguf", url = "http://example.com/h.gguf" })
+  t.eq(code, "EINPUT", "http URL")
+  t.match(msg, '^custom URL "h": field \'url\': must be https://', "message")
+  t.eq(t.read(path), before, "unchanged")
+  ok, msg, code = custom.remove(store, "nope")
+  t.eq(code, "ENOENT", "unknown id")
+  t.match(msg, "no custom URL 'nope'", "message")
+  t.eq(t.read(path), before, "unchanged")
+  t.eq(custom.remove(store, "vision"), true, "removed")
+  local ids = {}
+  for _, e in ipairs(assert(custom.list(store))) do ids[#ids + 1] = e.id end
+  t.eq(table.concat(ids, ","), "tiny,weights", "the others stay, in order")
+  local added = assert(custom.add(store, { url = "https://example.com/dir/Model-Q4.gguf" }))
+  t.eq(added.id, "Model-Q4", "id defaults to the file name without extension")
+  t.eq(added.name, "Model-Q4.gguf", "name defaults to the file name")
+end)
+
+test("a store without custom.json has no custom URLs", function()
+  local store = t.tmpdir("empty")
+  t.eq(#assert(custom.list(store)), 0, "empty list")
+  t.eq(custom.export(store), '{\n  "custom": []\n}\n', "empty export")
+  t.eq(t.exists(store .. "/registry/custom.json"), false, "nothing written by reading")
+end)
+
+test("modelget urls import of a bad file exits 9 and changes nothing", function()
+  local store = seeded_store()
+  local before = t.read(store .. "/registry/custom.json")
+  local file = t.write(t.tmpdir("bad") .. "/bad.json",
+    '{"custom": [{"id": "x", "name": "x.gguf", "url": "http://example.com/x.gguf"}]}')
+  local r = t.status(t.modelget { "urls", "import", file, "--store", store }, 9, "bad import")
+  t.match(r.stderr, 'entry 1 %("x"%): field \'url\': must be https://', "message")
+  t.eq(t.read(store .. "/registry/custom.json"), before, "unchanged")
+  local good = t.write(t.tmpdir("good") .. "/good.json", assert(custom.export(store)))
+  t.status(t.modelget { "urls", "import", good, "--store", t.tmpdir("fresh") }, 0, "good import")
+end)
