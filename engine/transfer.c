@@ -1,3 +1,1655 @@
-/* placeholder until the transfer part lands */
+/* Transfers: modelget.Session and modelget.Transfer on the libcurl multi interface.
+ *
+ * A Session owns one CURLM (one connection pool, HTTP/2 multiplexing where offered) and runs at
+ * most `jobs` transfers at once; the rest wait in its queue. Session:perform() drives libcurl until
+ * something finishes or the timeout passes; no Lua runs inside it. Body bytes go from libcurl's
+ * write callback straight into the partial file and into SHA-256 (inline for small bodies, on a
+ * worker thread fed through a bounded ring for big ones). A small text state file next to the
+ * partial makes every download resumable across runs and crashes.
+ *
+ * Redirects are followed here, not by libcurl, so that every hop is checked against the policy
+ * before any connection is made and the credential header is rebuilt for each hop's host. */
 #include "core.h"
-void mg_open_transfer(lua_State *L) { (void)L; }
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <openssl/evp.h>
+
+#define SESSION_MT "modelget.Session"
+#define TRANSFER_MT "modelget.Transfer"
+
+#define RING_SIZE ((size_t)2 << 20)          /* bytes between the write callback and the hash thread */
+#define INLINE_HASH_LIMIT ((uint64_t)1 << 20) /* a body up to this size is hashed inline */
+#define PREFIX_STEP ((uint64_t)16 << 20)      /* kept prefix re-hashed in steps (abort checks between) */
+#define STATE_EVERY_BYTES ((uint64_t)16 << 20)
+#define STATE_EVERY_SECONDS 1.0
+#define WRITEBACK_EVERY ((uint64_t)32 << 20)
+#define HEADERS_MAX ((size_t)64 << 10)
+#define BUFFER_SIZE 131072L
+#define SPEED_SAMPLES 24
+#define SPEED_EVERY 0.25
+#define SPEED_WINDOW 5.0
+#define STATE_MAGIC "modelget-partial 1"
+
+enum { ST_QUEUED, ST_RUNNING, ST_DONE };
+/* What the current response is, decided when its headers end. */
+enum { RESP_NONE, RESP_INFO, RESP_REDIRECT, RESP_BODY, RESP_ERROR };
+
+typedef struct Session Session;
+typedef struct Transfer Transfer;
+
+/* The hash worker: a ring filled by the write callback, drained into the SHA-256 context. */
+typedef struct {
+  pthread_t thread;
+  int started;
+  pthread_mutex_t mu;
+  pthread_cond_t more, room;
+  unsigned char *ring;
+  uint64_t in, out;          /* bytes put into the ring, bytes hashed from it */
+  int closing, abort;
+  int consumer_waiting, producer_waiting;
+  int prefix_fd;             /* the kept prefix is hashed from here first (then closed) */
+  uint64_t prefix;
+  int err;
+  EVP_MD_CTX *ctx;           /* owned by the worker while it runs */
+} Hashing;
+
+/* A response's header lines as "name\0value\0" pairs, names lower-case. */
+typedef struct {
+  char *buf;
+  size_t len, cap;
+} Headers;
+
+typedef struct { double at; uint64_t bytes; } Sample;
+
+struct Transfer {
+  Session *session;           /* NULL once detached */
+  Transfer *prev, *next;      /* the session's attached transfers */
+  Transfer *done_next;        /* the session's finished, not yet reported, FIFO */
+  int state, closed, inited, in_multi;
+  CURL *easy;
+  struct curl_slist *req_headers, *user_headers;
+  char errbuf[CURL_ERROR_SIZE];
+  /* options */
+  char *url, *cur_url, *partial, *state_path, *space_path, *auth_header, *auth_host;
+  int resume, head, memory;
+  uint64_t memory_max;
+  long stall_timeout;
+  double space_factor;
+  int64_t expected_size;
+  /* resume: the validators we hold (from the state file, then from the response) */
+  char *etag, *last_modified;
+  uint64_t kept;              /* bytes kept from earlier attempts, asked for with Range */
+  int state_dirty;            /* the state file must be rewritten at the end of the attempt */
+  /* the attempt */
+  int fd;
+  uint64_t offset;            /* file bytes on disk (the next write goes here) */
+  int64_t total;              /* -1 unknown */
+  uint64_t body_bytes;        /* body bytes received by this attempt */
+  int resp;
+  long status;
+  Headers hdr;
+  char *linked_etag;
+  int64_t linked_size;
+  int redirects, restart;
+  uint64_t resumed_from;
+  EVP_MD_CTX *ctx;
+  Hashing hash;
+  uint64_t state_off, synced_off;
+  double state_at, started_at;
+  double activity_at;         /* last byte (header or body) from the server, or the last unpause */
+  char *body;
+  size_t body_len, body_cap;
+  int user_paused, rate_paused, curl_paused;
+  int discard;                /* going away: callbacks swallow whatever libcurl still delivers */
+  Sample samples[SPEED_SAMPLES];
+  int nsamples, sample_pos;
+  /* a failure decided by us (in a callback or a check); wins over libcurl's code */
+  const char *fail_code;
+  char fail_msg[512];
+  int fail_retryable, fail_drop;
+  /* the result */
+  int ok, retryable;
+  const char *code;
+  char message[512];
+  double retry_after;         /* < 0: none */
+  char sha256[65];
+};
+
+struct Session {
+  CURLM *multi;
+  int jobs, running;
+  double limit_rate, tokens, token_at;
+  char *cacert, *capath, *user_agent;
+  long max_redirects, connect_timeout;
+  Transfer *first, *last;
+  Transfer *done_first, *done_last;
+};
+
+/* Small helpers ------------------------------------------------------------------------------- */
+
+static char *xstrdup(const char *s) {
+  return s ? strdup(s) : NULL;
+}
+
+static void replace(char **slot, const char *s) {
+  free(*slot);
+  *slot = xstrdup(s);
+}
+
+/* "1.2 MB": decimal units, one decimal, ".0" dropped. */
+static void human(uint64_t n, char *out, size_t outsz) {
+  static const char *units[] = { "B", "kB", "MB", "GB", "TB", "PB", "EB" };
+  double v = (double)n;
+  int i = 0;
+  while (v >= 1000 && i < 6) { v /= 1000; i++; }
+  if (i == 0) { snprintf(out, outsz, "%llu B", (unsigned long long)n); return; }
+  snprintf(out, outsz, "%.1f", v);
+  size_t len = strlen(out);
+  if (len > 2 && strcmp(out + len - 2, ".0") == 0) out[len - 2] = '\0';
+  len = strlen(out);
+  snprintf(out + len, outsz - len, " %s", units[i]);
+}
+
+/* scheme, host (brackets removed) and a printable form (no credentials, no query) of a URL. */
+typedef struct { char scheme[16]; char host[256]; char shown[1024]; } UrlParts;
+
+static int url_parts(const char *url, UrlParts *p) {
+  memset(p, 0, sizeof *p);
+  CURLU *u = curl_url();
+  if (!u) return -1;
+  int rc = -1;
+  char *scheme = NULL, *host = NULL, *port = NULL, *path = NULL;
+  if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
+    curl_url_get(u, CURLUPART_PORT, &port, 0);
+    curl_url_get(u, CURLUPART_PATH, &path, 0);
+    snprintf(p->scheme, sizeof p->scheme, "%s", scheme);
+    for (char *c = p->scheme; *c; c++) *c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+    const char *h = host;
+    size_t n = strlen(h);
+    if (n >= 2 && h[0] == '[' && h[n - 1] == ']') { h++; n -= 2; }
+    if (n >= sizeof p->host) n = sizeof p->host - 1;
+    memcpy(p->host, h, n);
+    p->host[n] = '\0';
+    snprintf(p->shown, sizeof p->shown, "%s://%s%s%s%s", p->scheme, host, port ? ":" : "", port ? port : "",
+             path ? path : "/");
+    rc = 0;
+  }
+  curl_free(scheme); curl_free(host); curl_free(port); curl_free(path);
+  curl_url_cleanup(u);
+  return rc;
+}
+
+static int is_loopback(const char *host) {
+  if (strcasecmp(host, "localhost") == 0 || strcasecmp(host, "localhost.") == 0) return 1;
+  struct in_addr a4;
+  struct in6_addr a6;
+  if (inet_pton(AF_INET, host, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+  if (inet_pton(AF_INET6, host, &a6) == 1) return IN6_IS_ADDR_LOOPBACK(&a6);
+  return 0;
+}
+
+/* 0 when the policy allows url; else fills why (naming the URL without credentials). */
+static int policy_refuses(const char *url, char *why, size_t whysz) {
+  UrlParts p;
+  if (url_parts(url, &p) != 0) {
+    snprintf(why, whysz, "refused a malformed URL");
+    return 1;
+  }
+  if (strcmp(p.scheme, "https") == 0) return 0;
+  if (strcmp(p.scheme, "http") == 0) {
+    if (is_loopback(p.host)) return 0;
+    snprintf(why, whysz, "refused %s: plain http:// is allowed only to loopback hosts; use https://", p.shown);
+    return 1;
+  }
+  snprintf(why, whysz, "refused %s: only https:// URLs are allowed", p.shown);
+  return 1;
+}
+
+static void host_of(const char *url, char *out, size_t outsz) {
+  UrlParts p;
+  snprintf(out, outsz, "%s", url_parts(url, &p) == 0 ? p.host : "?");
+}
+
+/* mkdir -p for the folder holding path. */
+static int make_parent(const char *path) {
+  char buf[PATH_MAX];
+  if (strlen(path) >= sizeof buf) return ENAMETOOLONG;
+  strcpy(buf, path);
+  char *slash = strrchr(buf, '/');
+  if (!slash || slash == buf) return 0;
+  *slash = '\0';
+  for (char *p = buf + 1; ; p++) {
+    if (*p == '/' || *p == '\0') {
+      char keep = *p;
+      *p = '\0';
+      if (mkdir(buf, 0755) != 0 && errno != EEXIST) return errno;
+      *p = keep;
+      if (!keep) break;
+    }
+  }
+  return 0;
+}
+
+static void folder_of(const char *path, char *out, size_t outsz) {
+  const char *slash = strrchr(path, '/');
+  if (!slash) { snprintf(out, outsz, "."); return; }
+  size_t n = slash == path ? 1 : (size_t)(slash - path);
+  if (n >= outsz) n = outsz - 1;
+  memcpy(out, path, n);
+  out[n] = '\0';
+}
+
+static int write_all(int fd, const char *p, size_t n, uint64_t off) {
+  while (n > 0) {
+    ssize_t w = pwrite(fd, p, n, (off_t)off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += w; n -= (size_t)w; off += (uint64_t)w;
+  }
+  return 0;
+}
+
+/* Headers ------------------------------------------------------------------------------------- */
+
+static void hdr_reset(Headers *h) { h->len = 0; }
+
+static void hdr_add(Headers *h, const char *name, size_t nlen, const char *value, size_t vlen) {
+  size_t need = nlen + vlen + 2;
+  if (h->len + need > HEADERS_MAX) return;
+  if (h->len + need > h->cap) {
+    size_t cap = h->cap ? h->cap * 2 : 2048;
+    while (cap < h->len + need) cap *= 2;
+    char *grown = realloc(h->buf, cap);
+    if (!grown) return;
+    h->buf = grown;
+    h->cap = cap;
+  }
+  for (size_t i = 0; i < nlen; i++) {
+    char c = name[i];
+    h->buf[h->len++] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+  }
+  h->buf[h->len++] = '\0';
+  memcpy(h->buf + h->len, value, vlen);
+  h->len += vlen;
+  h->buf[h->len++] = '\0';
+}
+
+/* The first value of a (lower-case) header, or NULL. */
+static const char *hdr_get(const Headers *h, const char *name) {
+  size_t i = 0;
+  while (i < h->len) {
+    const char *n = h->buf + i;
+    const char *v = n + strlen(n) + 1;
+    if (strcmp(n, name) == 0) return v;
+    i = (size_t)(v - h->buf) + strlen(v) + 1;
+  }
+  return NULL;
+}
+
+static int64_t parse_size(const char *s) {
+  if (!s || *s < '0' || *s > '9') return -1;
+  char *end;
+  errno = 0;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || (*end && *end != ' ') || v > (unsigned long long)INT64_MAX) return -1;
+  return (int64_t)v;
+}
+
+static int is_strong_etag(const char *etag) {
+  return etag && etag[0] == '"';
+}
+
+/* The hash worker ----------------------------------------------------------------------------- */
+
+static int hash_aborted(Hashing *h) {
+  pthread_mutex_lock(&h->mu);
+  int a = h->abort;
+  pthread_mutex_unlock(&h->mu);
+  return a;
+}
+
+static void *hash_worker(void *arg) {
+  Hashing *h = arg;
+  if (h->prefix_fd >= 0) {
+    uint64_t left = h->prefix;
+    while (left > 0 && !hash_aborted(h)) {
+      uint64_t step = left < PREFIX_STEP ? left : PREFIX_STEP, got = 0;
+      int err = mg_sha256_fd(h->prefix_fd, step, h->ctx, &got);
+      if (err || got < step) { h->err = err ? err : EIO; break; }
+      left -= step;
+    }
+    close(h->prefix_fd);
+    h->prefix_fd = -1;
+  }
+  pthread_mutex_lock(&h->mu);
+  for (;;) {
+    while (h->in == h->out && !h->closing && !h->abort) {
+      h->consumer_waiting = 1;
+      pthread_cond_wait(&h->more, &h->mu);
+      h->consumer_waiting = 0;
+    }
+    if (h->abort || h->in == h->out) break;
+    size_t at = (size_t)(h->out % RING_SIZE);
+    size_t n = (size_t)(h->in - h->out);
+    if (n > RING_SIZE - at) n = RING_SIZE - at;
+    pthread_mutex_unlock(&h->mu);
+    EVP_DigestUpdate(h->ctx, h->ring + at, n);
+    pthread_mutex_lock(&h->mu);
+    h->out += n;
+    if (h->producer_waiting) pthread_cond_signal(&h->room);
+  }
+  pthread_mutex_unlock(&h->mu);
+  return NULL;
+}
+
+/* Starts the worker; prefix_fd (owned by the worker from here) gives the kept bytes to hash first.
+ * Returns 0 or an errno (then nothing was started and prefix_fd is still the caller's). */
+static int hash_start(Hashing *h, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefix) {
+  h->ring = malloc(RING_SIZE);
+  if (!h->ring) return ENOMEM;
+  h->in = h->out = 0;
+  h->closing = h->abort = h->err = 0;
+  h->consumer_waiting = h->producer_waiting = 0;
+  h->prefix_fd = prefix_fd;
+  h->prefix = prefix;
+  h->ctx = ctx;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, (size_t)1 << 20);
+  int err = pthread_create(&h->thread, &attr, hash_worker, h);
+  pthread_attr_destroy(&attr);
+  if (err) {
+    free(h->ring);
+    h->ring = NULL;
+    h->prefix_fd = -1;
+    return err;
+  }
+  h->started = 1;
+  return 0;
+}
+
+static void hash_put(Hashing *h, const char *p, size_t n) {
+  pthread_mutex_lock(&h->mu);
+  while (n > 0) {
+    while (h->in - h->out == RING_SIZE) {
+      h->producer_waiting = 1;
+      pthread_cond_wait(&h->room, &h->mu);
+      h->producer_waiting = 0;
+    }
+    size_t at = (size_t)(h->in % RING_SIZE);
+    size_t k = RING_SIZE - (size_t)(h->in - h->out);
+    if (k > RING_SIZE - at) k = RING_SIZE - at;
+    if (k > n) k = n;
+    memcpy(h->ring + at, p, k);
+    h->in += k; p += k; n -= k;
+    if (h->consumer_waiting) pthread_cond_signal(&h->more);
+  }
+  pthread_mutex_unlock(&h->mu);
+}
+
+/* Stops the worker: drained to the end, or abandoned (abort). Returns the worker's errno. */
+static int hash_stop(Hashing *h, int abort) {
+  if (!h->started) return 0;
+  pthread_mutex_lock(&h->mu);
+  if (abort) h->abort = 1;
+  else h->closing = 1;
+  pthread_cond_signal(&h->more);
+  pthread_mutex_unlock(&h->mu);
+  pthread_join(h->thread, NULL);
+  h->started = 0;
+  free(h->ring);
+  h->ring = NULL;
+  if (h->prefix_fd >= 0) { close(h->prefix_fd); h->prefix_fd = -1; }
+  return h->err;
+}
+
+/* Hashes body bytes: inline while small, then on the worker. */
+static void hash_body(Transfer *t, const char *p, size_t n) {
+  /* Crossing the limit starts the worker once; without one (no thread), hashing stays inline. */
+  if (!t->hash.started && t->body_bytes <= INLINE_HASH_LIMIT && t->body_bytes + n > INLINE_HASH_LIMIT)
+    hash_start(&t->hash, t->ctx, -1, 0);
+  if (t->hash.started) hash_put(&t->hash, p, n);
+  else EVP_DigestUpdate(t->ctx, p, n);
+}
+
+/* Drops the digest state: the worker (if any) is abandoned and the context starts over. */
+static void hash_reset(Transfer *t) {
+  hash_stop(&t->hash, 1);
+  EVP_DigestInit_ex(t->ctx, EVP_sha256(), NULL);
+}
+
+/* The state file ------------------------------------------------------------------------------ */
+
+typedef struct {
+  char *url, *etag, *last_modified;
+  int64_t total;
+  int64_t done;               /* contiguous bytes from 0; -1 when no range starts at 0 */
+} SavedState;
+
+static void saved_free(SavedState *s) {
+  free(s->url); free(s->etag); free(s->last_modified);
+  memset(s, 0, sizeof *s);
+}
+
+static int read_state(const char *path, SavedState *s) {
+  memset(s, 0, sizeof *s);
+  s->total = -1;
+  s->done = -1;
+  FILE *f = fopen(path, "re");
+  if (!f) return -1;
+  char line[16384];
+  int first = 1, good = 0;
+  while (fgets(line, sizeof line, f)) {
+    size_t n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
+    if (first) { good = strcmp(line, STATE_MAGIC) == 0; first = 0; if (!good) break; continue; }
+    char *sp = strchr(line, ' ');
+    if (!sp) continue;
+    *sp = '\0';
+    const char *key = line, *val = sp + 1;
+    if (strcmp(key, "url") == 0) replace(&s->url, val);
+    else if (strcmp(key, "etag") == 0) replace(&s->etag, val);
+    else if (strcmp(key, "last-modified") == 0) replace(&s->last_modified, val);
+    else if (strcmp(key, "total") == 0) s->total = parse_size(val);
+    else if (strcmp(key, "range") == 0) {
+      unsigned long long start, done;
+      char end[32];
+      if (sscanf(val, "%llu %31s %llu", &start, end, &done) == 3 && start == 0 && done <= INT64_MAX)
+        s->done = (int64_t)done;
+    }
+  }
+  fclose(f);
+  if (!good) { saved_free(s); return -1; }
+  return 0;
+}
+
+/* Rewrites the state atomically (temp + rename). The data it records was written before. */
+static int write_state(Transfer *t) {
+  size_t cap = strlen(t->url) + (t->etag ? strlen(t->etag) : 0) +
+               (t->last_modified ? strlen(t->last_modified) : 0) + 256;
+  char *text = malloc(cap);
+  if (!text) return ENOMEM;
+  char total[32];
+  if (t->total >= 0) snprintf(total, sizeof total, "%lld", (long long)t->total);
+  else strcpy(total, "-");
+  int n = snprintf(text, cap, STATE_MAGIC "\nurl %s\n%s%s%s%s%s%stotal %s\nrange 0 %s %llu\n", t->url,
+                   t->etag ? "etag " : "", t->etag ? t->etag : "", t->etag ? "\n" : "",
+                   t->last_modified ? "last-modified " : "", t->last_modified ? t->last_modified : "",
+                   t->last_modified ? "\n" : "", total, total, (unsigned long long)t->offset);
+  size_t plen = strlen(t->state_path);
+  char *tmp = malloc(plen + 8);
+  if (!tmp) { free(text); return ENOMEM; }
+  memcpy(tmp, t->state_path, plen);
+  memcpy(tmp + plen, ".tmp", 5);
+  int err = 0;
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) err = errno;
+  else {
+    err = write_all(fd, text, (size_t)n, 0);
+    if (close(fd) != 0 && !err) err = errno;
+    if (!err && rename(tmp, t->state_path) != 0) err = errno;
+    if (err) unlink(tmp);
+  }
+  free(tmp);
+  free(text);
+  if (!err) {
+    t->state_off = t->offset;
+    t->state_at = mg_now();
+  }
+  return err;
+}
+
+static void drop_partial(Transfer *t) {
+  if (!t->partial) return;
+  unlink(t->partial);
+  unlink(t->state_path);
+  t->state_dirty = 0;
+}
+
+/* Failures ------------------------------------------------------------------------------------ */
+
+/* Records a failure decided by us; the first one wins. */
+static void fail(Transfer *t, const char *code, int retryable, const char *fmt, ...)
+  __attribute__((format(printf, 4, 5)));
+static void fail(Transfer *t, const char *code, int retryable, const char *fmt, ...) {
+  if (t->fail_code) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(t->fail_msg, sizeof t->fail_msg, fmt, ap);
+  va_end(ap);
+  t->fail_code = code;
+  t->fail_retryable = retryable;
+}
+
+static void fail_host(Transfer *t, const char *code, int retryable, const char *what) {
+  char host[256];
+  host_of(t->cur_url ? t->cur_url : t->url, host, sizeof host);
+  fail(t, code, retryable, "%s: %s", host, what);
+}
+
+/* Responses ----------------------------------------------------------------------------------- */
+
+/* Parses "bytes a-b/c" (c may be "*"). */
+static int parse_content_range(const char *v, uint64_t *start, int64_t *total) {
+  unsigned long long a, b;
+  char rest[32];
+  if (!v || sscanf(v, "bytes %llu-%llu/%31s", &a, &b, rest) != 3) return -1;
+  *start = a;
+  *total = strcmp(rest, "*") == 0 ? -1 : parse_size(rest);
+  return 0;
+}
+
+/* A final 2xx response for a partial file: choose append or restart, check space, open the file. */
+static int accept_file_response(Transfer *t) {
+  const Headers *h = &t->hdr;
+  const char *etag = hdr_get(h, "etag"), *lm = hdr_get(h, "last-modified");
+  int64_t clen = parse_size(hdr_get(h, "content-length"));
+  int append = 0;
+  char what[400];
+  if (t->status == 206) {
+    uint64_t start = 0;
+    int64_t total = -1;
+    if (parse_content_range(hdr_get(h, "content-range"), &start, &total) != 0 || start != t->kept) {
+      snprintf(what, sizeof what, "server sent another range than bytes=%llu- (starting over)",
+               (unsigned long long)t->kept);
+      fail_host(t, "ENET", 1, what);
+      t->fail_drop = 1;
+      return 0;
+    }
+    int changed = (t->etag && etag && strcmp(t->etag, etag) != 0) ||
+                  (!t->etag && t->last_modified && lm && strcmp(t->last_modified, lm) != 0);
+    if (changed) {
+      fail_host(t, "ENET", 1, "the file changed on the server (new validator); starting over");
+      t->fail_drop = 1;
+      return 0;
+    }
+    t->total = total >= 0 ? total : (clen >= 0 ? (int64_t)t->kept + clen : -1);
+    append = t->kept > 0; /* a 206 for bytes=0- is a whole body */
+  } else {
+    t->total = clen;
+  }
+  /* Space: factor × what is still to come, before a single byte is written. */
+  int64_t expect = t->total >= 0 ? t->total : t->expected_size;
+  uint64_t base = append ? t->kept : 0;
+  if (expect >= 0 && (uint64_t)expect > base) {
+    char folder[PATH_MAX];
+    const char *where = t->space_path;
+    if (!where) { folder_of(t->partial, folder, sizeof folder); where = folder; }
+    uint64_t avail = 0;
+    double need = t->space_factor * (double)((uint64_t)expect - base);
+    if (mg_free_space(where, &avail) == 0 && need > (double)avail) {
+      char needs[32], frees[32];
+      human((uint64_t)need, needs, sizeof needs);
+      human(avail, frees, sizeof frees);
+      fail(t, "ESPACE", 0, "need %s, %s free on %s", needs, frees, where);
+      return 0;
+    }
+  }
+  if (!append) {
+    if (t->kept > 0) t->restart = 1;
+    hash_reset(t);
+    t->kept = 0;
+    replace(&t->etag, is_strong_etag(etag) ? etag : NULL);
+    replace(&t->last_modified, lm);
+    if (t->fd >= 0) { close(t->fd); t->fd = -1; }
+    int err = make_parent(t->partial);
+    if (!err) {
+      t->fd = open(t->partial, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      if (t->fd < 0) err = errno;
+    }
+    if (err) {
+      fail(t, mg_errno_code(err), 0, "cannot write %s: %s", t->partial, strerror(err));
+      return 0;
+    }
+    t->offset = 0;
+  } else {
+    if (is_strong_etag(etag)) replace(&t->etag, etag);
+    if (lm && !t->last_modified) replace(&t->last_modified, lm);
+  }
+  t->resumed_from = t->kept;
+  t->synced_off = t->offset;
+  t->state_dirty = 1;
+  write_state(t);
+  return 1;
+}
+
+/* Called at the blank line that ends a response's headers. Returns 0 to abort the transfer. */
+static int on_headers_done(Transfer *t) {
+  const Headers *h = &t->hdr;
+  if (t->status < 200) { t->resp = RESP_INFO; return 1; }
+  const char *le = hdr_get(h, "x-linked-etag"), *ls = hdr_get(h, "x-linked-size");
+  if (le) {
+    const char *s = le;
+    if (s[0] == 'W' && s[1] == '/') s += 2;
+    size_t n = strlen(s);
+    if (n >= 2 && s[0] == '"' && s[n - 1] == '"') { s++; n -= 2; }
+    free(t->linked_etag);
+    t->linked_etag = strndup(s, n);
+  }
+  if (ls) t->linked_size = parse_size(ls);
+  int redirect = t->status == 301 || t->status == 302 || t->status == 303 || t->status == 307 || t->status == 308;
+  if (redirect && hdr_get(h, "location")) { t->resp = RESP_REDIRECT; return 1; }
+  if (t->status >= 300) { t->resp = RESP_ERROR; return 1; }
+  t->resp = RESP_BODY;
+  if (t->head) return 1;
+  if (t->memory) {
+    int64_t clen = parse_size(hdr_get(h, "content-length"));
+    t->total = clen;
+    if (clen >= 0 && (uint64_t)clen > t->memory_max) {
+      char cap[32], what[96];
+      human(t->memory_max, cap, sizeof cap);
+      snprintf(what, sizeof what, "response larger than %s", cap);
+      fail_host(t, "ENET", 0, what);
+      return 0;
+    }
+    return 1;
+  }
+  return accept_file_response(t);
+}
+
+static size_t on_header(char *buf, size_t size, size_t nitems, void *ud) {
+  Transfer *t = ud;
+  size_t len = size * nitems;
+  if (t->discard) return len;
+  t->activity_at = mg_now();
+  if (t->resp == RESP_BODY && t->body_bytes > 0) return len; /* trailers */
+  if (len >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
+    const char *sp = memchr(buf, ' ', len);
+    t->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+    t->resp = RESP_NONE;
+    hdr_reset(&t->hdr);
+    return len;
+  }
+  if (len <= 2 && (buf[0] == '\r' || buf[0] == '\n')) return on_headers_done(t) ? len : 0;
+  const char *colon = memchr(buf, ':', len);
+  if (!colon) return len;
+  size_t nlen = (size_t)(colon - buf);
+  const char *v = colon + 1, *end = buf + len;
+  while (v < end && (*v == ' ' || *v == '\t')) v++;
+  while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t')) end--;
+  hdr_add(&t->hdr, buf, nlen, v, (size_t)(end - v));
+  return len;
+}
+
+/* Body bytes ---------------------------------------------------------------------------------- */
+
+static void checkpoint(Transfer *t) {
+#ifdef SYNC_FILE_RANGE_WRITE
+  /* Start write-back early, so the final fsync has little left to do. */
+  if (t->offset - t->synced_off >= WRITEBACK_EVERY) {
+    sync_file_range(t->fd, (off_t)t->synced_off, (off_t)(t->offset - t->synced_off), SYNC_FILE_RANGE_WRITE);
+    t->synced_off = t->offset;
+  }
+#endif
+  if (t->offset - t->state_off >= STATE_EVERY_BYTES || mg_now() - t->state_at >= STATE_EVERY_SECONDS)
+    write_state(t);
+}
+
+static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
+  Transfer *t = ud;
+  size_t len = size * nmemb;
+  if (t->discard) return len;
+  if (t->fail_code) return 0;
+  t->activity_at = mg_now();
+  if (t->resp != RESP_BODY) {
+    /* An error's body: kept for memory transfers (API errors explain themselves), else dropped. */
+    if (t->resp == RESP_ERROR && t->memory && t->body_len + len <= t->memory_max) goto keep;
+    return len;
+  }
+  if (t->head) return len;
+  Session *s = t->session;
+  if (t->user_paused || (s && s->limit_rate > 0 && s->tokens <= 0)) {
+    if (!t->user_paused) t->rate_paused = 1;
+    t->curl_paused = 1;
+    return CURL_WRITEFUNC_PAUSE;
+  }
+  if (s && s->limit_rate > 0) s->tokens -= (double)len;
+  if (t->memory) {
+    if (t->body_len + len > t->memory_max) {
+      char cap[32], what[96];
+      human(t->memory_max, cap, sizeof cap);
+      snprintf(what, sizeof what, "response larger than %s", cap);
+      fail_host(t, "ENET", 0, what);
+      return 0;
+    }
+  keep:
+    if (t->body_len + len > t->body_cap) {
+      size_t cap = t->body_cap ? t->body_cap : 16384;
+      while (cap < t->body_len + len) cap *= 2;
+      char *grown = realloc(t->body, cap);
+      if (!grown) { fail(t, "EIO", 0, "out of memory"); return 0; }
+      t->body = grown;
+      t->body_cap = cap;
+    }
+    memcpy(t->body + t->body_len, p, len);
+    t->body_len += len;
+    if (t->resp == RESP_BODY) {
+      EVP_DigestUpdate(t->ctx, p, len);
+      t->offset += len;
+      t->body_bytes += len;
+    }
+    return len;
+  }
+  int err = write_all(t->fd, p, len, t->offset);
+  if (err) {
+    char shown[64];
+    human(t->offset, shown, sizeof shown);
+    fail(t, mg_errno_code(err), 0, "cannot write %s after %s: %s", t->partial, shown, strerror(err));
+    return 0;
+  }
+  hash_body(t, p, len);
+  t->offset += len;
+  t->body_bytes += len;
+  checkpoint(t);
+  return len;
+}
+
+/* Starting, following, finishing -------------------------------------------------------------- */
+
+static void finish(Session *s, Transfer *t);
+
+/* Builds the request headers for the current hop: the caller's, the credential only when this
+ * hop's host is the credential's host, Range/If-Range when resuming. */
+static int set_request_headers(Transfer *t) {
+  struct curl_slist *list = NULL, *n;
+  for (n = t->user_headers; n; n = n->next)
+    if (!(list = curl_slist_append(list, n->data))) return -1;
+  if (t->auth_header) {
+    UrlParts p;
+    const char *want = t->auth_host;
+    size_t wlen = strlen(want);
+    if (wlen >= 2 && want[0] == '[' && want[wlen - 1] == ']') { want++; wlen -= 2; }
+    if (url_parts(t->cur_url, &p) == 0 && strlen(p.host) == wlen && strncasecmp(p.host, want, wlen) == 0)
+      if (!(list = curl_slist_append(list, t->auth_header))) return -1;
+  }
+  if (t->kept > 0) {
+    char line[64];
+    snprintf(line, sizeof line, "Range: bytes=%llu-", (unsigned long long)t->kept);
+    if (!(list = curl_slist_append(list, line))) return -1;
+    const char *validator = t->etag ? t->etag : t->last_modified;
+    size_t vlen = strlen(validator) + 16;
+    char *ir = malloc(vlen);
+    if (!ir) { curl_slist_free_all(list); return -1; }
+    snprintf(ir, vlen, "If-Range: %s", validator);
+    list = curl_slist_append(list, ir);
+    free(ir);
+    if (!list) return -1;
+  }
+  curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, list);
+  curl_slist_free_all(t->req_headers);
+  t->req_headers = list;
+  return 0;
+}
+
+/* Reads the state and keeps what it vouches for: the prefix hashes on the worker meanwhile. */
+static int prepare_resume(Transfer *t) {
+  SavedState ss;
+  if (!t->resume || read_state(t->state_path, &ss) != 0) return 0;
+  int usable = ss.url && strcmp(ss.url, t->url) == 0 && (is_strong_etag(ss.etag) || ss.last_modified) &&
+               ss.done > 0;
+  if (usable) {
+    int fd = open(t->partial, O_RDWR | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0) {
+      uint64_t kept = (uint64_t)ss.done;
+      if ((uint64_t)st.st_size < kept) kept = (uint64_t)st.st_size;
+      if (ss.total >= 0 && kept > (uint64_t)ss.total) kept = 0;
+      /* A prefix that claims to be the whole file is still checked with the server: ask again for
+       * its last byte (with If-Range), so a changed file cannot pass as complete. */
+      if (ss.total > 0 && kept == (uint64_t)ss.total) kept--;
+      if (kept > 0 && ftruncate(fd, (off_t)kept) == 0) {
+        t->fd = fd;
+        t->kept = t->offset = kept;
+        t->total = ss.total;
+        replace(&t->etag, is_strong_etag(ss.etag) ? ss.etag : NULL);
+        replace(&t->last_modified, ss.last_modified);
+        int rfd = open(t->partial, O_RDONLY | O_CLOEXEC);
+        if (rfd < 0 || hash_start(&t->hash, t->ctx, rfd, kept) != 0) {
+          /* No worker: hash the prefix here. */
+          int err = rfd < 0 ? errno : mg_sha256_fd(rfd, kept, t->ctx, NULL);
+          if (rfd >= 0) close(rfd);
+          if (err) {
+            saved_free(&ss);
+            fail(t, mg_errno_code(err), 0, "cannot read %s: %s", t->partial, strerror(err));
+            return -1;
+          }
+        }
+        fd = -1;
+      }
+    }
+    if (fd >= 0) close(fd);
+  }
+  saved_free(&ss);
+  return 0;
+}
+
+static int start_transfer(Session *s, Transfer *t) {
+  t->state = ST_RUNNING;
+  t->started_at = t->activity_at = mg_now();
+  t->samples[0].at = t->started_at;
+  t->samples[0].bytes = 0;
+  t->nsamples = 1;
+  t->sample_pos = 1;
+  if (t->partial && prepare_resume(t) != 0) return -1;
+  CURL *e = t->easy = curl_easy_init();
+  if (!e) { fail(t, "EIO", 0, "libcurl: cannot create a transfer"); return -1; }
+  curl_easy_setopt(e, CURLOPT_URL, t->cur_url);
+  curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t->errbuf);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+  curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+  curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, BUFFER_SIZE);
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, t->stall_timeout);
+  if (s->connect_timeout > 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, s->connect_timeout);
+  if (s->user_agent) curl_easy_setopt(e, CURLOPT_USERAGENT, s->user_agent);
+  if (s->cacert) curl_easy_setopt(e, CURLOPT_CAINFO, s->cacert);
+  if (s->capath) curl_easy_setopt(e, CURLOPT_CAPATH, s->capath);
+  if (t->head) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+  if (set_request_headers(t) != 0) { fail(t, "EIO", 0, "out of memory"); return -1; }
+  if (t->user_paused) {
+    curl_easy_pause(e, CURLPAUSE_ALL);
+    t->curl_paused = 1;
+  }
+  if (curl_multi_add_handle(s->multi, e) != CURLM_OK) { fail(t, "EIO", 0, "libcurl: cannot start a transfer"); return -1; }
+  t->in_multi = 1;
+  s->running++;
+  return 0;
+}
+
+/* Follows a redirect hop ourselves: policy and credential are decided per hop. 1 = following. */
+static int follow(Session *s, Transfer *t) {
+  char *loc = NULL;
+  curl_easy_getinfo(t->easy, CURLINFO_REDIRECT_URL, &loc);
+  if (!loc) { fail_host(t, "ENET", 0, "redirect without a usable Location"); return 0; }
+  if (++t->redirects > s->max_redirects) {
+    char what[64];
+    snprintf(what, sizeof what, "more than %ld redirects", s->max_redirects);
+    fail_host(t, "ENET", 0, what);
+    return 0;
+  }
+  char why[1200];
+  if (policy_refuses(loc, why, sizeof why)) {
+    fail(t, "EPOLICY", 0, "redirect %s", why);
+    return 0;
+  }
+  char *next = strdup(loc);
+  if (!next) { fail(t, "EIO", 0, "out of memory"); return 0; }
+  curl_multi_remove_handle(s->multi, t->easy);
+  free(t->cur_url);
+  t->cur_url = next;
+  curl_easy_setopt(t->easy, CURLOPT_URL, t->cur_url);
+  t->resp = RESP_NONE;
+  t->status = 0;
+  hdr_reset(&t->hdr);
+  if (set_request_headers(t) != 0 || curl_multi_add_handle(s->multi, t->easy) != CURLM_OK) {
+    t->in_multi = 0;
+    s->running--;
+    fail(t, "EIO", 0, "libcurl: cannot follow a redirect");
+    return 0;
+  }
+  return 1;
+}
+
+static void describe_cut(Transfer *t, char *what, size_t n) {
+  char got[32], all[32];
+  human(t->offset, got, sizeof got);
+  if (t->total >= 0) {
+    human((uint64_t)t->total, all, sizeof all);
+    snprintf(what, n, "connection cut after %s of %s", got, all);
+  } else {
+    snprintf(what, n, "connection cut after %s", got);
+  }
+}
+
+/* Sets the result fields from libcurl's code when we did not decide the failure ourselves. */
+static void classify_curl(Transfer *t, CURLcode rc) {
+  char what[400];
+  int retryable = 1;
+  const char *detail = t->errbuf[0] ? t->errbuf : curl_easy_strerror(rc);
+  switch (rc) {
+  case CURLE_PARTIAL_FILE: case CURLE_RECV_ERROR: case CURLE_SEND_ERROR: case CURLE_GOT_NOTHING:
+  case CURLE_HTTP2: case CURLE_HTTP2_STREAM:
+    if (t->resp == RESP_BODY) describe_cut(t, what, sizeof what);
+    else snprintf(what, sizeof what, "connection closed before a response (%s)", detail);
+    break;
+  case CURLE_OPERATION_TIMEDOUT: {
+    curl_off_t connected = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_CONNECT_TIME_T, &connected);
+    if (t->status > 0) snprintf(what, sizeof what, "no data for %ld s", t->stall_timeout);
+    else if (connected > 0) snprintf(what, sizeof what, "no response for %ld s", t->stall_timeout);
+    else snprintf(what, sizeof what, "connection timed out (%s)", detail);
+    break;
+  }
+  case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CACERT_BADFILE: case CURLE_SSL_CERTPROBLEM:
+  case CURLE_SSL_ISSUER_ERROR: case CURLE_SSL_PINNEDPUBKEYNOTMATCH: case CURLE_SSL_CRL_BADFILE:
+    snprintf(what, sizeof what, "certificate verify failed (%s)", detail);
+    retryable = 0;
+    break;
+  case CURLE_COULDNT_RESOLVE_HOST:
+    snprintf(what, sizeof what, "cannot resolve host (%s)", detail);
+    break;
+  case CURLE_COULDNT_CONNECT:
+    snprintf(what, sizeof what, "cannot connect (%s)", detail);
+    break;
+  case CURLE_URL_MALFORMAT: case CURLE_UNSUPPORTED_PROTOCOL: case CURLE_OUT_OF_MEMORY:
+    snprintf(what, sizeof what, "%s", detail);
+    retryable = 0;
+    break;
+  default:
+    snprintf(what, sizeof what, "%s", detail);
+    break;
+  }
+  fail_host(t, "ENET", retryable, what);
+}
+
+static void classify_status(Transfer *t) {
+  long st = t->status;
+  char what[96];
+  const char *code = "ENET";
+  int retryable = st == 408 || st == 429 || st >= 500 || st == 416;
+  if (st == 401 || st == 403) code = "EAUTH";
+  if (st == 401) snprintf(what, sizeof what, "HTTP 401 (authentication required)");
+  else if (st == 403) snprintf(what, sizeof what, "HTTP 403 (access refused)");
+  else if (st == 416) snprintf(what, sizeof what, "HTTP 416 (range not satisfiable; starting over)");
+  else snprintf(what, sizeof what, "HTTP %ld", st);
+  if (st == 416) { t->fail_drop = 1; t->restart = t->kept > 0; }
+  fail_host(t, code, retryable, what);
+}
+
+static double retry_after_of(const Headers *h) {
+  const char *v = hdr_get(h, "retry-after");
+  if (!v) return -1;
+  if (*v >= '0' && *v <= '9') return (double)strtoll(v, NULL, 10);
+  time_t when = curl_getdate(v, NULL);
+  if (when < 0) return -1;
+  double d = difftime(when, time(NULL));
+  return d > 0 ? d : 0;
+}
+
+static void detach_easy(Session *s, Transfer *t) {
+  if (t->easy && t->curl_paused) {
+    /* libcurl 7.88 leaks what it buffered for a paused HTTP/2 stream that is removed (curl issue
+     * 10971): unpause first, so it flushes (into the discarding callbacks) and frees it. */
+    t->discard = 1;
+    t->curl_paused = 0;
+    curl_easy_pause(t->easy, CURLPAUSE_CONT);
+  }
+  if (t->easy) {
+    if (t->in_multi && s) { curl_multi_remove_handle(s->multi, t->easy); s->running--; }
+    t->in_multi = 0;
+    curl_easy_cleanup(t->easy);
+    t->easy = NULL;
+  }
+  curl_slist_free_all(t->req_headers);
+  t->req_headers = NULL;
+}
+
+/* Ends an attempt: result fields, digest, fsync, state; the transfer joins the finished FIFO. */
+static void finish(Session *s, Transfer *t) {
+  if (!t->fail_code && t->resp == RESP_BODY && !t->head && !t->memory && t->total >= 0 &&
+      t->offset != (uint64_t)t->total) {
+    char what[128], got[32], all[32];
+    human(t->offset, got, sizeof got);
+    human((uint64_t)t->total, all, sizeof all);
+    snprintf(what, sizeof what, "body shorter than announced (%s of %s)", got, all);
+    fail_host(t, "ENET", t->offset < (uint64_t)t->total, what);
+  }
+  if (!t->fail_code && t->resp != RESP_BODY) fail_host(t, "ENET", 1, "no response");
+  if (!t->fail_code && t->partial && !t->head) {
+    int err = hash_stop(&t->hash, 0);
+    if (err) fail(t, mg_errno_code(err), 1, "cannot re-read %s: %s", t->partial, strerror(err));
+    else if (t->fd >= 0 && fdatasync(t->fd) != 0)
+      fail(t, mg_errno_code(errno), 0, "cannot sync %s: %s", t->partial, strerror(errno));
+  }
+  t->ok = !t->fail_code;
+  if (t->ok) {
+    t->code = NULL;
+    t->retryable = 0;
+    t->message[0] = '\0';
+    if (!t->head) {
+      unsigned char digest[32];
+      unsigned int dlen = 0;
+      EVP_DigestFinal_ex(t->ctx, digest, &dlen);
+      mg_hex(digest, 32, t->sha256);
+    }
+  } else {
+    t->code = t->fail_code;
+    t->retryable = t->fail_retryable;
+    snprintf(t->message, sizeof t->message, "%s", t->fail_msg);
+    hash_stop(&t->hash, 1);
+    if (t->fail_drop) {
+      t->restart = t->restart || t->kept > 0 || t->offset > 0;
+      drop_partial(t);
+    }
+  }
+  t->retry_after = retry_after_of(&t->hdr);
+  if (t->partial && t->state_dirty) write_state(t);
+  if (t->fd >= 0) { close(t->fd); t->fd = -1; }
+  detach_easy(s, t);
+  t->state = ST_DONE;
+  t->done_next = NULL;
+  if (s) {
+    if (s->done_last) s->done_last->done_next = t;
+    else s->done_first = t;
+    s->done_last = t;
+  }
+}
+
+/* Session driving ----------------------------------------------------------------------------- */
+
+static void start_queued(Session *s) {
+  for (Transfer *t = s->first; t && s->running < s->jobs; t = t->next) {
+    if (t->state != ST_QUEUED || t->user_paused) continue;
+    if (start_transfer(s, t) != 0) finish(s, t);
+  }
+}
+
+static void refill(Session *s, double now) {
+  if (s->limit_rate <= 0) return;
+  double burst = s->limit_rate / 8;
+  if (burst < 16384) burst = 16384;
+  s->tokens += (now - s->token_at) * s->limit_rate;
+  if (s->tokens > burst) s->tokens = burst;
+  s->token_at = now;
+  if (s->tokens <= 0) return;
+  for (Transfer *t = s->first; t; t = t->next) {
+    if (t->state == ST_RUNNING && t->rate_paused && !t->user_paused && t->easy) {
+      t->rate_paused = 0;
+      t->curl_paused = 0;
+      t->activity_at = now;
+      curl_easy_pause(t->easy, CURLPAUSE_CONT); /* may deliver (and pause again) right here */
+      if (s->tokens <= 0) break;
+    }
+  }
+}
+
+static int rate_waiting(Session *s) {
+  for (Transfer *t = s->first; t; t = t->next)
+    if (t->state == ST_RUNNING && t->rate_paused && !t->user_paused) return 1;
+  return 0;
+}
+
+static void sample_speeds(Session *s, double now) {
+  for (Transfer *t = s->first; t; t = t->next) {
+    if (t->state != ST_RUNNING) continue;
+    Sample *last = &t->samples[(t->sample_pos + SPEED_SAMPLES - 1) % SPEED_SAMPLES];
+    if (now - last->at < SPEED_EVERY) continue;
+    t->samples[t->sample_pos].at = now;
+    t->samples[t->sample_pos].bytes = t->body_bytes;
+    t->sample_pos = (t->sample_pos + 1) % SPEED_SAMPLES;
+    if (t->nsamples < SPEED_SAMPLES) t->nsamples++;
+  }
+}
+
+static void drain_messages(Session *s) {
+  CURLMsg *m;
+  int left;
+  while ((m = curl_multi_info_read(s->multi, &left)) != NULL) {
+    if (m->msg != CURLMSG_DONE) continue;
+    CURL *e = m->easy_handle;
+    CURLcode rc = m->data.result;
+    Transfer *t = NULL;
+    curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&t);
+    if (!t) continue;
+    if (!t->fail_code && rc == CURLE_OK && t->resp == RESP_REDIRECT && follow(s, t)) continue;
+    if (!t->fail_code) {
+      if (rc != CURLE_OK) classify_curl(t, rc);
+      else if (t->resp == RESP_ERROR) classify_status(t);
+    }
+    finish(s, t);
+  }
+}
+
+/* A running, unpaused transfer that received nothing for stall_timeout seconds ends here (libcurl's
+ * low-speed check averages over a few seconds, so it only backs this one up). */
+static void check_stalls(Session *s, double now) {
+  for (Transfer *t = s->first; t; t = t->next) {
+    if (t->state != ST_RUNNING || t->curl_paused || now - t->activity_at < (double)t->stall_timeout) continue;
+    char what[64];
+    snprintf(what, sizeof what, "no %s for %ld s", t->status > 0 ? "data" : "response", t->stall_timeout);
+    fail_host(t, "ENET", 1, what);
+    finish(s, t);
+  }
+}
+
+static int active_count(Session *s) {
+  int n = 0;
+  for (Transfer *t = s->first; t; t = t->next)
+    if (t->state != ST_DONE) n++;
+  return n;
+}
+
+/* Lua: Session -------------------------------------------------------------------------------- */
+
+static Session *checksession(lua_State *L, int idx) {
+  Session *s = luaL_checkudata(L, idx, SESSION_MT);
+  if (!s->multi) luaL_error(L, "attempt to use a closed session");
+  return s;
+}
+
+static Transfer *totransfer(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, TRANSFER_MT);
+}
+
+static Transfer *checktransfer(lua_State *L, int idx) {
+  Transfer *t = totransfer(L, idx);
+  if (t->closed) luaL_error(L, "attempt to use a closed transfer");
+  return t;
+}
+
+/* Option readers: a wrong type is misuse and raises. */
+static lua_Integer opt_integer(lua_State *L, int idx, const char *name, lua_Integer def) {
+  lua_Integer v = def;
+  if (lua_getfield(L, idx, name) != LUA_TNIL) {
+    int isint;
+    v = lua_tointegerx(L, -1, &isint);
+    if (!isint) luaL_error(L, "option '%s': integer expected, got %s", name, luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static double opt_number(lua_State *L, int idx, const char *name, double def) {
+  double v = def;
+  if (lua_getfield(L, idx, name) != LUA_TNIL) {
+    int isnum;
+    v = (double)lua_tonumberx(L, -1, &isnum);
+    if (!isnum) luaL_error(L, "option '%s': number expected, got %s", name, luaL_typename(L, -1));
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+/* A copy (malloc) of a string option, or NULL. */
+static char *opt_string(lua_State *L, int idx, const char *name) {
+  char *v = NULL;
+  int type = lua_getfield(L, idx, name);
+  if (type != LUA_TNIL) {
+    if (type != LUA_TSTRING) luaL_error(L, "option '%s': string expected, got %s", name, luaL_typename(L, -1));
+    v = strdup(lua_tostring(L, -1));
+    if (!v) luaL_error(L, "out of memory");
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static int opt_boolean(lua_State *L, int idx, const char *name, int def) {
+  int v = def;
+  if (lua_getfield(L, idx, name) != LUA_TNIL) v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* The session's table of attached transfers (its user value), pushed. */
+static void push_attached(lua_State *L, int session_idx) {
+  lua_getiuservalue(L, session_idx, 1);
+}
+
+static void unlink_transfer(Session *s, Transfer *t) {
+  if (t->prev) t->prev->next = t->next;
+  else s->first = t->next;
+  if (t->next) t->next->prev = t->prev;
+  else s->last = t->prev;
+  t->prev = t->next = NULL;
+  if (t->state == ST_DONE) {
+    Transfer **pp = &s->done_first, *prev = NULL;
+    while (*pp && *pp != t) { prev = *pp; pp = &(*pp)->done_next; }
+    if (*pp) {
+      *pp = t->done_next;
+      if (s->done_last == t) s->done_last = prev;
+    }
+  }
+  t->done_next = NULL;
+  t->session = NULL;
+}
+
+/* Stops the I/O of a transfer that is going away: kept data and state stay for a later resume. */
+static void abandon(Session *s, Transfer *t, const char *why) {
+  if (t->state == ST_DONE) return;
+  fail_host(t, "ECANCEL", 0, why);
+  finish(s, t);
+}
+
+static int session_close(lua_State *L) {
+  Session *s = luaL_checkudata(L, 1, SESSION_MT);
+  if (!s->multi) return 0;
+  while (s->first) {
+    Transfer *t = s->first;
+    abandon(s, t, "cancelled: the session was closed");
+    unlink_transfer(s, t);
+  }
+  curl_multi_cleanup(s->multi);
+  s->multi = NULL;
+  free(s->cacert); free(s->capath); free(s->user_agent);
+  s->cacert = s->capath = s->user_agent = NULL;
+  lua_pushnil(L);
+  lua_setiuservalue(L, 1, 1);
+  return 0;
+}
+
+static int session_new(lua_State *L) {
+  if (lua_isnoneornil(L, 1)) lua_newtable(L);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_Integer jobs = opt_integer(L, 1, "jobs", 4);
+  double rate = opt_number(L, 1, "limit_rate", 0);
+  lua_Integer max_redirects = opt_integer(L, 1, "max_redirects", 10);
+  double connect_timeout = opt_number(L, 1, "connect_timeout", 0);
+  luaL_argcheck(L, jobs >= 1 && jobs <= 1024, 1, "jobs must be between 1 and 1024");
+  luaL_argcheck(L, rate >= 0, 1, "limit_rate must not be negative");
+  luaL_argcheck(L, max_redirects >= 0, 1, "max_redirects must not be negative");
+  Session *s = lua_newuserdatauv(L, sizeof *s, 1);
+  memset(s, 0, sizeof *s);
+  luaL_setmetatable(L, SESSION_MT);
+  s->jobs = (int)jobs;
+  s->limit_rate = rate;
+  s->max_redirects = (long)max_redirects;
+  s->connect_timeout = (long)(connect_timeout + 0.999);
+  s->token_at = mg_now();
+  s->cacert = opt_string(L, 1, "cacert");
+  s->capath = opt_string(L, 1, "capath");
+  s->user_agent = opt_string(L, 1, "user_agent");
+  if (!s->user_agent) s->user_agent = strdup("modelget/0.1");
+  lua_newtable(L);
+  lua_setiuservalue(L, -2, 1);
+  s->multi = curl_multi_init();
+  if (!s->multi) return luaL_error(L, "libcurl: cannot create a session");
+  curl_multi_setopt(s->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  return 1;
+}
+
+static void transfer_free(Transfer *t) {
+  hash_stop(&t->hash, 1);
+  if (t->fd >= 0) { close(t->fd); t->fd = -1; }
+  curl_slist_free_all(t->user_headers);
+  curl_slist_free_all(t->req_headers);
+  free(t->url); free(t->cur_url); free(t->partial); free(t->state_path); free(t->space_path);
+  free(t->auth_header); free(t->auth_host); free(t->etag); free(t->last_modified);
+  free(t->linked_etag); free(t->body); free(t->hdr.buf);
+  EVP_MD_CTX_free(t->ctx);
+  if (t->inited) {
+    pthread_mutex_destroy(&t->hash.mu);
+    pthread_cond_destroy(&t->hash.more);
+    pthread_cond_destroy(&t->hash.room);
+  }
+  memset(t, 0, sizeof *t);
+  t->fd = -1;
+  t->closed = 1;
+}
+
+static int session_add(lua_State *L) {
+  Session *s = checksession(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  Transfer *t = lua_newuserdatauv(L, sizeof *t, 1); /* 3 */
+  memset(t, 0, sizeof *t);
+  t->fd = -1;
+  t->closed = 1;
+  luaL_setmetatable(L, TRANSFER_MT);
+  t->closed = 0;
+  t->state = ST_DONE;
+  t->hash.prefix_fd = -1;
+  t->total = t->expected_size = t->linked_size = -1;
+  t->retry_after = -1;
+  /* options (raising on misuse leaves a closed-shaped transfer for __gc) */
+  t->url = opt_string(L, 2, "url");
+  if (!t->url) return luaL_error(L, "option 'url' is required");
+  t->partial = opt_string(L, 2, "partial");
+  t->space_path = opt_string(L, 2, "space_path");
+  t->head = opt_boolean(L, 2, "head", 0);
+  lua_Integer memory = opt_integer(L, 2, "memory", 0);
+  luaL_argcheck(L, memory >= 0, 2, "memory must not be negative");
+  t->memory = memory > 0;
+  t->memory_max = (uint64_t)memory;
+  if (!t->partial && !t->memory && !t->head) return luaL_error(L, "one of 'partial', 'memory' or 'head' is required");
+  if (t->partial && t->memory) return luaL_error(L, "'partial' and 'memory' exclude each other");
+  t->resume = opt_boolean(L, 2, "resume", 1);
+  double stall = opt_number(L, 2, "stall_timeout", 30);
+  luaL_argcheck(L, stall >= 1, 2, "stall_timeout must be at least 1 s");
+  t->stall_timeout = (long)(stall + 0.5);
+  t->space_factor = opt_number(L, 2, "space_factor", 1);
+  lua_Integer expected = opt_integer(L, 2, "expected_size", -1);
+  t->expected_size = expected >= 0 ? (int64_t)expected : -1;
+  if (lua_getfield(L, 2, "headers") != LUA_TNIL) {
+    luaL_checktype(L, -1, LUA_TTABLE);
+    lua_Integer n = luaL_len(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      if (lua_geti(L, -1, i) != LUA_TSTRING) return luaL_error(L, "option 'headers': strings expected");
+      struct curl_slist *grown = curl_slist_append(t->user_headers, lua_tostring(L, -1));
+      if (!grown) return luaL_error(L, "out of memory");
+      t->user_headers = grown;
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  if (lua_getfield(L, 2, "auth") != LUA_TNIL) {
+    luaL_checktype(L, -1, LUA_TTABLE);
+    int top = lua_gettop(L);
+    t->auth_header = opt_string(L, top, "header");
+    t->auth_host = opt_string(L, top, "host");
+    if (!t->auth_header || !t->auth_host) return luaL_error(L, "option 'auth' needs 'header' and 'host'");
+  }
+  lua_pop(L, 1);
+  t->cur_url = strdup(t->url);
+  if (t->partial) {
+    size_t n = strlen(t->partial);
+    t->state_path = malloc(n + 7);
+    if (t->state_path) { memcpy(t->state_path, t->partial, n); memcpy(t->state_path + n, ".state", 7); }
+  }
+  t->ctx = EVP_MD_CTX_new();
+  if (!t->cur_url || (t->partial && !t->state_path) || !t->ctx || EVP_DigestInit_ex(t->ctx, EVP_sha256(), NULL) != 1)
+    return luaL_error(L, "out of memory");
+  pthread_mutex_init(&t->hash.mu, NULL);
+  pthread_cond_init(&t->hash.more, NULL);
+  pthread_cond_init(&t->hash.room, NULL);
+  t->inited = 1;
+  /* attach: the transfer keeps its session alive; the session keeps it until reported */
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, 3, 1);
+  push_attached(L, 1);
+  lua_pushlightuserdata(L, t);
+  lua_pushvalue(L, 3);
+  lua_rawset(L, -3);
+  lua_pop(L, 1);
+  t->session = s;
+  t->prev = s->last;
+  if (s->last) s->last->next = t;
+  else s->first = t;
+  s->last = t;
+  char why[1200];
+  if (policy_refuses(t->url, why, sizeof why)) {
+    fail(t, "EPOLICY", 0, "%s", why);
+    finish(s, t);
+  } else {
+    t->state = ST_QUEUED;
+  }
+  return 1;
+}
+
+static int session_perform(lua_State *L) {
+  Session *s = checksession(L, 1);
+  double timeout = luaL_optnumber(L, 2, 1.0);
+  double deadline = mg_now() + timeout;
+  for (;;) {
+    start_queued(s);
+    double now = mg_now();
+    refill(s, now);
+    int still = 0;
+    curl_multi_perform(s->multi, &still);
+    drain_messages(s);
+    now = mg_now();
+    check_stalls(s, now);
+    sample_speeds(s, now);
+    if (s->done_first || mg_interrupt_flag) break;
+    if (active_count(s) == 0) break;
+    double left = deadline - now;
+    if (left <= 0) break;
+    if (rate_waiting(s)) {
+      double wait = s->tokens < 0 ? -s->tokens / s->limit_rate : 0.005;
+      if (wait < 0.005) wait = 0.005;
+      if (wait < left) left = wait;
+    }
+    if (left > 1) left = 1; /* stalls are checked between polls */
+    curl_multi_poll(s->multi, NULL, 0, (int)(left * 1000) + 1, NULL);
+  }
+  start_queued(s);
+  lua_pushinteger(L, active_count(s));
+  return 1;
+}
+
+static int session_finished(lua_State *L) {
+  Session *s = checksession(L, 1);
+  lua_newtable(L);
+  push_attached(L, 1);
+  int list = lua_gettop(L) - 1, attached = lua_gettop(L);
+  lua_Integer n = 0;
+  while (s->done_first) {
+    Transfer *t = s->done_first;
+    s->done_first = t->done_next;
+    if (!s->done_first) s->done_last = NULL;
+    t->done_next = NULL;
+    unlink_transfer(s, t);
+    lua_pushlightuserdata(L, t);
+    lua_rawget(L, attached);
+    lua_rawseti(L, list, ++n);
+    lua_pushlightuserdata(L, t);
+    lua_pushnil(L);
+    lua_rawset(L, attached);
+  }
+  lua_settop(L, list);
+  return 1;
+}
+
+static int session_active(lua_State *L) {
+  lua_pushinteger(L, active_count(checksession(L, 1)));
+  return 1;
+}
+
+/* Lua: Transfer ------------------------------------------------------------------------------- */
+
+/* The live session of a transfer, or NULL (detached). */
+static Session *session_of(Transfer *t) {
+  return t->session;
+}
+
+static int transfer_close(lua_State *L) {
+  Transfer *t = totransfer(L, 1);
+  if (t->closed) return 0;
+  Session *s = session_of(t);
+  if (s) {
+    abandon(s, t, "cancelled: the transfer was closed");
+    unlink_transfer(s, t);
+    if (lua_getiuservalue(L, 1, 1) == LUA_TUSERDATA && lua_getiuservalue(L, -1, 1) == LUA_TTABLE) {
+      lua_pushlightuserdata(L, t);
+      lua_pushnil(L);
+      lua_rawset(L, -3);
+    }
+    lua_settop(L, 1);
+  }
+  transfer_free(t);
+  return 0;
+}
+
+static int transfer_pause(lua_State *L) {
+  Transfer *t = checktransfer(L, 1);
+  if (t->state == ST_DONE || t->user_paused) return 0;
+  t->user_paused = 1;
+  if (t->state == ST_RUNNING && t->easy && !t->curl_paused) {
+    t->curl_paused = 1;
+    curl_easy_pause(t->easy, CURLPAUSE_ALL);
+  }
+  return 0;
+}
+
+static int transfer_resume(lua_State *L) {
+  Transfer *t = checktransfer(L, 1);
+  if (t->state == ST_DONE || !t->user_paused) return 0;
+  t->user_paused = 0;
+  if (t->state == ST_RUNNING && t->easy && t->curl_paused) {
+    Session *s = session_of(t);
+    if (s && s->limit_rate > 0 && s->tokens <= 0) {
+      t->rate_paused = 1; /* the bucket unpauses it */
+    } else {
+      t->curl_paused = 0;
+      t->rate_paused = 0;
+      t->activity_at = mg_now();
+      curl_easy_pause(t->easy, CURLPAUSE_CONT);
+    }
+  }
+  return 0;
+}
+
+static int transfer_cancel(lua_State *L) {
+  Transfer *t = checktransfer(L, 1);
+  int remove = lua_toboolean(L, 2);
+  Session *s = session_of(t);
+  if (t->state != ST_DONE) {
+    fail_host(t, "ECANCEL", 0, "cancelled");
+    if (s) finish(s, t);
+  }
+  if (remove) drop_partial(t);
+  return 0;
+}
+
+static void set_int(lua_State *L, const char *k, int64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, k);
+}
+
+static void set_str(lua_State *L, const char *k, const char *v) {
+  if (!v) return;
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+
+static int transfer_progress(lua_State *L) {
+  Transfer *t = checktransfer(L, 1);
+  lua_createtable(L, 0, 5);
+  set_int(L, "completed", (int64_t)t->offset);
+  if (t->total >= 0) set_int(L, "total", t->total);
+  else if (t->expected_size >= 0) set_int(L, "total", t->expected_size);
+  double speed = 0;
+  if (t->state == ST_RUNNING && t->nsamples > 0) {
+    double now = mg_now();
+    /* the oldest sample inside the window */
+    const Sample *from = NULL;
+    for (int i = 0; i < t->nsamples; i++) {
+      const Sample *c = &t->samples[(t->sample_pos + SPEED_SAMPLES - t->nsamples + i) % SPEED_SAMPLES];
+      if (now - c->at <= SPEED_WINDOW) { from = c; break; }
+    }
+    if (!from) from = &t->samples[(t->sample_pos + SPEED_SAMPLES - 1) % SPEED_SAMPLES];
+    if (now - from->at > 0.05) speed = (double)(t->body_bytes - from->bytes) / (now - from->at);
+  }
+  lua_pushnumber(L, speed);
+  lua_setfield(L, -2, "speed");
+  int64_t total = t->total >= 0 ? t->total : t->expected_size;
+  if (speed > 0 && total >= 0 && (uint64_t)total >= t->offset) {
+    lua_pushnumber(L, (double)((uint64_t)total - t->offset) / speed);
+    lua_setfield(L, -2, "eta");
+  }
+  const char *state = t->state == ST_QUEUED ? (t->user_paused ? "paused" : "queued")
+                    : t->state == ST_RUNNING ? (t->user_paused ? "paused" : "running") : "done";
+  set_str(L, "state", state);
+  return 1;
+}
+
+static int transfer_result(lua_State *L) {
+  Transfer *t = checktransfer(L, 1);
+  if (t->state != ST_DONE) return 0;
+  lua_createtable(L, 0, 20);
+  lua_pushboolean(L, t->ok);
+  lua_setfield(L, -2, "ok");
+  if (t->status > 0) set_int(L, "status", t->status);
+  set_str(L, "code", t->code);
+  if (!t->ok) set_str(L, "message", t->message);
+  lua_pushboolean(L, t->retryable);
+  lua_setfield(L, -2, "retryable");
+  if (t->retry_after >= 0) {
+    lua_pushnumber(L, t->retry_after);
+    lua_setfield(L, -2, "retry_after");
+  }
+  lua_pushboolean(L, t->restart);
+  lua_setfield(L, -2, "restart");
+  set_int(L, "resumed_from", (int64_t)t->resumed_from);
+  if (t->head) {
+    int64_t clen = parse_size(hdr_get(&t->hdr, "content-length"));
+    if (t->resp == RESP_BODY && clen >= 0) set_int(L, "bytes", clen);
+  } else {
+    set_int(L, "bytes", (int64_t)t->offset);
+  }
+  if (t->ok && !t->head) set_str(L, "sha256", t->sha256);
+  if (t->resp != RESP_REDIRECT) {
+    set_str(L, "etag", hdr_get(&t->hdr, "etag"));
+    set_str(L, "last_modified", hdr_get(&t->hdr, "last-modified"));
+    set_str(L, "content_type", hdr_get(&t->hdr, "content-type"));
+  }
+  set_str(L, "effective_url", t->cur_url);
+  set_str(L, "linked_etag", t->linked_etag);
+  if (t->linked_size >= 0) set_int(L, "linked_size", t->linked_size);
+  if (t->memory) {
+    lua_pushlstring(L, t->body ? t->body : "", t->body_len);
+    lua_setfield(L, -2, "body");
+  }
+  lua_newtable(L);
+  for (size_t i = 0; i < t->hdr.len;) {
+    const char *n = t->hdr.buf + i, *v = n + strlen(n) + 1;
+    if (lua_getfield(L, -1, n) == LUA_TSTRING) {
+      lua_pushfstring(L, "%s, %s", lua_tostring(L, -1), v);
+      lua_setfield(L, -3, n);
+    } else {
+      lua_pushstring(L, v);
+      lua_setfield(L, -3, n);
+    }
+    lua_pop(L, 1);
+    i = (size_t)(v - t->hdr.buf) + strlen(v) + 1;
+  }
+  lua_setfield(L, -2, "headers");
+  return 1;
+}
+
+static int transfer_tostring(lua_State *L) {
+  Transfer *t = totransfer(L, 1);
+  if (t->closed) lua_pushstring(L, "modelget.Transfer (closed)");
+  else lua_pushfstring(L, "modelget.Transfer (%s)", t->url);
+  return 1;
+}
+
+void mg_open_transfer(lua_State *L) {
+  static const luaL_Reg session_methods[] = {
+    {"active", session_active},
+    {"add", session_add},
+    {"close", session_close},
+    {"finished", session_finished},
+    {"perform", session_perform},
+    {NULL, NULL}
+  };
+  static const luaL_Reg transfer_methods[] = {
+    {"cancel", transfer_cancel},
+    {"close", transfer_close},
+    {"pause", transfer_pause},
+    {"progress", transfer_progress},
+    {"result", transfer_result},
+    {"resume", transfer_resume},
+    {NULL, NULL}
+  };
+  static const luaL_Reg funcs[] = {
+    {"session", session_new},
+    {NULL, NULL}
+  };
+  mg_newmeta(L, SESSION_MT, session_methods, session_close);
+  mg_newmeta(L, TRANSFER_MT, transfer_methods, transfer_close);
+  luaL_getmetatable(L, TRANSFER_MT);
+  lua_pushcfunction(L, transfer_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, funcs, 0);
+}

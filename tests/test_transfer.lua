@@ -1,0 +1,603 @@
+-- The transfer engine (modelget.Session / modelget.Transfer) against real loopback servers:
+-- bytes on disk, their SHA-256, the result's fields and the request headers the servers logged.
+local t = require "t"
+local core = require "modelget.core"
+local servers = require "servers"
+
+local function session(opts)
+  opts = opts or {}
+  if opts.cacert == nil then opts.cacert = servers.ca().cert end
+  if opts.cacert == false then opts.cacert = nil end
+  local s = core.session(opts)
+  t.defer_case(function() s:close() end)
+  return s
+end
+
+-- Drives the session until every given transfer is done; returns the transfers' results.
+local function drive(s, list, limit)
+  local deadline = core.now() + (limit or 60)
+  local pending = #list
+  local finished = {}
+  while pending > 0 do
+    s:perform(0.2)
+    for _, tr in ipairs(s:finished()) do finished[tr] = true; pending = pending - 1 end
+    if core.now() > deadline then error("transfers did not finish in time", 2) end
+  end
+  local results = {}
+  for i, tr in ipairs(list) do
+    t.ok(finished[tr], "transfer " .. i .. " reported by finished()")
+    results[i] = tr:result()
+  end
+  return results
+end
+
+-- One transfer to its end: its result.
+local function fetch(opts, sopts)
+  local s = session(sopts)
+  local tr = s:add(opts)
+  local r = drive(s, { tr })[1]
+  tr:close()
+  return r
+end
+
+local function size_of(path)
+  local st = core.stat(path)
+  return st and st.size
+end
+
+local function read_state(partial)
+  local text = t.read(partial .. ".state")
+  if not text then return nil end
+  local st = { ranges = {} }
+  for line in text:gmatch("[^\n]+") do
+    local k, v = line:match("^(%S+) (.*)$")
+    if k == "range" then
+      local a, b, done = v:match("^(%d+) (%S+) (%d+)$")
+      st.ranges[#st.ranges + 1] = { start = tonumber(a), stop = b, done = tonumber(done) }
+    elseif k then
+      st[k] = v
+    end
+  end
+  return st
+end
+
+-- Plain download -------------------------------------------------------------------------------
+
+test("a plain download from nginx lands on disk with the right sha256", function()
+  local ng = servers.nginx()
+  local data = t.bytes(3 * 1024 * 1024 + 5, 11)
+  local url = ng.put("plain/model.bin", data)
+  local dir = t.tmpdir("plain")
+  local partial = dir .. "/sub/folder/model.bin.part"
+  local r = fetch { url = url, partial = partial }
+  t.eq(r.ok, true, "ok")
+  t.eq(r.status, 200, "status")
+  t.eq(r.code, nil, "no code")
+  t.eq(r.bytes, #data, "bytes")
+  t.eq(r.sha256, t.sha256(data), "sha256 of the stream")
+  t.eq(t.sha256_file(partial), t.sha256(data), "sha256 of the file on disk")
+  t.eq(r.resumed_from, 0, "nothing resumed")
+  t.eq(r.restart, false, "no restart")
+  t.eq(r.effective_url, url, "effective url")
+  t.match(r.etag, '^"', "etag")
+  t.ok(r.last_modified, "last-modified")
+  t.eq(r.headers["content-length"], tostring(#data), "final response headers, lower-case names")
+  local st = read_state(partial)
+  t.eq(st.url, url, "state: url")
+  t.eq(st.total, tostring(#data), "state: total")
+  t.eq(st.ranges[1].done, #data, "state: the whole range done")
+  local log = ng.log()
+  t.eq(log[#log].protocol, "HTTP/2.0", "HTTP/2 over TLS")
+  t.eq(log[#log].range, nil, "no Range on a fresh download")
+end)
+
+test("plain http:// to loopback works; an empty file too", function()
+  local ng = servers.nginx()
+  ng.put("plain/empty.bin", "")
+  local dir = t.tmpdir("plainhttp")
+  local r = fetch { url = ng.http_url .. "/plain/empty.bin", partial = dir .. "/empty" }
+  t.eq(r.ok, true, "ok")
+  t.eq(r.bytes, 0, "bytes")
+  t.eq(r.sha256, t.sha256(""), "sha256 of nothing")
+  t.eq(t.read(dir .. "/empty"), "", "an empty file on disk")
+end)
+
+-- Resume ---------------------------------------------------------------------------------------
+
+-- A file of `size` bytes on the fixture server: the server, the bytes, the URL and a partial path.
+local function fixture_file(name, size)
+  local fx = servers.fixture()
+  local data = t.bytes(size, size % 97)
+  return fx, data, fx.put(name, data), t.tmpdir(name) .. "/" .. name
+end
+
+-- A first attempt on the fixture server cut after `cut` bytes; later requests get the behaviours in ....
+local function cut_attempt(name, size, cut, ...)
+  local fx, data, url, partial = fixture_file(name, size)
+  fx.script(name, { { cut = cut }, ... })
+  fx.clear_log()
+  local first = fetch { url = url, partial = partial }
+  t.eq(first.ok, false, "first attempt fails")
+  t.eq(size_of(partial), cut, "the bytes before the cut are kept")
+  return fx, data, url, partial, first
+end
+
+test("a cut connection, then a new transfer resumes with Range and If-Range", function()
+  local fx, data, url, partial, first = cut_attempt("resume.bin", 600000, 200000)
+  t.eq(first.code, "ENET", "code")
+  t.eq(first.retryable, true, "a cut is retryable")
+  t.match(first.message, "^127%.0%.0%.1: connection cut after 200 kB of 600 kB$", "message")
+  t.eq(read_state(partial).ranges[1].done, 200000, "state records them")
+
+  local second = fetch { url = url, partial = partial }
+  t.eq(second.ok, true, "second attempt")
+  t.eq(second.status, 206, "partial content")
+  t.eq(second.resumed_from, 200000, "resumed_from")
+  t.eq(second.restart, false, "no restart")
+  t.eq(second.bytes, #data, "bytes")
+  t.eq(second.sha256, t.sha256(data), "sha256 covers the kept prefix too")
+  t.eq(t.sha256_file(partial), t.sha256(data), "file on disk")
+  local reqs = fx.requests("^/f/resume%.bin$")
+  t.eq(#reqs, 2, "two requests")
+  t.eq(reqs[1].headers.range, nil, "first: no Range")
+  t.eq(reqs[2].headers.range, "bytes=200000-", "second: Range from the kept bytes")
+  t.eq(reqs[2].headers["if-range"], first.etag, "second: If-Range with the ETag")
+end)
+
+test("a server that ignores Range: the transfer restarts from zero", function()
+  local fx, data, url, partial = cut_attempt("ignore.bin", 300000, 100000, { ignore_range = true })
+  local r = fetch { url = url, partial = partial }
+  t.eq(r.ok, true, "ok")
+  t.eq(r.status, 200, "whole body")
+  t.eq(r.restart, true, "restart")
+  t.eq(r.resumed_from, 0, "nothing resumed")
+  t.eq(r.sha256, t.sha256(data), "sha256")
+  t.eq(t.read(partial), data, "bytes right, not appended")
+  t.eq(fx.requests("^/f/ignore")[2].headers.range, "bytes=100000-", "Range was asked for")
+end)
+
+test("the file changed on the server between attempts: If-Range fails, the new file comes whole", function()
+  local v2 = t.bytes(250000, 15)
+  servers.fixture().put("changing-v2.bin", v2)
+  local _, _, url, partial, first = cut_attempt("changing.bin", 300000, 120000, { content = "changing-v2.bin" })
+  local r = fetch { url = url, partial = partial }
+  t.eq(r.ok, true, "ok")
+  t.eq(r.restart, true, "restart")
+  t.eq(r.bytes, #v2, "bytes of the new file")
+  t.eq(r.sha256, t.sha256(v2), "sha256 of the new file")
+  t.eq(t.read(partial), v2, "bytes on disk")
+  t.ok(r.etag ~= first.etag, "another etag")
+  t.eq(read_state(partial).etag, r.etag, "state holds the new validator")
+end)
+
+test("kept bytes the server cannot serve (416): start over, retryable", function()
+  local fx, data, url, partial = fixture_file("shrunk.bin", 100000)
+  -- A partial from a longer file with the same validator: the server answers bytes=150000- with 416.
+  t.write(partial, t.bytes(150000, 16))
+  t.write(partial .. ".state", table.concat({ "modelget-partial 1", "url " .. url, 'etag "same"',
+    "total 200000", "range 0 200000 150000", "" }, "\n"))
+  fx.script("shrunk.bin", { { etag = '"same"' } })
+  local r = fetch { url = url, partial = partial }
+  t.eq(r.ok, false, "fails")
+  t.eq(r.status, 416, "status")
+  t.eq(r.retryable, true, "retryable")
+  t.eq(r.restart, true, "restart")
+  t.match(r.message, "HTTP 416", "message")
+  t.eq(t.exists(partial), false, "kept data dropped")
+  local again = fetch { url = url, partial = partial }
+  t.eq(again.ok, true, "next attempt")
+  t.eq(again.sha256, t.sha256(data), "sha256")
+end)
+
+test("a state for another URL, or without a validator, starts over", function()
+  local fx, data, url, partial = fixture_file("other.bin", 50000)
+  for _, state in ipairs {
+    { "modelget-partial 1", "url " .. url .. "?other", 'etag "x"', "total 50000", "range 0 50000 20000", "" },
+    { "modelget-partial 1", "url " .. url, "total 50000", "range 0 50000 20000", "" },
+  } do
+    t.write(partial, string.rep("z", 20000))
+    t.write(partial .. ".state", table.concat(state, "\n"))
+    fx.clear_log()
+    local r = fetch { url = url, partial = partial }
+    t.eq(r.ok, true, "ok")
+    t.eq(r.resumed_from, 0, "nothing resumed")
+    t.eq(t.read(partial), data, "fresh bytes")
+    t.eq(fx.requests("^/f/other")[1].headers.range, nil, "no Range")
+  end
+end)
+
+test("a prefix as long as the whole file is checked with the server, not trusted", function()
+  local fx, data, url, partial = fixture_file("complete.bin", 80000)
+  t.eq(fetch({ url = url, partial = partial }).ok, true, "first download")
+  fx.clear_log()
+  local r = fetch { url = url, partial = partial }
+  t.eq(r.ok, true, "ok")
+  t.eq(r.resumed_from, #data - 1, "all but the last byte kept")
+  t.eq(r.sha256, t.sha256(data), "sha256")
+  local req = fx.requests("^/f/complete")[1]
+  t.eq(req.headers.range, "bytes=79999-", "asks for the last byte")
+  t.match(req.headers["if-range"], '^"', "with the validator")
+end)
+
+-- Failures -------------------------------------------------------------------------------------
+
+test("a stall is retryable and says how long nothing came", function()
+  local fx = servers.fixture()
+  local url = fx.put("stall.bin", t.bytes(100000, 19))
+  fx.script("stall.bin", { { stall = 5000, seconds = 20 } })
+  local partial = t.tmpdir("stall") .. "/stall.bin"
+  local r = fetch { url = url, partial = partial, stall_timeout = 1 }
+  t.eq(r.ok, false, "fails")
+  t.eq(r.code, "ENET", "code")
+  t.eq(r.retryable, true, "retryable")
+  t.eq(r.message, "127.0.0.1: no data for 1 s", "message")
+  t.eq(size_of(partial), 5000, "bytes before the stall kept")
+end)
+
+test("404 is final; 503 and 429 are retryable with Retry-After in seconds or as a date", function()
+  local fx = servers.fixture()
+  local dir = t.tmpdir("status")
+  local missing = fetch { url = fx.url .. "/f/absent.bin", partial = dir .. "/absent" }
+  t.eq(missing.ok, false, "404 fails")
+  t.eq(missing.status, 404, "status")
+  t.eq(missing.code, "ENET", "code")
+  t.eq(missing.retryable, false, "not retryable")
+  t.eq(missing.message, "127.0.0.1: HTTP 404", "message")
+  t.eq(t.exists(dir .. "/absent"), false, "no file for an error")
+
+  local url = fx.put("busy.bin", "payload")
+  local when = os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + 100)
+  fx.script("busy.bin", { { status = 503, retry_after = 7 }, { status = 429, retry_after = when },
+    { status = 410 }, { status = 401 }, { status = 403 } })
+  local busy = fetch { url = url, partial = dir .. "/busy" }
+  t.eq(busy.status, 503, "503")
+  t.eq(busy.retryable, true, "503 retryable")
+  t.eq(busy.retry_after, 7, "Retry-After seconds")
+  t.eq(busy.message, "127.0.0.1: HTTP 503", "message")
+  local many = fetch { url = url, partial = dir .. "/busy" }
+  t.eq(many.status, 429, "429")
+  t.eq(many.retryable, true, "429 retryable")
+  t.ok(many.retry_after >= 95 and many.retry_after <= 100, "Retry-After as an HTTP date: " .. many.retry_after)
+  local gone = fetch { url = url, partial = dir .. "/busy" }
+  t.eq(gone.retryable, false, "410 final")
+  local unauth = fetch { url = url, partial = dir .. "/busy" }
+  t.eq(unauth.code, "EAUTH", "401 code")
+  t.eq(unauth.retryable, false, "401 final")
+  local refused = fetch { url = url, partial = dir .. "/busy" }
+  t.eq(refused.code, "EAUTH", "403 code")
+  t.eq(refused.retryable, false, "403 final")
+  t.eq(fetch({ url = url, partial = dir .. "/busy" }).ok, true, "then it works")
+  t.eq(t.read(dir .. "/busy"), "payload", "body")
+end)
+
+test("more bytes announced than free space: ESPACE before any body byte is written", function()
+  local fx = servers.fixture()
+  local url = fx.put("huge.bin", t.bytes(5000, 20))
+  fx.script("huge.bin", { { announce = 10 ^ 15 // 1 } })
+  local dir = t.tmpdir("space")
+  local partial = dir .. "/huge.bin"
+  local r = fetch { url = url, partial = partial }
+  t.eq(r.ok, false, "fails")
+  t.eq(r.code, "ESPACE", "code")
+  t.eq(r.retryable, false, "not retryable")
+  t.match(r.message, "^need 1 PB, [%d.]+ [kMGTP]?B free on " .. dir:gsub("%p", "%%%0") .. "$", "message")
+  t.eq(#t.tree(dir), 0, "nothing written")
+end)
+
+test("space_factor and space_path take part in the storage check", function()
+  local fx = servers.fixture()
+  local url = fx.put("factor.bin", t.bytes(4000, 21))
+  local dir = t.tmpdir("factor")
+  local free = core.free_space(dir)
+  local r = fetch { url = url, partial = dir .. "/f.bin", space_factor = free / 1000, space_path = dir .. "/x/y" }
+  t.eq(r.code, "ESPACE", "factor × 4000 bytes exceeds what is free")
+  t.match(r.message, "free on " .. dir:gsub("%p", "%%%0") .. "/x/y$", "names the space_path")
+  t.eq(fetch({ url = url, partial = dir .. "/f.bin", space_factor = 2 }).ok, true, "a sane factor passes")
+end)
+
+test("a certificate the CA bundle does not vouch for is final", function()
+  local ng = servers.nginx()
+  local url = ng.put("cert.bin", "x")
+  local r = fetch({ url = url, partial = t.tmpdir("cert") .. "/x" }, { cacert = false })
+  t.eq(r.ok, false, "fails")
+  t.eq(r.code, "ENET", "code")
+  t.eq(r.retryable, false, "not retryable")
+  t.match(r.message, "^127%.0%.0%.1: certificate verify failed", "message")
+end)
+
+-- Policy and credentials -----------------------------------------------------------------------
+
+test("plain http:// to another host is refused before any connection", function()
+  local s = session()
+  local tr = s:add { url = "http://example.com/model.bin", partial = t.tmpdir("policy") .. "/m" }
+  t.eq(tr:progress().state, "done", "finished at once")
+  local r = drive(s, { tr }, 5)[1]
+  t.eq(r.ok, false, "refused")
+  t.eq(r.code, "EPOLICY", "code")
+  t.eq(r.retryable, false, "not retryable")
+  t.match(r.message, "http://example%.com/model%.bin", "names the URL")
+  t.eq(r.status, nil, "no response")
+  local ftp = fetch { url = "ftp://127.0.0.1/x", memory = 10 }
+  t.eq(ftp.code, "EPOLICY", "other schemes too")
+end)
+
+test("a redirect to plain http:// off loopback is refused, credentials never shown", function()
+  local fx = servers.fixture()
+  local url = fx.put("hop.bin", "x")
+  fx.script("hop.bin", { { redirect = "http://user:pw@example.com/next?sig=secret" } })
+  local r = fetch { url = url, memory = 100 }
+  t.eq(r.code, "EPOLICY", "code")
+  t.match(r.message, "http://example%.com/next", "names the refused URL")
+  t.nomatch(r.message, "pw", "no password")
+  t.nomatch(r.message, "secret", "no query")
+end)
+
+test("the credential goes to its host only: dropped on a redirect to the other host name", function()
+  local fx = servers.fixture()
+  local data = t.bytes(70000, 22)
+  fx.put("auth-c.bin", data)
+  local url = fx.put("auth-a.bin", "first")
+  fx.script("auth-a.bin", { { redirect = fx.url .. "/f/auth-b.bin", status = 301 } })
+  fx.script("auth-b.bin", { { redirect = fx.url_localhost .. "/f/auth-c.bin", status = 307 } })
+  fx.clear_log()
+  local r = fetch { url = url, partial = t.tmpdir("auth") .. "/c.bin",
+    headers = { "X-Probe: 1" }, auth = { header = "Authorization: Bearer hf_secret", host = "127.0.0.1" } }
+  t.eq(r.ok, true, "ok")
+  t.eq(r.sha256, t.sha256(data), "the redirected content")
+  t.eq(r.effective_url, fx.url_localhost .. "/f/auth-c.bin", "effective url")
+  local a, b, c = fx.requests("^/f/auth%-a")[1], fx.requests("^/f/auth%-b")[1], fx.requests("^/f/auth%-c")[1]
+  t.eq(a.headers.authorization, "Bearer hf_secret", "first host got it")
+  t.eq(b.headers.authorization, "Bearer hf_secret", "same host after a redirect got it")
+  t.eq(c.headers.authorization, nil, "the other host did not")
+  t.eq(c.headers["x-probe"], "1", "plain headers follow every hop")
+  t.match(c.host, "^localhost:", "the other host")
+end)
+
+test("too many redirects is final", function()
+  local fx = servers.fixture()
+  local url = fx.put("loop.bin", "x")
+  fx.script("loop.bin", { { redirect = url, ["repeat"] = true } })
+  local r = fetch({ url = url, memory = 100 }, { max_redirects = 3 })
+  t.eq(r.ok, false, "fails")
+  t.eq(r.retryable, false, "final")
+  t.match(r.message, "more than 3 redirects", "message")
+  t.eq(#fx.requests("^/f/loop"), 4, "the first request and three hops")
+  fx.script("loop.bin", {})
+end)
+
+test("Hub redirects: X-Linked-Etag and X-Linked-Size from the hop, the blob from the CDN", function()
+  local fx = servers.fixture()
+  local data = t.bytes(1500000, 23)
+  fx.hub_put("org/linked", "w.gguf", data)
+  local r = fetch { url = fx.url .. "/org/linked/resolve/main/w.gguf", partial = t.tmpdir("linked") .. "/w" }
+  t.eq(r.ok, true, "ok")
+  t.eq(r.linked_etag, t.sha256(data), "linked_etag without quotes")
+  t.eq(r.linked_size, #data, "linked_size")
+  t.eq(r.sha256, t.sha256(data), "sha256")
+  t.match(r.effective_url, "^https://localhost:%d+/cdn/", "CDN url")
+end)
+
+-- Control --------------------------------------------------------------------------------------
+
+-- Runs perform until cond() holds.
+local function until_(s, cond, limit)
+  local deadline = core.now() + (limit or 30)
+  while not cond() do
+    s:perform(0.05)
+    if core.now() > deadline then error("condition not reached in time", 2) end
+  end
+end
+
+-- A rate-capped download of `size` bytes from server, driven until more than `past` bytes arrived.
+local function slow_download(server, name, size, rate, past)
+  local data = t.bytes(size, #name)
+  local url = server.put(name, data)
+  local partial = t.tmpdir(name) .. "/" .. name
+  local s = session { limit_rate = rate }
+  local tr = s:add { url = url, partial = partial }
+  until_(s, function() return tr:progress().completed > past end)
+  return { s = s, tr = tr, data = data, url = url, partial = partial }
+end
+
+test("pause holds the bytes, resume completes the download", function()
+  local d = slow_download(servers.nginx(), "pause.bin", 2000000, 1000000, 100000)
+  local s, tr, data, partial = d.s, d.tr, d.data, d.partial
+  tr:pause()
+  local held = tr:progress().completed
+  t.eq(tr:progress().state, "paused", "state")
+  local until_t = core.now() + 0.8
+  while core.now() < until_t do s:perform(0.1) end
+  t.eq(tr:progress().completed, held, "no bytes while paused")
+  tr:resume()
+  t.eq(tr:progress().state, "running", "running again")
+  local r = drive(s, { tr })[1]
+  t.eq(r.ok, true, "ok")
+  t.eq(r.sha256, t.sha256(data), "sha256")
+  t.eq(t.sha256_file(partial), t.sha256(data), "file")
+end)
+
+test("cancel keeps the partial for a later resume; cancel(true) removes it", function()
+  local fx = servers.fixture()
+  local d = slow_download(fx, "cancel.bin", 1000000, 400000, 100000)
+  local s, tr, data, url, partial = d.s, d.tr, d.data, d.url, d.partial
+  tr:cancel()
+  local fin = s:finished()
+  t.eq(fin[1], tr, "reported as finished")
+  local r = tr:result()
+  t.eq(r.ok, false, "not ok")
+  t.eq(r.code, "ECANCEL", "code")
+  t.eq(r.retryable, false, "not retryable")
+  local kept = size_of(partial)
+  t.ok(kept and kept > 100000, "partial kept")
+  t.eq(read_state(partial).ranges[1].done, kept, "state written at the end of the attempt")
+  fx.clear_log()
+  local again = fetch { url = url, partial = partial }
+  t.eq(again.ok, true, "resumed")
+  t.eq(again.resumed_from, kept, "from the kept bytes")
+  t.eq(again.sha256, t.sha256(data), "sha256")
+  t.eq(fx.requests("^/f/cancel")[1].headers.range, "bytes=" .. kept .. "-", "Range")
+
+  local tr2 = s:add { url = url, partial = partial .. "2" }
+  until_(s, function() return tr2:progress().completed > 50000 end)
+  tr2:cancel(true)
+  t.eq(t.exists(partial .. "2"), false, "partial removed")
+  t.eq(t.exists(partial .. "2.state"), false, "state removed")
+end)
+
+test("jobs = 2 with five files: two at a time, all right", function()
+  local ng = servers.nginx()
+  local s = session { jobs = 2 }
+  local dir = t.tmpdir("jobs")
+  local list, datas = {}, {}
+  for i = 1, 5 do
+    datas[i] = t.bytes(400000 + i * 1000, 30 + i)
+    list[i] = s:add { url = ng.put("jobs/" .. i .. ".bin", datas[i]), partial = dir .. "/" .. i }
+  end
+  local most, pending = 0, 5
+  local deadline = core.now() + 60
+  while pending > 0 do
+    s:perform(0.01)
+    local running = 0
+    for _, tr in ipairs(list) do
+      if tr:progress().state == "running" then running = running + 1 end
+    end
+    most = math.max(most, running)
+    pending = pending - #s:finished()
+    t.ok(core.now() < deadline, "in time")
+  end
+  t.ok(most <= 2, "never more than two at once (saw " .. most .. ")")
+  for i, tr in ipairs(list) do
+    local r = tr:result()
+    t.eq(r.ok, true, "ok " .. i)
+    t.eq(t.sha256_file(dir .. "/" .. i), t.sha256(datas[i]), "file " .. i)
+  end
+end)
+
+test("limit_rate caps the total across transfers", function()
+  local ng = servers.nginx()
+  local dir = t.tmpdir("rate")
+  local s = session { limit_rate = 400000 }
+  local a = s:add { url = ng.put("rate/a.bin", t.bytes(500000, 40)), partial = dir .. "/a" }
+  local b = s:add { url = ng.put("rate/b.bin", t.bytes(500000, 41)), partial = dir .. "/b" }
+  local t0 = core.now()
+  local rs = drive(s, { a, b })
+  local took = core.now() - t0
+  t.ok(rs[1].ok and rs[2].ok, "both ok")
+  -- 1 MB at 400 kB/s is 2.5 s; generous bounds on the cap itself
+  t.ok(took >= 2.0, "not faster than the cap: " .. took)
+  t.ok(took <= 8, "not far slower than the cap: " .. took)
+end)
+
+test("progress: completed, total, a recent speed and an eta while running", function()
+  local s0 = session()
+  local queued = s0:add { url = "https://127.0.0.1:1/x", memory = 10 }
+  t.eq(queued:progress().state, "queued", "queued before perform")
+  t.eq(queued:result(), nil, "no result before the end")
+  local d = slow_download(servers.nginx(), "progress.bin", 1500000, 500000, 600000)
+  local s, tr, data = d.s, d.tr, d.data
+  local p = tr:progress()
+  t.eq(p.state, "running", "state")
+  t.eq(p.total, #data, "total")
+  t.ok(p.speed > 250000 and p.speed < 1000000, "speed near the cap: " .. p.speed)
+  t.ok(p.eta and p.eta > 0 and p.eta < 10, "eta")
+  drive(s, { tr })
+  t.eq(tr:progress().state, "done", "done")
+  t.eq(tr:progress().completed, #data, "completed")
+end)
+
+test("memory transfers keep the body; over the cap is an error; HEAD has no body", function()
+  local fx = servers.fixture()
+  local url = fx.put("api.json", '{"a":1}')
+  local r = fetch { url = url, memory = 1000 }
+  t.eq(r.ok, true, "ok")
+  t.eq(r.body, '{"a":1}', "body")
+  t.eq(r.sha256, t.sha256('{"a":1}'), "sha256")
+  local big = fx.put("big.json", string.rep("x", 5000))
+  local over = fetch { url = big, memory = 1000 }
+  t.eq(over.ok, false, "over the cap")
+  t.match(over.message, "larger than 1 kB", "message")
+  local head = fetch { url = big, head = true }
+  t.eq(head.ok, true, "HEAD ok")
+  t.eq(head.bytes, 5000, "size from Content-Length")
+  t.eq(head.body, nil, "no body")
+  local last = fx.requests("^/f/big%.json")
+  t.eq(last[#last].method, "HEAD", "a HEAD request")
+  local missing = fetch { url = fx.url .. "/f/none.json", memory = 1000 }
+  t.eq(missing.status, 404, "error status")
+  t.eq(missing.body, "Not Found\n", "an error's body is kept for memory transfers")
+end)
+
+test("closing a session with transfers in flight stops them; a closed transfer raises", function()
+  local ng = servers.nginx()
+  local url = ng.put("closing.bin", t.bytes(1000000, 43))
+  local dir = t.tmpdir("closing")
+  local s = core.session { cacert = servers.ca().cert, limit_rate = 200000 }
+  local a = s:add { url = url, partial = dir .. "/a" }
+  local b = s:add { url = url, partial = dir .. "/b" }
+  local c = s:add { url = url, partial = dir .. "/c" }
+  until_(s, function() return a:progress().completed > 0 end)
+  c:close()
+  t.ok(not pcall(c.progress, c), "a closed transfer raises")
+  s:close()
+  t.eq(a:result().code, "ECANCEL", "stopped with the session")
+  t.eq(b:result().code, "ECANCEL", "queued one too")
+  t.ok(not pcall(s.perform, s, 0), "a closed session raises")
+  t.ok(not pcall(s.add, s, { url = url, memory = 1 }), "add on a closed session raises")
+  -- unreferenced sessions and transfers in flight are collected cleanly
+  local s2 = core.session { cacert = servers.ca().cert }
+  s2:add { url = url, partial = dir .. "/d" }
+  s2:perform(0.1)
+  s2 = nil
+  collectgarbage()
+  collectgarbage()
+end)
+
+test("misuse raises", function()
+  local s = session()
+  t.ok(not pcall(s.add, s, { partial = "/tmp/x" }), "url required")
+  t.ok(not pcall(s.add, s, { url = "https://127.0.0.1/" }), "partial, memory or head required")
+  t.ok(not pcall(s.add, s, { url = 5, memory = 1 }), "url must be a string")
+  t.ok(not pcall(core.session, { jobs = 0 }), "jobs at least 1")
+  t.ok(not pcall(core.session, { limit_rate = "fast" }), "limit_rate a number")
+end)
+
+test("kill -9 in mid-download, then a new transfer resumes from the recorded bytes", function()
+  local fx, data, url, partial = fixture_file("killed.bin", 3000000)
+  local dir = t.tmpdir("kill9")
+  local script = t.write(dir .. "/child.lua", [[
+    local core = require "modelget.core"
+    local url, partial, cacert = ...
+    local s = core.session { cacert = cacert, limit_rate = 300000 }
+    s:add { url = url, partial = partial }
+    while s:perform(1) > 0 do end
+  ]])
+  fx.clear_log()
+  local p = io.popen(string.format("%s run %s %s %s %s >/dev/null 2>&1 & echo $!", t.shquote(t.bin),
+    t.shquote(script), t.shquote(url), t.shquote(partial), t.shquote(servers.ca().cert)))
+  local pid = tonumber(p:read("l"))
+  p:close()
+  t.defer_case(function() os.execute("kill -9 " .. pid .. " 2>/dev/null") end)
+  local deadline = core.now() + 30
+  repeat
+    core.sleep(0.05)
+    local st = read_state(partial)
+    local done = st and st.ranges[1] and st.ranges[1].done or 0
+    t.ok(core.now() < deadline, "the child got going")
+  until done > 400000
+  os.execute("kill -9 " .. pid)
+  os.execute("while kill -0 " .. pid .. " 2>/dev/null; do sleep 0.05; done")
+  local on_disk = size_of(partial)
+  local recorded = read_state(partial).ranges[1].done
+  t.ok(on_disk >= recorded, "the data was written before the state recorded it")
+  t.ok(on_disk < #data, "killed before the end")
+
+  local r = fetch { url = url, partial = partial }
+  t.eq(r.ok, true, "resumed")
+  t.eq(r.resumed_from, recorded, "from the recorded bytes")
+  t.eq(r.sha256, t.sha256(data), "sha256 over kept and new bytes")
+  t.eq(t.sha256_file(partial), t.sha256(data), "file on disk")
+  local reqs = fx.requests("^/f/killed")
+  t.eq(#reqs, 2, "two requests")
+  t.eq(reqs[2].headers.range, "bytes=" .. recorded .. "-", "Range of the second run")
+  t.eq(reqs[2].headers["if-range"], r.etag, "If-Range")
+end)
