@@ -2,6 +2,7 @@
 -- modelget and modelget.core there through LUA_PATH / LUA_CPATH.
 local t = require "t"
 local servers = require "servers"
+local core = require "modelget.core"
 
 local q = t.shquote
 local prefix
@@ -79,4 +80,31 @@ print(res.path, core.sha256_file(res.path .. "/stock.bin"))
   for line in r.stdout:gmatch("[^\n]+") do lines[#lines + 1] = line end
   t.eq(lines[1], p .. "/lib/lua/5.4/modelget/core.so", "modelget.core from PREFIX")
   t.eq(lines[2], store .. "/models/other/stock\t" .. t.sha256(data), "pulled through the embedded API")
+end)
+
+test("the rockspec builds every engine source and installs every Lua module", function()
+  local spec = {}
+  local chunk = assert(loadfile(t.root .. "/modelget-scm-1.rockspec", "t", spec))
+  chunk()
+  t.eq(spec.package, "modelget", "package")
+  local modules = spec.build.modules
+  local listed = {}
+  for _, src in ipairs(modules["modelget.core"].sources) do listed[src] = true end
+  for _, name in ipairs(core.listdir(t.root .. "/engine")) do
+    if name:match("%.c$") and name ~= "host.c" then
+      t.ok(listed["engine/" .. name], "modelget.core builds engine/" .. name)
+    end
+  end
+  local function walk(dir, prefix)
+    for _, name in ipairs(core.listdir(t.root .. "/" .. dir)) do
+      local path = dir .. "/" .. name
+      if core.stat(t.root .. "/" .. path).type == "dir" then
+        walk(path, prefix .. name .. ".")
+      elseif name:match("%.lua$") then
+        local mod = name == "init.lua" and prefix:sub(1, -2) or prefix .. name:sub(1, -5)
+        t.eq(modules[mod], path, "the rockspec's module " .. mod)
+      end
+    end
+  end
+  walk("lua/modelget", "modelget.")
 end)
