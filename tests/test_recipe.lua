@@ -56,6 +56,15 @@ test("the built-in catalog loads without problems and has every model of the gui
   for _, e in ipairs(cat:entries("mlx")) do t.ok(e.hub, e.id .. " is a Hub repo") end
 end)
 
+test("the example recipe file loads cleanly, one model per framework and more", function()
+  local entries, problems = recipe.load_file(t.root .. "/scripts/custom_recipe.lua")
+  t.eq(#problems, 0, "problems: " .. table.concat(problems, "; "))
+  local fws = {}
+  for _, e in ipairs(entries) do fws[e.framework] = true end
+  for _, fw in ipairs({ "llamacpp", "onnx", "mlx", "coreml", "tflite" }) do t.ok(fws[fw], "an example for " .. fw) end
+  t.ok(#entries >= 7, "a loop declares several")
+end)
+
 test("a recipe reaching for os is refused with file:line, the other files still load", function()
   local cat, problems = load_dir {
     ["a.lua"] = GOOD,

@@ -1,0 +1,197 @@
+-- Hub pulls end to end against the fixture Hub (HF_ENDPOINT): repo snapshots with include patterns,
+-- side files, stated hashes, gated repos, format checks; and the URL checker on the same Hub.
+local t = require "t"
+local servers = require "servers"
+local cjson = require "cjson"
+
+local ONNX_MODEL = "/usr/share/libonnx-testdata/data/node/test_add/model.onnx"
+
+local function gguf(n, seed) return "GGUF" .. string.pack("<I4", 3) .. t.bytes(n, seed) end
+
+local function safetensors()
+  local header = '{"w":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}'
+  return string.pack("<I8", #header) .. header .. "\1\2\3\4"
+end
+
+-- A recipe file written for the test.
+local function recipe(src) return t.write(t.tmpdir("recipes") .. "/hub.lua", src) end
+
+local function pull(store, registry, id, env, extra)
+  local args = { "pull", id, "--store", store, "--registry", registry, "--cacert", servers.ca().cert, "-q",
+    "--retries", "1", "--retry-wait", "0.05" }
+  for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+  return t.modelget(args, { env = env })
+end
+
+local function model_dir(store, fw, id) return store .. "/models/" .. fw .. "/" .. id end
+
+local function files_of(dir)
+  local out = {}
+  for _, f in ipairs(t.tree(dir)) do
+    if not f:find("/$") and not f:find("^%.") then out[#out + 1] = f end
+  end
+  return table.concat(out, ",")
+end
+
+test("a repo snapshot brings what the include patterns select, verified by the listing's hashes", function()
+  local fx = servers.fixture()
+  local repo = "mlx-community/Tiny-4bit"
+  local weights = safetensors() .. t.bytes(300000, 1)
+  fx.hub_put(repo, "config.json", '{"model_type":"llama"}')
+  fx.hub_put(repo, "tokenizer.json", '{"version":"1.0","model":{}}')
+  fx.hub_put(repo, "tokenizer_config.json", '{}')
+  fx.hub_put(repo, "model.safetensors", weights)
+  fx.hub_put(repo, "README.md", "# not wanted\n")
+  fx.hub_put(repo, "extra/notes.json", '{"deeper":true}')
+  local reg = recipe([[
+model "tiny-mlx" { framework = "mlx", hub = { repo = "mlx-community/Tiny-4bit", include = { "*.json", "*.safetensors" } } }
+]])
+  local store = t.tmpdir("store")
+  t.status(pull(store, reg, "tiny-mlx", { HF_ENDPOINT = fx.url }), 0, "pull")
+  local dir = model_dir(store, "mlx", "tiny-mlx")
+  t.eq(files_of(dir), "config.json,model.safetensors,tokenizer.json,tokenizer_config.json", "the selected files only")
+  t.eq(t.sha256_file(dir .. "/model.safetensors"), t.sha256(weights), "weights")
+  t.eq(#fx.requests("/api/models/mlx%-community/Tiny%-4bit/tree/main"), 1, "one listing")
+end)
+
+test("a snapshot of one folder of a repo installs it flat; the model's tokenizer comes along", function()
+  local fx = servers.fixture()
+  local repo = "microsoft/Tiny-onnx"
+  local model = t.read(ONNX_MODEL)
+  fx.hub_put(repo, "cpu/int4/model.onnx", model)
+  fx.hub_put(repo, "cpu/int4/model.onnx.data", t.bytes(2000, 3))
+  fx.hub_put(repo, "cpu/int4/genai_config.json", '{"model":{}}')
+  fx.hub_put(repo, "cpu/int4/tokenizer.json", '{"version":"1.0"}')
+  fx.hub_put(repo, "gpu/model.onnx", model)
+  fx.hub_put("org/single-onnx", "onnx/model.onnx", model)
+  fx.hub_put("org/single-onnx", "onnx/tokenizer.json", '{"single":true}')
+  local reg = recipe([[
+framework "onnx"
+model "tiny-onnx" { hub = { repo = "microsoft/Tiny-onnx", dir = "cpu/int4", include = { "*.onnx", "*.onnx.data", "*.json" } } }
+model "single-onnx" { url = hf "org/single-onnx" "onnx/model.onnx" }
+]])
+  local store = t.tmpdir("store")
+  t.status(pull(store, reg, "tiny-onnx", { HF_ENDPOINT = fx.url }), 0, "snapshot")
+  t.eq(files_of(model_dir(store, "onnx", "tiny-onnx")), "genai_config.json,model.onnx,model.onnx.data,tokenizer.json",
+    "the folder's files, flat")
+  t.status(pull(store, reg, "single-onnx", { HF_ENDPOINT = fx.url }), 0, "single file")
+  local dir = model_dir(store, "onnx", "single-onnx")
+  t.eq(files_of(dir), "model.onnx,tokenizer.json", "the tokenizer of the model's folder came along")
+  t.eq(t.read(dir .. "/tokenizer.json"), '{"single":true}', "tokenizer bytes")
+  t.eq(fx.requests("/org/single%-onnx/resolve/main/onnx/tokenizer_config%.json")[1].status, 404,
+    "the optional tokenizer_config.json was asked for and is absent")
+end)
+
+test("the Hub's stated hash verifies a file; a lying Hub fails the pull with 4", function()
+  local fx = servers.fixture()
+  local data = gguf(400000, 5)
+  fx.hub_put("org/liar", "m.gguf", data)
+  fx.hub_lie("org/liar")
+  local reg = recipe('model "liar" { framework = "llamacpp", url = hf "org/liar" "m.gguf" }\n')
+  local store = t.tmpdir("store")
+  local r = t.status(pull(store, reg, "liar", { HF_ENDPOINT = fx.url }), 4, "lying hash")
+  t.match(r.stderr, "m%.gguf", "names the file")
+  t.ok(not t.exists(model_dir(store, "llamacpp", "liar")), "nothing installed")
+  fx.hub_lie("org/liar", false)
+  t.status(pull(store, reg, "liar", { HF_ENDPOINT = fx.url }), 0, "honest hash")
+  t.eq(t.sha256_file(model_dir(store, "llamacpp", "liar") .. "/m.gguf"), t.sha256(data), "bytes")
+end)
+
+test("a gated repo: no token → 6 naming HF_TOKEN; a token → pulled, and not sent past the Hub's host", function()
+  local fx = servers.fixture()
+  local data = gguf(300000, 6)
+  fx.hub_put("meta/gated", "g.gguf", data)
+  fx.hub_gate("meta/gated", "hf_right_token")
+  local reg = recipe('model "gated" { framework = "llamacpp", auth = "hf", url = hf "meta/gated" "g.gguf" }\n'
+    .. 'model "unmarked" { framework = "llamacpp", url = hf "meta/gated" "g.gguf" }\n')
+  local store = t.tmpdir("store")
+  local home = t.tmpdir("home")
+  local r = t.status(pull(store, reg, "gated", { HF_ENDPOINT = fx.url, HOME = home, HF_TOKEN = "", HF_HOME = "" }), 6,
+    "no token")
+  t.match(r.stderr, "HF_TOKEN", "says what to set")
+  r = t.status(pull(store, reg, "unmarked", { HF_ENDPOINT = fx.url, HOME = home, HF_TOKEN = "", HF_HOME = "" }), 6,
+    "a 401 from the Hub")
+  r = t.status(pull(store, reg, "gated", { HF_ENDPOINT = fx.url, HF_TOKEN = "hf_wrong_token" }), 6, "a wrong token")
+  t.nomatch(r.stderr .. r.stdout, "hf_wrong_token", "the token never appears")
+  fx.clear_log()
+  t.status(pull(store, reg, "gated", { HF_ENDPOINT = fx.url, HF_TOKEN = "hf_right_token" }), 0, "the right token")
+  t.eq(t.sha256_file(model_dir(store, "llamacpp", "gated") .. "/g.gguf"), t.sha256(data), "bytes")
+  local hubreq = fx.requests("/meta/gated/resolve/main/g%.gguf")[1]
+  t.eq(hubreq.headers.authorization, "Bearer hf_right_token", "the Hub got the token")
+  local cdn = fx.requests("^/cdn/")
+  t.ok(#cdn > 0, "the download went on to the other host")
+  for _, c in ipairs(cdn) do t.eq(c.headers.authorization, nil, "no token after the cross-host redirect") end
+end)
+
+test("a .gguf that is not GGUF is not compatible: 8, nothing installed", function()
+  local fx = servers.fixture()
+  fx.hub_put("org/fake", "fake.gguf", "<html>Sign in</html>\n" .. t.bytes(2000, 8))
+  local reg = recipe('model "fake" { framework = "llamacpp", url = hf "org/fake" "fake.gguf" }\n')
+  local store = t.tmpdir("store")
+  local r = t.status(pull(store, reg, "fake", { HF_ENDPOINT = fx.url }), 8, "format")
+  t.match(r.stderr, "fake%.gguf: not a GGUF file", "message")
+  t.ok(not t.exists(model_dir(store, "llamacpp", "fake")), "nothing installed")
+end)
+
+test("the URL checker reports each URL against the fixture Hub and fails on dead or disagreeing ones", function()
+  local fx = servers.fixture()
+  local data = gguf(300000, 9)
+  fx.hub_put("chk/good", "good.gguf", data)
+  fx.hub_put("chk/good", "tokenizer.json", '{"a":1}')
+  fx.hub_put("chk/snap", "config.json", "{}")
+  fx.hub_put("chk/snap", "model.safetensors", safetensors())
+  fx.hub_put("chk/gated", "x.gguf", data)
+  fx.hub_gate("chk/gated", "hf_tok")
+  local sha = t.sha256(data)
+  local reg = recipe(string.format([[
+framework "llamacpp"
+model "chk-good"  { url = hf "chk/good" "good.gguf", size = %d, sha256 = "%s" }
+model "chk-about" { url = hf "chk/good" "good.gguf", size = "300 KB" }
+model "chk-size"  { url = hf "chk/good" "good.gguf", size = 12345 }
+model "chk-sha"   { url = hf "chk/good" "good.gguf", sha256 = "%s" }
+model "chk-dead"  { url = hf "chk/good" "missing.gguf" }
+model "chk-snap"  { framework = "mlx", hub = { repo = "chk/snap", include = { "*.json", "*.safetensors" } } }
+model "chk-files" { framework = "other", files = hf "chk/good" { "tokenizer.json" } }
+model "chk-gated" { url = hf "chk/gated" "x.gguf", auth = "hf" }
+]], #data, sha, ("0"):rep(64)))
+  local function check(ids, env)
+    local args = { "run", t.root .. "/scripts/check_urls.lua", "--json", "--registry", reg, "--cacert", servers.ca().cert }
+    for _, id in ipairs(ids) do args[#args + 1] = id end
+    local r = t.modelget(args, { env = env })
+    local by = {}
+    for line in r.stdout:gmatch("[^\n]+") do
+      local ev = cjson.decode(line)
+      by[ev.id] = by[ev.id] or {}
+      table.insert(by[ev.id], ev)
+    end
+    return r, by
+  end
+  local home = t.tmpdir("home")
+  local env = { HF_ENDPOINT = fx.url, HF_TOKEN = "", HF_HOME = "", HOME = home }
+  local r, by = check({ "chk-good", "chk-about", "chk-snap", "chk-files", "chk-gated" }, env)
+  t.status(r, 0, "all agree")
+  t.eq(by["chk-good"][1].ok, true, "good")
+  t.eq(by["chk-good"][1].status, 200, "status")
+  t.eq(by["chk-good"][1].size, #data, "size")
+  t.eq(by["chk-good"][1].stated_sha256, sha, "the Hub's stated hash")
+  t.eq(by["chk-about"][1].ok, true, "an estimate within 10%")
+  t.eq(#by["chk-snap"], 3, "the listing and two files")
+  t.eq(by["chk-files"][1].file, "tokenizer.json", "side file checked")
+  t.eq(by["chk-gated"][1].ok, true, "gated without a token is not dead")
+  t.match(by["chk-gated"][1].note, "^gated: set HF_TOKEN", "says so")
+  r, by = check({ "chk-good", "chk-size", "chk-sha", "chk-dead" }, env)
+  t.status(r, 1, "disagreements fail")
+  t.eq(by["chk-size"][1].ok, false, "exact size differs")
+  t.match(by["chk-size"][1].note, "recorded exactly 12345", "size note")
+  t.eq(by["chk-sha"][1].ok, false, "sha differs")
+  t.match(by["chk-sha"][1].note, "states sha256 " .. sha, "sha note")
+  t.eq(by["chk-dead"][1].ok, false, "dead")
+  t.eq(by["chk-dead"][1].status, 404, "404")
+  r, by = check({ "chk-gated" }, { HF_ENDPOINT = fx.url, HF_TOKEN = "hf_wrong" })
+  t.status(r, 1, "a refused token is a failure")
+  r = t.modelget({ "run", t.root .. "/scripts/check_urls.lua", "--registry", reg, "--cacert", servers.ca().cert, "chk-good" },
+    { env = env })
+  t.status(r, 0, "text output")
+  t.match(r.stdout, "ok%s+chk%-good%s+200", "a line per URL")
+  t.match(r.stdout, "1 model checked, 0 problems", "summary")
+end)
