@@ -822,11 +822,18 @@ static int ex_extract(lua_State *L) {
   x.max_entries = opt_int(L, 3, "max_entries", MG_EXTRACT_MAX_ENTRIES, 1);
   x.max_bytes = opt_int(L, 3, "max_bytes", -1, 0);
   x.free_reserve = opt_int(L, 3, "free_reserve", 0, 0);
-  int auto_strip_wanted = 0;
-  lua_getfield(L, 3, "strip_components");
-  if (lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "auto") == 0) auto_strip_wanted = 1;
+  /* strip_components, or its alias strip: N >= 0, or "auto" */
+  const char *strip_field = "strip_components";
+  if (lua_getfield(L, 3, strip_field) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_getfield(L, 3, strip_field = "strip");
+  }
+  int auto_strip_wanted = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "auto") == 0;
   lua_pop(L, 1);
-  if (!auto_strip_wanted) x.strip = (int)opt_int(L, 3, "strip_components", 0, 0);
+  if (!auto_strip_wanted) {
+    int64_t n = opt_int(L, 3, strip_field, 0, 0);
+    x.strip = n > PATH_MAX ? PATH_MAX : (int)n;
+  }
   lua_getfield(L, 3, "name"); /* 4: the archive's name in messages */
   if (!lua_isnil(L, 4) && !lua_isstring(L, 4)) luaL_error(L, "bad option 'name' (a string expected)");
   x.name = lua_isnil(L, 4) ? base_name(archive) : lua_tostring(L, 4);

@@ -143,6 +143,11 @@ test("strip_components drops leading folders; strip auto only a single top folde
   check_tree(dir .. "/auto", entries, 1)
   assert(core.extract(archive, dir .. "/two", { strip_components = 2 }))
   check_tree(dir .. "/two", entries, 2)
+  -- strip is another name for strip_components
+  assert(core.extract(archive, dir .. "/alias-auto", { strip = "auto" }))
+  check_tree(dir .. "/alias-auto", entries, 1)
+  assert(core.extract(archive, dir .. "/alias-two", { strip = 2 }))
+  check_tree(dir .. "/alias-two", entries, 2)
 
   -- zip without folder entries: the top folder is only implied
   local flat = { { path = "top/a.txt", data = "a" }, { path = "top/sub/b.txt", data = "b" } }
@@ -185,6 +190,31 @@ test("links that stay inside are kept; hard links share the data", function()
   end
 end)
 
+test("hard links follow strip_components; sparse files keep their holes and bytes", function()
+  local dir = t.tmpdir("strip-links")
+  local archive = A.make("tar", dir .. "/h.tar", {
+    { path = "top/w.bin", data = "weights" },
+    { path = "top/sub/same.bin", type = "hardlink", target = "top/w.bin" },
+  })
+  assert(core.extract(archive, dir .. "/out", { strip_components = "auto" }))
+  t.eq(t.read(dir .. "/out/sub/same.bin"), "weights", "hard link made after stripping")
+  local _, msg, code = core.extract(archive, dir .. "/out2", { strip_components = 2 })
+  t.eq(code, "EARCHIVE", "a hard link whose target is stripped away")
+  t.match(msg, "entry 'top/sub/same%.bin': a hard link to 'top/w%.bin', which is not a file extracted before it", "message")
+
+  -- GNU tar's sparse format: 6 MiB with two small data regions
+  local src = dir .. "/src"
+  t.write(src .. "/sparse.bin", "")
+  t.status(t.sh(string.format("cd %s && truncate -s 6M sparse.bin && printf start | dd of=sparse.bin conv=notrunc "
+    .. "2>/dev/null && printf middle | dd of=sparse.bin bs=1 seek=3145728 conv=notrunc 2>/dev/null && "
+    .. "tar --format=gnu -S -cf ../sparse.tar sparse.bin", t.shquote(src))), 0, "tar -S")
+  local r = assert(core.extract(dir .. "/sparse.tar", dir .. "/sparse"))
+  t.eq(r.bytes, 6 * MiB, "holes count as expanded bytes")
+  t.eq(core.stat(dir .. "/sparse/sparse.bin").size, 6 * MiB, "size")
+  t.eq(core.sha256_file(dir .. "/sparse/sparse.bin"), core.sha256_file(src .. "/sparse.bin"), "content")
+  t.ok(core.stat(dir .. "/sparse/sparse.bin").disk < MiB, "the holes stay holes")
+end)
+
 test("UTF-8 names come through in tar, zip and 7z", function()
   local dir = t.tmpdir("utf8")
   for _, kind in ipairs({ "tar.gz", "zip", "7z" }) do
@@ -225,6 +255,7 @@ local function refused(kind, make_entries, opts, entry, reason)
     local r, msg, code = core.extract(archive, dest, opts)
     t.eq(r, nil, "result")
     t.eq(code, "EARCHIVE", "code (" .. tostring(msg) .. ")")
+    if type(entry) == "function" then entry = entry(base) end
     local head = "^archive%." .. lit(kind) .. ": " .. (entry and ("entry '" .. lit(entry) .. "': ") or "")
     t.match(msg, head, "the message names the archive and the entry")
     t.match(msg, reason, "the reason")
@@ -250,9 +281,9 @@ local hostile = {
     "model/..\\..\\outside\\evil.txt", "backslash" },
   { "a Windows drive path", "zip", one({ path = "C:/outside/evil.txt", data = "x" }), "C:/outside/evil.txt", "drive" },
   { "an absolute path", "tar", function(base) return { { path = base .. "/outside/evil.txt", data = "x" } } end,
-    nil, "absolute path" },
+    function(base) return base .. "/outside/evil.txt" end, "absolute path" },
   { "an absolute zip path", "zip", function(base) return { { path = base .. "/outside/evil.txt", data = "x" } } end,
-    nil, "absolute path" },
+    function(base) return base .. "/outside/evil.txt" end, "absolute path" },
   { "a symlink out of the folder", "tar", one({ path = "model/out", type = "symlink", target = "../../outside" }),
     "model/out", "points outside" },
   { "a zip symlink out of the folder", "zip", one({ path = "model/out", type = "symlink", target = "../../outside/keep.txt" }),
