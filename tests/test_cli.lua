@@ -147,7 +147,7 @@ test("pull on a pipe: plain lines, no ANSI; the model is installed and says wher
   t.match(r.stdout, "downloading piped", "start line")
   t.match(r.stdout, "piped%.gguf  %d+%%", "a plain progress line with a percentage")
   t.match(r.stdout, "verified piped: piped%.gguf", "verify line")
-  t.match(r.stdout, "installed piped %(1%.5 MiB%) in " .. store:gsub("%p", "%%%0") .. "/models/llamacpp/piped\n",
+  t.match(r.stdout, "installed piped %(1%.6 MB%) in " .. store:gsub("%p", "%%%0") .. "/models/llamacpp/piped\n",
     "done line")
   t.eq(r.stderr, "", "stderr")
   t.eq(t.sha256_file(store .. "/models/llamacpp/piped/piped.gguf"), t.sha256(data), "installed bytes")
@@ -266,7 +266,7 @@ test("list, info, search and frameworks; --json forms parse", function()
 
   local r = t.status(run { "list" }, 0, "list")
   t.match(r.stdout, "llama%.cpp %(llamacpp%)\n", "framework heading")
-  t.match(r.stdout, "\n +cli%-tiny +CLI tiny model +200 KiB", "entry with its size")
+  t.match(r.stdout, "\n +cli%-tiny +CLI tiny model +205 KB", "entry with its size")
   r = t.status(run { "list", "--framework", "onnx" }, 0, "list --framework onnx")
   t.match(r.stdout, "cli%-onnx", "onnx entry")
   t.nomatch(r.stdout, "cli%-tiny", "llamacpp entry filtered out")
@@ -313,7 +313,7 @@ test("verify after a flipped byte: exit 4 naming the model and the file; ls and 
   t.match(r.stdout, "ok +flip", "ok line")
 
   r = t.status(mg(store, { "ls" }), 0, "ls")
-  t.match(r.stdout, "flip +llamacpp +256 KiB +ok +" .. store:gsub("%p", "%%%0"), "ls row")
+  t.match(r.stdout, "flip +llamacpp +262 KB +ok +" .. store:gsub("%p", "%%%0"), "ls row")
   local ls = events(t.status(mg(store, { "--json", "ls" }), 0, "ls --json").stdout)
   t.eq(ls[1].id, "flip", "ls --json id")
   t.eq(ls[1].bytes, #data, "ls --json bytes")

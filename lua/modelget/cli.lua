@@ -4,16 +4,13 @@
 -- the error code (DESIGN "Error codes and exit status"); --json adds an "error" event on stdout.
 local core = require "modelget.core"
 local progress = require "modelget.progress"
+local util = require "modelget.util"
 
 local M = {}
 local PROG = "modelget"
 
 -- Exit status ---------------------------------------------------------------------------------------
-M.EXIT = {
-  EUSAGE = 2, ENOENT = 2, EPOLICY = 2, ENET = 3, EHASH = 4, ESIZE = 4, ESPACE = 5, EAUTH = 6,
-  EARCHIVE = 7, EFORMAT = 8, EINPUT = 9, EINTR = 130,
-}
-function M.exit_status(code) return M.EXIT[code] or 1 end
+M.exit_status = util.exit_status
 
 -- What to do, per error code; the facade's message says what happened.
 local HINTS = {
@@ -34,16 +31,6 @@ local HINTS = {
 }
 
 -- Numbers -------------------------------------------------------------------------------------------
-local SUFFIX = { [""] = 1, K = 1024, M = 1024 ^ 2, G = 1024 ^ 3, T = 1024 ^ 4 }
-
--- "500K", "20M", "1.5G", "1048576" (binary multiples, like curl) -> bytes/s; nil when malformed.
-function M.parse_rate(s)
-  local num, unit = tostring(s):upper():match("^(%d+%.?%d*)([KMGT]?)I?B?$")
-  local n = tonumber(num)
-  if not n then return nil end
-  return math.floor(n * SUFFIX[unit] + 0.5)
-end
-
 local function whole(min)
   return function(s)
     local n = math.tointeger(tonumber(s))
@@ -63,7 +50,7 @@ local function seconds(min_exclusive)
 end
 
 local function rate(s)
-  local n = M.parse_rate(s)
+  local n = util.parse_size(s)
   if n and n > 0 then return n end
   return nil, "a rate such as 500K, 20M, 1.5G or plain bytes per second"
 end
@@ -245,7 +232,7 @@ function Ctx:fail(message, code, extra)
   end
   io.stderr:write(PROG, ": ", one_line(message), hint and hint ~= false and ("; " .. hint) or "", "\n")
   io.stderr:flush()
-  return M.exit_status(code)
+  return util.exit_status(code)
 end
 
 function Ctx:usage(fmt, ...)
@@ -432,7 +419,7 @@ command("info", {
     end
     rows[#rows + 1] = { "auth", e.auth and tostring(e.auth == true and "required" or e.auth) or "none" }
     if e.tags and #e.tags > 0 then rows[#rows + 1] = { "tags", table.concat(e.tags, ", ") } end
-    if e.memory then rows[#rows + 1] = { "memory", tostring(e.memory) } end
+    if e.memory then rows[#rows + 1] = { "memory", progress.bytes(e.memory) .. " to run" } end
     if e.description then rows[#rows + 1] = { "description", one_line(e.description) } end
     if e.source then rows[#rows + 1] = { "source", e.source } end
     rows[#rows + 1] = { "installed", e.installed and ("yes, in " .. (e.path or "?")) or "no" }

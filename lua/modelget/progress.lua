@@ -11,15 +11,12 @@ local REDRAW_EVERY = 0.1   -- seconds between two redraws on a terminal
 local PLAIN_EVERY = 5      -- seconds between two plain lines for one file (besides every 10 %)
 
 -- Formatting ---------------------------------------------------------------------------------------
-local UNITS = { "B", "KiB", "MiB", "GiB", "TiB" }
+local util = require "modelget.util"
 
--- 1536 -> "1.5 KiB"; nil -> "?"
+-- Decimal units, as the Hub and the recipes state sizes: 1500000 -> "1.5 MB"; nil -> "?".
 function M.bytes(n)
   if type(n) ~= "number" then return "?" end
-  local i = 1
-  while n >= 1024 and i < #UNITS do n = n / 1024; i = i + 1 end
-  if i == 1 then return string.format("%d B", math.floor(n)) end
-  return string.format(n >= 100 and "%.0f %s" or "%.1f %s", n, UNITS[i])
+  return util.human(math.floor(n))
 end
 
 function M.rate(n)
