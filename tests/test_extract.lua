@@ -486,7 +486,10 @@ test("an interrupt stops the extraction and removes what it wrote", function()
     local r, err, code = core.extract(archive, dest, { on_progress = function()
       if marked then return end
       marked = true
-      io.open(marker, "w"):close()
+      local f = io.open(marker .. ".tmp", "w")
+      f:write(core.getpid())
+      f:close()
+      os.rename(marker .. ".tmp", marker)
       -- hold the extraction here until the signal lands (it is checked right after)
       for _ = 1, 1200 do
         if core.interrupted() then break end
@@ -502,11 +505,11 @@ test("an interrupt stops the extraction and removes what it wrote", function()
     pid=$!
     i=0
     while [ ! -e %s ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done
-    kill -INT $pid
+    kill -INT "$(cat %s)"
     wait $pid
     echo "status=$?"
   ]], t.shquote(t.bin), t.shquote(script), t.shquote(archive), t.shquote(dest), t.shquote(marker),
-    t.shquote(dir .. "/stderr"), t.shquote(marker)))
+    t.shquote(dir .. "/stderr"), t.shquote(marker), t.shquote(marker)))
   local r = t.sh("sh " .. t.shquote(run))
   t.eq(r.stdout:match("status=(%d+)"), "130", "exit status (stderr: " .. tostring(t.read(dir .. "/stderr")) .. ")")
   t.match(t.read(dir .. "/stderr"), "big%.tgz: extraction interrupted EINTR", "message and code")
