@@ -88,6 +88,7 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     { { "--retries", "-1", "ls" }, "bad value for %-%-retries" },
     { { "--stall-timeout", "0", "ls" }, "bad value for %-%-stall%-timeout" },
     { { "ls", "--store" }, "%-%-store needs a value" },
+    { { "--cacert", "/nonexistent/ca.pem", "ls" }, "bad value for %-%-cacert: '/nonexistent/ca%.pem' %(no such file%)" },
     { { "info" }, "info needs ID" },
     { { "ls", "extra" }, "ls takes no arguments" },
     { { "list", "--force" }, "%-%-force does not apply to list" },

@@ -55,6 +55,12 @@ local function rate(s)
   return nil, "a rate such as 500K, 20M, 1.5G or plain bytes per second"
 end
 
+local function existing_file(s)
+  local st = core.stat(s)
+  if st and st.type ~= "dir" then return s end
+  return nil, st and "a file, not a folder" or "no such file"
+end
+
 local function sha256_hex(s)
   if #s == 64 and s:match("^%x+$") then return s:lower() end
   return nil, "64 hexadecimal digits"
@@ -67,7 +73,7 @@ local OPTIONS = {
     help = "store root (default $MODELGET_HOME, else $XDG_DATA_HOME/modelget, else ~/.local/share/modelget)" },
   { long = "registry", arg = "PATH", global = true, multi = true,
     help = "an extra recipe file or folder (repeatable; also $MODELGET_REGISTRY_PATH, :-separated)" },
-  { long = "cacert", arg = "FILE", global = true,
+  { long = "cacert", arg = "FILE", global = true, check = existing_file,
     help = "CA bundle (default $MODELGET_CA_BUNDLE, $SSL_CERT_FILE, $CURL_CA_BUNDLE, else the system's)" },
   { long = "json", global = true, help = "machine-readable output: one JSON object a line on stdout" },
   { long = "quiet", short = "q", global = true, help = "no progress output" },
