@@ -162,6 +162,7 @@ local function check_file(field, v)
     name = v.name ~= nil and check_relpath(field .. ".name", v.name) or nil,
     sha256 = v.sha256 ~= nil and check_sha(field .. ".sha256", v.sha256) or nil,
     size = v.size ~= nil and check_size(field .. ".size", v.size) or nil,
+    size_exact = math.type(v.size) == "integer" or nil,
     optional = v.optional ~= nil and check_bool(field .. ".optional", v.optional) or nil,
   }
   f.name = f.name or util.url_filename(f.url)
