@@ -141,7 +141,7 @@ end
 -- A Hub snapshot: list the tree, HEAD every selected file, compare the total with the estimate.
 local function check_hub(entry)
   local spec = entry.hub
-  local tree_url = hub.tree_url(spec.repo, spec.revision)
+  local tree_url = hub.tree_url(spec.repo, spec.revision, nil, spec.dir)
   request(tree_url, 16 * 1024 * 1024, function(r)
     local line = { id = entry.id, url = tree_url, file = spec.repo .. " (listing)", status = r.status }
     if not r.ok then

@@ -14,6 +14,8 @@ test("HF_ENDPOINT replaces https://huggingface.co, and only that host", function
   t.eq(hub.rewrite("https://example.com/huggingface.co/x", env), "https://example.com/huggingface.co/x", "in a path")
   t.eq(hub.rewrite("https://huggingface.co/x", {}), "https://huggingface.co/x", "no endpoint: unchanged")
   t.eq(hub.tree_url("org/m", "main", env), "https://127.0.0.1:8443/api/models/org/m/tree/main?recursive=true", "tree")
+  t.eq(hub.tree_url("org/m", "main", {}, "cpu and mobile/int4"),
+    "https://huggingface.co/api/models/org/m/tree/main/cpu%20and%20mobile/int4?recursive=true", "one folder")
   t.eq(hub.tree_url("org/m", "refs/pr/1", {}), "https://huggingface.co/api/models/org/m/tree/refs%2Fpr%2F1?recursive=true",
     "revision encoded")
 end)

@@ -72,6 +72,7 @@ model "single-onnx" { url = hf "org/single-onnx" "onnx/model.onnx" }
 ]])
   local store = t.tmpdir("store")
   t.status(pull(store, reg, "tiny-onnx", { HF_ENDPOINT = fx.url }), 0, "snapshot")
+  t.eq(#fx.requests("^/api/models/microsoft/Tiny%-onnx/tree/main/cpu/int4$"), 1, "only the folder is listed")
   t.eq(files_of(model_dir(store, "onnx", "tiny-onnx")), "genai_config.json,model.onnx,model.onnx.data,tokenizer.json",
     "the folder's files, flat")
   t.status(pull(store, reg, "single-onnx", { HF_ENDPOINT = fx.url }), 0, "single file")

@@ -66,10 +66,11 @@ function hub.parse(url, env)
   return repo, util.url_decode(revision), util.url_decode(path)
 end
 
--- The tree listing of a repo at a revision, every folder deep.
-function hub.tree_url(repo, revision, env)
-  return string.format("%s/api/models/%s/tree/%s?recursive=true", hub.endpoint(env), repo,
-    encode_segment(revision or "main"))
+-- The tree listing of a repo at a revision (or of one folder of it), every folder deep. Listed paths
+-- are the repo's full paths either way.
+function hub.tree_url(repo, revision, env, dir)
+  return string.format("%s/api/models/%s/tree/%s%s?recursive=true", hub.endpoint(env), repo,
+    encode_segment(revision or "main"), dir and ("/" .. encode_path(dir)) or "")
 end
 
 -- Glob patterns on repo paths: "*" and "?" stay within one folder, "**" crosses folders and "**/"
@@ -158,7 +159,7 @@ end
 -- the Hub token).
 function hub.list_files(entry, fetch_json, env)
   local spec = entry.hub
-  local tree, err, code = fetch_json(hub.tree_url(spec.repo, spec.revision, env))
+  local tree, err, code = fetch_json(hub.tree_url(spec.repo, spec.revision, env, spec.dir))
   if not tree then return nil, err, code end
   return hub.select(tree, spec)
 end
