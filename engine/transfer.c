@@ -30,7 +30,7 @@
 #define SESSION_MT "modelget.Session"
 #define TRANSFER_MT "modelget.Transfer"
 
-#define RING_SIZE ((size_t)2 << 20)          /* bytes between the write callback and the hash thread */
+#define RING_SIZE ((size_t)1 << 20)          /* bytes between the write callback and the hash thread */
 #define INLINE_HASH_LIMIT ((uint64_t)1 << 20) /* a body up to this size is hashed inline */
 #define PREFIX_STEP ((uint64_t)16 << 20)      /* kept prefix re-hashed in steps (abort checks between) */
 #define STATE_EVERY_BYTES ((uint64_t)16 << 20)

@@ -170,6 +170,29 @@ test("the file changed on the server between attempts: If-Range fails, the new f
   t.eq(read_state(partial).etag, r.etag, "state holds the new validator")
 end)
 
+test("a big kept prefix: re-hashed in steps, abandoned on a restart, resumed again", function()
+  local fx = servers.fixture()
+  local size = 40 * 1000 * 1000
+  assert(os.execute("head -c " .. size .. " /dev/urandom > " .. t.shquote(fx.root .. "/files/bigkept.bin")))
+  local want = core.sha256_file(fx.root .. "/files/bigkept.bin")
+  local url = fx.url .. "/f/bigkept.bin"
+  local partial = t.tmpdir("bigkept") .. "/big"
+  fx.script("bigkept.bin", { { cut = 36000000 }, { ignore_range = true, cut = 37000000 } })
+  t.eq(fetch({ url = url, partial = partial }).ok, false, "cut")
+  t.eq(size_of(partial), 36000000, "kept")
+  local second = fetch { url = url, partial = partial }
+  t.eq(second.ok, false, "cut again")
+  t.eq(second.restart, true, "the server ignored Range: the kept prefix was dropped")
+  t.eq(size_of(partial), 37000000, "the new bytes")
+  fx.clear_log()
+  local r = fetch { url = url, partial = partial }
+  t.eq(r.ok, true, "ok")
+  t.eq(r.resumed_from, 37000000, "resumed")
+  t.eq(r.sha256, want, "sha256 over a prefix hashed in steps and the new bytes")
+  t.eq(core.sha256_file(partial), want, "file on disk")
+  t.eq(fx.requests("^/f/bigkept")[1].headers.range, "bytes=37000000-", "Range")
+end)
+
 test("kept bytes the server cannot serve (416): start over, retryable", function()
   local fx, data, url, partial = fixture_file("shrunk.bin", 100000)
   -- A partial from a longer file with the same validator: the server answers bytes=150000- with 416.
