@@ -133,7 +133,6 @@ local function json()
   if not cjson then
     cjson = require("cjson").new()
     cjson.encode_sparse_array(true)
-    cjson.encode_escape_forward_slash(false)
   end
   return cjson
 end
@@ -147,7 +146,9 @@ function util.json_decode(text, source)
   return v
 end
 
-function util.json_encode(v) return json().encode(v) end
+-- JSON text; slashes left unescaped (cjson escapes every "/", and "\\" stays "\\\\", so
+-- turning each "\\/" back into "/" is exact).
+function util.json_encode(v) return (json().encode(v):gsub("\\/", "/")) end
 
 function util.json_null() return json().null end
 
