@@ -113,6 +113,7 @@ struct Transfer {
   char *body;
   size_t body_len, body_cap;
   int user_paused, rate_paused, curl_paused;
+  int rate_ticket;            /* unpaused by a refill: its next delivery goes through, even into debt */
   int discard;                /* going away: callbacks swallow whatever libcurl still delivers */
   Sample samples[SPEED_SAMPLES];
   int nsamples, sample_pos;
@@ -715,12 +716,15 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
   }
   if (t->head) return len;
   Session *s = t->session;
-  if (t->user_paused || (s && s->limit_rate > 0 && s->tokens <= 0)) {
+  if (t->user_paused || (s && s->limit_rate > 0 && s->tokens <= 0 && !t->rate_ticket)) {
     if (!t->user_paused) t->rate_paused = 1;
     t->curl_paused = 1;
     return CURL_WRITEFUNC_PAUSE;
   }
-  if (s && s->limit_rate > 0) s->tokens -= (double)len;
+  if (s && s->limit_rate > 0) {
+    t->rate_ticket = 0;
+    s->tokens -= (double)len;
+  }
   if (t->memory) {
     if (t->body_len + len > t->memory_max) {
       char cap[32], what[96];
@@ -1081,13 +1085,15 @@ static void refill(Session *s, double now) {
   if (s->tokens > burst) s->tokens = burst;
   s->token_at = now;
   if (s->tokens <= 0) return;
+  /* Every waiting transfer gets to go, so they share the budget; what they take beyond it is a debt
+   * (tokens below zero) that the next refills repay, so the long-run rate stays the cap. */
   for (Transfer *t = s->first; t; t = t->next) {
     if (t->state == ST_RUNNING && t->rate_paused && !t->user_paused && t->easy) {
       t->rate_paused = 0;
       t->curl_paused = 0;
+      t->rate_ticket = 1;
       t->activity_at = now;
       curl_easy_pause(t->easy, CURLPAUSE_CONT); /* may deliver (and pause again) right here */
-      if (s->tokens <= 0) break;
     }
   }
 }

@@ -503,9 +503,18 @@ test("limit_rate caps the total across transfers", function()
   local a = s:add { url = ng.put("rate/a.bin", t.bytes(500000, 40)), partial = dir .. "/a" }
   local b = s:add { url = ng.put("rate/b.bin", t.bytes(500000, 41)), partial = dir .. "/b" }
   local t0 = core.now()
+  local other_at_first_end
+  until_(s, function()
+    local pa, pb = a:progress(), b:progress()
+    if pa.state == "done" then other_at_first_end = pb.completed end
+    if pb.state == "done" then other_at_first_end = pa.completed end
+    return other_at_first_end ~= nil
+  end)
   local rs = drive(s, { a, b })
   local took = core.now() - t0
   t.ok(rs[1].ok and rs[2].ok, "both ok")
+  t.ok(other_at_first_end > 200000, "both move under the shared cap (the other had "
+    .. other_at_first_end .. " of 500000 bytes when the first ended)")
   -- 1 MB at 400 kB/s is 2.5 s; generous bounds on the cap itself
   t.ok(took >= 2.0, "not faster than the cap: " .. took)
   t.ok(took <= 8, "not far slower than the cap: " .. took)
