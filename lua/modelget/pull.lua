@@ -92,7 +92,9 @@ local function plan_files(sched, entry, rule, ctx)
     local name = main_file_name(entry)
     local urls = { hub.rewrite(entry.url) }
     for _, u in ipairs(rewrite_all(entry.alt or {})) do urls[#urls + 1] = u end
-    files[#files + 1] = { path = name, urls = urls, sha256 = entry.sha256, size = entry.size, main = true,
+    -- A recipe's size is an estimate ("669 MB") unless it was given in exact bytes (size_exact).
+    files[#files + 1] = { path = name, urls = urls, sha256 = entry.sha256, main = true,
+                          size = entry.size_exact and entry.size or nil, estimate = entry.size,
                           archive = entry.unzip or nil }
   end
   if entry.hub then
@@ -117,7 +119,8 @@ local function plan_files(sched, entry, rule, ctx)
       seen[path] = true
       local urls = { hub.rewrite(f.url) }
       for _, u in ipairs(rewrite_all(f.alt or {})) do urls[#urls + 1] = u end
-      files[#files + 1] = { path = path, urls = urls, sha256 = f.sha256, size = util.parse_size(f.size),
+      files[#files + 1] = { path = path, urls = urls, sha256 = f.sha256,
+                            size = math.type(f.size) == "integer" and f.size or nil, estimate = util.parse_size(f.size),
                             optional = f.optional, side = true }
     end
   end
@@ -177,7 +180,7 @@ local function extract(archive, staging, entry, rule, emit, archive_size)
   local cap = math.max(100 * archive_size, 64 * 1024 * 1024)
   local r, err, ecode = core.extract(archive, staging, {
     strip_components = layout.strip_components, strip = layout.strip,
-    max_bytes = math.min(cap, free),
+    max_bytes = cap, free_reserve = 0, total = info.expanded, name = entry.file or entry.id,
     on_progress = function(p)
       emit { event = "extract", id = entry.id, entries = p.entries, completed = p.bytes, total = p.total or info.expanded }
     end,
@@ -230,9 +233,10 @@ function pull.run(sched, entry, ctx)
     -- Storage: what is still to come (times two for an archive) against free space, before any body.
     local need = 0
     for _, f in ipairs(files) do
-      if f.size then
+      local size = f.size or f.estimate
+      if size then
         local have = (core.stat(partial_path(pdir, f.path)) or {}).size or 0
-        need = need + math.max(0, f.size - have) + (f.archive and f.size or 0)
+        need = need + math.max(0, size - have) + (f.archive and size or 0)
       end
     end
     local free = core.free_space(pdir)

@@ -121,10 +121,11 @@ function t.sh(cmdline, opts)
   opts = opts or {}
   local dir = t.tmpdir("sh")
   local errf = dir .. "/stderr"
-  local envs = {}
+  local unset, set = {}, {}
   for k, v in pairs(opts.env or {}) do
-    envs[#envs + 1] = v == false and ("-u " .. k) or (k .. "=" .. shquote(v))
+    if v == false then unset[#unset + 1] = "-u " .. k else set[#set + 1] = k .. "=" .. shquote(v) end
   end
+  local envs = table.move(set, 1, #set, #unset + 1, unset) -- env wants its -u options first
   local prefix = #envs > 0 and ("env " .. table.concat(envs, " ") .. " ") or ""
   local input = opts.stdin and (" < " .. shquote(t.write(dir .. "/stdin", opts.stdin))) or " < /dev/null"
   local p = io.popen(prefix .. cmdline .. input .. " 2> " .. shquote(errf), "r")
