@@ -229,6 +229,27 @@ test("every URL dead: exit 3, one line naming the URL and what to do", function(
   t.match(line, "%-%-alt URL", "says what to do")
 end)
 
+test("MODELGET_CA_BUNDLE, SSL_CERT_FILE and CURL_CA_BUNDLE name the CA bundle when --cacert is not given", function()
+  local ng = servers.nginx()
+  local data = gguf(50 * KiB)
+  local url = ng.put("cli/envca.gguf", data)
+  local VARS = { "MODELGET_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE" }
+  local function only(var)
+    local env = {}
+    for _, v in ipairs(VARS) do env[v] = v == var and servers.ca().cert or false end
+    return env
+  end
+  for _, var in ipairs(VARS) do
+    local store = t.tmpdir("envca-" .. var)
+    t.status(t.modelget({ "--store", store, "pull", url, "-q" }, { env = only(var) }), 0, "pull with " .. var)
+    t.eq(t.sha256_file(store .. "/models/llamacpp/envca/envca.gguf"), t.sha256(data), "bytes with " .. var)
+  end
+  -- Without any, the system's bundle does not know the test CA: the certificate is refused.
+  local r = t.status(t.modelget({ "--store", t.tmpdir("envca-none"), "pull", url, "--retries", "1" }, { env = only() }),
+    3, "no CA")
+  one_error_line(r, "certificate")
+end)
+
 test("several targets at once: each installed; a bad one fails the status but not the others", function()
   local ng = servers.nginx()
   local a, b = gguf(200 * KiB), gguf(300 * KiB)
