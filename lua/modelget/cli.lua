@@ -333,9 +333,6 @@ local function sort_entries(entries, order)
   return entries
 end
 
-local function entry_list(catalog)
-  local list = {}
-  for _, e in ipairs(catalog:entries()) do list[#list + 1] = e end
   return list
 end
 
@@ -384,9 +381,8 @@ command("list", {
     if not catalog then return status end
     local installed = installed_set(mg, ctx.opts)
     local shown = {}
-    for _, e in ipairs(entry_list(catalog)) do
-      if (not ctx.opts.framework or e.framework == ctx.opts.framework)
-        and (not ctx.opts.installed or installed[e.id]) then
+    for _, e in ipairs(catalog:entries(ctx.opts.framework)) do
+      if not ctx.opts.installed or installed[e.id] then
         shown[#shown + 1] = e
       end
     end
@@ -437,27 +433,13 @@ command("info", {
 
 command("search", {
   usage = "search WORDS",
-  summary = "entries whose id, name or tags match every word",
+  summary = "entries whose id, name, tags or framework match every word",
   min = 1,
   run = function(ctx)
     local mg = ctx:facade()
     local catalog, status = ctx:catalog()
     if not catalog then return status end
-    local words = {}
-    for _, a in ipairs(ctx.args) do
-      for w in a:lower():gmatch("%S+") do words[#words + 1] = w end
-    end
-    local found = {}
-    for _, e in ipairs(entry_list(catalog)) do
-      local text = { e.id:lower(), (e.name or ""):lower() }
-      for _, tag in ipairs(e.tags or {}) do text[#text + 1] = tostring(tag):lower() end
-      local hay = table.concat(text, "\0")
-      local all = true
-      for _, w in ipairs(words) do
-        if not hay:find(w, 1, true) then all = false; break end
-      end
-      if all then found[#found + 1] = e end
-    end
+    local found = catalog:search(table.concat(ctx.args, " "))
     if #found == 0 then
       return ctx:fail("nothing matches '" .. table.concat(ctx.args, " ") .. "'", "ENOMATCH",
         { hint = "see modelget list" })
