@@ -333,9 +333,6 @@ local function sort_entries(entries, order)
   return entries
 end
 
-  return list
-end
-
 -- Prints entries grouped under their framework's title, "*" marking the installed ones.
 function Ctx:show_entries(entries, installed)
   local mg = self:facade()
