@@ -229,6 +229,10 @@ function pull.run(sched, entry, ctx)
     local pdir = store.partial_dir(root, entry.framework, entry.id)
     local ok, merr, mcode = core.mkdirs(pdir)
     if not ok then return nil, merr, mcode end
+    -- A staging folder left by a pull that was killed: ours to clear, we hold the lock.
+    for _, name in ipairs(core.listdir(pdir) or {}) do
+      if name:match("^staging%.") then core.rmtree(pdir .. "/" .. name) end
+    end
 
     -- Storage: what is still to come (times two for an archive) against free space, before any body.
     local need = 0

@@ -1,0 +1,111 @@
+-- pull --unzip end to end: the archive is downloaded and verified, extracted into a staging folder,
+-- and renamed into the store in one step; hostile or broken archives install nothing.
+local t = require "t"
+local servers = require "servers"
+local archives = require "archives"
+local core = require "modelget.core"
+
+local MiB = 1024 * 1024
+
+local function pull(store, args)
+  local argv = { "pull", "--store", store, "--cacert", servers.ca().cert, "--retry-wait", "0.05" }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return t.modelget(argv)
+end
+
+local function serve_archive(kind, name, entries)
+  local path = archives.make(kind, t.tmpdir("archive") .. "/" .. name, entries)
+  return servers.nginx().put("archives/" .. name, t.read(path)), path
+end
+
+local function no_staging(store)
+  for _, f in ipairs(t.tree(store .. "/partial")) do t.nomatch(f, "staging", "staging left: " .. f) end
+end
+
+local good = {
+  { path = "model/" },
+  { path = "model/weights/" },
+  { path = "model/weights/big.bin", data = t.bytes(3 * MiB, 31) },
+  { path = "model/weights/small.bin", data = t.bytes(1000, 32) },
+  { path = "model/config.json", data = '{"layers": 2}' },
+}
+
+for _, kind in ipairs(archives.kinds) do
+  test("--unzip installs a " .. kind .. " archive's files byte for byte, without the archive", function()
+    local name = "bundle-" .. kind:gsub("%.", "-") .. "." .. kind
+    local url, local_path = serve_archive(kind, name, good)
+    local store = t.tmpdir("store-" .. kind)
+    t.status(pull(store, { url, "--framework", "other", "--unzip", "--sha256", t.sha256_file(local_path), "-q" }),
+      0, "pull --unzip")
+    local id = name:gsub("%.tar%.%w+$", ""):gsub("%.%w+$", "")
+    local dir = store .. "/models/other/" .. id
+    for _, e in ipairs(good) do
+      if e.data then t.eq(t.sha256_file(dir .. "/" .. e.path), t.sha256(e.data), e.path) end
+    end
+    t.ok(not t.exists(dir .. "/" .. name), "the archive itself is not kept")
+    no_staging(store)
+  end)
+end
+
+test("a hostile archive: exit 7 naming the entry, nothing installed, nothing written outside", function()
+  local url = serve_archive("tar.gz", "evil.tar.gz", {
+    { path = "ok.txt", data = "fine" },
+    { path = "../../escaped.txt", data = "owned" },
+  })
+  local outer = t.tmpdir("outer-evil")
+  local store = outer .. "/store"
+  local r = t.status(pull(store, { url, "--framework", "other", "--unzip", "-q" }), 7, "pull")
+  t.match(r.stderr, "%.%./%.%./escaped%.txt", "names the entry")
+  t.ok(not t.exists(store .. "/models/other/evil"), "no model folder")
+  for _, f in ipairs(t.tree(outer)) do t.nomatch(f, "escaped", "written outside: " .. f) end
+  no_staging(store)
+end)
+
+test("a symlink planted to the outside: exit 7", function()
+  local url = serve_archive("tar", "link.tar", {
+    { path = "weights", type = "symlink", target = "/etc" },
+  })
+  local store = t.tmpdir("store-link")
+  local r = t.status(pull(store, { url, "--framework", "other", "--unzip", "-q" }), 7, "pull")
+  t.match(r.stderr, "weights", "names the entry")
+  t.ok(not t.exists(store .. "/models/other/link"), "no model folder")
+end)
+
+test("a truncated archive: exit 7, nothing installed", function()
+  local path = archives.make("tar.xz", t.tmpdir("trunc") .. "/full.tar.xz", good)
+  local data = t.read(path)
+  local url = servers.nginx().put("archives/cut.tar.xz", data:sub(1, #data // 2))
+  local store = t.tmpdir("store-trunc")
+  t.status(pull(store, { url, "--framework", "other", "--unzip", "-q" }), 7, "pull")
+  t.ok(not t.exists(store .. "/models/other/cut"), "no model folder")
+  no_staging(store)
+end)
+
+test("a pull killed during extraction leaves no model folder; the next pull completes", function()
+  local entries = {}
+  for i = 1, 20000 do entries[#entries + 1] = { path = string.format("shard/%05d.bin", i), data = t.bytes(512, i) } end
+  local url = serve_archive("tar", "many.tar", entries)
+  local store = t.tmpdir("store-killx")
+  local pidfile = t.tmpdir("killx") .. "/pid"
+  t.sh(string.format("(%s pull %s --store %s --cacert %s --framework other --unzip -q & echo $! > %s) >/dev/null 2>&1",
+    t.shquote(t.bin), t.shquote(url), t.shquote(store), t.shquote(servers.ca().cert), t.shquote(pidfile)))
+  local pid = assert(t.read(pidfile)):match("%d+")
+  local pdir = store .. "/partial/other--many"
+  local staged, waited = false, 0
+  while waited < 30 and not staged do
+    for _, name in ipairs(core.listdir(pdir) or {}) do
+      if name:match("^staging") and #(core.listdir(pdir .. "/" .. name) or {}) > 0 then staged = true end
+    end
+    if not staged then core.sleep(0.005); waited = waited + 0.005 end
+  end
+  os.execute("kill -9 " .. pid .. " 2>/dev/null")
+  t.ok(staged, "the extraction had started")
+  core.sleep(0.2)
+  t.ok(not t.exists(store .. "/models/other/many"), "no model folder after the kill")
+  t.status(pull(store, { url, "--framework", "other", "--unzip", "-q" }), 0, "the next pull")
+  local dir = store .. "/models/other/many"
+  t.eq(t.sha256_file(dir .. "/shard/00001.bin"), t.sha256(t.bytes(512, 1)), "first file")
+  t.eq(t.sha256_file(dir .. "/shard/20000.bin"), t.sha256(t.bytes(512, 20000)), "last file")
+  t.eq(#core.listdir(dir .. "/shard"), 20000, "every file")
+  no_staging(store)
+end)
