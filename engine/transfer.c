@@ -866,7 +866,11 @@ static int start_transfer(Session *s, Transfer *t) {
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
   curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, BUFFER_SIZE);
+  /* Under a low cap, smaller deliveries keep the pauses short (servers drop idle connections). */
+  long buffer = BUFFER_SIZE;
+  if (s->limit_rate > 0 && s->limit_rate / 4 < (double)buffer)
+    buffer = s->limit_rate / 4 < 16384 ? 16384 : (long)(s->limit_rate / 4);
+  curl_easy_setopt(e, CURLOPT_BUFFERSIZE, buffer);
   curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
   curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, t->stall_timeout);
   if (s->connect_timeout > 0) curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, s->connect_timeout);

@@ -344,6 +344,26 @@ test("plain http:// to another host is refused before any connection", function(
   t.eq(ftp.code, "EPOLICY", "other schemes too")
 end)
 
+test("plain http:// is allowed to exactly the loopback hosts", function()
+  -- Port 1 is closed: an allowed URL fails to connect (ENET), a refused one never tries (EPOLICY).
+  local cases = {
+    ["http://127.0.0.1:1/x"] = "ENET", ["http://127.8.9.10:1/x"] = "ENET", ["http://[::1]:1/x"] = "ENET",
+    ["http://localhost:1/x"] = "ENET", ["http://LOCALHOST:1/x"] = "ENET",
+    ["http://128.0.0.1:1/x"] = "EPOLICY", ["http://localhost.example.com:1/x"] = "EPOLICY",
+    ["http://127.0.0.1.example.com:1/x"] = "EPOLICY", ["http://[::2]:1/x"] = "EPOLICY",
+    ["http://10.0.0.1:1/x"] = "EPOLICY", ["file:///etc/passwd"] = "EPOLICY", ["not a url"] = "EPOLICY",
+  }
+  local s = session { connect_timeout = 5 }
+  local list, urls = {}, {}
+  for url in pairs(cases) do
+    urls[#urls + 1] = url
+    list[#list + 1] = s:add { url = url, memory = 10 }
+  end
+  for i, r in ipairs(drive(s, list)) do
+    t.eq(r.code, cases[urls[i]], urls[i])
+  end
+end)
+
 test("a redirect to plain http:// off loopback is refused, credentials never shown", function()
   local fx = servers.fixture()
   local url = fx.put("hop.bin", "x")
