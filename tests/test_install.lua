@@ -7,11 +7,15 @@ local core = require "modelget.core"
 local q = t.shquote
 local prefix
 
--- One install for the file's tests (the normal build: a stock lua5.4 cannot load a sanitizer build).
+-- One install for the file's tests, from a build of its own: the normal flags (a stock lua5.4 cannot
+-- load a sanitizer build), and the suite's own binaries are never relinked under it.
 local function installed()
   if not prefix then
     prefix = t.tmpdir("prefix")
-    t.status(t.sh("make -s -C " .. q(t.root) .. " install PREFIX=" .. q(prefix) .. " >/dev/null"), 0, "make install")
+    local build = t.tmpdir("install-build")
+    -- Under make test-san, MAKEFLAGS carries SAN=1 down to this make: dropped, and SAN= said outright.
+    t.status(t.sh(string.format("make -s -j2 -C %s install SAN= BUILD=%s PREFIX=%s >/dev/null", q(t.root), q(build),
+      q(prefix)), { env = { MAKEFLAGS = false, MFLAGS = false, MAKELEVEL = false } }), 0, "make install")
   end
   return prefix
 end
