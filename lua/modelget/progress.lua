@@ -5,14 +5,14 @@
 --   "json"   every event as one JSON object a line
 --   "quiet"  nothing
 -- Failures are the command line's to report (one line on stderr); the reporter only draws.
+local util = require "modelget.util"
+
 local M = {}
 
 local REDRAW_EVERY = 0.1   -- seconds between two redraws on a terminal
 local PLAIN_EVERY = 5      -- seconds between two plain lines for one file (besides every 10 %)
 
 -- Formatting ---------------------------------------------------------------------------------------
-local util = require "modelget.util"
-
 -- Decimal units, as the Hub and the recipes state sizes: 1500000 -> "1.5 MB"; nil -> "?".
 function M.bytes(n)
   if type(n) ~= "number" then return "?" end
@@ -52,7 +52,7 @@ local function percent(completed, total)
 end
 
 -- Colour -------------------------------------------------------------------------------------------
-local SGR = { green = "32", red = "31", yellow = "33", cyan = "36", dim = "2", bold = "1" }
+local SGR = { green = "32", yellow = "33", cyan = "36", bold = "1" }
 
 local Reporter = {}
 Reporter.__index = Reporter
