@@ -12,6 +12,7 @@ local util = require "modelget.util"
 local hub = require "modelget.hub"
 local auth = require "modelget.auth"
 local registry = require "modelget.registry"
+local modelget = require "modelget"
 
 local USAGE = "usage: modelget run scripts/check_urls.lua [--json] [--registry PATH]... [--store DIR] "
   .. "[--cacert FILE] [--jobs N] [--tolerance PCT] [ID...]"
@@ -44,12 +45,7 @@ do
   end
 end
 
-local function cacert()
-  for _, v in ipairs { opts.cacert, os.getenv("MODELGET_CA_BUNDLE"), os.getenv("SSL_CERT_FILE"), os.getenv("CURL_CA_BUNDLE") } do
-    if v and v ~= "" then return v end
-  end
-  return nil
-end
+local function cacert() return modelget.cacert(opts) end
 
 -- Output ---------------------------------------------------------------------------------------
 local cjson = require("cjson").new()

@@ -28,11 +28,13 @@ end
 
 -- The CA bundle: --cacert, else MODELGET_CA_BUNDLE, SSL_CERT_FILE, CURL_CA_BUNDLE, else the system's.
 local function cacert(opts)
-  for _, v in ipairs { opts.cacert, os.getenv("MODELGET_CA_BUNDLE"), os.getenv("SSL_CERT_FILE"),
-                       os.getenv("CURL_CA_BUNDLE") } do
+  if opts.cacert and opts.cacert ~= "" then return opts.cacert end
+  for _, name in ipairs { "MODELGET_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE" } do
+    local v = os.getenv(name)
     if v and v ~= "" then return v end
   end
 end
+modelget.cacert = cacert
 
 function modelget.store_root(opts) return store.root(options(opts)) end
 
