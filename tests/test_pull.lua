@@ -238,29 +238,54 @@ test("several downloads at once", function()
   end
 end)
 
+-- A rate-limited pull in the background: its pid, and a file that receives its exit status.
+local function background_pull(store, url, name)
+  local dir = t.tmpdir(name)
+  local pidfile, statusfile = dir .. "/pid", dir .. "/status"
+  t.sh(string.format("(%s pull %s --store %s --cacert %s --framework other -q --limit-rate 400K 2>%s; echo $? > %s) >/dev/null 2>&1 & echo $! > %s",
+    t.shquote(t.bin), t.shquote(url), t.shquote(store), t.shquote(servers.ca().cert), t.shquote(dir .. "/stderr"),
+    t.shquote(statusfile), t.shquote(pidfile)))
+  local shell = assert(t.read(pidfile)):match("%d+")
+  -- The pull is the subshell's only child.
+  local pid
+  for _ = 1, 50 do
+    pid = t.sh("pgrep -P " .. shell).stdout:match("%d+")
+    if pid then break end
+    require("modelget.core").sleep(0.05)
+  end
+  return { status = statusfile, stderr = dir .. "/stderr", pid = assert(pid, "the background pull started") }
+end
+
+-- Waits until the file holds more than n bytes (or 20 s pass).
+local function wait_for_bytes(path, n)
+  local core = require "modelget.core"
+  for _ = 1, 200 do
+    local st = core.stat(path)
+    if st and st.size > n then return st.size end
+    core.sleep(0.1)
+  end
+end
+
+local function wait_for_file(path)
+  local core = require "modelget.core"
+  for _ = 1, 100 do
+    if t.read(path) and t.read(path) ~= "" then return t.read(path) end
+    core.sleep(0.1)
+  end
+end
+
 test("kill -9 mid-download, then pull again: resumed with Range", function()
   local fx = servers.fixture()
   local data = t.bytes(3 * MiB, 13)
   local url = fx.put("killed.bin", data)
   fx.clear_log()
   local store = store_dir("kill9")
-  local pidfile = t.tmpdir("kill9") .. "/pid"
-  -- A rate-limited pull in the background, killed once its partial holds some data.
-  t.sh(string.format("(%s pull %s --store %s --cacert %s --framework other -q --limit-rate 400K & echo $! > %s) >/dev/null 2>&1",
-    t.shquote(t.bin), t.shquote(url), t.shquote(store), t.shquote(servers.ca().cert), t.shquote(pidfile)))
-  local pid = assert(t.read(pidfile)):match("%d+")
-  local core = require "modelget.core"
+  local job = background_pull(store, url, "kill9")
   local partial = store .. "/partial/other--killed/killed.bin.part"
-  local waited = 0
-  while waited < 20 do
-    local st = core.stat(partial)
-    if st and st.size > 600000 then break end
-    core.sleep(0.1)
-    waited = waited + 0.1
-  end
-  os.execute("kill -9 " .. pid)
-  core.sleep(0.2)
-  local kept = core.stat(partial).size
+  wait_for_bytes(partial, 600000)
+  os.execute("kill -KILL " .. job.pid)
+  t.eq(tonumber(wait_for_file(job.status)), 137, "killed by SIGKILL")
+  local kept = require("modelget.core").stat(partial).size
   t.ok(kept > 0 and kept < #data, "a partial was left by the killed pull")
   t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "the second pull")
   t.eq(t.sha256_file(installed(store, "other", "killed", "killed.bin")), t.sha256(data), "bytes after resume")
@@ -275,26 +300,14 @@ test("Ctrl-C keeps the partial, exits 130, and the next pull resumes", function(
   local url = fx.put("interrupted.bin", data)
   fx.clear_log()
   local store = store_dir("sigint")
-  local pidfile = t.tmpdir("sigint") .. "/pid"
-  local statusfile = pidfile .. ".status"
-  t.sh(string.format("(%s pull %s --store %s --cacert %s --framework other -q --limit-rate 400K 2>%s.err; echo $? > %s) >/dev/null 2>&1 & echo $! > %s",
-    t.shquote(t.bin), t.shquote(url), t.shquote(store), t.shquote(servers.ca().cert), t.shquote(pidfile),
-    t.shquote(statusfile), t.shquote(pidfile)))
-  local core = require "modelget.core"
+  local job = background_pull(store, url, "sigint")
   local partial = store .. "/partial/other--interrupted/interrupted.bin.part"
-  local waited = 0
-  while waited < 20 do
-    local st = core.stat(partial)
-    if st and st.size > 500000 then break end
-    core.sleep(0.1)
-    waited = waited + 0.1
-  end
-  os.execute("pkill -INT -f " .. t.shquote("pull " .. url))
-  waited = 0
-  while not t.read(statusfile) and waited < 10 do core.sleep(0.1); waited = waited + 0.1 end
-  t.eq(tonumber(t.read(statusfile)), 130, "exit status after Ctrl-C")
-  t.match(t.read(pidfile .. ".err") or "", "resume", "says the partial is kept and how to resume")
-  t.ok(core.stat(partial) and core.stat(partial).size > 0, "partial kept")
+  wait_for_bytes(partial, 500000)
+  os.execute("kill -INT " .. job.pid)
+  t.eq(tonumber(wait_for_file(job.status)), 130, "exit status after Ctrl-C")
+  t.match(t.read(job.stderr) or "", "resume", "says the partial is kept and how to resume")
+  local st = require("modelget.core").stat(partial)
+  t.ok(st and st.size > 0, "partial kept")
   no_model(store, "other", "interrupted")
   t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "the second pull")
   t.eq(t.sha256_file(installed(store, "other", "interrupted", "interrupted.bin")), t.sha256(data), "bytes")

@@ -83,15 +83,20 @@ function modelget.scheduler(opts)
   return sched
 end
 
+-- Runs a scheduler's tasks to their end and closes it, even when a task raised (a bug).
+local function drive(sched)
+  local ok, err = pcall(sched.run, sched)
+  sched:close()
+  if not ok then error(err, 0) end
+end
+
 function modelget.pull(target, opts)
   if type(target) ~= "string" then error("bad argument #1 to 'pull': expected an id or URL", 2) end
   opts = options(opts)
   local sched = modelget.scheduler(opts)
   local r
   sched:spawn(function() r = table.pack(sched:pull(target)) end)
-  local ok, err = pcall(sched.run, sched)
-  sched:close()
-  if not ok then error(err, 0) end
+  drive(sched)
   return table.unpack(r, 1, 3)
 end
 
@@ -107,9 +112,7 @@ function modelget.pull_many(targets, opts)
       out[i] = { ok = r ~= nil, target = target, result = r, err = err, code = code }
     end)
   end
-  local ok, err = pcall(sched.run, sched)
-  sched:close()
-  if not ok then error(err, 0) end
+  drive(sched)
   return out
 end
 

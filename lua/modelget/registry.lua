@@ -5,6 +5,7 @@ local core = require "modelget.core"
 local recipe = require "modelget.recipe"
 local custom = require "modelget.custom"
 local rules = require "modelget.rules"
+local util = require "modelget.util"
 
 local registry = {}
 
@@ -69,10 +70,7 @@ function Catalog:entries(framework)
   for _, e in ipairs(self.list) do
     if not framework or e.framework == framework then out[#out + 1] = e end
   end
-  table.sort(out, function(a, b)
-    if a.framework ~= b.framework then return a.framework < b.framework end
-    return a.id < b.id
-  end)
+  table.sort(out, util.by_framework_then_id)
   return out
 end
 

@@ -63,10 +63,7 @@ function store.installed(root)
       end
     end
   end
-  table.sort(out, function(a, b)
-    if a.framework ~= b.framework then return a.framework < b.framework end
-    return a.id < b.id
-  end)
+  table.sort(out, util.by_framework_then_id)
   return out
 end
 

@@ -152,6 +152,12 @@ function util.json_encode(v) return (json().encode(v):gsub("\\/", "/")) end
 
 function util.json_null() return json().null end
 
+-- The order of catalogs and installed lists: by framework, then id.
+function util.by_framework_then_id(a, b)
+  if a.framework ~= b.framework then return a.framework < b.framework end
+  return a.id < b.id
+end
+
 -- Sorted keys of a table, for stable output.
 function util.sorted_keys(t)
   local keys = {}
