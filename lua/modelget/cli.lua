@@ -313,31 +313,16 @@ local function size_of(entry)
   return total and progress.bytes(total) or "size unknown"
 end
 
-local function framework_order(mg)
-  local order, title = {}, {}
-  for i, rule in ipairs(mg.frameworks()) do
-    order[rule.name] = i
-    title[rule.name] = rule.title or rule.name
-  end
-  return order, title
+local function framework_titles(mg)
+  local title = {}
+  for _, rule in ipairs(mg.frameworks()) do title[rule.name] = rule.title or rule.name end
+  return title
 end
 
--- Sorted by framework (in the rules' order), then id.
-local function sort_entries(entries, order)
-  table.sort(entries, function(a, b)
-    local fa, fb = order[a.framework] or math.huge, order[b.framework] or math.huge
-    if fa ~= fb then return fa < fb end
-    if a.framework ~= b.framework then return tostring(a.framework) < tostring(b.framework) end
-    return a.id < b.id
-  end)
-  return entries
-end
-
--- Prints entries grouped under their framework's title, "*" marking the installed ones.
+-- Prints entries (in the catalog's order: framework, then id) grouped under their framework's
+-- title, "*" marking the installed ones.
 function Ctx:show_entries(entries, installed)
-  local mg = self:facade()
-  local order, title = framework_order(mg)
-  sort_entries(entries, order)
+  local title = framework_titles(self:facade())
   if self.json then
     for _, e in ipairs(entries) do
       local obj = progress.plain_data(e)

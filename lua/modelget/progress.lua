@@ -252,8 +252,6 @@ function Reporter:plain_progress(f, now)
 end
 
 -- Events --------------------------------------------------------------------------------------------
-local json
-
 -- Only data crosses into JSON: functions and userdata are dropped, cycles are cut.
 local function plain_data(v, seen)
   local kind = type(v)
@@ -275,12 +273,7 @@ M.plain_data = plain_data
 
 -- One JSON object on one line.
 function M.json_line(obj)
-  json = json or require "cjson"
-  if json.encode_sparse_array then json.encode_sparse_array(true) end
-  -- lua-cjson 2.1 escapes every "/" as "\/": valid, but URLs and paths read better without it.
-  return (json.encode(plain_data(obj)):gsub("(\\+)/", function(slashes)
-    if #slashes % 2 == 1 then return slashes:sub(2) .. "/" end
-  end))
+  return util.json_encode(plain_data(obj))
 end
 
 function Reporter:event(ev)
