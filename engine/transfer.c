@@ -30,7 +30,9 @@
 #define SESSION_MT "modelget.Session"
 #define TRANSFER_MT "modelget.Transfer"
 
-#define RING_SIZE ((size_t)1 << 20)          /* bytes between the write callback and the hash thread */
+#define RING_SIZE ((size_t)4 << 20)          /* bytes between the write callback and the hash thread */
+#define WBUF_SIZE ((size_t)256 << 10)        /* a small body's bytes gathered before one write */
+#define HASH_BATCH ((size_t)512 << 10)       /* the worker wakes for this much (or the end), not per frame */
 #define INLINE_HASH_LIMIT ((uint64_t)1 << 20) /* a body up to this size is hashed inline */
 #define PREFIX_STEP ((uint64_t)16 << 20)      /* kept prefix re-hashed in steps (abort checks between) */
 #define STATE_EVERY_BYTES ((uint64_t)16 << 20)
@@ -50,7 +52,8 @@ enum { RESP_NONE, RESP_INFO, RESP_REDIRECT, RESP_BODY, RESP_ERROR };
 typedef struct Session Session;
 typedef struct Transfer Transfer;
 
-/* The hash worker: a ring filled by the write callback, drained into the SHA-256 context. */
+/* The body worker: a ring filled by the write callback, drained into the partial file and the
+ * SHA-256 context, so TLS runs on one core while writing and hashing run on the other. */
 typedef struct {
   pthread_t thread;
   int started;
@@ -62,6 +65,9 @@ typedef struct {
   int consumer_waiting, producer_waiting;
   int prefix_fd;             /* the kept prefix is hashed from here first (then closed) */
   uint64_t prefix;
+  int fd;                    /* the partial file: ring byte i goes to file_base + i */
+  uint64_t file_base, synced;
+  int writes;                /* a worker with a file has run: file_base + out bytes are on disk */
   int err;
   EVP_MD_CTX *ctx;           /* owned by the worker while it runs */
 } Hashing;
@@ -95,9 +101,12 @@ struct Transfer {
   int state_dirty;            /* the state file must be rewritten at the end of the attempt */
   /* the attempt */
   int fd;
-  uint64_t offset;            /* file bytes on disk (the next write goes here) */
+  uint64_t offset;            /* file bytes received: on disk, or in wbuf for the last wlen of them */
+  char *wbuf;                 /* pending body bytes, written (and hashed) WBUF_SIZE at a time */
+  size_t wlen;
   int64_t total;              /* -1 unknown */
   uint64_t body_bytes;        /* body bytes received by this attempt */
+  uint64_t body_hashed;       /* of them, handed to the hash (inline or to the worker) */
   int resp;
   long status;
   Headers hdr;
@@ -107,7 +116,7 @@ struct Transfer {
   uint64_t resumed_from;
   EVP_MD_CTX *ctx;
   Hashing hash;
-  uint64_t state_off, synced_off;
+  uint64_t state_off;
   double state_at, started_at;
   double activity_at;         /* last byte (header or body) from the server, or the last unpause */
   char *body;
@@ -340,8 +349,8 @@ static void *hash_worker(void *arg) {
     h->prefix_fd = -1;
   }
   pthread_mutex_lock(&h->mu);
-  for (;;) {
-    while (h->in == h->out && !h->closing && !h->abort) {
+  while (!h->err) {
+    while (h->in - h->out < HASH_BATCH && !h->closing && !h->abort) {
       h->consumer_waiting = 1;
       pthread_cond_wait(&h->more, &h->mu);
       h->consumer_waiting = 0;
@@ -350,10 +359,20 @@ static void *hash_worker(void *arg) {
     size_t at = (size_t)(h->out % RING_SIZE);
     size_t n = (size_t)(h->in - h->out);
     if (n > RING_SIZE - at) n = RING_SIZE - at;
+    uint64_t off = h->file_base + h->out; /* out changes only here */
     pthread_mutex_unlock(&h->mu);
-    EVP_DigestUpdate(h->ctx, h->ring + at, n);
+    int err = h->fd >= 0 ? write_all(h->fd, (const char *)h->ring + at, n, off) : 0;
+    if (!err) EVP_DigestUpdate(h->ctx, h->ring + at, n);
+#ifdef SYNC_FILE_RANGE_WRITE
+    /* Start write-back early, so the final fsync has little left to do. */
+    if (!err && h->fd >= 0 && off + n - h->synced >= WRITEBACK_EVERY) {
+      sync_file_range(h->fd, (off_t)h->synced, (off_t)(off + n - h->synced), SYNC_FILE_RANGE_WRITE);
+      h->synced = off + n;
+    }
+#endif
     pthread_mutex_lock(&h->mu);
-    h->out += n;
+    if (err) h->err = err;
+    else h->out += n;
     if (h->producer_waiting) pthread_cond_signal(&h->room);
   }
   pthread_mutex_unlock(&h->mu);
@@ -362,7 +381,7 @@ static void *hash_worker(void *arg) {
 
 /* Starts the worker; prefix_fd (owned by the worker from here) gives the kept bytes to hash first.
  * Returns 0 or an errno (then nothing was started and prefix_fd is still the caller's). */
-static int hash_start(Hashing *h, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefix) {
+static int hash_start(Hashing *h, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefix, int fd, uint64_t file_base) {
   h->ring = malloc(RING_SIZE);
   if (!h->ring) return ENOMEM;
   h->in = h->out = 0;
@@ -370,6 +389,8 @@ static int hash_start(Hashing *h, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefi
   h->consumer_waiting = h->producer_waiting = 0;
   h->prefix_fd = prefix_fd;
   h->prefix = prefix;
+  h->fd = fd;
+  h->file_base = h->synced = file_base;
   h->ctx = ctx;
   pthread_attr_t attr;
   pthread_attr_init(&attr);
@@ -383,26 +404,31 @@ static int hash_start(Hashing *h, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefi
     return err;
   }
   h->started = 1;
+  h->writes = fd >= 0;
   return 0;
 }
 
-static void hash_put(Hashing *h, const char *p, size_t n) {
+/* Returns 0, or the worker's write error (then the bytes are dropped: the transfer fails). */
+static int hash_put(Hashing *h, const char *p, size_t n) {
   pthread_mutex_lock(&h->mu);
-  while (n > 0) {
-    while (h->in - h->out == RING_SIZE) {
+  while (n > 0 && !h->err) {
+    while (h->in - h->out == RING_SIZE && !h->err) {
       h->producer_waiting = 1;
       pthread_cond_wait(&h->room, &h->mu);
       h->producer_waiting = 0;
     }
+    if (h->err) break;
     size_t at = (size_t)(h->in % RING_SIZE);
     size_t k = RING_SIZE - (size_t)(h->in - h->out);
     if (k > RING_SIZE - at) k = RING_SIZE - at;
     if (k > n) k = n;
     memcpy(h->ring + at, p, k);
     h->in += k; p += k; n -= k;
-    if (h->consumer_waiting) pthread_cond_signal(&h->more);
+    if (h->consumer_waiting && h->in - h->out >= HASH_BATCH) pthread_cond_signal(&h->more);
   }
+  int err = h->err;
   pthread_mutex_unlock(&h->mu);
+  return err;
 }
 
 /* Stops the worker: drained to the end, or abandoned (abort). Returns the worker's errno. */
@@ -421,18 +447,10 @@ static int hash_stop(Hashing *h, int abort) {
   return h->err;
 }
 
-/* Hashes body bytes: inline while small, then on the worker. */
-static void hash_body(Transfer *t, const char *p, size_t n) {
-  /* Crossing the limit starts the worker once; without one (no thread), hashing stays inline. */
-  if (!t->hash.started && t->body_bytes <= INLINE_HASH_LIMIT && t->body_bytes + n > INLINE_HASH_LIMIT)
-    hash_start(&t->hash, t->ctx, -1, 0);
-  if (t->hash.started) hash_put(&t->hash, p, n);
-  else EVP_DigestUpdate(t->ctx, p, n);
-}
-
 /* Drops the digest state: the worker (if any) is abandoned and the context starts over. */
 static void hash_reset(Transfer *t) {
   hash_stop(&t->hash, 1);
+  t->hash.writes = 0;
   EVP_DigestInit_ex(t->ctx, EVP_sha256(), NULL);
 }
 
@@ -482,7 +500,34 @@ static int read_state(const char *path, SavedState *s) {
 }
 
 /* Rewrites the state atomically (temp + rename). The data it records was written before. */
+/* Writes and hashes a small body's pending bytes here. Once the body passes INLINE_HASH_LIMIT the
+ * worker takes over: from then on it writes and hashes what arrives. */
+static int flush_writes(Transfer *t) {
+  if (t->wlen == 0) return 0;
+  size_t n = t->wlen;
+  t->wlen = 0;
+  int err = write_all(t->fd, t->wbuf, n, t->offset - n);
+  if (err) return err;
+  EVP_DigestUpdate(t->ctx, t->wbuf, n);
+  t->body_hashed += n;
+  if (!t->hash.started && t->body_hashed > INLINE_HASH_LIMIT)
+    hash_start(&t->hash, t->ctx, -1, 0, t->fd, t->offset); /* no thread: it stays here */
+  return 0;
+}
+
+/* Body bytes safely in the file: what a state checkpoint may claim. */
+static uint64_t on_disk(Transfer *t) {
+  if (!t->hash.writes) return t->offset - t->wlen;
+  pthread_mutex_lock(&t->hash.mu);
+  uint64_t n = t->hash.file_base + t->hash.out;
+  pthread_mutex_unlock(&t->hash.mu);
+  return n;
+}
+
 static int write_state(Transfer *t) {
+  /* The state never claims bytes that are not written yet. */
+  int ferr = flush_writes(t);
+  if (ferr) return ferr;
   size_t cap = strlen(t->url) + (t->etag ? strlen(t->etag) : 0) +
                (t->last_modified ? strlen(t->last_modified) : 0) + 256;
   char *text = malloc(cap);
@@ -493,7 +538,7 @@ static int write_state(Transfer *t) {
   int n = snprintf(text, cap, STATE_MAGIC "\nurl %s\n%s%s%s%s%s%stotal %s\nrange 0 %s %llu\n", t->url,
                    t->etag ? "etag " : "", t->etag ? t->etag : "", t->etag ? "\n" : "",
                    t->last_modified ? "last-modified " : "", t->last_modified ? t->last_modified : "",
-                   t->last_modified ? "\n" : "", total, total, (unsigned long long)t->offset);
+                   t->last_modified ? "\n" : "", total, total, (unsigned long long)on_disk(t));
   size_t plen = strlen(t->state_path);
   char *tmp = malloc(plen + 8);
   if (!tmp) { free(text); return ENOMEM; }
@@ -518,6 +563,7 @@ static int write_state(Transfer *t) {
 }
 
 static void drop_partial(Transfer *t) {
+  t->wlen = 0;
   if (!t->partial) return;
   unlink(t->partial);
   unlink(t->state_path);
@@ -625,7 +671,6 @@ static int accept_file_response(Transfer *t) {
     if (lm && !t->last_modified) replace(&t->last_modified, lm);
   }
   t->resumed_from = t->kept;
-  t->synced_off = t->offset;
   t->state_dirty = 1;
   write_state(t);
   return 1;
@@ -692,13 +737,6 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *ud) {
 /* Body bytes ---------------------------------------------------------------------------------- */
 
 static void checkpoint(Transfer *t) {
-#ifdef SYNC_FILE_RANGE_WRITE
-  /* Start write-back early, so the final fsync has little left to do. */
-  if (t->offset - t->synced_off >= WRITEBACK_EVERY) {
-    sync_file_range(t->fd, (off_t)t->synced_off, (off_t)(t->offset - t->synced_off), SYNC_FILE_RANGE_WRITE);
-    t->synced_off = t->offset;
-  }
-#endif
   if (t->offset - t->state_off >= STATE_EVERY_BYTES || mg_now() - t->state_at >= STATE_EVERY_SECONDS)
     write_state(t);
 }
@@ -751,14 +789,30 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
     }
     return len;
   }
-  int err = write_all(t->fd, p, len, t->offset);
+  /* A TLS record or an HTTP/2 frame is only ~16 KB: a small body is gathered into WBUF_SIZE writes;
+   * a large one goes to the worker's ring. */
+  int err = 0;
+  if (!t->hash.writes) {
+    if (!t->wbuf) t->wbuf = malloc(WBUF_SIZE);
+    if (t->wbuf && t->wlen + len > WBUF_SIZE) err = flush_writes(t);
+  }
+  if (!err) {
+    if (t->hash.started && t->hash.writes) {
+      err = hash_put(&t->hash, p, len);
+    } else if (t->wbuf && len <= WBUF_SIZE) {
+      memcpy(t->wbuf + t->wlen, p, len);
+      t->wlen += len;
+    } else {
+      err = write_all(t->fd, p, len, t->offset);
+      if (!err) EVP_DigestUpdate(t->ctx, p, len);
+    }
+  }
   if (err) {
     char shown[64];
     human(t->offset, shown, sizeof shown);
     fail(t, mg_errno_code(err), 0, "cannot write %s after %s: %s", t->partial, shown, strerror(err));
     return 0;
   }
-  hash_body(t, p, len);
   t->offset += len;
   t->body_bytes += len;
   checkpoint(t);
@@ -825,7 +879,7 @@ static int prepare_resume(Transfer *t) {
         replace(&t->etag, is_strong_etag(ss.etag) ? ss.etag : NULL);
         replace(&t->last_modified, ss.last_modified);
         int rfd = open(t->partial, O_RDONLY | O_CLOEXEC);
-        if (rfd < 0 || hash_start(&t->hash, t->ctx, rfd, kept) != 0) {
+        if (rfd < 0 || hash_start(&t->hash, t->ctx, rfd, kept, t->fd, kept) != 0) {
           /* No worker: hash the prefix here. */
           int err = rfd < 0 ? errno : mg_sha256_fd(rfd, kept, t->ctx, NULL);
           if (rfd >= 0) close(rfd);
@@ -1032,9 +1086,13 @@ static void finish(Session *s, Transfer *t) {
     fail_host(t, "ENET", t->offset < (uint64_t)t->total, what);
   }
   if (!t->fail_code && t->resp != RESP_BODY) fail_host(t, "ENET", 1, "no response");
+  if (!t->fail_code && t->partial && !t->head && t->fd >= 0) {
+    int werr = flush_writes(t);
+    if (werr) fail(t, mg_errno_code(werr), 0, "cannot write %s: %s", t->partial, strerror(werr));
+  }
   if (!t->fail_code && t->partial && !t->head) {
     int err = hash_stop(&t->hash, 0);
-    if (err) fail(t, mg_errno_code(err), 1, "cannot re-read %s: %s", t->partial, strerror(err));
+    if (err) fail(t, mg_errno_code(err), err != ENOSPC, "cannot write or re-read %s: %s", t->partial, strerror(err));
     else if (t->fd >= 0 && fdatasync(t->fd) != 0)
       fail(t, mg_errno_code(errno), 0, "cannot sync %s: %s", t->partial, strerror(errno));
   }
@@ -1053,7 +1111,10 @@ static void finish(Session *s, Transfer *t) {
     t->code = t->fail_code;
     t->retryable = t->fail_retryable;
     snprintf(t->message, sizeof t->message, "%s", t->fail_msg);
-    hash_stop(&t->hash, 1);
+    /* What arrived before the failure is good for a resume: the worker writes it out first,
+     * unless the kept data is dropped anyway. */
+    flush_writes(t);
+    hash_stop(&t->hash, t->fail_drop);
     if (t->fail_drop) {
       t->restart = t->restart || t->kept > 0 || t->offset > 0;
       drop_partial(t);
@@ -1299,6 +1360,7 @@ static int session_new(lua_State *L) {
 
 static void transfer_free(Transfer *t) {
   hash_stop(&t->hash, 1);
+  free(t->wbuf);
   if (t->fd >= 0) { close(t->fd); t->fd = -1; }
   curl_slist_free_all(t->user_headers);
   curl_slist_free_all(t->req_headers);
