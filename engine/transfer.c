@@ -44,6 +44,7 @@
 #define SPEED_EVERY 0.25
 #define SPEED_WINDOW 5.0
 #define STATE_MAGIC "modelget-partial 1"
+#define STATE_MIN ((uint64_t)256 << 10)       /* smaller prefixes are not worth a state file: re-fetched */
 
 enum { ST_QUEUED, ST_RUNNING, ST_DONE };
 /* What the current response is, decided when its headers end. */
@@ -99,6 +100,7 @@ struct Transfer {
   char *etag, *last_modified;
   uint64_t kept;              /* bytes kept from earlier attempts, asked for with Range */
   int state_dirty;            /* the state file must be rewritten at the end of the attempt */
+  int state_on_disk;          /* a state file exists (read or written): keep it true from now on */
   /* the attempt */
   int fd;
   uint64_t offset;            /* file bytes received: on disk, or in wbuf for the last wlen of them */
@@ -499,7 +501,6 @@ static int read_state(const char *path, SavedState *s) {
   return 0;
 }
 
-/* Rewrites the state atomically (temp + rename). The data it records was written before. */
 /* Writes and hashes a small body's pending bytes here. Once the body passes INLINE_HASH_LIMIT the
  * worker takes over: from then on it writes and hashes what arrives. */
 static int flush_writes(Transfer *t) {
@@ -524,10 +525,17 @@ static uint64_t on_disk(Transfer *t) {
   return n;
 }
 
-static int write_state(Transfer *t) {
+/* Rewrites the state atomically (temp + rename); the data it records was written before. Below STATE_MIN no state file is started unless forced (a failed attempt):
+ * re-fetching a few hundred KB costs less than the file-system work on every small file. */
+static int write_state(Transfer *t, int force) {
   /* The state never claims bytes that are not written yet. */
   int ferr = flush_writes(t);
   if (ferr) return ferr;
+  if (!force && !t->state_on_disk && on_disk(t) < STATE_MIN) {
+    t->state_off = t->offset;
+    t->state_at = mg_now();
+    return 0;
+  }
   size_t cap = strlen(t->url) + (t->etag ? strlen(t->etag) : 0) +
                (t->last_modified ? strlen(t->last_modified) : 0) + 256;
   char *text = malloc(cap);
@@ -556,6 +564,7 @@ static int write_state(Transfer *t) {
   free(tmp);
   free(text);
   if (!err) {
+    t->state_on_disk = 1;
     t->state_off = t->offset;
     t->state_at = mg_now();
   }
@@ -568,6 +577,7 @@ static void drop_partial(Transfer *t) {
   unlink(t->partial);
   unlink(t->state_path);
   t->state_dirty = 0;
+  t->state_on_disk = 0;
 }
 
 /* Failures ------------------------------------------------------------------------------------ */
@@ -672,7 +682,7 @@ static int accept_file_response(Transfer *t) {
   }
   t->resumed_from = t->kept;
   t->state_dirty = 1;
-  write_state(t);
+  write_state(t, 0);
   return 1;
 }
 
@@ -738,7 +748,7 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *ud) {
 
 static void checkpoint(Transfer *t) {
   if (t->offset - t->state_off >= STATE_EVERY_BYTES || mg_now() - t->state_at >= STATE_EVERY_SECONDS)
-    write_state(t);
+    write_state(t, 0);
 }
 
 static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
@@ -859,6 +869,7 @@ static int set_request_headers(Transfer *t) {
 /* Reads the state and keeps what it vouches for: the prefix hashes on the worker meanwhile. */
 static int prepare_resume(Transfer *t) {
   SavedState ss;
+  t->state_on_disk = access(t->state_path, F_OK) == 0;
   if (!t->resume || read_state(t->state_path, &ss) != 0) return 0;
   int usable = ss.url && strcmp(ss.url, t->url) == 0 && (is_strong_etag(ss.etag) || ss.last_modified) &&
                ss.done > 0;
@@ -1121,7 +1132,8 @@ static void finish(Session *s, Transfer *t) {
     }
   }
   t->retry_after = retry_after_of(&t->hdr);
-  if (t->partial && t->state_dirty) write_state(t);
+  /* After a failure a resume is coming: keep whatever arrived, however little. */
+  if (t->partial && t->state_dirty) write_state(t, !t->ok);
   if (t->fd >= 0) { close(t->fd); t->fd = -1; }
   detach_easy(s, t);
   t->state = ST_DONE;

@@ -230,7 +230,8 @@ test("a state for another URL, or without a validator, starts over", function()
 end)
 
 test("a prefix as long as the whole file is checked with the server, not trusted", function()
-  local fx, data, url, partial = fixture_file("complete.bin", 80000)
+  -- Past the engine's STATE_MIN (256 KiB): a smaller file finished keeps no state (it is re-fetched).
+  local fx, data, url, partial = fixture_file("complete.bin", 300000)
   t.eq(fetch({ url = url, partial = partial }).ok, true, "first download")
   fx.clear_log()
   local r = fetch { url = url, partial = partial }
@@ -238,8 +239,19 @@ test("a prefix as long as the whole file is checked with the server, not trusted
   t.eq(r.resumed_from, #data - 1, "all but the last byte kept")
   t.eq(r.sha256, t.sha256(data), "sha256")
   local req = fx.requests("^/f/complete")[1]
-  t.eq(req.headers.range, "bytes=79999-", "asks for the last byte")
+  t.eq(req.headers.range, "bytes=299999-", "asks for the last byte")
   t.match(req.headers["if-range"], '^"', "with the validator")
+end)
+
+test("a small file finished keeps no state; a small prefix cut off is still kept", function()
+  local fx, data, url, partial = fixture_file("small-complete.bin", 80000)
+  t.eq(fetch({ url = url, partial = partial }).ok, true, "first download")
+  t.eq(read_state(partial), nil, "no state for 80 kB")
+  fx.clear_log()
+  local r = fetch { url = url, partial = partial }
+  t.eq(r.resumed_from, 0, "fetched again, whole")
+  t.eq(r.sha256, t.sha256(data), "sha256")
+  t.eq(fx.requests("^/f/small%-complete")[1].headers.range, nil, "no Range")
 end)
 
 -- Failures -------------------------------------------------------------------------------------

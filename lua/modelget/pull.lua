@@ -314,7 +314,6 @@ function pull.run(sched, entry, ctx)
         core.mkdirs(util.dirname(dest))
         local rok, rerr, rcode = core.rename(src, dest)
         if not rok then return fail_staged(nil, rerr, rcode) end
-        os.remove(src .. ".state")
         if f.main then main_sha = r.sha256 end
       end
     end
@@ -339,8 +338,7 @@ function pull.run(sched, entry, ctx)
 
     local dest, ierr, icode = store.install(root, staging, entry, manifest_files)
     if not dest then return fail_staged(nil, ierr, icode) end
-    for _, item in ipairs(fetched) do remove_partial(partial_path(pdir, item.file.path)) end
-    core.rmtree(pdir)
+    core.rmtree(pdir) -- the archives and state files left there
     local res = { id = entry.id, framework = entry.framework, path = dest, bytes = total,
                   sha256 = main_sha, files = manifest_files }
     return res
