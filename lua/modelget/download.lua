@@ -27,6 +27,8 @@ function download.scheduler(opts)
     waiting = {},   -- Transfer -> {co=, info=}
     sleepers = {},  -- {at=, co=}
     ready = {},     -- coroutines to resume at the next turn (a finished group)
+    paused = {},    -- model id -> true: its transfers start paused
+    cancelled = {}, -- model id -> true: its fetches stop
     tasks = 0,
     emit = opts.emit or function() end,
   }, Scheduler)
@@ -36,11 +38,11 @@ end
 function Scheduler:spawn(fn, ...)
   local co = coroutine.create(fn)
   self.tasks = self.tasks + 1
-  self:resume(co, ...)
+  self:wake(co, ...)
   return co
 end
 
-function Scheduler:resume(co, ...)
+function Scheduler:wake(co, ...)
   local ok, err = coroutine.resume(co, ...)
   if not ok then
     self.tasks = self.tasks - 1
@@ -80,6 +82,7 @@ end
 -- One transfer attempt: adds it to the session and yields until it finishes.
 function Scheduler:transfer(opts, info)
   local t = self.session:add(opts)
+  if info and self.paused[info.id] then t:pause() end
   self.waiting[t] = { co = coroutine.running(), info = info }
   coroutine.yield()
   local r = t:result()
@@ -119,7 +122,7 @@ function Scheduler:run()
       local w = self.waiting[t]
       if w then
         self.waiting[t] = nil
-        self:resume(w.co)
+        self:wake(w.co)
       end
     end
     now = core.now()
@@ -128,15 +131,41 @@ function Scheduler:run()
       if s.at <= now or self.was_interrupted then due[#due + 1] = s else keep[#keep + 1] = s end
     end
     self.sleepers = keep
-    for _, s in ipairs(due) do self:resume(s.co) end
+    for _, s in ipairs(due) do self:wake(s.co) end
     local ready = self.ready
     self.ready = {}
-    for _, co in ipairs(ready) do self:resume(co) end
+    for _, co in ipairs(ready) do self:wake(co) end
     if now - last_tick >= TICK then
       last_tick = now
       self:progress_tick()
     end
   end
+end
+
+-- The download manager's controls, for every transfer of one model id (any task may call them,
+-- or an on_progress/on_event callback). Returns how many transfers were touched.
+local function each_transfer(self, id, fn)
+  local n = 0
+  for t, w in pairs(self.waiting) do
+    if w.info and w.info.id == id then fn(t); n = n + 1 end
+  end
+  return n
+end
+
+function Scheduler:pause(id)
+  self.paused[id] = true
+  return each_transfer(self, id, function(t) t:pause() end)
+end
+
+function Scheduler:resume(id)
+  self.paused[id] = nil
+  return each_transfer(self, id, function(t) t:resume() end)
+end
+
+-- Stops a model's downloads (partial data kept for a later pull): its pull returns ECANCEL.
+function Scheduler:cancel(id)
+  self.cancelled[id] = true
+  return each_transfer(self, id, function(t) t:cancel() end)
 end
 
 function Scheduler:close()
@@ -150,6 +179,10 @@ local function backoff(base, attempt, retry_after)
   return delay * (0.5 + math.random() * 0.5)
 end
 
+local function cancelled(spec)
+  return util.fail("ECANCEL", "%s: cancelled; partial data kept, pull again to resume", spec.id or spec.file)
+end
+
 -- Fetches one file through its URLs in order, each tried `retries` times.
 -- spec: {id=, file=, urls={…}, partial=path | memory=bytes, head=, size=, space_factor=, space_path=,
 --        auth_for=function(url) -> {header=, host=}|nil}
@@ -159,6 +192,7 @@ function Scheduler:fetch(spec)
   local retries = math.max(1, opts.retries or 5)
   local base = opts.retry_wait or 1
   local tried, last, saw_auth = {}, nil, nil
+  if self.cancelled[spec.id] then return cancelled(spec) end
   for ui, url in ipairs(spec.urls) do
     if ui > 1 then
       self.emit { event = "fallback", id = spec.id, file = spec.file, from = spec.urls[ui - 1], to = url,
@@ -177,6 +211,9 @@ function Scheduler:fetch(spec)
       end
       if self:interrupted() then
         return util.fail("EINTR", "interrupted")
+      end
+      if self.cancelled[spec.id] then
+        return util.fail("ECANCEL", "%s: cancelled; partial data kept, pull again to resume", spec.id or spec.file)
       end
       last = r
       if r.code == "EAUTH" then saw_auth = r end

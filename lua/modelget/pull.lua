@@ -269,6 +269,7 @@ function pull.run(sched, entry, ctx)
     for i, f in ipairs(files) do
       local r, ferr, fcode = table.unpack(results[i], 1, 3)
       if not r then
+        if fcode == "ECANCEL" then return nil, ferr, fcode end
         if fcode == "EINTR" then
           return util.fail("EINTR", "interrupted: partial data kept in %s; run the same pull again to resume", pdir)
         end

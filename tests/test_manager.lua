@@ -1,0 +1,51 @@
+-- The download manager through the Lua API: pause, resume and cancel a model's downloads while
+-- others go on, over one scheduler.
+local t = require "t"
+local servers = require "servers"
+local core = require "modelget.core"
+local modelget = require "modelget"
+
+local MiB = 1024 * 1024
+
+local function size(path) local st = core.stat(path); return st and st.size or 0 end
+
+test("pause holds a model's download, resume completes it, cancel keeps its partial for a resume", function()
+  local fx = servers.fixture()
+  local a_data, b_data = t.bytes(2 * MiB, 41), t.bytes(2 * MiB, 42)
+  local a_url, b_url = fx.put("paused.bin", a_data), fx.put("cancelled.bin", b_data)
+  local store = t.tmpdir("store-manager")
+  local opts = { store = store, cacert = servers.ca().cert, framework = "other", limit_rate = "800K",
+                 retry_wait = 0.05 }
+  local sched = modelget.scheduler(opts)
+  local a_part = store .. "/partial/other--paused/paused.bin.part"
+  local b_part = store .. "/partial/other--cancelled/cancelled.bin.part"
+  local results, held, after_cancel = {}, nil, nil
+  sched:spawn(function() results.a = table.pack(sched:pull(a_url)) end)
+  sched:spawn(function() results.b = table.pack(sched:pull(b_url)) end)
+  sched:spawn(function()
+    while size(a_part) < 300000 or size(b_part) < 300000 do sched:sleep(0.05) end
+    t.eq(sched:pause("paused"), 1, "one transfer paused")
+    t.eq(sched:cancel("cancelled"), 1, "one transfer cancelled")
+    sched:sleep(0.3)
+    local before = size(a_part)
+    sched:sleep(1.0)
+    held = size(a_part) == before
+    after_cancel = size(b_part)
+    t.eq(sched:resume("paused"), 1, "one transfer resumed")
+  end)
+  sched:run()
+  sched:close()
+  t.ok(held, "no bytes arrived while paused")
+  t.eq(results.a[1] and results.a[1].sha256, t.sha256(a_data), "the paused model completes, bytes right")
+  t.eq(results.b[1], nil, "the cancelled pull fails")
+  t.eq(results.b[3], "ECANCEL", "code")
+  t.match(results.b[2], "resume", "says the partial is kept")
+  t.ok(after_cancel > 0 and after_cancel < #b_data, "partial kept after cancel")
+  t.ok(not t.exists(store .. "/models/other/cancelled"), "nothing installed for the cancelled one")
+
+  fx.clear_log()
+  local r, err = modelget.pull(b_url, opts)
+  t.ok(r, "pulled again: " .. tostring(err))
+  t.eq(t.sha256_file(r.path .. "/cancelled.bin"), t.sha256(b_data), "bytes after resume")
+  t.match(fx.requests("/f/cancelled.bin")[1].headers.range or "", "^bytes=%d+%-$", "resumed with Range")
+end)
