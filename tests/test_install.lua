@@ -86,6 +86,21 @@ print(res.path, core.sha256_file(res.path .. "/stock.bin"))
   t.eq(lines[2], store .. "/models/other/stock\t" .. t.sha256(data), "pulled through the embedded API")
 end)
 
+test("a stock lua5.4 finds the installed built-in catalog by itself", function()
+  local p = installed()
+  local script = t.write(t.tmpdir("stock-catalog") .. "/catalog.lua", [[
+local catalog, problems = require("modelget").catalog { store = os.getenv("STORE") }
+local e = catalog:get("tinyllama-1.1b-gguf")
+print(e and e.framework, e and e.source:match("^(.*)/[^/]*$"), #problems)
+]])
+  local r = t.status(outside("lua5.4 " .. q(script), {
+    LUA_PATH = p .. "/share/lua/5.4/?.lua;" .. p .. "/share/lua/5.4/?/init.lua;;",
+    LUA_CPATH = p .. "/lib/lua/5.4/?.so;;",
+    STORE = t.tmpdir("stock-catalog-store"),
+  }), 0, "stock lua5.4")
+  t.eq(r.stdout, "llamacpp\t" .. p .. "/share/modelget/registry\t0\n", "the catalog, from PREFIX")
+end)
+
 test("the rockspec builds every engine source and installs every Lua module", function()
   local spec = {}
   local chunk = assert(loadfile(t.root .. "/modelget-scm-1.rockspec", "t", spec))

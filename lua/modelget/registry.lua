@@ -28,8 +28,14 @@ function registry.builtin_dir()
   if type(paths) == "table" and type(paths.registry_dir) == "string" and paths.registry_dir ~= "" then
     return tidy(paths.registry_dir)
   end
+  -- Used from a stock lua5.4: next to these files in the source tree (lua/modelget/ → registry/),
+  -- or in an installed prefix (share/lua/5.4/modelget/ → share/modelget/registry/).
   local src = debug.getinfo(1, "S").source
   local dir = src:match("^@(.*)/[^/]*$") or "."
+  for _, rel in ipairs { "/../../registry", "/../../../modelget/registry" } do
+    local st = core.stat(dir .. rel)
+    if st and st.type == "dir" then return tidy(dir .. rel) end
+  end
   return tidy(dir .. "/../../registry")
 end
 
