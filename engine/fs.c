@@ -306,6 +306,37 @@ static int fs_interrupted(lua_State *L) {
   return 1;
 }
 
+/* Goes on in the background: forks; the parent gets the child's pid, the child gets 0 and carries
+ * on in a session of its own, its output appended to logpath, deaf to the terminal's hang-up.
+ * Call it before any transfer starts: a fork keeps only the calling thread. */
+static int fs_detach(lua_State *L) {
+  const char *logpath = luaL_checkstring(L, 1);
+  int logfd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (logfd < 0) return mg_fail_errno(L, errno, "cannot open %s", logpath);
+  int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (nullfd < 0) { int e = errno; close(logfd); return mg_fail_errno(L, e, "/dev/null"); }
+  fflush(NULL);
+  pid_t pid = fork();
+  if (pid < 0) {
+    int e = errno;
+    close(logfd); close(nullfd);
+    return mg_fail_errno(L, e, "cannot start a background process");
+  }
+  if (pid > 0) {
+    close(logfd); close(nullfd);
+    lua_pushinteger(L, (lua_Integer)pid);
+    return 1;
+  }
+  setsid();
+  signal(SIGHUP, SIG_IGN);
+  dup2(nullfd, STDIN_FILENO);
+  dup2(logfd, STDOUT_FILENO);
+  dup2(logfd, STDERR_FILENO);
+  close(logfd); close(nullfd);
+  lua_pushinteger(L, 0);
+  return 1;
+}
+
 static int fs_realpath(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   char buf[PATH_MAX];
@@ -321,6 +352,7 @@ void mg_open_fs(lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     {"catch_interrupt", fs_catch_interrupt},
+    {"detach", fs_detach},
     {"free_space", fs_free_space},
     {"fsync", fs_fsync},
     {"getpid", fs_getpid},

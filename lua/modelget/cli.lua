@@ -91,7 +91,7 @@ local OPTIONS = {
   { long = "framework", arg = "F" }, { long = "installed" },
   { long = "sha256", arg = "HEX", check = sha256_hex }, { long = "id", arg = "ID" }, { long = "name", arg = "FILE" },
   { long = "url", arg = "URL" }, { long = "unzip" }, { long = "auth" }, { long = "alt", arg = "URL", multi = true },
-  { long = "force" },
+  { long = "force" }, { long = "detach" },
 }
 local LONG, SHORT = {}, {}
 for _, o in ipairs(OPTIONS) do
@@ -475,8 +475,44 @@ local function pull_failed(ctx, reporter, target, err, code)
   return ctx:fail(err, code, { id = target, event_sent = reporter.failed[err] })
 end
 
+-- pull --detach: unknown ids are said here; then the pull goes on in a background process whose
+-- output goes to a log in the store. Returns the exit status in the foreground, nil in the child.
+local function detach(ctx, mg)
+  local catalog
+  for _, target in ipairs(ctx.args) do
+    if not target:match("^%a[%w+.-]*://") then
+      if not catalog then
+        local status
+        catalog, status = ctx:catalog()
+        if not catalog then return status end
+      end
+      if not catalog:get(target) then
+        return ctx:fail(string.format("unknown model id '%s'", target), "ENOENT", { hint = "see modelget list or modelget search WORDS" })
+      end
+    end
+  end
+  local dir = mg.store_root(ctx.opts) .. "/logs"
+  local ok, err, code = core.mkdirs(dir)
+  if not ok then return ctx:fail(err, code) end
+  local log = string.format("%s/pull-%s-%d.log", dir, os.date("!%Y%m%dT%H%M%SZ"), core.getpid())
+  io.stdout:flush()
+  local pid
+  pid, err, code = core.detach(log)
+  if not pid then return ctx:fail(err, code) end
+  if pid > 0 then
+    if ctx.json then
+      json_line({ event = "detached", pid = pid, log = log })
+    elseif not ctx.opts.quiet then
+      printf("pulling in the background (pid %d); its output goes to %s", pid, log)
+    end
+    return 0
+  end
+  ctx.color = false
+  printf("modelget pull %s (pid %d, started %s)", table.concat(ctx.args, " "), core.getpid(), os.date("!%Y-%m-%d %H:%M:%SZ"))
+end
+
 command("pull", {
-  usage = "pull ID|URL… [--sha256 HEX] [--framework F] [--id ID] [--name FILE] [--unzip] [--alt URL]… [--force]",
+  usage = "pull ID|URL… [--sha256 HEX] [--framework F] [--id ID] [--name FILE] [--unzip] [--alt URL]… [--force] [--detach]",
   summary = "download, verify, extract, fetch side files, install",
   options = {
     sha256 = "the file's expected SHA-256 (a URL's; a recipe states its own)",
@@ -486,6 +522,7 @@ command("pull", {
     unzip = "the URL is an archive: extract it",
     alt = "an alternative URL, tried when the first fails (repeatable)",
     force = "download again even when installed and verified",
+    detach = "go on in the background, past the terminal's end; output to <store>/logs/",
   },
   min = 1, ids = true,
   run = function(ctx)
@@ -497,6 +534,10 @@ command("pull", {
     end
     local ok, ferr = ctx:check_framework(ctx.opts.framework)
     if not ok then return ctx:usage("%s", ferr) end
+    if ctx.opts.detach then
+      local status = detach(ctx, mg)
+      if status then return status end
+    end
     local reporter = ctx:reporter()
     local opts = pull_options(ctx)
     opts.on_event = function(ev) reporter:event(ev) end

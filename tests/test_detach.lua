@@ -1,0 +1,47 @@
+-- pull --detach: the command returns at once, the download goes on in a background process of its
+-- own session, and its output lands in a log inside the store.
+local t = require "t"
+local servers = require "servers"
+local core = require "modelget.core"
+
+local function wait_for(path, seconds)
+  for _ = 1, seconds * 10 do
+    if core.stat(path) then return true end
+    core.sleep(0.1)
+  end
+end
+
+test("pull --detach returns at once and the model is installed in the background", function()
+  local fx = servers.fixture()
+  local data = t.bytes(1500000, 51)
+  local url = fx.put("detached.bin", data)
+  local store = t.tmpdir("store-detach")
+  local r = t.status(t.modelget({ "pull", url, "--framework", "other", "--detach", "--limit-rate", "500K",
+    "--store", store, "--cacert", servers.ca().cert }), 0, "pull --detach")
+  local pid, log = r.stdout:match("pid (%d+)%); its output goes to (%S+)")
+  t.ok(pid, "says the background pid and the log: " .. r.stdout)
+  t.eq(log:sub(1, #store + 6), store .. "/logs/", "the log is in the store")
+  local installed = store .. "/models/other/detached/detached.bin"
+  t.ok(not t.exists(installed), "not installed yet when the command returned (500K/s for 1.5 MB)")
+  -- Its own session: the terminal's hang-up does not reach it.
+  local sid = t.sh("ps -o sid= -p " .. pid).stdout:match("%d+")
+  t.eq(sid, pid, "the background pull leads its own session")
+  t.ok(wait_for(installed, 30), "installed in the background")
+  for _ = 1, 50 do
+    if t.sh("kill -0 " .. pid).status ~= 0 then break end
+    core.sleep(0.1)
+  end
+  t.eq(t.sha256_file(installed), t.sha256(data), "bytes")
+  local text = t.read(log)
+  t.match(text, "modelget pull " .. url:gsub("%p", "%%%0"), "the log says what it pulls")
+  t.match(text, "%d+%%", "the log has the progress lines")
+  t.match(text, "installed detached %(1%.5 MB%) in " .. (store .. "/models/other/detached"):gsub("%p", "%%%0"),
+    "the log reports the outcome")
+end)
+
+test("pull --detach of an unknown id fails in the foreground with exit 2", function()
+  local store = t.tmpdir("store-detach-unknown")
+  local r = t.status(t.modelget({ "pull", "no-such-model", "--detach", "--store", store }), 2, "pull --detach")
+  t.match(r.stderr, "unknown model id 'no%-such%-model'", "says why")
+  t.ok(not t.exists(store .. "/logs"), "no background process, no log")
+end)
