@@ -17,6 +17,9 @@ const char *mg_errno_code(int err);
 double mg_now(void);
 /* Free bytes available to this user on the file system holding path (or its nearest existing parent). */
 int mg_free_space(const char *path, uint64_t *out);
+/* mkdir -p: existing folders cost one stat, missing ones are made from the nearest existing parent.
+ * Returns 0 or an errno. */
+int mg_mkdirs(const char *path, unsigned mode);
 /* Set by the SIGINT/SIGTERM handler installed with catch_interrupt(). */
 extern volatile int mg_interrupt_flag;
 

@@ -60,15 +60,18 @@ static int mkdirs(char *path, mode_t mode) {
   return 0;
 }
 
-static int fs_mkdirs(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
-  mode_t mode = (mode_t)luaL_optinteger(L, 2, 0755);
+int mg_mkdirs(const char *path, unsigned mode) {
   char buf[PATH_MAX];
-  if (strlen(path) >= sizeof buf) return mg_fail_errno(L, ENAMETOOLONG, "%s", path);
+  if (strlen(path) >= sizeof buf) return ENAMETOOLONG;
   strcpy(buf, path);
   size_t n = strlen(buf);
   while (n > 1 && buf[n - 1] == '/') buf[--n] = '\0';
-  int err = mkdirs(buf, mode);
+  return mkdirs(buf, (mode_t)mode);
+}
+
+static int fs_mkdirs(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  int err = mg_mkdirs(path, (unsigned)luaL_optinteger(L, 2, 0755));
   if (err) return mg_fail_errno(L, err, "cannot create folder %s", path);
   lua_pushboolean(L, 1);
   return 1;

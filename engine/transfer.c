@@ -245,16 +245,7 @@ static int make_parent(const char *path) {
   char *slash = strrchr(buf, '/');
   if (!slash || slash == buf) return 0;
   *slash = '\0';
-  for (char *p = buf + 1; ; p++) {
-    if (*p == '/' || *p == '\0') {
-      char keep = *p;
-      *p = '\0';
-      if (mkdir(buf, 0755) != 0 && errno != EEXIST) return errno;
-      *p = keep;
-      if (!keep) break;
-    }
-  }
-  return 0;
+  return mg_mkdirs(buf, 0755);
 }
 
 static void folder_of(const char *path, char *out, size_t outsz) {
