@@ -57,6 +57,9 @@ timed() {
   label=$1; shift
   rm -rf "$tmp/out" "$tmp/store"
   mkdir -p "$tmp/out"
+  # Every run starts with no write-back pending from the one before (a 1 GiB file is still being
+  # flushed when the next run starts, and it slows whoever comes next).
+  sync
   start=$(date +%s.%N)
   if /usr/bin/time -f '%M' -o "$tmp/rss" "$@" >"$tmp/cmd.log" 2>&1; then
     end=$(date +%s.%N)
