@@ -12,8 +12,7 @@ local rules = require "modelget.rules"
 local custom = {}
 
 local cjson = require("cjson").new()
--- JSON text of a value, with "/" left as is (cjson writes "\/", which URLs need not).
-local function enc(v) return (cjson.encode(v):gsub("\\/", "/")) end
+local enc = util.json_encode
 
 -- The schema's fields in the order they are written.
 local ORDER = { "id", "name", "url", "sha256", "requiresUnzip", "requiresAuth", "alternativeURLs", "framework" }
