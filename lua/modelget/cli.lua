@@ -637,9 +637,41 @@ command("ls", {
   end,
 })
 
+command("status", {
+  usage = "status",
+  summary = "downloads in progress, or stopped part-way (pull again to resume)",
+  max = 0,
+  run = function(ctx)
+    local mg = ctx:facade()
+    local list = mg.partials(ctx.opts)
+    if ctx.json then
+      for _, p in ipairs(list) do
+        json_line({ event = "partial", id = p.id, framework = p.framework, completed = p.bytes, total = p.total,
+                    active = p.active, path = p.path })
+      end
+      return 0
+    end
+    if #list == 0 then
+      printf("no downloads in progress or stopped part-way in %s", mg.store_root(ctx.opts))
+      return 0
+    end
+    local rows = { { "ID", "FRAMEWORK", "STATE", "DOWNLOADED" } }
+    for _, p in ipairs(list) do
+      local done = progress.bytes(p.bytes)
+      if p.total and p.total > 0 then
+        done = string.format("%s of %s (%d%%)", done, progress.bytes(p.total), math.floor(100 * p.bytes / p.total))
+      end
+      rows[#rows + 1] = { p.id, p.framework, p.active and "downloading" or "stopped", done }
+    end
+    columns(rows)
+    printf("stopped: 'modelget pull ID' resumes it, 'modelget rm ID' drops its partial data")
+    return 0
+  end,
+})
+
 command("rm", {
   usage = "rm ID…",
-  summary = "remove installed models",
+  summary = "remove installed models (or the partial data of a stopped download)",
   min = 1, ids = true,
   run = function(ctx)
     local mg = ctx:facade()

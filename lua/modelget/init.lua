@@ -165,17 +165,36 @@ function modelget.verify(ids, opts)
   return out
 end
 
+-- Downloads in progress or stopped part-way, each with active = true while a pull holds it.
+function modelget.partials(opts)
+  local root = store.root(options(opts))
+  local list = store.partials(root)
+  for _, p in ipairs(list) do
+    local lock, _, code = store.lock(root, p.id)
+    p.active = code == "EBUSY"
+    if lock then lock:close() end
+  end
+  return list
+end
+
+-- Removes an installed model and its partial data, or only the partial data of a stopped download.
 function modelget.remove(id, opts)
   if type(id) ~= "string" then error("bad argument #1 to 'remove': expected an id", 2) end
   local root = store.root(options(opts))
   local m = store.find(root, id)
+  if not m then
+    for _, p in ipairs(store.partials(root)) do
+      if p.id == id then m = { id = id, framework = p.framework } end
+    end
+  end
   if not m then return util.fail("ENOENT", "model '%s' is not installed: see 'modelget ls'", id) end
   local lock, err, code = store.lock(root, id)
   if not lock then
     if code == "EBUSY" then return util.fail("EBUSY", "model '%s' is being downloaded: wait for it or stop that pull first", id) end
     return nil, err, code
   end
-  local ok, rerr, rcode = core.rmtree(m.path)
+  local ok, rerr, rcode = true, nil, nil
+  if m.path then ok, rerr, rcode = core.rmtree(m.path) end
   core.rmtree(store.partial_dir(root, m.framework, m.id))
   lock:close()
   if not ok then return nil, rerr, rcode end

@@ -206,7 +206,7 @@ end
 function pull.run(sched, entry, ctx)
   local root, opts, emit = ctx.root, ctx.opts, ctx.emit
   local rule = rules.get(entry.framework)
-  local lock, lerr, lcode = store.lock(root, entry.id)
+  local lock, lerr, lcode = store.lock(root, entry.id, 0.5)
   if not lock then return nil, lerr, lcode end
 
   local result, err, code = (function()

@@ -27,17 +27,51 @@ function store.model_dir(root, framework, id) return root .. "/models/" .. frame
 function store.partial_dir(root, framework, id) return root .. "/partial/" .. framework .. "--" .. id end
 function store.registry_dir(root) return root .. "/registry" end
 
--- Held for the whole pull of one id; rm refuses while it is held.
-function store.lock(root, id)
+-- Held for the whole pull of one id; rm refuses while it is held. wait: seconds to keep trying
+-- (someone looking, like `status`, holds it only for an instant).
+function store.lock(root, id, wait)
   local dir = root .. "/partial/locks"
   local ok, err, code = core.mkdirs(dir)
   if not ok then return nil, err, code end
-  local lock, lerr, lcode = core.lock(dir .. "/" .. id .. ".lock")
+  local path = dir .. "/" .. id .. ".lock"
+  local lock, lerr, lcode = core.lock(path)
+  local deadline = core.now() + (wait or 0)
+  while not lock and lcode == "EBUSY" and core.now() < deadline do
+    core.sleep(0.02)
+    lock, lerr, lcode = core.lock(path)
+  end
   if not lock then
     if lcode == "EBUSY" then return util.fail("EBUSY", "model '%s' is being downloaded by another modelget process", id) end
     return nil, lerr, lcode
   end
   return lock
+end
+
+-- Partial downloads: {{id=, framework=, path=, bytes=, total=|nil, files={{path=, bytes=, total=}…}}…}
+-- (total from each file's resume state, when it has one).
+function store.partials(root)
+  local out = {}
+  for _, name in ipairs(core.listdir(root .. "/partial") or {}) do
+    local fw, id = name:match("^(.-)%-%-(.+)$")
+    local dir = root .. "/partial/" .. name
+    if fw then
+      local entry = { id = id, framework = fw, path = dir, bytes = 0, total = 0, files = {} }
+      for _, f in ipairs(core.listdir(dir) or {}) do
+        if f:match("%.part$") then
+          local st = core.stat(dir .. "/" .. f)
+          local state = util.read_file(dir .. "/" .. f .. ".state") or ""
+          local total = tonumber(state:match("\ntotal (%d+)\n"))
+          entry.files[#entry.files + 1] = { path = f:gsub("%.part$", ""):gsub("%%2F", "/"),
+                                            bytes = st and st.size or 0, total = total }
+          entry.bytes = entry.bytes + (st and st.size or 0)
+          entry.total = total and entry.total and entry.total + total or nil
+        end
+      end
+      if #entry.files > 0 then out[#out + 1] = entry end
+    end
+  end
+  table.sort(out, util.by_framework_then_id)
+  return out
 end
 
 function store.read_manifest(dir)
