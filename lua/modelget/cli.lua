@@ -17,7 +17,7 @@ local HINTS = {
   EUSAGE = "see modelget --help",
   ENOENT = "see modelget list, or modelget search WORDS",
   EPOLICY = "use an https:// URL (plain http:// only to a loopback host)",
-  ENET = "check the network and the URL, or give a mirror with --alt URL; pulling again resumes the partial download",
+  ENET = "check the network and the URL, or give a mirror with --alt URL",
   EHASH = "the bad download was discarded; pull again, or check the sha256 if the model changed upstream",
   ESIZE = "the bad download was discarded; pull again, or check the size if the model changed upstream",
   ESPACE = "free space (see modelget ls, then modelget rm ID) or use another --store",
@@ -229,6 +229,9 @@ function Ctx:fail(message, code, extra)
   code = code or "EIO"
   local hint = extra.hint
   if hint == nil and not has_hint(message) then hint = HINTS[code] end
+  if code == "ENET" and hint == HINTS.ENET and message:find("certificate", 1, true) then
+    hint = "the server's certificate is not trusted here: give its CA with --cacert FILE (or SSL_CERT_FILE)"
+  end
   if code == "EUSAGE" and self.command and hint == HINTS.EUSAGE then
     hint = "see modelget help " .. self.command
   end

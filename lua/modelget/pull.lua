@@ -278,6 +278,10 @@ function pull.run(sched, entry, ctx)
         elseif f.side and fcode ~= "EAUTH" and fcode ~= "ESPACE" then
           return util.fail("EFORMAT", "%s: required file %s could not be fetched: %s", entry.id, f.path, ferr)
         else
+          local kept = (core.stat(partial_path(pdir, f.path)) or {}).size or 0
+          if kept > 0 and fcode == "ENET" then
+            ferr = string.format("%s; %s kept: the same pull again resumes", ferr, util.human(kept))
+          end
           return nil, ferr, fcode
         end
       else
