@@ -92,6 +92,7 @@ struct Transfer {
   /* options */
   char *url, *cur_url, *partial, *state_path, *space_path, *auth_header, *auth_host;
   int resume, head, memory;
+  int sync;                   /* fdatasync at success (off when the caller syncs the file itself) */
   uint64_t memory_max;
   long stall_timeout;
   double space_factor;
@@ -1095,7 +1096,7 @@ static void finish(Session *s, Transfer *t) {
   if (!t->fail_code && t->partial && !t->head) {
     int err = hash_stop(&t->hash, 0);
     if (err) fail(t, mg_errno_code(err), err != ENOSPC, "cannot write or re-read %s: %s", t->partial, strerror(err));
-    else if (t->fd >= 0 && fdatasync(t->fd) != 0)
+    else if (t->fd >= 0 && t->sync && fdatasync(t->fd) != 0)
       fail(t, mg_errno_code(errno), 0, "cannot sync %s: %s", t->partial, strerror(errno));
   }
   t->ok = !t->fail_code;
@@ -1408,6 +1409,7 @@ static int session_add(lua_State *L) {
   if (!t->partial && !t->memory && !t->head) return luaL_error(L, "one of 'partial', 'memory' or 'head' is required");
   if (t->partial && t->memory) return luaL_error(L, "'partial' and 'memory' exclude each other");
   t->resume = opt_boolean(L, 2, "resume", 1);
+  t->sync = opt_boolean(L, 2, "fsync", 1);
   double stall = opt_number(L, 2, "stall_timeout", 30);
   luaL_argcheck(L, stall >= 1, 2, "stall_timeout must be at least 1 s");
   t->stall_timeout = (long)(stall + 0.5);

@@ -10,6 +10,7 @@ local Scheduler = {}
 Scheduler.__index = Scheduler
 
 local TICK = 0.25 -- seconds between progress events
+local SYNC_POLL = 0.002 -- how often finished fsync jobs are looked for while some run
 
 function download.scheduler(opts)
   opts = opts or {}
@@ -27,6 +28,7 @@ function download.scheduler(opts)
     waiting = {},   -- Transfer -> {co=, info=}
     sleepers = {},  -- {at=, co=}
     ready = {},     -- coroutines to resume at the next turn (a finished group)
+    syncing = {},   -- {job=, co=}: fsync jobs running on their own threads
     paused = {},    -- model id -> true: its transfers start paused
     cancelled = {}, -- model id -> true: its fetches stop
     tasks = 0,
@@ -79,6 +81,17 @@ function Scheduler:all(fns)
   return results
 end
 
+-- Makes the paths durable (fsync) on a thread of their own; yields until that is done, while the
+-- other tasks' transfers go on.
+function Scheduler:sync(paths)
+  local job = core.sync_start(paths)
+  self.syncing[#self.syncing + 1] = { job = job, co = coroutine.running() }
+  coroutine.yield()
+  local ok, err, code = job:result()
+  job:close()
+  return ok, err, code
+end
+
 -- One transfer attempt: adds it to the session and yields until it finishes.
 function Scheduler:transfer(opts, info)
   local t = self.session:add(opts)
@@ -112,7 +125,7 @@ function Scheduler:run()
       for t in pairs(self.waiting) do t:cancel() end
     end
     local now = core.now()
-    local timeout = #self.ready > 0 and 0 or TICK
+    local timeout = #self.ready > 0 and 0 or #self.syncing > 0 and SYNC_POLL or TICK
     for _, s in ipairs(self.sleepers) do
       timeout = math.min(timeout, math.max(0, s.at - now))
     end
@@ -135,6 +148,12 @@ function Scheduler:run()
     local ready = self.ready
     self.ready = {}
     for _, co in ipairs(ready) do self:wake(co) end
+    local synced, still = {}, {}
+    for _, s in ipairs(self.syncing) do
+      if s.job:done() then synced[#synced + 1] = s else still[#still + 1] = s end
+    end
+    self.syncing = still
+    for _, s in ipairs(synced) do self:wake(s.co) end
     if now - last_tick >= TICK then
       last_tick = now
       self:progress_tick()
@@ -200,7 +219,7 @@ function Scheduler:fetch(spec)
     end
     for attempt = 1, retries do
       local r = self:transfer({
-        url = url, partial = spec.partial, memory = spec.memory, head = spec.head,
+        url = url, partial = spec.partial, memory = spec.memory, head = spec.head, fsync = spec.fsync,
         auth = spec.auth_for and spec.auth_for(url) or nil,
         stall_timeout = opts.stall_timeout or 30, expected_size = spec.size,
         space_factor = spec.space_factor, space_path = spec.space_path,

@@ -258,6 +258,7 @@ function pull.run(sched, entry, ctx)
         return sched:fetch {
           id = entry.id, file = f.path, urls = f.urls, partial = partial_path(pdir, f.path), size = f.size,
           space_factor = f.archive and 2 or 1, space_path = pdir,
+          fsync = false, -- made durable with the rest of the staged model, off the event loop
           auth_for = fctx.auth_for, auth_hint = fctx.auth_hint,
         }
       end
@@ -341,7 +342,8 @@ function pull.run(sched, entry, ctx)
       return fail_staged(util.fail("EFORMAT", "model not compatible with %s: %s", rule.title or entry.framework, cerr))
     end
 
-    local dest, ierr, icode = store.install(root, staging, entry, manifest_files)
+    local dest, ierr, icode = store.install(root, staging, entry, manifest_files,
+      function(paths) return sched:sync(paths) end)
     if not dest then return fail_staged(nil, ierr, icode) end
     core.rmtree(pdir) -- the archives and state files left there
     local res = { id = entry.id, framework = entry.framework, path = dest, bytes = total,

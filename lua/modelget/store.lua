@@ -142,14 +142,43 @@ function store.check(dir, manifest, rehash)
   return bad
 end
 
--- Writes the manifest into the staged folder, then renames the folder into place in one step.
--- An existing model (a forced re-pull) is moved aside first and removed after.
-function store.install(root, staging, entry, files)
+-- fsync of each path in turn, here: the way to make things durable outside a scheduler.
+local function sync_here(paths)
+  for _, p in ipairs(paths) do
+    local ok, err, code = core.fsync(p)
+    if not ok then return nil, err, code end
+  end
+  return true
+end
+
+-- Writes the manifest into the staged folder, makes every staged file and folder durable, then
+-- renames the folder into place in one step (and makes that durable). An existing model (a forced
+-- re-pull) is moved aside first and removed after. sync(paths) fsyncs a list of paths: a
+-- scheduler's, which waits without stopping other downloads, or by default one at a time here.
+function store.install(root, staging, entry, files, sync)
+  sync = sync or sync_here
   local m = {
     id = entry.id, framework = entry.framework, name = entry.name, url = entry.url,
     source = entry.source, installed = os.time(), files = files,
   }
-  local ok, err, code = core.write_atomic(staging .. "/" .. store.MANIFEST, util.json_encode(m))
+  -- The staging folder is this pull's alone: a plain write, made durable with the rest below.
+  local manifest = staging .. "/" .. store.MANIFEST
+  local f, ferr = io.open(manifest, "wb")
+  if not f then return util.fail("EIO", "cannot write %s", ferr) end
+  local wok, werr = f:write(util.json_encode(m))
+  local cok, cerr = f:close()
+  if not wok or not cok then return util.fail("EIO", "cannot write %s: %s", manifest, werr or cerr) end
+  local paths, dirs = { manifest, staging }, {}
+  for _, file in ipairs(files) do
+    paths[#paths + 1] = staging .. "/" .. file.path
+    local dir = file.path:match("^(.*)/[^/]*$")
+    while dir and not dirs[dir] do
+      dirs[dir] = true
+      paths[#paths + 1] = staging .. "/" .. dir
+      dir = dir:match("^(.*)/[^/]*$")
+    end
+  end
+  local ok, err, code = sync(paths)
   if not ok then return nil, err, code end
   local dest = store.model_dir(root, entry.framework, entry.id)
   ok, err, code = core.mkdirs(util.dirname(dest))
@@ -165,7 +194,7 @@ function store.install(root, staging, entry, files)
     if old then core.rename(old, dest) end
     return nil, err, code
   end
-  core.fsync(util.dirname(dest))
+  sync { util.dirname(dest) }
   if old then core.rmtree(old) end
   return dest
 end

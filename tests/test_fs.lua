@@ -1,0 +1,53 @@
+-- The engine's file-system helpers, as the store uses them.
+local t = require "t"
+local core = require "modelget.core"
+
+test("sync jobs make files and folders durable off the caller's thread, and name a failure", function()
+  local dir = t.tmpdir("sync")
+  t.write(dir .. "/a/b.bin", "data")
+  local job = core.sync_start { dir .. "/a/b.bin", dir .. "/a", dir }
+  for _ = 1, 500 do
+    if job:done() then break end
+    core.sleep(0.01)
+  end
+  t.eq(job:done(), true, "done")
+  t.eq(job:result(), true, "result")
+  job:close()
+  local bad = core.sync_start { dir .. "/a/b.bin", dir .. "/missing" }
+  local ok, err, code = bad:result() -- waits
+  t.eq(ok, nil, "a missing path fails the job")
+  t.eq(code, "ENOENT", "code")
+  t.match(err, "cannot sync .*/missing", "names the path")
+  t.ok(not pcall(core.sync_start, { 1, {} }), "a non-string path is misuse")
+end)
+
+test("a lock is exclusive until closed", function()
+  local dir = t.tmpdir("lock")
+  local a = assert(core.lock(dir .. "/x.lock"))
+  local b, err, code = core.lock(dir .. "/x.lock")
+  t.eq(b, nil, "second lock refused")
+  t.eq(code, "EBUSY", "code")
+  t.match(err, "in use", "message")
+  a:close()
+  local c = assert(core.lock(dir .. "/x.lock"), "free again after close")
+  c:close()
+end)
+
+test("rmtree removes a symlink, never what it points to; mkdirs makes every level", function()
+  local dir = t.tmpdir("rmtree")
+  t.write(dir .. "/outside/keep.txt", "keep")
+  assert(core.mkdirs(dir .. "/tree/a/b/c"))
+  t.eq(core.stat(dir .. "/tree/a/b/c").type, "dir", "made")
+  os.execute("ln -s " .. t.shquote(dir .. "/outside") .. " " .. t.shquote(dir .. "/tree/a/link"))
+  assert(core.rmtree(dir .. "/tree"))
+  t.ok(not t.exists(dir .. "/tree"), "tree gone")
+  t.eq(t.read(dir .. "/outside/keep.txt"), "keep", "the link's target untouched")
+end)
+
+test("write_atomic replaces a file whole", function()
+  local dir = t.tmpdir("atomic")
+  assert(core.write_atomic(dir .. "/f.json", "one"))
+  assert(core.write_atomic(dir .. "/f.json", "two"))
+  t.eq(t.read(dir .. "/f.json"), "two", "content")
+  t.eq(#core.listdir(dir), 1, "no temporary file left")
+end)
