@@ -152,6 +152,7 @@ test("every URL dead: exit 3, the URLs tried named, nothing installed", function
   t.match(r.stderr, "dead%-b%.bin", "names the alternative")
   t.match(r.stderr, "404", "says the last status")
   no_model(store, "other", "dead-a")
+  t.ok(not t.exists(store .. "/partial/other--dead-a"), "no empty partial folder left")
 end)
 
 test("a wrong SHA-256: exit 4, nothing installed, the partial removed", function()

@@ -351,6 +351,12 @@ function pull.run(sched, entry, ctx)
     return res
   end)()
 
+  if not result then
+    -- A failure that kept nothing leaves no empty partial folder behind.
+    local pdir = store.partial_dir(root, entry.framework, entry.id)
+    local names = core.listdir(pdir)
+    if names and #names == 0 then os.remove(pdir) end
+  end
   lock:close()
   return result, err, code
 end
