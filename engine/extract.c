@@ -11,6 +11,7 @@
 #include "extract.h"
 
 #include <archive.h>
+#include <openssl/evp.h>
 #include <archive_entry.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -36,6 +37,8 @@ enum { REC_DIR = 1, REC_FILE, REC_SYMLINK };
 typedef struct {
   char *path;
   char *target;          /* symlinks: the link text, made after every other entry */
+  char *sha256;          /* regular files: the hex digest of what was written (NULL: not known) */
+  int64_t size;
   unsigned char type;
   unsigned char created; /* made by this extraction (removed again on failure) */
 } Record;
@@ -109,6 +112,7 @@ static void reader_release(Reader *r) {
   for (size_t i = 0; i < r->nrecs; i++) {
     free(r->recs[i].path);
     free(r->recs[i].target);
+    free(r->recs[i].sha256);
   }
   free(r->recs);
   free(r->slots);
@@ -518,8 +522,20 @@ static int write_at(int fd, const char *buf, size_t n, off_t off) {
   return 0;
 }
 
-/* Copies the entry's data into fd; sparse holes stay holes but count as expanded bytes. */
-static int write_data(Extraction *x, const char *raw, int fd, int64_t stated) {
+/* Feeds n zero bytes (a sparse hole) to the digest. */
+static void hash_zeros(EVP_MD_CTX *ctx, int64_t n) {
+  static const unsigned char zeros[65536];
+  while (n > 0) {
+    size_t k = n < (int64_t)sizeof zeros ? (size_t)n : sizeof zeros;
+    EVP_DigestUpdate(ctx, zeros, k);
+    n -= (int64_t)k;
+  }
+}
+
+/* Copies the entry's data into fd, hashing it on the way (no second read for the manifest);
+ * sparse holes stay holes but count as expanded bytes (and as zeros in the digest). Blocks out of
+ * order leave *hashed_ok 0: the caller hashes the file itself then. */
+static int write_data(Extraction *x, const char *raw, int fd, int64_t stated, EVP_MD_CTX *ctx, int *hashed_ok) {
   struct archive *a = x->r->a;
   int64_t extent = 0;
   for (;;) {
@@ -533,6 +549,13 @@ static int write_data(Extraction *x, const char *raw, int fd, int64_t stated) {
       return entry_fail(x, "EARCHIVE", raw, "%s", why ? why : "damaged data");
     }
     if (off < 0) off = extent;
+    if (*hashed_ok) {
+      if ((int64_t)off < extent) *hashed_ok = 0;
+      else {
+        hash_zeros(ctx, (int64_t)off - extent);
+        EVP_DigestUpdate(ctx, buf, size);
+      }
+    }
     int64_t end = (int64_t)off + (int64_t)size;
     if (end > extent) {
       if (spend(x, raw, end - extent)) return -1;
@@ -545,7 +568,20 @@ static int write_data(Extraction *x, const char *raw, int fd, int64_t stated) {
   if (stated > extent) {
     if (spend(x, raw, stated - extent)) return -1;
     if (ftruncate(fd, (off_t)stated) != 0) return path_fail(x, raw, errno);
+    if (*hashed_ok) hash_zeros(ctx, stated - extent);
   }
+  return 0;
+}
+
+/* Records a made file's size and digest (from ctx, finished here). */
+static int note_digest(Reader *r, const char *path, EVP_MD_CTX *ctx, int64_t size) {
+  Record *rec = rec_find(r, path);
+  unsigned char digest[32];
+  unsigned int dlen = 0;
+  if (!rec || EVP_DigestFinal_ex(ctx, digest, &dlen) != 1) return 0;
+  rec->size = size;
+  if (!(rec->sha256 = malloc(65))) return ENOMEM;
+  mg_hex(digest, 32, rec->sha256);
   return 0;
 }
 
@@ -566,7 +602,15 @@ static int make_file(Extraction *x, struct archive_entry *e, const char *raw, ch
   if (fd >= 0 && err) { close(fd); unlinkat(dfd, leaf, 0); fd = -1; }
   close_parent(r, dfd);
   if (fd < 0) return path_fail(x, raw, err);
-  int rc = write_data(x, raw, fd, stated);
+  EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+  int hashed_ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1;
+  int rc = write_data(x, raw, fd, stated, ctx, &hashed_ok);
+  if (rc == 0 && hashed_ok) {
+    struct stat st;
+    int derr = fstat(fd, &st) == 0 ? note_digest(r, path, ctx, (int64_t)st.st_size) : 0;
+    if (derr) rc = path_fail(x, raw, derr);
+  }
+  EVP_MD_CTX_free(ctx);
   if (rc == 0 && archive_entry_mtime_is_set(e)) {
     struct timespec ts[2];
     ts[0].tv_sec = ts[1].tv_sec = archive_entry_mtime(e);
@@ -615,6 +659,13 @@ static int make_hardlink(Extraction *x, const char *raw, char *path, const char 
   int err = dfd < 0 ? errno : 0;
   if (!err && linkat(tfd, tleaf, dfd, leaf, 0) != 0) err = errno;
   if (!err) err = rec_add(r, path, REC_FILE, 1, NULL);
+  if (!err) {
+    /* The same bytes as the file it links to: the same digest. */
+    const Record *src = rec_find(r, t);
+    Record *dst = rec_find(r, path);
+    if (src && dst && src->sha256 && !(dst->sha256 = strdup(src->sha256))) err = ENOMEM;
+    if (src && dst) dst->size = src->size;
+  }
   close_parent(r, tfd);
   close_parent(r, dfd);
   return err ? path_fail(x, raw, err) : 0;
@@ -859,14 +910,30 @@ static int ex_extract(lua_State *L) {
     remove_made(r);
     if (made_root) rmdir(dest);
   }
-  reader_release(r);
-  if (x.lua_error) return lua_error(L);
-  if (rc != 0) return push_failure(L, &x.f);
-  lua_createtable(L, 0, 2);
+  if (x.lua_error) { reader_release(r); return lua_error(L); }
+  if (rc != 0) { reader_release(r); return push_failure(L, &x.f); }
+  lua_createtable(L, 0, 3);
   lua_pushinteger(L, (lua_Integer)x.entries);
   lua_setfield(L, -2, "entries");
   lua_pushinteger(L, (lua_Integer)x.bytes);
   lua_setfield(L, -2, "bytes");
+  /* files: {{path=, size=, sha256=}…}, the regular files made, hashed as they were written */
+  lua_createtable(L, 0, 0);
+  lua_Integer n = 0;
+  for (size_t i = 0; i < r->nmade; i++) {
+    const Record *rec = &r->recs[r->made[i]];
+    if (rec->type != REC_FILE || !rec->sha256) continue;
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, rec->path);
+    lua_setfield(L, -2, "path");
+    lua_pushinteger(L, (lua_Integer)rec->size);
+    lua_setfield(L, -2, "size");
+    lua_pushstring(L, rec->sha256);
+    lua_setfield(L, -2, "sha256");
+    lua_rawseti(L, -2, ++n);
+  }
+  lua_setfield(L, -2, "files");
+  reader_release(r);
   return 1;
 }
 

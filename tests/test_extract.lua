@@ -74,6 +74,16 @@ test("every format extracts byte for byte, with folders and modes", function()
     local list, info = core.archive_list(archive)
     t.eq(r.entries, #list, kind .. ": entries extracted = entries listed")
     t.eq(info.expanded, total, kind .. ": expanded")
+    -- Each file's digest, taken as it was written, is the digest of the bytes on disk.
+    local files = 0
+    for _, f in ipairs(r.files) do
+      files = files + 1
+      t.eq(f.sha256, core.sha256_file(dest .. "/" .. f.path), kind .. ": digest of " .. f.path)
+      t.eq(f.size, core.stat(dest .. "/" .. f.path).size, kind .. ": size of " .. f.path)
+    end
+    local expected_files = 0
+    for _, e in ipairs(entries) do if e.data or e.zeros then expected_files = expected_files + 1 end end
+    t.eq(files, expected_files, kind .. ": a digest for every file")
     if kind:match("^tar") then
       t.eq(core.stat(dest .. "/model/weights/part-1.bin").mtime, 1700000000, kind .. ": mtime kept")
     end
@@ -196,8 +206,11 @@ test("hard links follow strip_components; sparse files keep their holes and byte
     { path = "top/w.bin", data = "weights" },
     { path = "top/sub/same.bin", type = "hardlink", target = "top/w.bin" },
   })
-  assert(core.extract(archive, dir .. "/out", { strip_components = "auto" }))
+  local out = assert(core.extract(archive, dir .. "/out", { strip_components = "auto" }))
   t.eq(t.read(dir .. "/out/sub/same.bin"), "weights", "hard link made after stripping")
+  local digests = {}
+  for _, f in ipairs(out.files) do digests[f.path] = f.sha256 end
+  t.eq(digests["sub/same.bin"], t.sha256("weights"), "a hard link's digest is its target's")
   local _, msg, code = core.extract(archive, dir .. "/out2", { strip_components = 2 })
   t.eq(code, "EARCHIVE", "a hard link whose target is stripped away")
   t.match(msg, "entry 'top/sub/same%.bin': a hard link to 'top/w%.bin', which is not a file extracted before it", "message")
@@ -212,6 +225,7 @@ test("hard links follow strip_components; sparse files keep their holes and byte
   t.eq(r.bytes, 6 * MiB, "holes count as expanded bytes")
   t.eq(core.stat(dir .. "/sparse/sparse.bin").size, 6 * MiB, "size")
   t.eq(core.sha256_file(dir .. "/sparse/sparse.bin"), core.sha256_file(src .. "/sparse.bin"), "content")
+  t.eq(r.files[1].sha256, core.sha256_file(src .. "/sparse.bin"), "the digest counts the holes as zeros")
   t.ok(core.stat(dir .. "/sparse/sparse.bin").disk < MiB, "the holes stay holes")
 end)
 

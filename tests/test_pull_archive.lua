@@ -4,6 +4,7 @@ local t = require "t"
 local servers = require "servers"
 local archives = require "archives"
 local core = require "modelget.core"
+local cjson = require "cjson"
 
 local MiB = 1024 * 1024
 
@@ -43,6 +44,11 @@ for _, kind in ipairs(archives.kinds) do
       if e.data then t.eq(t.sha256_file(dir .. "/" .. e.path), t.sha256(e.data), e.path) end
     end
     t.ok(not t.exists(dir .. "/" .. name), "the archive itself is not kept")
+    local manifest = cjson.decode(t.read(dir .. "/.modelget.json"))
+    for _, f in ipairs(manifest.files) do
+      t.eq(f.sha256, t.sha256_file(dir .. "/" .. f.path), "manifest digest of " .. f.path)
+    end
+    t.eq(#manifest.files, 3, "every extracted file in the manifest")
     no_staging(store)
   end)
 end

@@ -166,26 +166,19 @@ local function verify_file(f, r, emit, id)
   return true
 end
 
--- Extracts a verified archive into the staging folder under the framework's layout.
+-- Extracts a verified archive into the staging folder under the framework's layout. Free space
+-- is the extractor's own check, entry by entry (ESPACE), so the archive is read only once.
 local function extract(archive, staging, entry, rule, emit, archive_size)
-  local list, info_or_err, code = core.archive_list(archive)
-  if not list then return nil, string.format("%s: %s", entry.id, info_or_err), code end
-  local info = info_or_err
-  local free = core.free_space(staging) or math.huge
-  if info.expanded and info.expanded > free then
-    return util.fail("ESPACE", "insufficient storage to extract %s: need %s, %s free in %s",
-      entry.id, util.human(info.expanded), util.human(free), staging)
-  end
   local layout = rule.layout and rule.layout(entry) or {}
-  local cap = math.max(100 * archive_size, 64 * 1024 * 1024)
-  local r, err, ecode = core.extract(archive, staging, {
+  local r, err, code = core.extract(archive, staging, {
     strip_components = layout.strip_components, strip = layout.strip,
-    max_bytes = cap, free_reserve = 0, total = info.expanded, name = entry.file or entry.id,
+    max_bytes = math.max(100 * archive_size, 64 * 1024 * 1024), free_reserve = 0,
+    name = entry.file or entry.id,
     on_progress = function(p)
-      emit { event = "extract", id = entry.id, entries = p.entries, completed = p.bytes, total = p.total or info.expanded }
+      emit { event = "extract", id = entry.id, entries = p.entries, completed = p.bytes, total = p.total }
     end,
   })
-  if not r then return nil, err, ecode end
+  if not r then return nil, err, code end
   emit { event = "extract", id = entry.id, entries = r.entries, completed = r.bytes, total = r.bytes, done = true }
   return r
 end
@@ -301,6 +294,7 @@ function pull.run(sched, entry, ctx)
     ok, merr, mcode = core.mkdirs(staging)
     if not ok then return nil, merr, mcode end
     local manifest_files, main_sha, total = {}, nil, 0
+    local known = {} -- path -> sha256, from the transfers and the extractor: nothing is read again
     local function fail_staged(...)
       core.rmtree(staging)
       return ...
@@ -314,20 +308,18 @@ function pull.run(sched, entry, ctx)
           if xcode == "EARCHIVE" then remove_partial(src) end
           return fail_staged(nil, xerr, xcode)
         end
+        for _, x in ipairs(xr.files) do known[x.path] = x.sha256 end
         main_sha = main_sha or r.sha256
       else
         local dest = staging .. "/" .. f.path
         core.mkdirs(util.dirname(dest))
         local rok, rerr, rcode = core.rename(src, dest)
         if not rok then return fail_staged(nil, rerr, rcode) end
+        known[f.path] = r.sha256
         if f.main then main_sha = r.sha256 end
       end
     end
-    -- The manifest: every installed file with its size and hash (extracted files hashed here).
-    local known = {}
-    for _, item in ipairs(fetched) do
-      if not item.file.archive then known[item.file.path] = item.result.sha256 end
-    end
+    -- The manifest: every installed file with its size and hash.
     for _, f in ipairs(store.walk(staging)) do
       if f.type == "file" then
         manifest_files[#manifest_files + 1] = { path = f.path, size = f.size,
