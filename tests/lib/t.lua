@@ -117,16 +117,34 @@ end
 t.shquote = shquote
 
 -- Runs a shell command line; returns {status=, stdout=, stderr=}.
+-- What every command starts from, whatever the developer's or CI's shell holds: a home of its own
+-- (so the default store, the Hub token file and ~/.kaggle are the test's), no credentials, no
+-- registry path, no CA variables, and no proxy for loopback. A test's opts.env goes on top.
+local ISOLATED = {
+  MODELGET_HOME = false, XDG_DATA_HOME = false, MODELGET_REGISTRY_PATH = false, MODELGET_LUA_DIR = false,
+  HF_TOKEN = false, HF_HOME = false, HF_TOKEN_PATH = false, HF_ENDPOINT = false,
+  KAGGLE_USERNAME = false, KAGGLE_KEY = false, KAGGLE_CONFIG_DIR = false,
+  MODELGET_CA_BUNDLE = false, SSL_CERT_FILE = false, CURL_CA_BUNDLE = false, DESTDIR = false,
+  https_proxy = false, HTTPS_PROXY = false, http_proxy = false, HTTP_PROXY = false,
+  all_proxy = false, ALL_PROXY = false,
+  NO_PROXY = "127.0.0.1,localhost,::1", no_proxy = "127.0.0.1,localhost,::1",
+}
+
 function t.sh(cmdline, opts)
   opts = opts or {}
   local dir = t.tmpdir("sh")
   local errf = dir .. "/stderr"
+  t.home = t.home or t.tmpdir("home")
+  local env = { HOME = t.home }
+  for k, v in pairs(ISOLATED) do env[k] = v end
+  for k, v in pairs(opts.env or {}) do env[k] = v end
+  -- Shell words, not env(1): the command line may be a builtin or a ( … & ) group.
   local unset, set = {}, {}
-  for k, v in pairs(opts.env or {}) do
-    if v == false then unset[#unset + 1] = "-u " .. k else set[#set + 1] = k .. "=" .. shquote(v) end
+  for k, v in pairs(env) do
+    if v == false then unset[#unset + 1] = k else set[#set + 1] = k .. "=" .. shquote(v) end
   end
-  local envs = table.move(set, 1, #set, #unset + 1, unset) -- env wants its -u options first
-  local prefix = #envs > 0 and ("env " .. table.concat(envs, " ") .. " ") or ""
+  local prefix = (#unset > 0 and ("unset " .. table.concat(unset, " ") .. "; ") or "")
+    .. (#set > 0 and ("export " .. table.concat(set, " ") .. "; ") or "")
   local input = opts.stdin and (" < " .. shquote(t.write(dir .. "/stdin", opts.stdin))) or " < /dev/null"
   local p = io.popen(prefix .. cmdline .. input .. " 2> " .. shquote(errf), "r")
   local out = p:read("a")
