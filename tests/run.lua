@@ -71,4 +71,5 @@ if #failures > 0 then
 end
 print(string.format("\n(%.1fs)", core.now() - started))
 print(string.format("%d passed, %d failed", passed, failed))
+if passed + failed == 0 then print("no test ran (check the file names and TEST_ONLY)") return 1 end
 return failed == 0 and 0 or 1

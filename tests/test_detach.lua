@@ -26,11 +26,9 @@ test("pull --detach returns at once and the model is installed in the background
   -- Its own session: the terminal's hang-up does not reach it.
   local sid = t.sh("ps -o sid= -p " .. pid).stdout:match("%d+")
   t.eq(sid, pid, "the background pull leads its own session")
+  t.defer_case(function() os.execute("kill -9 " .. pid .. " 2>/dev/null") end)
   t.ok(wait_for(installed, 30), "installed in the background")
-  for _ = 1, 50 do
-    if t.sh("kill -0 " .. pid).status ~= 0 then break end
-    core.sleep(0.1)
-  end
+  t.ok(t.wait(function() return t.sh("kill -0 " .. pid).status ~= 0 end, 10), "the background pull ended")
   t.eq(t.sha256_file(installed), t.sha256(data), "bytes")
   local text = t.read(log)
   t.match(text, "modelget pull " .. url:gsub("%p", "%%%0"), "the log says what it pulls")

@@ -23,7 +23,11 @@ test("pause holds a model's download, resume completes it, cancel keeps its part
   sched:spawn(function() results.a = table.pack(sched:pull(a_url)) end)
   sched:spawn(function() results.b = table.pack(sched:pull(b_url)) end)
   sched:spawn(function()
-    while size(a_part) < 300000 or size(b_part) < 300000 do sched:sleep(0.05) end
+    local deadline = core.now() + 30
+    while size(a_part) < 300000 or size(b_part) < 300000 do
+      if core.now() > deadline then error("the downloads did not start") end
+      sched:sleep(0.05)
+    end
     t.eq(sched:pause("paused"), 1, "one transfer paused")
     t.eq(sched:cancel("cancelled"), 1, "one transfer cancelled")
     sched:sleep(0.3)

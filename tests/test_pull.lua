@@ -75,7 +75,10 @@ test("a cut connection is resumed with Range and If-Range", function()
   t.eq(#reqs, 2, "two requests")
   t.eq(reqs[1].headers.range, nil, "first request has no Range")
   t.eq(reqs[2].headers.range, "bytes=1500000-", "second request resumes where the cut was")
-  t.ok(reqs[2].headers["if-range"], "second request carries If-Range")
+  local head = t.sh("curl -sI --cacert " .. t.shquote(servers.ca().cert) .. " " .. t.shquote(url)).stdout
+  local etag = head:match("\n[Ee][Tt][Aa][Gg]: ([^\r\n]+)")
+  t.ok(etag, "the server states an ETag")
+  t.eq(reqs[2].headers["if-range"], etag, "second request carries If-Range with the file's ETag")
 end)
 
 test("a server that ignores Range gets the whole file again, and the bytes are right", function()
@@ -180,6 +183,8 @@ test("429 with Retry-After is honoured", function()
   for _, ev in ipairs(events(r.stdout)) do if ev.event == "retry" then retry = ev end end
   t.ok(retry, "a retry event")
   t.eq(retry.delay, 1, "waited what Retry-After said")
+  local reqs = fx.requests("/f/limited.bin")
+  t.ok(reqs[2].time - reqs[1].time >= 0.9, "the second request came a second later")
   t.eq(t.sha256_file(installed(store, "other", "limited", "limited.bin")), t.sha256(data), "bytes")
 end)
 
@@ -217,10 +222,8 @@ test("a server announcing more bytes than the disk has: exit 5 before the body",
   local r = t.status(pull(store, { url, "--framework", "other", "-q" }), 5, "pull")
   t.match(r.stderr, "free", "says what is free")
   no_model(store, "other", "huge")
-  for _, f in ipairs(t.tree(store .. "/partial")) do
-    local st = require("modelget.core").stat(store .. "/partial/" .. f)
-    if st.type == "file" and f:match("%.part$") then t.eq(st.size, 0, "no body written: " .. f) end
-  end
+  local st = require("modelget.core").stat(store .. "/partial/other--huge/huge.bin.part")
+  t.ok(st == nil or st.size == 0, "no body byte written")
 end)
 
 test("several downloads at once", function()

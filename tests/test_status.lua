@@ -36,8 +36,10 @@ test("status shows a running pull, then the stopped one; rm drops its partial da
   t.match(status(store).stdout, "partly%s+other%s+downloading", "the table says downloading")
 
   os.execute("kill -KILL " .. pid)
-  core.sleep(0.2)
-  local stopped = status(store).stdout
+  local stopped = t.wait(function()
+    local out = status(store).stdout
+    return out:find("stopped", 1, true) and out
+  end, 10) or status(store).stdout
   t.match(stopped, "partly%s+other%s+stopped%s+[%d.]+ [KM]B of 2%.1 MB %(%d+%%%)", "the table says stopped, how far")
 
   -- rm drops the partial data of a stopped download.

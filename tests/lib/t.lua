@@ -169,6 +169,16 @@ function t.status(r, want, what)
   return r
 end
 
+-- Polls cond() every 50 ms until it returns a true value (returned) or the seconds pass (nil).
+function t.wait(cond, seconds)
+  local deadline = core.now() + (seconds or 10)
+  repeat
+    local v = cond()
+    if v then return v end
+    core.sleep(0.05)
+  until core.now() > deadline
+end
+
 -- Cleanup --------------------------------------------------------------------------------------
 function t.defer(fn) cleanups[#cleanups + 1] = fn end
 function t.defer_case(fn) case_cleanups[#case_cleanups + 1] = fn end
