@@ -63,6 +63,7 @@ typedef struct {
   unsigned char *ring;
   uint64_t in, out;          /* bytes put into the ring, bytes hashed from it */
   int closing, abort;
+  int drain;                 /* stop soon: write what the ring holds, hash nothing more */
   int consumer_waiting, producer_waiting;
   int prefix_fd;             /* the kept prefix is hashed from here first (then closed) */
   uint64_t prefix;
@@ -125,6 +126,7 @@ struct Transfer {
   char *body;
   size_t body_len, body_cap;
   int user_paused, rate_paused, curl_paused;
+  int ring_paused;            /* the worker's ring is full (a long prefix still re-hashing): wait, not block */
   int rate_ticket;            /* unpaused by a refill: its next delivery goes through, even into debt */
   int discard;                /* going away: callbacks swallow whatever libcurl still delivers */
   Sample samples[SPEED_SAMPLES];
@@ -324,27 +326,30 @@ static int is_strong_etag(const char *etag) {
 
 static int hash_aborted(Hashing *h) {
   pthread_mutex_lock(&h->mu);
-  int a = h->abort;
+  int a = h->abort || h->drain;
   pthread_mutex_unlock(&h->mu);
   return a;
 }
 
 static void *hash_worker(void *arg) {
   Hashing *h = arg;
+  int err = 0;
   if (h->prefix_fd >= 0) {
     uint64_t left = h->prefix;
     while (left > 0 && !hash_aborted(h)) {
       uint64_t step = left < PREFIX_STEP ? left : PREFIX_STEP, got = 0;
-      int err = mg_sha256_fd(h->prefix_fd, step, h->ctx, &got);
-      if (err || got < step) { h->err = err ? err : EIO; break; }
+      err = mg_sha256_fd(h->prefix_fd, step, h->ctx, &got);
+      if (!err && got < step) err = EIO;
+      if (err) break;
       left -= step;
     }
     close(h->prefix_fd);
     h->prefix_fd = -1;
   }
   pthread_mutex_lock(&h->mu);
+  if (err) h->err = err;
   while (!h->err) {
-    while (h->in - h->out < HASH_BATCH && !h->closing && !h->abort) {
+    while (h->in - h->out < HASH_BATCH && !h->closing && !h->abort && !h->drain) {
       h->consumer_waiting = 1;
       pthread_cond_wait(&h->more, &h->mu);
       h->consumer_waiting = 0;
@@ -354,12 +359,13 @@ static void *hash_worker(void *arg) {
     size_t n = (size_t)(h->in - h->out);
     if (n > RING_SIZE - at) n = RING_SIZE - at;
     uint64_t off = h->file_base + h->out; /* out changes only here */
+    int hash = !h->drain;
     pthread_mutex_unlock(&h->mu);
-    int err = h->fd >= 0 ? write_all(h->fd, (const char *)h->ring + at, n, off) : 0;
-    if (!err) EVP_DigestUpdate(h->ctx, h->ring + at, n);
+    err = write_all(h->fd, (const char *)h->ring + at, n, off);
+    if (!err && hash) EVP_DigestUpdate(h->ctx, h->ring + at, n);
 #ifdef SYNC_FILE_RANGE_WRITE
     /* Start write-back early, so the final fsync has little left to do. */
-    if (!err && h->fd >= 0 && off + n - h->synced >= WRITEBACK_EVERY) {
+    if (!err && off + n - h->synced >= WRITEBACK_EVERY) {
       sync_file_range(h->fd, (off_t)h->synced, (off_t)(off + n - h->synced), SYNC_FILE_RANGE_WRITE);
       h->synced = off + n;
     }
@@ -369,6 +375,8 @@ static void *hash_worker(void *arg) {
     else h->out += n;
     if (h->producer_waiting) pthread_cond_signal(&h->room);
   }
+  /* However it ends, a producer waiting for room must not wait for ever. */
+  pthread_cond_broadcast(&h->room);
   pthread_mutex_unlock(&h->mu);
   return NULL;
 }
@@ -379,7 +387,7 @@ static int hash_start(Hashing *h, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefi
   h->ring = malloc(RING_SIZE);
   if (!h->ring) return ENOMEM;
   h->in = h->out = 0;
-  h->closing = h->abort = h->err = 0;
+  h->closing = h->abort = h->drain = h->err = 0;
   h->consumer_waiting = h->producer_waiting = 0;
   h->prefix_fd = prefix_fd;
   h->prefix = prefix;
@@ -400,6 +408,14 @@ static int hash_start(Hashing *h, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefi
   h->started = 1;
   h->writes = fd >= 0;
   return 0;
+}
+
+/* Room left in the ring (all of it once the worker has failed: the next put reports the error). */
+static size_t hash_room(Hashing *h) {
+  pthread_mutex_lock(&h->mu);
+  size_t room = h->err ? SIZE_MAX : RING_SIZE - (size_t)(h->in - h->out);
+  pthread_mutex_unlock(&h->mu);
+  return room;
 }
 
 /* Returns 0, or the worker's write error (then the bytes are dropped: the transfer fails). */
@@ -425,11 +441,16 @@ static int hash_put(Hashing *h, const char *p, size_t n) {
   return err;
 }
 
-/* Stops the worker: drained to the end, or abandoned (abort). Returns the worker's errno. */
-static int hash_stop(Hashing *h, int abort) {
+/* How a worker stops: everything written and hashed; abandoned at once; or what the ring holds
+ * written out and nothing more hashed (a failed attempt: the bytes serve a resume, the digest is
+ * thrown away, and a long kept prefix is not re-read for nothing). */
+enum { STOP_FINISH, STOP_ABORT, STOP_DRAIN };
+
+static int hash_stop(Hashing *h, int how) {
   if (!h->started) return 0;
   pthread_mutex_lock(&h->mu);
-  if (abort) h->abort = 1;
+  if (how == STOP_ABORT) h->abort = 1;
+  else if (how == STOP_DRAIN) h->drain = 1;
   else h->closing = 1;
   pthread_cond_signal(&h->more);
   pthread_mutex_unlock(&h->mu);
@@ -443,7 +464,7 @@ static int hash_stop(Hashing *h, int abort) {
 
 /* Drops the digest state: the worker (if any) is abandoned and the context starts over. */
 static void hash_reset(Transfer *t) {
-  hash_stop(&t->hash, 1);
+  hash_stop(&t->hash, STOP_ABORT);
   t->hash.writes = 0;
   EVP_DigestInit_ex(t->ctx, EVP_sha256(), NULL);
 }
@@ -498,9 +519,9 @@ static int read_state(const char *path, SavedState *s) {
 static int flush_writes(Transfer *t) {
   if (t->wlen == 0) return 0;
   size_t n = t->wlen;
-  t->wlen = 0;
   int err = write_all(t->fd, t->wbuf, n, t->offset - n);
-  if (err) return err;
+  if (err) return err; /* wlen stays: on_disk() does not count what never reached the file */
+  t->wlen = 0;
   EVP_DigestUpdate(t->ctx, t->wbuf, n);
   t->body_hashed += n;
   if (!t->hash.started && t->body_hashed > INLINE_HASH_LIMIT)
@@ -755,6 +776,13 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
     return len;
   }
   if (t->head) return len;
+  /* A full ring means the worker is busy (re-hashing a long kept prefix): pause this transfer
+   * rather than block the callback, so every other transfer and Ctrl-C go on meanwhile. */
+  if (!t->memory && t->hash.started && t->hash.writes && hash_room(&t->hash) < len) {
+    t->ring_paused = 1;
+    t->curl_paused = 1;
+    return CURL_WRITEFUNC_PAUSE;
+  }
   Session *s = t->session;
   if (t->user_paused || (s && s->limit_rate > 0 && s->tokens <= 0 && !t->rate_ticket)) {
     if (!t->user_paused) t->rate_paused = 1;
@@ -908,7 +936,7 @@ static int start_transfer(Session *s, Transfer *t) {
   t->samples[0].bytes = 0;
   t->nsamples = 1;
   t->sample_pos = 1;
-  if (t->partial && prepare_resume(t) != 0) return -1;
+  if (t->partial && !t->head && prepare_resume(t) != 0) return -1;
   CURL *e = t->easy = curl_easy_init();
   if (!e) { fail(t, "EIO", 0, "libcurl: cannot create a transfer"); return -1; }
   curl_easy_setopt(e, CURLOPT_URL, t->cur_url);
@@ -1094,7 +1122,7 @@ static void finish(Session *s, Transfer *t) {
     if (werr) fail(t, mg_errno_code(werr), 0, "cannot write %s: %s", t->partial, strerror(werr));
   }
   if (!t->fail_code && t->partial && !t->head) {
-    int err = hash_stop(&t->hash, 0);
+    int err = hash_stop(&t->hash, STOP_FINISH);
     if (err) fail(t, mg_errno_code(err), err != ENOSPC, "cannot write or re-read %s: %s", t->partial, strerror(err));
     else if (t->fd >= 0 && t->sync && fdatasync(t->fd) != 0)
       fail(t, mg_errno_code(errno), 0, "cannot sync %s: %s", t->partial, strerror(errno));
@@ -1117,7 +1145,7 @@ static void finish(Session *s, Transfer *t) {
     /* What arrived before the failure is good for a resume: the worker writes it out first,
      * unless the kept data is dropped anyway. */
     flush_writes(t);
-    hash_stop(&t->hash, t->fail_drop);
+    hash_stop(&t->hash, t->fail_drop ? STOP_ABORT : STOP_DRAIN);
     if (t->fail_drop) {
       t->restart = t->restart || t->kept > 0 || t->offset > 0;
       drop_partial(t);
@@ -1165,6 +1193,21 @@ static void refill(Session *s, double now) {
       curl_easy_pause(t->easy, CURLPAUSE_CONT); /* may deliver (and pause again) right here */
     }
   }
+}
+
+/* Lets ring-paused transfers go on once their worker has made room. Returns whether any still wait. */
+static int ring_resume(Session *s, double now) {
+  int waiting = 0;
+  for (Transfer *t = s->first; t; t = t->next) {
+    if (t->state != ST_RUNNING || !t->ring_paused || !t->easy) continue;
+    if (hash_room(&t->hash) < RING_SIZE / 2) { waiting = 1; continue; }
+    t->ring_paused = 0;
+    if (t->user_paused || t->rate_paused) continue;
+    t->curl_paused = 0;
+    t->activity_at = now;
+    curl_easy_pause(t->easy, CURLPAUSE_CONT); /* may deliver (and pause again) right here */
+  }
+  return waiting;
 }
 
 static int rate_waiting(Session *s) {
@@ -1363,7 +1406,7 @@ static int session_new(lua_State *L) {
 }
 
 static void transfer_free(Transfer *t) {
-  hash_stop(&t->hash, 1);
+  hash_stop(&t->hash, STOP_ABORT);
   free(t->wbuf);
   if (t->fd >= 0) { close(t->fd); t->fd = -1; }
   curl_slist_free_all(t->user_headers);
@@ -1480,6 +1523,7 @@ static int session_perform(lua_State *L) {
     start_queued(s);
     double now = mg_now();
     refill(s, now);
+    int ring_waiting = ring_resume(s, now);
     int still = 0;
     curl_multi_perform(s->multi, &still);
     drain_messages(s);
@@ -1495,6 +1539,7 @@ static int session_perform(lua_State *L) {
       if (wait < 0.005) wait = 0.005;
       if (wait < left) left = wait;
     }
+    if (ring_waiting && left > 0.005) left = 0.005;
     if (left > 1) left = 1; /* stalls are checked between polls */
     curl_multi_poll(s->multi, NULL, 0, (int)(left * 1000) + 1, NULL);
   }
@@ -1591,6 +1636,7 @@ static int transfer_cancel(lua_State *L) {
   Session *s = session_of(t);
   if (t->state != ST_DONE) {
     fail_host(t, "ECANCEL", 0, "cancelled");
+    if (remove) t->fail_drop = 1; /* nothing is kept, so nothing is written out first */
     if (s) finish(s, t);
   }
   if (remove) drop_partial(t);
