@@ -48,14 +48,13 @@ end
 local function cacert() return modelget.cacert(opts) end
 
 -- Output ---------------------------------------------------------------------------------------
-local cjson = require("cjson").new()
 local failures = 0
 
 -- One line per URL: {id=, url=, file=, status=, ok=, size=, expected_size=, stated_sha256=, sha256=, note=}
 local function report(r)
   if not r.ok then failures = failures + 1 end
   if opts.json then
-    io.stdout:write((cjson.encode(r):gsub("\\/", "/")), "\n")
+    io.stdout:write(util.json_encode(r), "\n")
     return
   end
   local size = r.size and util.human(r.size) or "?"
@@ -146,8 +145,8 @@ local function check_hub(entry)
       line.note = gated and "gated: " .. (auth.hint(tree_url) or "needs a credential") or r.message
       return report(line)
     end
-    local ok, tree = pcall(cjson.decode, r.body or "")
-    local files, err = ok and hub.select(tree, spec) or nil, ok and nil or "not JSON"
+    local tree = util.json_decode(r.body or "", tree_url)
+    local files, err = tree and hub.select(tree, spec) or nil, tree and nil or "not JSON"
     if files and #files == 0 then files, err = nil, "no file matches " .. table.concat(spec.include or { "*" }, ", ") end
     if not files then
       line.ok, line.note = false, err or "not a listing"

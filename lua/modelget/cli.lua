@@ -62,7 +62,7 @@ local function existing_file(s)
 end
 
 local function sha256_hex(s)
-  if #s == 64 and s:match("^%x+$") then return s:lower() end
+  if util.is_sha256(s) then return s:lower() end
   return nil, "64 hexadecimal digits"
 end
 
@@ -483,7 +483,7 @@ end
 local function detach(ctx, mg)
   local catalog
   for _, target in ipairs(ctx.args) do
-    if not target:match("^%a[%w+.-]*://") then
+    if not util.is_url(target) then
       if not catalog then
         local status
         catalog, status = ctx:catalog()

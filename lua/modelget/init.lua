@@ -62,7 +62,7 @@ function modelget.scheduler(opts)
       if popts[k] ~= nil then return popts[k] end
       return opts[k]
     end })
-    if not target:match("^%a[%w+.-]*://") and not catalog then
+    if not util.is_url(target) and not catalog then
       local problems
       catalog, problems = modelget.catalog(opts)
       for _, p in ipairs(problems or {}) do emit { event = "warning", message = p } end

@@ -15,8 +15,6 @@ local function framework_names()
   return table.concat(names, ", ")
 end
 
-local function looks_like_url(s) return s:match("^%a[%w+.-]*://") ~= nil end
-
 -- The entry for a URL given on the command line (or through the API).
 local function entry_for_url(url, opts)
   url = hub.rewrite(url)
@@ -39,7 +37,7 @@ end
 -- Resolves an id or URL into an entry, with the pull's options laid over it.
 function pull.resolve(target, opts, catalog)
   local entry, err, code
-  if looks_like_url(target) then
+  if util.is_url(target) then
     entry, err, code = entry_for_url(target, opts)
     if not entry then return nil, err, code end
   else
@@ -58,7 +56,7 @@ function pull.resolve(target, opts, catalog)
     end
     entry.sha256 = opts.sha256:lower()
   end
-  if opts.framework and not looks_like_url(target) then entry.framework = opts.framework end
+  if opts.framework and not util.is_url(target) then entry.framework = opts.framework end
   if not rules.get(entry.framework) then
     return util.fail("EUSAGE", "unknown framework '%s' (known: %s)", entry.framework, framework_names())
   end
@@ -120,7 +118,7 @@ local function plan_files(sched, entry, rule, ctx)
       local urls = { hub.rewrite(f.url) }
       for _, u in ipairs(rewrite_all(f.alt or {})) do urls[#urls + 1] = u end
       files[#files + 1] = { path = path, urls = urls, sha256 = f.sha256,
-                            size = math.type(f.size) == "integer" and f.size or nil, estimate = util.parse_size(f.size),
+                            size = f.size_exact and f.size or nil, estimate = util.parse_size(f.size),
                             optional = f.optional, side = true }
     end
   end
@@ -192,7 +190,7 @@ local function installed_ok(root, entry)
   local bytes = 0
   for _, f in ipairs(m.files) do bytes = bytes + f.size end
   return { id = entry.id, framework = entry.framework, path = dir, files = m.files, bytes = bytes,
-           sha256 = m.files[1] and m.files[1].sha256, already = true }
+           sha256 = m.sha256, already = true }
 end
 
 -- The pull itself, inside a scheduler task. ctx: {root=, opts=, emit=}
@@ -335,7 +333,7 @@ function pull.run(sched, entry, ctx)
     end
 
     local dest, ierr, icode = store.install(root, staging, entry, manifest_files,
-      function(paths) return sched:sync(paths) end)
+      { sha256 = main_sha, sync = function(paths) return sched:sync(paths) end })
     if not dest then return fail_staged(nil, ierr, icode) end
     core.rmtree(pdir) -- the archives and state files left there
     local res = { id = entry.id, framework = entry.framework, path = dest, bytes = total,

@@ -98,7 +98,7 @@ function rules.define(r)
   r.side_files = r.side_files or rules.no_side_files
   r.layout = r.layout or flat_layout
   local formats = r.formats
-  r.check = r.check or function(path) return rules.check_path(path, formats) end
+  r.check = r.check or function(path, entry) return rules.check_path(path, formats, entry and entry.file) end
   return r
 end
 
@@ -128,7 +128,9 @@ end
 --   spec.required = { "config.json", … } — names the folder must hold
 -- A folder must hold at least one file or bundle of spec.files/spec.bundles other than ".json".
 -- Dot-files and dot-folders (.git of an imported clone) are not looked at.
-function rules.check_path(path, spec)
+-- main: the name of the model file itself when it is known (a pulled URL's file); a lone file of an
+-- unknown extension is checked with spec.default only when it is that one.
+function rules.check_path(path, spec, main)
   local st = core.stat(path)
   if not st then return fail_format("%s: not found", path) end
   local file_exts, bundle_exts = keys(spec.files or {}), keys(spec.bundles or {})
@@ -147,7 +149,7 @@ function rules.check_path(path, spec)
     return check_one(path, base, sniff)
   end
 
-  local models, seen = 0, {}
+  local models, seen, odd = 0, {}, {}
   local function walk(dir, rel)
     local names, err = core.listdir(dir)
     if not names then return fail_format("%s: %s", rel ~= "" and rel or path, err) end
@@ -170,6 +172,8 @@ function rules.check_path(path, spec)
             local ok, msg, code = check_one(full, r, spec.files[fext])
             if not ok then return nil, msg, code end
             if fext ~= ".json" then models = models + 1 end
+          else
+            odd[#odd + 1] = { full = full, rel = r }
           end
         end
       end
@@ -180,6 +184,13 @@ function rules.check_path(path, spec)
   if not ok then return nil, msg, code end
   for _, name in ipairs(spec.required or {}) do
     if not seen[name] then return fail_format("required file %s missing", name) end
+  end
+  -- A pulled URL with an odd name (model.bin --framework llamacpp): the lone such file is the model,
+  -- checked by the framework's default sniffer.
+  if models == 0 and spec.default and #odd == 1 and odd[1].rel == main then
+    local dok, dmsg, dcode = check_one(odd[1].full, odd[1].rel, spec.default)
+    if not dok then return nil, dmsg, dcode end
+    models = 1
   end
   if models == 0 then
     local wanted = {}

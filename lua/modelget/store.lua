@@ -153,13 +153,15 @@ end
 
 -- Writes the manifest into the staged folder, makes every staged file and folder durable, then
 -- renames the folder into place in one step (and makes that durable). An existing model (a forced
--- re-pull) is moved aside first and removed after. sync(paths) fsyncs a list of paths: a
--- scheduler's, which waits without stopping other downloads, or by default one at a time here.
-function store.install(root, staging, entry, files, sync)
-  sync = sync or sync_here
+-- re-pull) is moved aside first and removed after. opts: sha256 (the main file's, recorded for a
+-- later "already installed"), sync(paths) to fsync a list of paths: a scheduler's, which waits
+-- without stopping other downloads, or by default one at a time here.
+function store.install(root, staging, entry, files, opts)
+  opts = opts or {}
+  local sync = opts.sync or sync_here
   local m = {
     id = entry.id, framework = entry.framework, name = entry.name, url = entry.url,
-    source = entry.source, installed = os.time(), files = files,
+    source = entry.source, installed = os.time(), sha256 = opts.sha256, files = files,
   }
   -- The staging folder is this pull's alone: a plain write, made durable with the rest below.
   local manifest = staging .. "/" .. store.MANIFEST

@@ -55,6 +55,9 @@ function util.check_url(url)
   return util.fail("EPOLICY", "refused %s: only https:// URLs are allowed", url)
 end
 
+-- Whether a pull target is a URL (scheme://…) rather than a catalog id.
+function util.is_url(s) return type(s) == "string" and s:match("^%a[%w+.-]*://") ~= nil end
+
 function util.url_decode(s)
   return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
 end
@@ -136,7 +139,6 @@ local function json()
   end
   return cjson
 end
-util.json = json
 
 function util.json_decode(text, source)
   local ok, v = pcall(json().decode, text)
@@ -150,20 +152,10 @@ end
 -- turning each "\\/" back into "/" is exact).
 function util.json_encode(v) return (json().encode(v):gsub("\\/", "/")) end
 
-function util.json_null() return json().null end
-
 -- The order of catalogs and installed lists: by framework, then id.
 function util.by_framework_then_id(a, b)
   if a.framework ~= b.framework then return a.framework < b.framework end
   return a.id < b.id
-end
-
--- Sorted keys of a table, for stable output.
-function util.sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do keys[#keys + 1] = k end
-  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
-  return keys
 end
 
 -- Copies a file in chunks (import of local folders); returns bytes copied.
