@@ -132,6 +132,19 @@ test("a runaway recipe is stopped, by instructions or by memory", function()
   t.match(problems[1], "^r/grow%.lua:2: recipe uses too much memory", "memory")
   _, problems = recipe.load_string('local s = ("x"):rep(1 << 40)\n', "r/rep.lua")
   t.match(problems[1], "^r/rep%.lua:1: string%.rep: result too large", "rep through the string metatable")
+  -- C functions the count hook cannot interrupt: their inputs are bounded.
+  _, problems = recipe.load_string('local s = ("a"):rep(200)\nlocal x = s:find(("a*"):rep(6) .. "b")\n', "r/regex.lua")
+  t.match(problems[1], "^r/regex%.lua:2: string%.find: a pattern over", "a backtracking pattern")
+  _, problems = recipe.load_string('table.move({}, 1, 1 << 40, 1, {})\n', "r/move.lua")
+  t.match(problems[1], "^r/move%.lua:1: table%.move: more than", "a huge table.move")
+  _, problems = recipe.load_string('local big, list = ("x"):rep(1 << 20), {}\nfor i = 1, 200 do list[i] = big end\n'
+    .. 'local all = table.concat(list)\n', "r/concat.lua")
+  t.match(problems[1], "^r/concat%.lua:3: table%.concat: result too large", "a huge table.concat")
+  local entries
+  entries, problems = recipe.load_string('local q = ("Q4_K_M"):gsub("_", "-")\n'
+    .. 'model ("m-" .. q:lower()) { framework = "other", url = "https://h/" .. table.concat({ "a", "b" }, "/") }\n', "r/ok.lua")
+  t.eq(#problems, 0, "ordinary string and table use still works: " .. table.concat(problems, "; "))
+  t.eq(entries[1].id, "m-q4-k-m", "the id built with gsub")
   t.eq(("ab"):rep(3), "ababab", "the program's string.rep is back")
   t.eq(debug.gethook(), nil, "no hook left behind")
 end)

@@ -41,10 +41,51 @@ local string_view = { rep = function(s, n, sep)
   if len > MAX_REP then error(("string.rep: result too large for a recipe (%.0f bytes)"):format(len), 2) end
   return string.rep(s, n, sep)
 end }
+-- The count hook cannot stop a C function: a backtracking pattern or a huge table.move or concat
+-- would run (or allocate) for as long as it likes. Their inputs are bounded instead.
+local MAX_SUBJECT, MAX_QUANTIFIERS, MAX_MOVE = 1024, 2, 100000
+local gsub, getinfo = string.gsub, debug.getinfo
+local running_chunk -- "@file" of the recipe being run: only its own calls are bounded (the program's
+                    -- code run meanwhile reaches the same view through the string metatable)
+local function bounded_pattern(fname, fn)
+  return function(s, pattern, ...)
+    local plain = fname == "find" and select(2, ...)
+    if not plain and type(pattern) == "string" and getinfo(2, "S").source == running_chunk then
+      local q = select(2, gsub(gsub(pattern, "%%.", ""), "[%*%+%-]", ""))
+      if #tostring(s) > MAX_SUBJECT or q > MAX_QUANTIFIERS then
+        error(("string.%s: a pattern over more than %d characters, or with more than %d repetitions, "
+          .. "is not for recipes"):format(fname, MAX_SUBJECT, MAX_QUANTIFIERS), 2)
+      end
+    end
+    return fn(s, pattern, ...)
+  end
+end
 for k, v in pairs(string) do
   if k ~= "dump" and k ~= "rep" then string_view[k] = v end
 end
+for _, k in ipairs { "find", "match", "gmatch", "gsub" } do string_view[k] = bounded_pattern(k, string[k]) end
 local safe_string = readonly("string", string_view)
+
+local table_view = {}
+for k, v in pairs(table) do table_view[k] = v end
+function table_view.move(a1, f, e, t, a2)
+  if type(f) == "number" and type(e) == "number" and e - f > MAX_MOVE then
+    error(("table.move: more than %d elements is not for recipes"):format(MAX_MOVE), 2)
+  end
+  return table.move(a1, f, e, t, a2)
+end
+function table_view.concat(list, sep, i, j)
+  if type(list) == "table" then
+    local len, last = 0, j or #list
+    if last - (i or 1) > MAX_MOVE then error("table.concat: too many elements for a recipe", 2) end
+    for k = i or 1, last do
+      local v = list[k]
+      len = len + ((type(v) == "string" or type(v) == "number") and #tostring(v) or 0) + #tostring(sep or "")
+      if len > MAX_REP then error(("table.concat: result too large for a recipe (over %d bytes)"):format(MAX_REP), 2) end
+    end
+  end
+  return table.concat(list, sep, i, j)
+end
 
 -- The one list of what a recipe may name, besides the language itself (framework, model, hf) and the
 -- globals it defines for itself. Everything else (os, io, require, load, loadfile, dofile, debug,
@@ -53,7 +94,7 @@ local LIBRARIES = {
   ipairs = ipairs, pairs = pairs, next = next, select = select, type = type,
   tonumber = tonumber, tostring = tostring, error = error, assert = assert,
   string = safe_string,
-  table = readonly("table", table),
+  table = readonly("table", table_view),
   math = readonly("math", math, { "random", "randomseed" }),
   utf8 = readonly("utf8", utf8),
 }
@@ -374,7 +415,9 @@ function recipe.load_string(src, chunkname)
     problems[#problems + 1] = err
     return {}, problems
   end
+  running_chunk = "@" .. chunkname
   local ok, rerr = bounded(chunk)
+  running_chunk = nil
   if not ok then
     entries = {} -- a file that fails to run contributes nothing, as one that fails to compile
     local msg = tostring(rerr)
