@@ -3,6 +3,7 @@
 #define MODELGET_CORE_H
 
 #include <stddef.h>
+#include <signal.h>
 #include <stdint.h>
 #include <lua.h>
 #include <lauxlib.h>
@@ -17,11 +18,15 @@ const char *mg_errno_code(int err);
 double mg_now(void);
 /* Free bytes available to this user on the file system holding path (or its nearest existing parent). */
 int mg_free_space(const char *path, uint64_t *out);
+/* pwrite until all n bytes are written at off (EINTR retried). Returns 0 or an errno. */
+int mg_write_all(int fd, const void *buf, size_t n, uint64_t off);
+/* The folder part of path ("." when none, "/" for the root's children), cut to outsz. */
+void mg_parent_of(const char *path, char *out, size_t outsz);
 /* mkdir -p: existing folders cost one stat, missing ones are made from the nearest existing parent.
  * Returns 0 or an errno. */
 int mg_mkdirs(const char *path, unsigned mode);
 /* Set by the SIGINT/SIGTERM handler installed with catch_interrupt(). */
-extern volatile int mg_interrupt_flag;
+extern volatile sig_atomic_t mg_interrupt_flag;
 
 /* Lower-case hex of a digest; out holds 2n+1 bytes. */
 void mg_hex(const unsigned char *digest, size_t n, char *out);

@@ -508,20 +508,6 @@ static int spend(Extraction *x, const char *raw, int64_t growth) {
   return 0;
 }
 
-static int write_at(int fd, const char *buf, size_t n, off_t off) {
-  while (n > 0) {
-    ssize_t w = pwrite(fd, buf, n, off);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    buf += w;
-    n -= (size_t)w;
-    off += w;
-  }
-  return 0;
-}
-
 /* Feeds n zero bytes (a sparse hole) to the digest. */
 static void hash_zeros(EVP_MD_CTX *ctx, int64_t n) {
   static const unsigned char zeros[65536];
@@ -561,7 +547,7 @@ static int write_data(Extraction *x, const char *raw, int fd, int64_t stated, EV
       if (spend(x, raw, end - extent)) return -1;
       extent = end;
     }
-    int err = write_at(fd, buf, size, (off_t)off);
+    int err = mg_write_all(fd, buf, size, (uint64_t)off);
     if (err) return path_fail(x, raw, err);
     if (tick(x)) return -1;
   }

@@ -18,7 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
-volatile int mg_interrupt_flag = 0;
+volatile sig_atomic_t mg_interrupt_flag = 0;
 
 int mg_free_space(const char *path, uint64_t *out) {
   char buf[PATH_MAX];
@@ -135,19 +135,24 @@ static int fs_listdir(lua_State *L) {
   size_t n = 0, cap = 16;
   char **names = malloc(cap * sizeof *names);
   struct dirent *de;
-  while (names && (de = readdir(d)) != NULL) {
+  int oom = names == NULL;
+  while (!oom && (de = readdir(d)) != NULL) {
     if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
     if (n == cap) {
       char **grown = realloc(names, (cap *= 2) * sizeof *names);
-      if (!grown) { break; }
+      if (!grown) { oom = 1; break; }
       names = grown;
     }
     names[n] = strdup(de->d_name);
-    if (!names[n]) break;
+    if (!names[n]) { oom = 1; break; }
     n++;
   }
   closedir(d);
-  if (!names) return luaL_error(L, "out of memory");
+  if (oom) { /* never a listing cut short */
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+    return luaL_error(L, "out of memory");
+  }
   qsort(names, n, sizeof *names, cmp_names);
   lua_createtable(L, (int)n, 0);
   for (size_t i = 0; i < n; i++) {
@@ -182,7 +187,20 @@ static int fs_fsync(lua_State *L) {
   return 1;
 }
 
-static void parent_of(const char *path, char *out, size_t outsz) {
+int mg_write_all(int fd, const void *buf, size_t n, uint64_t off) {
+  const char *p = buf;
+  while (n > 0) {
+    ssize_t w = pwrite(fd, p, n, (off_t)off);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += w; n -= (size_t)w; off += (uint64_t)w;
+  }
+  return 0;
+}
+
+void mg_parent_of(const char *path, char *out, size_t outsz) {
   const char *slash = strrchr(path, '/');
   if (!slash) { snprintf(out, outsz, "."); return; }
   size_t n = (size_t)(slash - path);
@@ -201,15 +219,10 @@ static int fs_write_atomic(lua_State *L) {
     return mg_fail_errno(L, ENAMETOOLONG, "%s", path);
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return mg_fail_errno(L, errno, "cannot write %s", path);
-  size_t off = 0;
-  while (off < len) {
-    ssize_t w = write(fd, data + off, len - off);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      int e = errno; close(fd); unlink(tmp);
-      return mg_fail_errno(L, e, "cannot write %s", path);
-    }
-    off += (size_t)w;
+  int werr = mg_write_all(fd, data, len, 0);
+  if (werr) {
+    close(fd); unlink(tmp);
+    return mg_fail_errno(L, werr, "cannot write %s", path);
   }
   if (fsync(fd) != 0 || close(fd) != 0) {
     int e = errno; unlink(tmp);
@@ -219,14 +232,14 @@ static int fs_write_atomic(lua_State *L) {
     int e = errno; unlink(tmp);
     return mg_fail_errno(L, e, "cannot write %s", path);
   }
-  parent_of(path, dir, sizeof dir);
+  mg_parent_of(path, dir, sizeof dir);
   fsync_path(dir);
   lua_pushboolean(L, 1);
   return 1;
 }
 
 /* Sync jobs: fsync a list of files and folders on a thread of their own, so the event loop goes on
- * while the disk makes them durable (and the disk gets several at once). */
+ * while the disk makes them durable; several jobs (several pulls) run at once. */
 #define SYNC_MT "modelget.SyncJob"
 typedef struct {
   pthread_t thread;

@@ -24,8 +24,8 @@ static void message(const char *msg) {
   fflush(stderr);
 }
 
-/* Errors raised as tables ({message=…, exit=…}) or plain strings from error(msg, 0) are the user's;
- * anything else is a bug and gets a traceback. */
+/* Errors raised as tables ({message=…, exit=…}) are the user's: one line, no traceback. Anything
+ * else reaching here is a bug and gets a traceback (user errors are returned, not raised). */
 static int msghandler(lua_State *L) {
   if (lua_type(L, 1) == LUA_TTABLE) return 1;
   const char *msg = lua_tostring(L, 1);

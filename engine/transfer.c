@@ -242,34 +242,10 @@ static void host_of(const char *url, char *out, size_t outsz) {
 
 /* mkdir -p for the folder holding path. */
 static int make_parent(const char *path) {
-  char buf[PATH_MAX];
-  if (strlen(path) >= sizeof buf) return ENAMETOOLONG;
-  strcpy(buf, path);
-  char *slash = strrchr(buf, '/');
-  if (!slash || slash == buf) return 0;
-  *slash = '\0';
-  return mg_mkdirs(buf, 0755);
-}
-
-static void folder_of(const char *path, char *out, size_t outsz) {
-  const char *slash = strrchr(path, '/');
-  if (!slash) { snprintf(out, outsz, "."); return; }
-  size_t n = slash == path ? 1 : (size_t)(slash - path);
-  if (n >= outsz) n = outsz - 1;
-  memcpy(out, path, n);
-  out[n] = '\0';
-}
-
-static int write_all(int fd, const char *p, size_t n, uint64_t off) {
-  while (n > 0) {
-    ssize_t w = pwrite(fd, p, n, (off_t)off);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    p += w; n -= (size_t)w; off += (uint64_t)w;
-  }
-  return 0;
+  char dir[PATH_MAX];
+  if (strlen(path) >= sizeof dir) return ENAMETOOLONG;
+  mg_parent_of(path, dir, sizeof dir);
+  return mg_mkdirs(dir, 0755);
 }
 
 /* Headers ------------------------------------------------------------------------------------- */
@@ -361,7 +337,7 @@ static void *hash_worker(void *arg) {
     uint64_t off = h->file_base + h->out; /* out changes only here */
     int hash = !h->drain;
     pthread_mutex_unlock(&h->mu);
-    err = write_all(h->fd, (const char *)h->ring + at, n, off);
+    err = mg_write_all(h->fd, (const char *)h->ring + at, n, off);
     if (!err && hash) EVP_DigestUpdate(h->ctx, h->ring + at, n);
 #ifdef SYNC_FILE_RANGE_WRITE
     /* Start write-back early, so the final fsync has little left to do. */
@@ -519,7 +495,7 @@ static int read_state(const char *path, SavedState *s) {
 static int flush_writes(Transfer *t) {
   if (t->wlen == 0) return 0;
   size_t n = t->wlen;
-  int err = write_all(t->fd, t->wbuf, n, t->offset - n);
+  int err = mg_write_all(t->fd, t->wbuf, n, t->offset - n);
   if (err) return err; /* wlen stays: on_disk() does not count what never reached the file */
   t->wlen = 0;
   EVP_DigestUpdate(t->ctx, t->wbuf, n);
@@ -569,7 +545,7 @@ static int write_state(Transfer *t, int force) {
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) err = errno;
   else {
-    err = write_all(fd, text, (size_t)n, 0);
+    err = mg_write_all(fd, text, (size_t)n, 0);
     if (close(fd) != 0 && !err) err = errno;
     if (!err && rename(tmp, t->state_path) != 0) err = errno;
     if (err) unlink(tmp);
@@ -661,7 +637,7 @@ static int accept_file_response(Transfer *t) {
   if (expect >= 0 && (uint64_t)expect > base) {
     char folder[PATH_MAX];
     const char *where = t->space_path;
-    if (!where) { folder_of(t->partial, folder, sizeof folder); where = folder; }
+    if (!where) { mg_parent_of(t->partial, folder, sizeof folder); where = folder; }
     uint64_t avail = 0;
     double need = t->space_factor * (double)((uint64_t)expect - base);
     if (mg_free_space(where, &avail) == 0 && need > (double)avail) {
@@ -833,7 +809,7 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
       memcpy(t->wbuf + t->wlen, p, len);
       t->wlen += len;
     } else {
-      err = write_all(t->fd, p, len, t->offset);
+      err = mg_write_all(t->fd, p, len, t->offset);
       if (!err) EVP_DigestUpdate(t->ctx, p, len);
     }
   }
