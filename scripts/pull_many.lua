@@ -72,5 +72,5 @@ sched:close()
 for _, f in ipairs(failures) do
   io.stderr:write(string.format("pull_many: %s: %s (%s)\n", f.target, f.err, f.code))
 end
-if #failures > 0 then return require("modelget.cli").exit_status(failures[1].code) end
+if #failures > 0 then return require("modelget.util").exit_status(failures[1].code) end
 return 0

@@ -751,6 +751,8 @@ function URLS.export(ctx)
   if file then
     if ctx.json then json_line({ event = "exported", file = file })
     else printf("exported custom URLs to %s", file) end
+  elseif ctx.json then
+    io.stdout:write(util.json_encode(util.json_decode(res)), "\n") -- one object, one line
   else
     io.stdout:write(res, res:sub(-1) == "\n" and "" or "\n")
   end

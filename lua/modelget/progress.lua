@@ -340,7 +340,7 @@ function M.new(opts)
     err = opts.err or io.stderr,
     color = opts.color and true or false,
     width = math.max(40, opts.width or 80),
-    clock = opts.clock or os.clock,
+    clock = opts.clock or require("modelget.core").now, -- wall time (os.clock is CPU time)
     files = {}, order = {}, drawn = 0, last_draw = -math.huge,
     done = {}, failed = {}, extracting = {},
   }, Reporter)
