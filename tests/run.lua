@@ -64,6 +64,15 @@ for _, file in ipairs(files) do
   end
 end
 
+-- The fixture server's own failures (a traceback on its stderr) over the whole run, not just
+-- until the file that happens to check it.
+local fixture = package.loaded.servers and package.loaded.servers.fixture_started
+if fixture and fixture.errors() ~= "" then
+  failed = failed + 1
+  failures[#failures + 1] = "the fixture server reported errors:\n" .. fixture.errors()
+  print("FAIL the fixture server reported errors of its own")
+end
+
 t.shutdown()
 if #failures > 0 then
   print("\nFailures:")

@@ -219,6 +219,7 @@ servers.fixture = once(function()
 
   -- What the server wrote to stderr: empty unless the server itself has a bug.
   function s.errors() return t.read(root .. "/server.err") or "" end
+  servers.fixture_started = s -- the runner asks it for errors once every test has run
 
   function s.hub_put(repo, path, data) return put_file(root .. "/hub/" .. repo .. "/" .. path, data) end
 
