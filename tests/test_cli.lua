@@ -21,11 +21,7 @@ local function lines(s)
   return out
 end
 
-local function events(stdout)
-  local out = {}
-  for _, line in ipairs(lines(stdout)) do out[#out + 1] = cjson.decode(line) end
-  return out
-end
+local events = t.events
 
 -- A failure a person reads: exactly one line on stderr, "modelget: …".
 local function one_error_line(r, pattern, what)

@@ -160,8 +160,7 @@ model "chk-gated" { url = hf "chk/gated" "x.gguf", auth = "hf" }
     for _, id in ipairs(ids) do args[#args + 1] = id end
     local r = t.modelget(args, { env = env })
     local by = {}
-    for line in r.stdout:gmatch("[^\n]+") do
-      local ev = cjson.decode(line)
+    for _, ev in ipairs(t.events(r.stdout)) do
       by[ev.id] = by[ev.id] or {}
       table.insert(by[ev.id], ev)
     end

@@ -15,11 +15,7 @@ local function pull(store, args, opts)
   return t.modelget(argv, opts)
 end
 
-local function events(stdout)
-  local out = {}
-  for line in stdout:gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
-  return out
-end
+local events = t.events
 
 local function installed(store, fw, id, name)
   return store .. "/models/" .. fw .. "/" .. id .. "/" .. name
@@ -116,8 +112,7 @@ test("a stalled transfer is retried after --stall-timeout", function()
   local store = store_dir("stall")
   local r = t.status(pull(store, { url, "--framework", "other", "--stall-timeout", "1", "--json" }), 0, "pull")
   t.eq(t.sha256_file(installed(store, "other", "stall", "stall.bin")), t.sha256(data), "bytes")
-  local retry
-  for _, ev in ipairs(events(r.stdout)) do if ev.event == "retry" then retry = ev end end
+  local retry = t.last_event(events(r.stdout), "retry")
   t.ok(retry, "a retry event")
   t.match(retry.reason, "no data", "the retry says why")
   t.eq(fx.requests("/f/stall.bin")[2].headers.range, "bytes=300000-", "resumed after the stall")
@@ -179,8 +174,7 @@ test("429 with Retry-After is honoured", function()
   fx.script("limited.bin", { { status = 429, retry_after = 1 } })
   local store = store_dir("429")
   local r = t.status(pull(store, { url, "--framework", "other", "--json" }), 0, "pull")
-  local retry
-  for _, ev in ipairs(events(r.stdout)) do if ev.event == "retry" then retry = ev end end
+  local retry = t.last_event(events(r.stdout), "retry")
   t.ok(retry, "a retry event")
   t.eq(retry.delay, 1, "waited what Retry-After said")
   local reqs = fx.requests("/f/limited.bin")

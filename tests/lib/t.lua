@@ -169,6 +169,21 @@ function t.status(r, want, what)
   return r
 end
 
+-- The JSON objects of a command's output, one a line (--json), in order.
+function t.events(stdout)
+  local cjson = require "cjson"
+  local out = {}
+  for line in stdout:gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
+  return out
+end
+
+-- The last event of a kind in a list of events.
+function t.last_event(events, kind)
+  local found
+  for _, ev in ipairs(events) do if ev.event == kind then found = ev end end
+  return found
+end
+
 -- Polls cond() every 50 ms until it returns a true value (returned) or the seconds pass (nil).
 function t.wait(cond, seconds)
   local deadline = core.now() + (seconds or 10)
