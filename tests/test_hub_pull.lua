@@ -2,7 +2,6 @@
 -- side files, stated hashes, gated repos, format checks; and the URL checker on the same Hub.
 local t = require "t"
 local servers = require "servers"
-local cjson = require "cjson"
 
 local ONNX_MODEL = "/usr/share/libonnx-testdata/data/node/test_add/model.onnx"
 

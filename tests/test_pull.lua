@@ -236,40 +236,17 @@ test("several downloads at once", function()
   end
 end)
 
--- A rate-limited pull in the background: its pid, and a file that receives its exit status.
-local function background_pull(store, url, name)
-  local dir = t.tmpdir(name)
-  local pidfile, statusfile = dir .. "/pid", dir .. "/status"
-  t.sh(string.format("(%s pull %s --store %s --cacert %s --framework other -q --limit-rate 400K 2>%s; echo $? > %s) >/dev/null 2>&1 & echo $! > %s",
-    t.shquote(t.bin), t.shquote(url), t.shquote(store), t.shquote(servers.ca().cert), t.shquote(dir .. "/stderr"),
-    t.shquote(statusfile), t.shquote(pidfile)))
-  local shell = assert(t.read(pidfile)):match("%d+")
-  -- The pull is the subshell's only child.
-  local pid
-  for _ = 1, 50 do
-    pid = t.sh("pgrep -P " .. shell).stdout:match("%d+")
-    if pid then break end
-    require("modelget.core").sleep(0.05)
-  end
-  return { status = statusfile, stderr = dir .. "/stderr", pid = assert(pid, "the background pull started") }
+-- A rate-limited pull in the background.
+local function background_pull(store, url)
+  return t.spawn { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q",
+                   "--limit-rate", "400K" }
 end
 
--- Waits until the file holds more than n bytes (or 20 s pass).
+-- Waits until the file holds more than n bytes; fails after 20 s.
 local function wait_for_bytes(path, n)
   local core = require "modelget.core"
-  for _ = 1, 200 do
-    local st = core.stat(path)
-    if st and st.size > n then return st.size end
-    core.sleep(0.1)
-  end
-end
-
-local function wait_for_file(path)
-  local core = require "modelget.core"
-  for _ = 1, 100 do
-    if t.read(path) and t.read(path) ~= "" then return t.read(path) end
-    core.sleep(0.1)
-  end
+  t.ok(t.wait(function() local st = core.stat(path); return st and st.size > n end, 20),
+    "more than " .. n .. " bytes in " .. path)
 end
 
 test("kill -9 mid-download, then pull again: resumed with Range", function()
@@ -278,11 +255,11 @@ test("kill -9 mid-download, then pull again: resumed with Range", function()
   local url = fx.put("killed.bin", data)
   fx.clear_log()
   local store = store_dir("kill9")
-  local job = background_pull(store, url, "kill9")
+  local job = background_pull(store, url)
   local partial = store .. "/partial/other--killed/killed.bin.part"
   wait_for_bytes(partial, 600000)
   os.execute("kill -KILL " .. job.pid)
-  t.eq(tonumber(wait_for_file(job.status)), 137, "killed by SIGKILL")
+  t.eq(t.wait(job.status, 10), 137, "killed by SIGKILL")
   local kept = require("modelget.core").stat(partial).size
   t.ok(kept > 0 and kept < #data, "a partial was left by the killed pull")
   t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "the second pull")
@@ -298,11 +275,11 @@ test("Ctrl-C keeps the partial, exits 130, and the next pull resumes", function(
   local url = fx.put("interrupted.bin", data)
   fx.clear_log()
   local store = store_dir("sigint")
-  local job = background_pull(store, url, "sigint")
+  local job = background_pull(store, url)
   local partial = store .. "/partial/other--interrupted/interrupted.bin.part"
   wait_for_bytes(partial, 500000)
   os.execute("kill -INT " .. job.pid)
-  t.eq(tonumber(wait_for_file(job.status)), 130, "exit status after Ctrl-C")
+  t.eq(t.wait(job.status, 10), 130, "exit status after Ctrl-C")
   t.match(t.read(job.stderr) or "", "resume", "says the partial is kept and how to resume")
   local st = require("modelget.core").stat(partial)
   t.ok(st and st.size > 0, "partial kept")

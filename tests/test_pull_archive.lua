@@ -92,10 +92,8 @@ test("a pull killed during extraction leaves no model folder; the next pull comp
   for i = 1, 20000 do entries[#entries + 1] = { path = string.format("shard/%05d.bin", i), data = t.bytes(512, i) } end
   local url = serve_archive("tar", "many.tar", entries)
   local store = t.tmpdir("store-killx")
-  local pidfile = t.tmpdir("killx") .. "/pid"
-  t.sh(string.format("(%s pull %s --store %s --cacert %s --framework other --unzip -q & echo $! > %s) >/dev/null 2>&1",
-    t.shquote(t.bin), t.shquote(url), t.shquote(store), t.shquote(servers.ca().cert), t.shquote(pidfile)))
-  local pid = assert(t.read(pidfile)):match("%d+")
+  local pid = t.spawn({ "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other",
+                        "--unzip", "-q" }).pid
   local pdir = store .. "/partial/other--many"
   local staged, waited = false, 0
   while waited < 30 and not staged do

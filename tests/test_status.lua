@@ -18,10 +18,8 @@ test("status shows a running pull, then the stopped one; rm drops its partial da
   t.match(status(store).stdout, "no downloads in progress", "nothing at first")
 
   -- A slow pull in the background.
-  local dir = t.tmpdir("status-job")
-  t.sh(string.format("(%s pull %s --store %s --cacert %s --framework other -q --limit-rate 300K & echo $! > %s) >/dev/null 2>&1",
-    t.shquote(t.bin), t.shquote(url), t.shquote(store), t.shquote(servers.ca().cert), t.shquote(dir .. "/pid")))
-  local pid = assert(t.read(dir .. "/pid")):match("%d+")
+  local pid = t.spawn({ "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q",
+                        "--limit-rate", "300K" }).pid
   local partial = store .. "/partial/other--partly/partly.bin.part"
   for _ = 1, 100 do
     local st = core.stat(partial)

@@ -169,6 +169,25 @@ function t.status(r, want, what)
   return r
 end
 
+-- Starts the modelget host in the background with arguments (a list), as t.modelget would.
+-- Returns {pid=, stderr=path, status=function() -> exit status once it has ended, else nil};
+-- the process is killed at the end of the test case if it is still running.
+function t.spawn(args, opts)
+  local dir = t.tmpdir("spawn")
+  local words = { shquote(t.bin) }
+  for _, a in ipairs(args) do words[#words + 1] = shquote(a) end
+  local pidfile, statusfile, errfile = dir .. "/pid", dir .. "/status", dir .. "/stderr"
+  t.sh(string.format("(%s 2>%s & echo $! > %s; wait $!; echo $? > %s) >/dev/null 2>&1 &",
+    table.concat(words, " "), shquote(errfile), shquote(pidfile), shquote(statusfile)), opts)
+  local pid = t.wait(function() local s = t.read(pidfile); return s and s:match("%d+") end, 10)
+  assert(pid, "the background command started")
+  t.defer_case(function() os.execute("kill -9 " .. pid .. " 2>/dev/null") end)
+  return {
+    pid = pid, stderr = errfile,
+    status = function() local s = t.read(statusfile); return s and tonumber(s:match("%d+")) end,
+  }
+end
+
 -- The JSON objects of a command's output, one a line (--json), in order.
 function t.events(stdout)
   local cjson = require "cjson"
