@@ -110,7 +110,8 @@ struct Transfer {
   size_t wlen;
   int64_t total;              /* -1 unknown */
   uint64_t body_bytes;        /* body bytes received by this attempt */
-  uint64_t body_hashed;       /* of them, handed to the hash (inline or to the worker) */
+  uint64_t body_hashed;       /* of them, written and hashed here (before a worker takes over) */
+  int no_worker;              /* starting the worker failed once: not tried again */
   int resp;
   long status;
   Headers hdr;
@@ -500,8 +501,14 @@ static int flush_writes(Transfer *t) {
   t->wlen = 0;
   EVP_DigestUpdate(t->ctx, t->wbuf, n);
   t->body_hashed += n;
-  if (!t->hash.started && t->body_hashed > INLINE_HASH_LIMIT)
-    hash_start(&t->hash, t->ctx, -1, 0, t->fd, t->offset); /* no thread: it stays here */
+  if (!t->hash.started && !t->no_worker && t->body_hashed > INLINE_HASH_LIMIT) {
+    if (hash_start(&t->hash, t->ctx, -1, 0, t->fd, t->offset) == 0) {
+      free(t->wbuf); /* from here on the worker's ring takes the bytes */
+      t->wbuf = NULL;
+    } else {
+      t->no_worker = 1; /* no thread to be had: the body stays on this one */
+    }
+  }
   return 0;
 }
 
@@ -735,8 +742,8 @@ static size_t on_header(char *buf, size_t size, size_t nitems, void *ud) {
 
 /* Body bytes ---------------------------------------------------------------------------------- */
 
-static void checkpoint(Transfer *t) {
-  if (t->offset - t->state_off >= STATE_EVERY_BYTES || mg_now() - t->state_at >= STATE_EVERY_SECONDS)
+static void checkpoint(Transfer *t, double now) {
+  if (t->offset - t->state_off >= STATE_EVERY_BYTES || now - t->state_at >= STATE_EVERY_SECONDS)
     write_state(t, 0);
 }
 
@@ -821,7 +828,7 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
   }
   t->offset += len;
   t->body_bytes += len;
-  checkpoint(t);
+  checkpoint(t, t->activity_at);
   return len;
 }
 
