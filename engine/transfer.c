@@ -65,6 +65,8 @@ typedef struct {
   int closing, abort;
   int drain;                 /* stop soon: write what the ring holds, hash nothing more */
   int consumer_waiting, producer_waiting;
+  int wake_wanted;           /* the transfer paused on a full ring: wake the event loop at half */
+  CURLM *wake;               /* the session's multi handle, for curl_multi_wakeup */
   int prefix_fd;             /* the kept prefix is hashed from here first (then closed) */
   uint64_t prefix;
   int fd;                    /* the partial file: ring byte i goes to file_base + i */
@@ -351,26 +353,34 @@ static void *hash_worker(void *arg) {
     if (err) h->err = err;
     else h->out += n;
     if (h->producer_waiting) pthread_cond_signal(&h->room);
+    if (h->wake_wanted && (h->err || h->in - h->out <= RING_SIZE / 2)) {
+      h->wake_wanted = 0;
+      if (h->wake) curl_multi_wakeup(h->wake); /* the paused transfer goes on at once */
+    }
   }
   /* However it ends, a producer waiting for room must not wait for ever. */
   pthread_cond_broadcast(&h->room);
+  if (h->wake_wanted && h->wake) curl_multi_wakeup(h->wake);
+  h->wake_wanted = 0;
   pthread_mutex_unlock(&h->mu);
   return NULL;
 }
 
 /* Starts the worker; prefix_fd (owned by the worker from here) gives the kept bytes to hash first.
  * Returns 0 or an errno (then nothing was started and prefix_fd is still the caller's). */
-static int hash_start(Hashing *h, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefix, int fd, uint64_t file_base) {
+static int hash_start(Hashing *h, CURLM *wake, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefix, int fd,
+                      uint64_t file_base) {
   h->ring = malloc(RING_SIZE);
   if (!h->ring) return ENOMEM;
   h->in = h->out = 0;
   h->closing = h->abort = h->drain = h->err = 0;
-  h->consumer_waiting = h->producer_waiting = 0;
+  h->consumer_waiting = h->producer_waiting = h->wake_wanted = 0;
   h->prefix_fd = prefix_fd;
   h->prefix = prefix;
   h->fd = fd;
   h->file_base = h->synced = file_base;
   h->ctx = ctx;
+  h->wake = wake;
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   pthread_attr_setstacksize(&attr, (size_t)1 << 20);
@@ -393,6 +403,16 @@ static size_t hash_room(Hashing *h) {
   size_t room = h->err ? SIZE_MAX : RING_SIZE - (size_t)(h->in - h->out);
   pthread_mutex_unlock(&h->mu);
   return room;
+}
+
+/* Whether len bytes fit in the ring now; when they do not, the worker is asked to wake the event
+ * loop once half the ring is free (checked and asked in one step, so no wake-up is lost). */
+static int hash_fits_or_wake(Hashing *h, size_t len) {
+  pthread_mutex_lock(&h->mu);
+  int fits = h->err || RING_SIZE - (size_t)(h->in - h->out) >= len;
+  if (!fits) h->wake_wanted = 1;
+  pthread_mutex_unlock(&h->mu);
+  return fits;
 }
 
 /* Returns 0, or the worker's write error (then the bytes are dropped: the transfer fails). */
@@ -493,6 +513,8 @@ static int read_state(const char *path, SavedState *s) {
 
 /* Writes and hashes a small body's pending bytes here. Once the body passes INLINE_HASH_LIMIT the
  * worker takes over: from then on it writes and hashes what arrives. */
+static CURLM *wake_of(Transfer *t) { return t->session ? t->session->multi : NULL; }
+
 static int flush_writes(Transfer *t) {
   if (t->wlen == 0) return 0;
   size_t n = t->wlen;
@@ -502,7 +524,7 @@ static int flush_writes(Transfer *t) {
   EVP_DigestUpdate(t->ctx, t->wbuf, n);
   t->body_hashed += n;
   if (!t->hash.started && !t->no_worker && t->body_hashed > INLINE_HASH_LIMIT) {
-    if (hash_start(&t->hash, t->ctx, -1, 0, t->fd, t->offset) == 0) {
+    if (hash_start(&t->hash, wake_of(t), t->ctx, -1, 0, t->fd, t->offset) == 0) {
       free(t->wbuf); /* from here on the worker's ring takes the bytes */
       t->wbuf = NULL;
     } else {
@@ -761,7 +783,7 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
   if (t->head) return len;
   /* A full ring means the worker is busy (re-hashing a long kept prefix): pause this transfer
    * rather than block the callback, so every other transfer and Ctrl-C go on meanwhile. */
-  if (!t->memory && t->hash.started && t->hash.writes && hash_room(&t->hash) < len) {
+  if (!t->memory && t->hash.started && t->hash.writes && !hash_fits_or_wake(&t->hash, len)) {
     t->ring_paused = 1;
     t->curl_paused = 1;
     return CURL_WRITEFUNC_PAUSE;
@@ -893,7 +915,7 @@ static int prepare_resume(Transfer *t) {
         replace(&t->etag, is_strong_etag(ss.etag) ? ss.etag : NULL);
         replace(&t->last_modified, ss.last_modified);
         int rfd = open(t->partial, O_RDONLY | O_CLOEXEC);
-        if (rfd < 0 || hash_start(&t->hash, t->ctx, rfd, kept, t->fd, kept) != 0) {
+        if (rfd < 0 || hash_start(&t->hash, wake_of(t), t->ctx, rfd, kept, t->fd, kept) != 0) {
           /* No worker: hash the prefix here. */
           int err = rfd < 0 ? errno : mg_sha256_fd(rfd, kept, t->ctx, NULL);
           if (rfd >= 0) close(rfd);
@@ -1178,19 +1200,18 @@ static void refill(Session *s, double now) {
   }
 }
 
-/* Lets ring-paused transfers go on once their worker has made room. Returns whether any still wait. */
-static int ring_resume(Session *s, double now) {
-  int waiting = 0;
+/* Lets ring-paused transfers go on once their worker has made room (the worker wakes the poll
+ * when it has). */
+static void ring_resume(Session *s, double now) {
   for (Transfer *t = s->first; t; t = t->next) {
     if (t->state != ST_RUNNING || !t->ring_paused || !t->easy) continue;
-    if (hash_room(&t->hash) < RING_SIZE / 2) { waiting = 1; continue; }
+    if (hash_room(&t->hash) < RING_SIZE / 2) continue;
     t->ring_paused = 0;
     if (t->user_paused || t->rate_paused) continue;
     t->curl_paused = 0;
     t->activity_at = now;
     curl_easy_pause(t->easy, CURLPAUSE_CONT); /* may deliver (and pause again) right here */
   }
-  return waiting;
 }
 
 static int rate_waiting(Session *s) {
@@ -1506,7 +1527,7 @@ static int session_perform(lua_State *L) {
     start_queued(s);
     double now = mg_now();
     refill(s, now);
-    int ring_waiting = ring_resume(s, now);
+    ring_resume(s, now);
     int still = 0;
     curl_multi_perform(s->multi, &still);
     drain_messages(s);
@@ -1522,7 +1543,6 @@ static int session_perform(lua_State *L) {
       if (wait < 0.005) wait = 0.005;
       if (wait < left) left = wait;
     }
-    if (ring_waiting && left > 0.005) left = 0.005;
     if (left > 1) left = 1; /* stalls are checked between polls */
     curl_multi_poll(s->multi, NULL, 0, (int)(left * 1000) + 1, NULL);
   }
