@@ -53,27 +53,29 @@ enum { RESP_NONE, RESP_INFO, RESP_REDIRECT, RESP_BODY, RESP_ERROR };
 typedef struct Session Session;
 typedef struct Transfer Transfer;
 
-/* The body worker: a ring filled by the write callback, drained into the partial file and the
- * SHA-256 context, so TLS runs on one core while writing and hashing run on the other. */
+/* The body workers: a ring filled by the write callback and read by two threads, one writing the
+ * partial file, one feeding the SHA-256 context, so TLS, the page-cache copy and the hash each get
+ * a core when there is one. A byte's slot is free once both have passed it. */
 typedef struct {
-  pthread_t thread;
-  int started;
+  pthread_t hasher, writer;
+  int started, writer_started;
   pthread_mutex_t mu;
-  pthread_cond_t more, room;
+  pthread_cond_t more_hash, more_write, room;
   unsigned char *ring;
-  uint64_t in, out;          /* bytes put into the ring, bytes hashed from it */
+  uint64_t in;               /* bytes put into the ring */
+  uint64_t hashed, written;  /* bytes the hasher and the writer are done with */
   int closing, abort;
   int drain;                 /* stop soon: write what the ring holds, hash nothing more */
-  int consumer_waiting, producer_waiting;
+  int hasher_waiting, writer_waiting, producer_waiting;
   int wake_wanted;           /* the transfer paused on a full ring: wake the event loop at half */
   CURLM *wake;               /* the session's multi handle, for curl_multi_wakeup */
   int prefix_fd;             /* the kept prefix is hashed from here first (then closed) */
   uint64_t prefix;
-  int fd;                    /* the partial file: ring byte i goes to file_base + i */
+  int fd;                    /* the partial file: ring byte i goes to file_base + i (-1: none) */
   uint64_t file_base, synced;
-  int writes;                /* a worker with a file has run: file_base + out bytes are on disk */
+  int writes;                /* workers with a file have run: file_base + written bytes are on disk */
   int err;
-  EVP_MD_CTX *ctx;           /* owned by the worker while it runs */
+  EVP_MD_CTX *ctx;           /* owned by the hasher while it runs */
 } Hashing;
 
 /* A response's header lines as "name\0value\0" pairs, names lower-case. */
@@ -301,16 +303,64 @@ static int is_strong_etag(const char *etag) {
   return etag && etag[0] == '"';
 }
 
-/* The hash worker ----------------------------------------------------------------------------- */
+/* The body workers -------------------------------------------------------------------------- */
+
+/* Bytes in the ring not yet done with by both workers (call with mu held). */
+static size_t ring_used(const Hashing *h) {
+  uint64_t tail = h->hashed;
+  if (h->fd >= 0 && h->written < tail) tail = h->written;
+  return (size_t)(h->in - tail);
+}
+
+/* Waits (mu held) until at least a batch past *done is in the ring, or the end is asked for (or
+ * the other worker failed). */
+static void await_batch(Hashing *h, const uint64_t *done, pthread_cond_t *more, int *waiting) {
+  while (h->in - *done < HASH_BATCH && !h->closing && !h->abort && !h->drain && !h->err) {
+    *waiting = 1;
+    pthread_cond_wait(more, &h->mu);
+    *waiting = 0;
+  }
+}
+
+/* Wakes a waiting worker that has a batch to do, or must look at a stop or an error (mu held). */
+static void wake_workers(Hashing *h, int all) {
+  if (h->hasher_waiting && (all || h->in - h->hashed >= HASH_BATCH)) pthread_cond_signal(&h->more_hash);
+  if (h->writer_waiting && (all || h->in - h->written >= HASH_BATCH)) pthread_cond_signal(&h->more_write);
+}
+
+/* A worker moved on (mu held): a producer waiting for room, or an event loop waiting for half the
+ * ring, is told. */
+static void ring_freed(Hashing *h) {
+  if (h->producer_waiting) pthread_cond_signal(&h->room);
+  if (h->wake_wanted && (h->err || ring_used(h) <= RING_SIZE / 2)) {
+    h->wake_wanted = 0;
+    if (h->wake) curl_multi_wakeup(h->wake); /* the paused transfer goes on at once */
+  }
+}
+
+/* However a worker ends, nobody may wait for it for ever (mu held). */
+static void worker_ends(Hashing *h) {
+  wake_workers(h, 1); /* the other one, should it wait on an error of this one */
+  pthread_cond_broadcast(&h->room);
+  if (h->wake_wanted && h->wake) curl_multi_wakeup(h->wake);
+  h->wake_wanted = 0;
+}
+
+/* The contiguous run of ring bytes after done (mu held): its start in the ring and its length. */
+static size_t ring_run(const Hashing *h, uint64_t done, size_t *at) {
+  *at = (size_t)(done % RING_SIZE);
+  size_t n = (size_t)(h->in - done);
+  return n > RING_SIZE - *at ? RING_SIZE - *at : n;
+}
 
 static int hash_aborted(Hashing *h) {
   pthread_mutex_lock(&h->mu);
-  int a = h->abort || h->drain;
+  int a = h->abort || h->drain || h->err;
   pthread_mutex_unlock(&h->mu);
   return a;
 }
 
-static void *hash_worker(void *arg) {
+static void *hasher_main(void *arg) {
   Hashing *h = arg;
   int err = 0;
   if (h->prefix_fd >= 0) {
@@ -327,21 +377,32 @@ static void *hash_worker(void *arg) {
   }
   pthread_mutex_lock(&h->mu);
   if (err) h->err = err;
-  while (!h->err) {
-    while (h->in - h->out < HASH_BATCH && !h->closing && !h->abort && !h->drain) {
-      h->consumer_waiting = 1;
-      pthread_cond_wait(&h->more, &h->mu);
-      h->consumer_waiting = 0;
-    }
-    if (h->abort || h->in == h->out) break;
-    size_t at = (size_t)(h->out % RING_SIZE);
-    size_t n = (size_t)(h->in - h->out);
-    if (n > RING_SIZE - at) n = RING_SIZE - at;
-    uint64_t off = h->file_base + h->out; /* out changes only here */
-    int hash = !h->drain;
+  for (;;) {
+    await_batch(h, &h->hashed, &h->more_hash, &h->hasher_waiting);
+    /* A drained attempt hashes nothing more: its digest is thrown away. */
+    if (h->err || h->abort || h->drain || h->in == h->hashed) break;
+    size_t at, n = ring_run(h, h->hashed, &at);
     pthread_mutex_unlock(&h->mu);
-    err = mg_write_all(h->fd, (const char *)h->ring + at, n, off);
-    if (!err && hash) EVP_DigestUpdate(h->ctx, h->ring + at, n);
+    EVP_DigestUpdate(h->ctx, h->ring + at, n);
+    pthread_mutex_lock(&h->mu);
+    h->hashed += n;
+    ring_freed(h);
+  }
+  worker_ends(h);
+  pthread_mutex_unlock(&h->mu);
+  return NULL;
+}
+
+static void *writer_main(void *arg) {
+  Hashing *h = arg;
+  pthread_mutex_lock(&h->mu);
+  for (;;) {
+    await_batch(h, &h->written, &h->more_write, &h->writer_waiting);
+    if (h->err || h->abort || h->in == h->written) break;
+    size_t at, n = ring_run(h, h->written, &at);
+    uint64_t off = h->file_base + h->written; /* written changes only here */
+    pthread_mutex_unlock(&h->mu);
+    int err = mg_write_all(h->fd, (const char *)h->ring + at, n, off);
 #ifdef SYNC_FILE_RANGE_WRITE
     /* Start write-back early, so the final fsync has little left to do. */
     if (!err && off + n - h->synced >= WRITEBACK_EVERY) {
@@ -351,41 +412,52 @@ static void *hash_worker(void *arg) {
 #endif
     pthread_mutex_lock(&h->mu);
     if (err) h->err = err;
-    else h->out += n;
-    if (h->producer_waiting) pthread_cond_signal(&h->room);
-    if (h->wake_wanted && (h->err || h->in - h->out <= RING_SIZE / 2)) {
-      h->wake_wanted = 0;
-      if (h->wake) curl_multi_wakeup(h->wake); /* the paused transfer goes on at once */
-    }
+    else h->written += n;
+    ring_freed(h);
   }
-  /* However it ends, a producer waiting for room must not wait for ever. */
-  pthread_cond_broadcast(&h->room);
-  if (h->wake_wanted && h->wake) curl_multi_wakeup(h->wake);
-  h->wake_wanted = 0;
+  worker_ends(h);
   pthread_mutex_unlock(&h->mu);
   return NULL;
 }
 
-/* Starts the worker; prefix_fd (owned by the worker from here) gives the kept bytes to hash first.
- * Returns 0 or an errno (then nothing was started and prefix_fd is still the caller's). */
+static int start_thread(pthread_t *thread, void *(*fn)(void *), void *arg) {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setstacksize(&attr, (size_t)1 << 20);
+  int err = pthread_create(thread, &attr, fn, arg);
+  pthread_attr_destroy(&attr);
+  return err;
+}
+
+/* Starts the workers (the writer only when there is a file); prefix_fd (owned by the hasher from
+ * here) gives the kept bytes to hash first. Returns 0 or an errno (then nothing was started and
+ * prefix_fd is still the caller's). */
 static int hash_start(Hashing *h, CURLM *wake, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefix, int fd,
                       uint64_t file_base) {
   h->ring = malloc(RING_SIZE);
   if (!h->ring) return ENOMEM;
-  h->in = h->out = 0;
+  h->in = h->hashed = h->written = 0;
   h->closing = h->abort = h->drain = h->err = 0;
-  h->consumer_waiting = h->producer_waiting = h->wake_wanted = 0;
+  h->hasher_waiting = h->writer_waiting = h->producer_waiting = h->wake_wanted = 0;
   h->prefix_fd = prefix_fd;
   h->prefix = prefix;
   h->fd = fd;
   h->file_base = h->synced = file_base;
   h->ctx = ctx;
   h->wake = wake;
-  pthread_attr_t attr;
-  pthread_attr_init(&attr);
-  pthread_attr_setstacksize(&attr, (size_t)1 << 20);
-  int err = pthread_create(&h->thread, &attr, hash_worker, h);
-  pthread_attr_destroy(&attr);
+  int err = fd >= 0 ? start_thread(&h->writer, writer_main, h) : 0;
+  if (!err) {
+    h->writer_started = fd >= 0;
+    err = start_thread(&h->hasher, hasher_main, h);
+    if (err && h->writer_started) {
+      pthread_mutex_lock(&h->mu);
+      h->abort = 1;
+      wake_workers(h, 1);
+      pthread_mutex_unlock(&h->mu);
+      pthread_join(h->writer, NULL);
+      h->writer_started = 0;
+    }
+  }
   if (err) {
     free(h->ring);
     h->ring = NULL;
@@ -397,41 +469,41 @@ static int hash_start(Hashing *h, CURLM *wake, EVP_MD_CTX *ctx, int prefix_fd, u
   return 0;
 }
 
-/* Room left in the ring (all of it once the worker has failed: the next put reports the error). */
+/* Room left in the ring (all of it once a worker has failed: the next put reports the error). */
 static size_t hash_room(Hashing *h) {
   pthread_mutex_lock(&h->mu);
-  size_t room = h->err ? SIZE_MAX : RING_SIZE - (size_t)(h->in - h->out);
+  size_t room = h->err ? SIZE_MAX : RING_SIZE - ring_used(h);
   pthread_mutex_unlock(&h->mu);
   return room;
 }
 
-/* Whether len bytes fit in the ring now; when they do not, the worker is asked to wake the event
+/* Whether len bytes fit in the ring now; when they do not, the workers are asked to wake the event
  * loop once half the ring is free (checked and asked in one step, so no wake-up is lost). */
 static int hash_fits_or_wake(Hashing *h, size_t len) {
   pthread_mutex_lock(&h->mu);
-  int fits = h->err || RING_SIZE - (size_t)(h->in - h->out) >= len;
+  int fits = h->err || RING_SIZE - ring_used(h) >= len;
   if (!fits) h->wake_wanted = 1;
   pthread_mutex_unlock(&h->mu);
   return fits;
 }
 
-/* Returns 0, or the worker's write error (then the bytes are dropped: the transfer fails). */
+/* Returns 0, or a worker's error (then the bytes are dropped: the transfer fails). */
 static int hash_put(Hashing *h, const char *p, size_t n) {
   pthread_mutex_lock(&h->mu);
   while (n > 0 && !h->err) {
-    while (h->in - h->out == RING_SIZE && !h->err) {
+    while (ring_used(h) == RING_SIZE && !h->err) {
       h->producer_waiting = 1;
       pthread_cond_wait(&h->room, &h->mu);
       h->producer_waiting = 0;
     }
     if (h->err) break;
     size_t at = (size_t)(h->in % RING_SIZE);
-    size_t k = RING_SIZE - (size_t)(h->in - h->out);
+    size_t k = RING_SIZE - ring_used(h);
     if (k > RING_SIZE - at) k = RING_SIZE - at;
     if (k > n) k = n;
     memcpy(h->ring + at, p, k);
     h->in += k; p += k; n -= k;
-    if (h->consumer_waiting && h->in - h->out >= HASH_BATCH) pthread_cond_signal(&h->more);
+    wake_workers(h, 0);
   }
   int err = h->err;
   pthread_mutex_unlock(&h->mu);
@@ -449,10 +521,11 @@ static int hash_stop(Hashing *h, int how) {
   if (how == STOP_ABORT) h->abort = 1;
   else if (how == STOP_DRAIN) h->drain = 1;
   else h->closing = 1;
-  pthread_cond_signal(&h->more);
+  wake_workers(h, 1);
   pthread_mutex_unlock(&h->mu);
-  pthread_join(h->thread, NULL);
-  h->started = 0;
+  pthread_join(h->hasher, NULL);
+  if (h->writer_started) pthread_join(h->writer, NULL);
+  h->started = h->writer_started = 0;
   free(h->ring);
   h->ring = NULL;
   if (h->prefix_fd >= 0) { close(h->prefix_fd); h->prefix_fd = -1; }
@@ -538,7 +611,7 @@ static int flush_writes(Transfer *t) {
 static uint64_t on_disk(Transfer *t) {
   if (!t->hash.writes) return t->offset - t->wlen;
   pthread_mutex_lock(&t->hash.mu);
-  uint64_t n = t->hash.file_base + t->hash.out;
+  uint64_t n = t->hash.file_base + t->hash.written;
   pthread_mutex_unlock(&t->hash.mu);
   return n;
 }
@@ -1421,7 +1494,8 @@ static void transfer_free(Transfer *t) {
   EVP_MD_CTX_free(t->ctx);
   if (t->inited) {
     pthread_mutex_destroy(&t->hash.mu);
-    pthread_cond_destroy(&t->hash.more);
+    pthread_cond_destroy(&t->hash.more_hash);
+    pthread_cond_destroy(&t->hash.more_write);
     pthread_cond_destroy(&t->hash.room);
   }
   memset(t, 0, sizeof *t);
@@ -1493,7 +1567,8 @@ static int session_add(lua_State *L) {
   if (!t->cur_url || (t->partial && !t->state_path) || !t->ctx || EVP_DigestInit_ex(t->ctx, EVP_sha256(), NULL) != 1)
     return luaL_error(L, "out of memory");
   pthread_mutex_init(&t->hash.mu, NULL);
-  pthread_cond_init(&t->hash.more, NULL);
+  pthread_cond_init(&t->hash.more_hash, NULL);
+  pthread_cond_init(&t->hash.more_write, NULL);
   pthread_cond_init(&t->hash.room, NULL);
   t->inited = 1;
   /* attach: the transfer keeps its session alive; the session keeps it until reported */
