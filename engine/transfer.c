@@ -38,6 +38,7 @@
 #define STATE_EVERY_BYTES ((uint64_t)16 << 20)
 #define STATE_EVERY_SECONDS 1.0
 #define WRITEBACK_EVERY ((uint64_t)32 << 20)
+#define DIRECT_ALIGN ((uint64_t)4096)          /* O_DIRECT writes: offsets, lengths and memory */
 #define HEADERS_MAX ((size_t)64 << 10)
 #define BUFFER_SIZE 131072L
 #define SPEED_SAMPLES 24
@@ -71,7 +72,8 @@ typedef struct {
   CURLM *wake;               /* the session's multi handle, for curl_multi_wakeup */
   int prefix_fd;             /* the kept prefix is hashed from here first (then closed) */
   uint64_t prefix;
-  int fd;                    /* the partial file: ring byte i goes to file_base + i (-1: none) */
+  int fd;                    /* the partial file: ring counter i is file offset file_base + i (-1: none) */
+  int dfd;                   /* the same file opened for direct writes (-1: none, or gave up) */
   uint64_t file_base, synced;
   int writes;                /* workers with a file have run: file_base + written bytes are on disk */
   int err;
@@ -393,6 +395,34 @@ static void *hasher_main(void *arg) {
   return NULL;
 }
 
+/* Writes one run of the ring at off; returns how much it wrote (0 on error, in *err). Whole aligned
+ * blocks go straight to the disk (O_DIRECT): no page-cache copy and no write-back later, which on a
+ * small machine is CPU the download needs; a head or tail block goes through the page cache. */
+static size_t write_run(Hashing *h, const unsigned char *p, size_t n, uint64_t off, int *err) {
+  if (h->dfd >= 0) {
+    size_t head = (size_t)((DIRECT_ALIGN - off % DIRECT_ALIGN) % DIRECT_ALIGN);
+    if (head == 0 && n >= DIRECT_ALIGN) {
+      size_t k = n - n % DIRECT_ALIGN;
+      *err = mg_write_all(h->dfd, p, k, off);
+      if (!*err) return k;
+      /* A file system that takes O_DIRECT at open but not these writes: the page cache it is. */
+      close(h->dfd);
+      h->dfd = -1;
+    } else if (head > 0 && head < n) {
+      n = head;
+    }
+  }
+  *err = mg_write_all(h->fd, p, n, off);
+#ifdef SYNC_FILE_RANGE_WRITE
+  /* Start write-back early, so the final fsync has little left to do. */
+  if (!*err && h->dfd < 0 && off + n - h->synced >= WRITEBACK_EVERY) {
+    sync_file_range(h->fd, (off_t)h->synced, (off_t)(off + n - h->synced), SYNC_FILE_RANGE_WRITE);
+    h->synced = off + n;
+  }
+#endif
+  return *err ? 0 : n;
+}
+
 static void *writer_main(void *arg) {
   Hashing *h = arg;
   pthread_mutex_lock(&h->mu);
@@ -402,17 +432,11 @@ static void *writer_main(void *arg) {
     size_t at, n = ring_run(h, h->written, &at);
     uint64_t off = h->file_base + h->written; /* written changes only here */
     pthread_mutex_unlock(&h->mu);
-    int err = mg_write_all(h->fd, (const char *)h->ring + at, n, off);
-#ifdef SYNC_FILE_RANGE_WRITE
-    /* Start write-back early, so the final fsync has little left to do. */
-    if (!err && off + n - h->synced >= WRITEBACK_EVERY) {
-      sync_file_range(h->fd, (off_t)h->synced, (off_t)(off + n - h->synced), SYNC_FILE_RANGE_WRITE);
-      h->synced = off + n;
-    }
-#endif
+    int err = 0;
+    size_t done = write_run(h, h->ring + at, n, off, &err);
     pthread_mutex_lock(&h->mu);
     if (err) h->err = err;
-    else h->written += n;
+    else h->written += done;
     ring_freed(h);
   }
   worker_ends(h);
@@ -433,18 +457,29 @@ static int start_thread(pthread_t *thread, void *(*fn)(void *), void *arg) {
  * here) gives the kept bytes to hash first. Returns 0 or an errno (then nothing was started and
  * prefix_fd is still the caller's). */
 static int hash_start(Hashing *h, CURLM *wake, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefix, int fd,
-                      uint64_t file_base) {
-  h->ring = malloc(RING_SIZE);
-  if (!h->ring) return ENOMEM;
-  h->in = h->hashed = h->written = 0;
+                      const char *path, uint64_t file_base) {
+  void *ring = NULL;
+  if (posix_memalign(&ring, (size_t)DIRECT_ALIGN, RING_SIZE) != 0) return ENOMEM;
+  h->ring = ring;
+  /* The counters start at the file offset's phase in a block, so a ring slot and the file offset it
+   * goes to are aligned together (RING_SIZE is a multiple of the block). */
+  uint64_t phase = file_base % DIRECT_ALIGN;
+  h->in = h->hashed = h->written = phase;
   h->closing = h->abort = h->drain = h->err = 0;
   h->hasher_waiting = h->writer_waiting = h->producer_waiting = h->wake_wanted = 0;
   h->prefix_fd = prefix_fd;
   h->prefix = prefix;
   h->fd = fd;
-  h->file_base = h->synced = file_base;
+  h->file_base = file_base - phase;
+  h->synced = file_base;
   h->ctx = ctx;
   h->wake = wake;
+  h->dfd = -1;
+#ifdef O_DIRECT
+  if (fd >= 0 && path) h->dfd = open(path, O_WRONLY | O_CLOEXEC | O_DIRECT);
+#else
+  (void)path;
+#endif
   int err = fd >= 0 ? start_thread(&h->writer, writer_main, h) : 0;
   if (!err) {
     h->writer_started = fd >= 0;
@@ -462,6 +497,7 @@ static int hash_start(Hashing *h, CURLM *wake, EVP_MD_CTX *ctx, int prefix_fd, u
     free(h->ring);
     h->ring = NULL;
     h->prefix_fd = -1;
+    if (h->dfd >= 0) { close(h->dfd); h->dfd = -1; }
     return err;
   }
   h->started = 1;
@@ -529,6 +565,7 @@ static int hash_stop(Hashing *h, int how) {
   free(h->ring);
   h->ring = NULL;
   if (h->prefix_fd >= 0) { close(h->prefix_fd); h->prefix_fd = -1; }
+  if (h->dfd >= 0) { close(h->dfd); h->dfd = -1; }
   return h->err;
 }
 
@@ -597,7 +634,7 @@ static int flush_writes(Transfer *t) {
   EVP_DigestUpdate(t->ctx, t->wbuf, n);
   t->body_hashed += n;
   if (!t->hash.started && !t->no_worker && t->body_hashed > INLINE_HASH_LIMIT) {
-    if (hash_start(&t->hash, wake_of(t), t->ctx, -1, 0, t->fd, t->offset) == 0) {
+    if (hash_start(&t->hash, wake_of(t), t->ctx, -1, 0, t->fd, t->partial, t->offset) == 0) {
       free(t->wbuf); /* from here on the worker's ring takes the bytes */
       t->wbuf = NULL;
     } else {
@@ -988,7 +1025,7 @@ static int prepare_resume(Transfer *t) {
         replace(&t->etag, is_strong_etag(ss.etag) ? ss.etag : NULL);
         replace(&t->last_modified, ss.last_modified);
         int rfd = open(t->partial, O_RDONLY | O_CLOEXEC);
-        if (rfd < 0 || hash_start(&t->hash, wake_of(t), t->ctx, rfd, kept, t->fd, kept) != 0) {
+        if (rfd < 0 || hash_start(&t->hash, wake_of(t), t->ctx, rfd, kept, t->fd, t->partial, kept) != 0) {
           /* No worker: hash the prefix here. */
           int err = rfd < 0 ? errno : mg_sha256_fd(rfd, kept, t->ctx, NULL);
           if (rfd >= 0) close(rfd);
