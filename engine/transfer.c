@@ -30,7 +30,7 @@
 #define SESSION_MT "modelget.Session"
 #define TRANSFER_MT "modelget.Transfer"
 
-#define RING_SIZE ((size_t)4 << 20)          /* bytes between the write callback and the hash thread */
+#define RING_SIZE ((size_t)8 << 20)          /* bytes between the write callback and the workers */
 #define WBUF_SIZE ((size_t)256 << 10)        /* a small body's bytes gathered before one write */
 #define HASH_BATCH ((size_t)512 << 10)       /* the worker wakes for this much (or the end), not per frame */
 #define INLINE_HASH_LIMIT ((uint64_t)1 << 20) /* a body up to this size is hashed inline */
