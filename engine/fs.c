@@ -319,7 +319,11 @@ static int fs_sync_start(lua_State *L) {
   return 1;
 }
 
-/* Locks: one exclusive flock per path, released by close, __gc or __close. */
+/* Locks, released by close, __gc or __close: core.lock(path) is one exclusive flock on the file;
+ * core.lock(path, key) locks one key in it, so one file serves every key (no file to create per
+ * key): an open-file-description byte lock at an offset hashed from the key, where the system has
+ * them (Linux), else a flock on the file "<path>.<key>". Either way two locks conflict whether they
+ * are taken by two processes or by one. */
 #define LOCK_MT "modelget.Lock"
 typedef struct { int fd; } Lock;
 
@@ -329,20 +333,53 @@ static int lock_close(lua_State *L) {
   return 0;
 }
 
+#ifdef F_OFD_SETLK
+static off_t key_offset(const char *key, size_t len) {
+  uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+  for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)key[i]) * 1099511628211ULL;
+  return (off_t)(h >> 2); /* positive, and far from any end of range */
+}
+#endif
+
 static int fs_lock(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  size_t klen = 0;
+  const char *key = luaL_optlstring(L, 2, NULL, &klen);
   Lock *lk = lua_newuserdatauv(L, sizeof *lk, 0);
+  int ud = lua_gettop(L);
   lk->fd = -1;
   luaL_setmetatable(L, LOCK_MT);
+  int ofd = 0;
+#ifdef F_OFD_SETLK
+  ofd = key != NULL;
+#endif
+  if (key && !ofd) path = lua_pushfstring(L, "%s.%s", path, key);
   int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) return mg_fail_errno(L, errno, "cannot open lock %s", path);
-  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+  int rc, busy;
+#ifdef F_OFD_SETLK
+  if (ofd) {
+    struct flock fl = { 0 };
+    fl.l_type = F_WRLCK;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = key_offset(key, klen);
+    fl.l_len = 1;
+    rc = fcntl(fd, F_OFD_SETLK, &fl);
+    busy = rc != 0 && (errno == EAGAIN || errno == EACCES);
+  } else
+#endif
+  {
+    rc = flock(fd, LOCK_EX | LOCK_NB);
+    busy = rc != 0 && errno == EWOULDBLOCK;
+  }
+  if (rc != 0) {
     int e = errno;
     close(fd);
-    if (e == EWOULDBLOCK) return mg_fail(L, "EBUSY", "%s: in use by another modelget process", path);
+    if (busy) return mg_fail(L, "EBUSY", "%s%s%s: in use by another modelget process", path, ofd ? " " : "", ofd ? key : "");
     return mg_fail_errno(L, e, "cannot lock %s", path);
   }
   lk->fd = fd;
+  lua_pushvalue(L, ud);
   return 1;
 }
 

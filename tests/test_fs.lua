@@ -33,6 +33,41 @@ test("a lock is exclusive until closed", function()
   c:close()
 end)
 
+test("keyed locks: one file, a key each; the same key is refused in this process and in another", function()
+  local dir = t.tmpdir("keylock")
+  local path = dir .. "/.locks"
+  local a = assert(core.lock(path, "model-a"))
+  local b = assert(core.lock(path, "model-b"), "another key is free")
+  local again, err, code = core.lock(path, "model-a")
+  t.eq(again, nil, "the same key is refused")
+  t.eq(code, "EBUSY", "code")
+  t.match(err, "in use", "message")
+  a:close()
+  b:close()
+  -- Another process holds model-a: only that key is refused here, and it is free once that process ends.
+  t.write(dir .. "/hold.lua", string.format([[
+local core = require "modelget.core"
+local lock = assert(core.lock(%q, "model-a"))
+local f = assert(io.open(%q, "w")); f:write("held"); f:close()
+core.sleep(30)
+]], path, dir .. "/held"))
+  local child = t.spawn { "run", dir .. "/hold.lua" }
+  t.ok(t.wait(function() return t.read(dir .. "/held") end, 10), "the other process holds its lock")
+  local mine, _, busy = core.lock(path, "model-a")
+  t.eq(mine, nil, "model-a is held by the other process")
+  t.eq(busy, "EBUSY", "code")
+  local other = assert(core.lock(path, "model-c"), "model-c is free")
+  other:close()
+  os.execute("kill -9 " .. child.pid)
+  local freed = t.wait(function() return core.lock(path, "model-a") end, 10)
+  t.ok(freed, "free once that process is gone")
+  freed:close()
+  -- Only the one file: no file per key.
+  local names = core.listdir(dir)
+  table.sort(names)
+  t.eq(table.concat(names, " "), ".locks held hold.lua", "the folder holds one lock file")
+end)
+
 test("rmtree removes a symlink, never what it points to; mkdirs makes every level", function()
   local dir = t.tmpdir("rmtree")
   t.write(dir .. "/outside/keep.txt", "keep")

@@ -286,11 +286,21 @@ function pull.run(sched, entry, ctx)
       end
     end
 
-    -- Assemble in a staging folder next to the partials (same file system as the store).
-    local staging = pdir .. "/staging." .. core.getpid()
-    core.rmtree(staging)
-    ok, merr, mcode = core.mkdirs(staging)
-    if not ok then return nil, merr, mcode end
+    -- The model is assembled in a folder on the store's file system and renamed into place whole.
+    -- Plain files are assembled where they were downloaded: the partial folder becomes the model
+    -- (nothing to create or delete per file). An archive is extracted into a staging folder beside
+    -- its download, as is a file whose name a partial file could take.
+    local in_place = true
+    for _, item in ipairs(fetched) do
+      local lower = item.file.path:lower()
+      if item.file.archive or lower:match("%.part$") or lower:match("%.part%.state$") then in_place = false end
+    end
+    local staging = in_place and pdir or (pdir .. "/staging." .. core.getpid())
+    if not in_place then
+      core.rmtree(staging)
+      ok, merr, mcode = core.mkdirs(staging)
+      if not ok then return nil, merr, mcode end
+    end
     local manifest_files, main_sha, total = {}, nil, 0
     local known = {} -- path -> sha256, from the transfers and the extractor: nothing is read again
     local function fail_staged(...)
@@ -310,11 +320,20 @@ function pull.run(sched, entry, ctx)
         main_sha = main_sha or r.sha256
       else
         local dest = staging .. "/" .. f.path
-        core.mkdirs(util.dirname(dest))
+        if f.path:find("/", 1, true) then core.mkdirs(util.dirname(dest)) end
         local rok, rerr, rcode = core.rename(src, dest)
         if not rok then return fail_staged(nil, rerr, rcode) end
         known[f.path] = r.sha256
         if f.main then main_sha = r.sha256 end
+      end
+    end
+    if in_place then
+      -- What else the partial folder holds (resume states, files of an earlier plan, a staging
+      -- folder or a manifest left by a killed pull) is not part of the model.
+      local keep = {}
+      for _, item in ipairs(fetched) do keep[item.file.path:match("^[^/]+")] = true end
+      for _, name in ipairs(core.listdir(pdir) or {}) do
+        if not keep[name] then core.rmtree(pdir .. "/" .. name) end
       end
     end
     -- The manifest: every installed file with its size and hash.
@@ -335,7 +354,7 @@ function pull.run(sched, entry, ctx)
     local dest, ierr, icode = store.install(root, staging, entry, manifest_files,
       { sha256 = main_sha, sync = function(paths) return sched:sync(paths) end })
     if not dest then return fail_staged(nil, ierr, icode) end
-    core.rmtree(pdir) -- the archives and state files left there
+    if not in_place then core.rmtree(pdir) end -- the archives and state files left there
     local res = { id = entry.id, framework = entry.framework, path = dest, bytes = total,
                   sha256 = main_sha, files = manifest_files }
     return res

@@ -1,10 +1,11 @@
 -- The store on disk (SPEC "Store"):
 --   <root>/models/<framework>/<id>/…   installed models; each holds .modelget.json, its manifest
 --   <root>/registry/                   the user's recipes and custom.json
---   <root>/partial/<framework>--<id>/  resumable partial files and the staging folder of a pull
---   <root>/partial/locks/<id>.lock     held while a model is being pulled
--- Only complete, verified files ever appear under models/: a pull assembles the model in a staging
--- folder on the same file system and renames it into place in one step.
+--   <root>/partial/<framework>--<id>/  a pull's partial files; it becomes the model folder, or holds
+--                                      the staging folder an archive is extracted into
+--   <root>/partial/.locks              a lock per id (a key of the file), held while it is pulled
+-- Only complete, verified files ever appear under models/: a pull assembles the model in a folder
+-- on the same file system and renames it into place in one step.
 local core = require "modelget.core"
 local util = require "modelget.util"
 
@@ -28,17 +29,18 @@ function store.partial_dir(root, framework, id) return root .. "/partial/" .. fr
 function store.registry_dir(root) return root .. "/registry" end
 
 -- Held for the whole pull of one id; rm refuses while it is held. wait: seconds to keep trying
--- (someone looking, like `status`, holds it only for an instant).
+-- (someone looking, like `status`, holds it only for an instant). Every id's lock is a key of the
+-- one file partial/.locks: no file to create per model.
 function store.lock(root, id, wait)
-  local dir = root .. "/partial/locks"
+  local dir = root .. "/partial"
   local ok, err, code = core.mkdirs(dir)
   if not ok then return nil, err, code end
-  local path = dir .. "/" .. id .. ".lock"
-  local lock, lerr, lcode = core.lock(path)
+  local path = dir .. "/.locks"
+  local lock, lerr, lcode = core.lock(path, id)
   local deadline = core.now() + (wait or 0)
   while not lock and lcode == "EBUSY" and core.now() < deadline do
     core.sleep(0.02)
-    lock, lerr, lcode = core.lock(path)
+    lock, lerr, lcode = core.lock(path, id)
   end
   if not lock then
     if lcode == "EBUSY" then return util.fail("EBUSY", "model '%s' is being downloaded by another modelget process", id) end
