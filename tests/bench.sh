@@ -29,7 +29,7 @@ trap 'exit 130' INT TERM
 echo "bench: preparing files in $tmp"
 sh "$fixtures/mkcerts.sh" "$tmp/certs"
 ca=$tmp/certs/ca.pem
-mkdir -p "$tmp/www/small" "$tmp/out"
+mkdir -p "$tmp/www/small"
 head -c "$big_size" /dev/urandom > "$tmp/www/big.bin"
 big_sha=$(sha256sum "$tmp/www/big.bin" | cut -d' ' -f1)
 python3 - "$tmp/www/small" "$small_count" "$small_size" <<'EOF'
@@ -47,16 +47,25 @@ big_url=$base/big.bin
 for f in "$tmp"/www/small/*.bin; do
   name=${f##*/}
   echo "$base/small/$name" >> "$tmp/small.urls"
-  printf 'url = "%s"\noutput = "%s"\n' "$base/small/$name" "$tmp/out/$name" >> "$tmp/small.curlrc"
+  printf 'url = "%s"\noutput = "%s"\n' "$base/small/$name" "$name" >> "$tmp/small.curlrc"
 done
 
-# timed LABEL COMMAND… : runs COMMAND under /usr/bin/time in a clean output folder and store;
+# Each run writes into folders of its own, $out and $store, made by fresh(). The small runs' folders
+# are only removed at the end: on a file system that avoids reusing recently deleted inodes (ext4
+# without a journal does), deleting hundreds of files just before a run slows every file that run
+# creates, and would weigh on whichever tool happens to run next.
+mkdir -p "$tmp/times" "$tmp/runs"
+runno=0
+fresh() {
+  runno=$((runno + 1))
+  out=$tmp/runs/$runno/out store=$tmp/runs/$runno/store
+  mkdir -p "$out"
+}
+
+# timed LABEL COMMAND… : runs COMMAND under /usr/bin/time (in the folders fresh() made);
 # appends "wall_seconds max_rss_kib" (or "fail") to $tmp/times/LABEL.
-mkdir -p "$tmp/times"
 timed() {
   label=$1; shift
-  rm -rf "$tmp/out" "$tmp/store"
-  mkdir -p "$tmp/out"
   # Every run starts with no write-back pending from the one before (a 1 GiB file is still being
   # flushed when the next run starts, and it slows whoever comes next).
   sync
@@ -69,6 +78,10 @@ timed() {
     echo "bench: $label failed:" >&2
     tail -5 "$tmp/cmd.log" >&2
   fi
+}
+# installed_is PATH SHA256: the run really produced the verified file (checked outside the timing).
+installed_is() {
+  [ "$(sha256sum "$1" 2>/dev/null | cut -d' ' -f1)" = "$2" ] || { echo "bench: $1 is missing or wrong" >&2; exit 1; }
 }
 runs_of() { awk '{ printf "%s%s", (NR > 1 ? " " : ""), $1 }' "$tmp/times/$1"; }
 best() { awk '$1 != "fail" && (b == "" || $1 < b) { b = $1 } END { print (b == "" ? "fail" : b) }' "$tmp/times/$1"; }
@@ -88,8 +101,9 @@ for _, r in ipairs(modelget.pull_many(urls, { framework = "other", jobs = 8, sto
 end
 EOF
 small_mode=command
+fresh
 # shellcheck disable=SC2046
-if ! "$modelget" pull $(cat "$tmp/small.urls") --framework other -j 8 --store "$tmp/store" -q --cacert "$ca" \
+if ! "$modelget" pull $(cat "$tmp/small.urls") --framework other -j 8 --store "$store" -q --cacert "$ca" \
      >"$tmp/cmd.log" 2>&1; then
   small_mode=script
   echo "bench: 'modelget pull URL…' failed for the 200 files; using pull_many through 'modelget run'" >&2
@@ -98,23 +112,32 @@ fi
 echo "bench: 1 file of $big_size bytes, $runs runs each"
 i=0
 while [ $i -lt "$runs" ]; do
-  timed big.modelget "$modelget" pull "$big_url" --sha256 "$big_sha" --framework other --store "$tmp/store" -q --cacert "$ca"
-  timed big.curl curl -sS --cacert "$ca" -o "$tmp/out/big.bin" "$big_url"
-  timed big.wget wget -q --ca-certificate="$ca" -O "$tmp/out/big.bin" "$big_url"
-  timed big.aria2c aria2c -q --ca-certificate="$ca" --checksum=sha-256="$big_sha" -d "$tmp/out" -o big.bin "$big_url"
+  # A big run's folder goes at once (a few files: nothing to slow the next run).
+  fresh; timed big.modelget "$modelget" pull "$big_url" --sha256 "$big_sha" --framework other --store "$store" -q --cacert "$ca"
+  installed_is "$store/models/other/big/big.bin" "$big_sha"
+  rm -rf "$tmp/runs/$runno"
+  fresh; timed big.curl curl -sS --cacert "$ca" -o "$out/big.bin" "$big_url"
+  rm -rf "$tmp/runs/$runno"
+  fresh; timed big.wget wget -q --ca-certificate="$ca" -O "$out/big.bin" "$big_url"
+  rm -rf "$tmp/runs/$runno"
+  fresh; timed big.aria2c aria2c -q --ca-certificate="$ca" --checksum=sha-256="$big_sha" -d "$out" -o big.bin "$big_url"
+  rm -rf "$tmp/runs/$runno"
   i=$((i + 1))
 done
 echo "bench: $small_count files of $small_size bytes, $runs runs each (modelget: $small_mode)"
 i=0
 while [ $i -lt "$runs" ]; do
+  fresh
   if [ "$small_mode" = command ]; then
     # shellcheck disable=SC2046
-    timed small.modelget "$modelget" pull $(cat "$tmp/small.urls") --framework other -j 8 --store "$tmp/store" -q --cacert "$ca"
+    timed small.modelget "$modelget" pull $(cat "$tmp/small.urls") --framework other -j 8 --store "$store" -q --cacert "$ca"
   else
-    timed small.modelget "$modelget" run "$small_script" "$tmp/small.urls" "$tmp/store" "$ca"
+    timed small.modelget "$modelget" run "$small_script" "$tmp/small.urls" "$store" "$ca"
   fi
-  timed small.curl curl -sS --cacert "$ca" --parallel --parallel-max 8 -K "$tmp/small.curlrc"
-  timed small.aria2c aria2c -q --ca-certificate="$ca" -j8 -i "$tmp/small.urls" -d "$tmp/out"
+  got=$(find "$store/models/other" -name 'f*.bin' -size "${small_size}c" | wc -l)
+  [ "$got" -eq "$small_count" ] || { echo "bench: modelget installed $got of the $small_count files" >&2; exit 1; }
+  fresh; timed small.curl curl -sS --cacert "$ca" --parallel --parallel-max 8 --output-dir "$out" -K "$tmp/small.curlrc"
+  fresh; timed small.aria2c aria2c -q --ca-certificate="$ca" -j8 -i "$tmp/small.urls" -d "$out"
   i=$((i + 1))
 done
 

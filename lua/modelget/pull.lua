@@ -218,11 +218,17 @@ function pull.run(sched, entry, ctx)
     if not files then return nil, perr, pcode end
 
     local pdir = store.partial_dir(root, entry.framework, entry.id)
-    local ok, merr, mcode = core.mkdirs(pdir)
-    if not ok then return nil, merr, mcode end
-    -- A staging folder left by a pull that was killed: ours to clear, we hold the lock.
-    for _, name in ipairs(core.listdir(pdir) or {}) do
-      if name:match("^staging%.") then core.rmtree(pdir .. "/" .. name) end
+    -- A partial folder from an earlier pull may hold a staging folder left by a pull that was
+    -- killed: ours to clear, we hold the lock. A new one holds nothing but what this pull writes.
+    local earlier = core.stat(pdir) ~= nil
+    local ok, merr, mcode = true, nil, nil
+    if earlier then
+      for _, name in ipairs(core.listdir(pdir) or {}) do
+        if name:match("^staging%.") then core.rmtree(pdir .. "/" .. name) end
+      end
+    else
+      ok, merr, mcode = core.mkdirs(pdir)
+      if not ok then return nil, merr, mcode end
     end
 
     -- Storage: what is still to come (times two for an archive) against free space, before any body.
@@ -327,22 +333,35 @@ function pull.run(sched, entry, ctx)
         if f.main then main_sha = r.sha256 end
       end
     end
-    if in_place then
-      -- What else the partial folder holds (resume states, files of an earlier plan, a staging
-      -- folder or a manifest left by a killed pull) is not part of the model.
+    if in_place and (earlier or #fetched < #files) then
+      -- What else the partial folder holds (files of an earlier plan or skipped, a staging folder
+      -- or a manifest left by a killed pull, resume states) is not part of the model.
       local keep = {}
       for _, item in ipairs(fetched) do keep[item.file.path:match("^[^/]+")] = true end
       for _, name in ipairs(core.listdir(pdir) or {}) do
         if not keep[name] then core.rmtree(pdir .. "/" .. name) end
       end
+    elseif in_place then
+      -- A new folder: only the resume states of this pull's own files can be there.
+      for _, item in ipairs(fetched) do os.remove(partial_path(pdir, item.file.path) .. ".state") end
     end
-    -- The manifest: every installed file with its size and hash.
-    for _, f in ipairs(store.walk(staging)) do
-      if f.type == "file" then
-        manifest_files[#manifest_files + 1] = { path = f.path, size = f.size,
-          sha256 = known[f.path] or core.sha256_file(staging .. "/" .. f.path) }
-        total = total + f.size
+    -- The manifest: every installed file with its size and hash (a folder of plain files holds
+    -- exactly the fetched ones; an extracted archive is walked).
+    local installed_files = {}
+    if in_place then
+      for _, item in ipairs(fetched) do
+        installed_files[#installed_files + 1] = { path = item.file.path, size = item.result.bytes }
       end
+      table.sort(installed_files, function(a, b) return a.path < b.path end)
+    else
+      for _, f in ipairs(store.walk(staging)) do
+        if f.type == "file" then installed_files[#installed_files + 1] = f end
+      end
+    end
+    for _, f in ipairs(installed_files) do
+      manifest_files[#manifest_files + 1] = { path = f.path, size = f.size,
+        sha256 = known[f.path] or core.sha256_file(staging .. "/" .. f.path) }
+      total = total + f.size
     end
 
     local cok, cerr = rule.check(staging, entry)
