@@ -23,7 +23,7 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(SANFLAGS) $(shell pkg-c
 ENGINE_LIBS := $(shell pkg-config --libs libcurl libarchive openssl 2>/dev/null) -lpthread
 LUA_LIBS    := $(shell pkg-config --libs lua5.4 2>/dev/null) -lm -ldl
 
-ENGINE_SRC := engine/core.c engine/fs.c engine/hash.c engine/transfer.c engine/extract.c
+ENGINE_SRC := engine/core.c engine/fs.c engine/jobs.c engine/hash.c engine/transfer.c engine/extract.c
 ENGINE_OBJ := $(ENGINE_SRC:engine/%.c=$(BUILD)/obj/%.o)
 HEADERS    := $(wildcard engine/*.h)
 

@@ -85,6 +85,7 @@ int luaopen_modelget_core(lua_State *L) {
   lua_pushcfunction(L, core_version);
   lua_setfield(L, -2, "version");
   mg_open_fs(L);
+  mg_open_jobs(L);
   mg_open_hash(L);
   mg_open_transfer(L);
   mg_open_extract(L);

@@ -25,6 +25,9 @@ void mg_parent_of(const char *path, char *out, size_t outsz);
 /* mkdir -p: existing folders cost one stat, missing ones are made from the nearest existing parent.
  * Returns 0 or an errno. */
 int mg_mkdirs(const char *path, unsigned mode);
+/* fsync of a file or folder by path (EINVAL from a file system that cannot is no failure).
+ * Returns 0 or an errno. */
+int mg_fsync_path(const char *path);
 /* Set by the SIGINT/SIGTERM handler installed with catch_interrupt(). */
 extern volatile sig_atomic_t mg_interrupt_flag;
 
@@ -40,6 +43,7 @@ void mg_newmeta(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CF
 
 /* Each part registers its functions into the module table on the stack top. */
 void mg_open_fs(lua_State *L);
+void mg_open_jobs(lua_State *L);
 void mg_open_hash(lua_State *L);
 void mg_open_transfer(lua_State *L);
 void mg_open_extract(lua_State *L);

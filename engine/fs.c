@@ -171,7 +171,7 @@ static int fs_rename(lua_State *L) {
   return 1;
 }
 
-static int fsync_path(const char *path) {
+int mg_fsync_path(const char *path) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return errno;
   int err = fsync(fd) == 0 || errno == EINVAL ? 0 : errno;
@@ -181,7 +181,7 @@ static int fsync_path(const char *path) {
 
 static int fs_fsync(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  int err = fsync_path(path);
+  int err = mg_fsync_path(path);
   if (err) return mg_fail_errno(L, err, "cannot sync %s", path);
   lua_pushboolean(L, 1);
   return 1;
@@ -233,89 +233,8 @@ static int fs_write_atomic(lua_State *L) {
     return mg_fail_errno(L, e, "cannot write %s", path);
   }
   mg_parent_of(path, dir, sizeof dir);
-  fsync_path(dir);
+  mg_fsync_path(dir);
   lua_pushboolean(L, 1);
-  return 1;
-}
-
-/* Sync jobs: fsync a list of files and folders on a thread of their own, so the event loop goes on
- * while the disk makes them durable; several jobs (several pulls) run at once. */
-#define SYNC_MT "modelget.SyncJob"
-typedef struct {
-  pthread_t thread;
-  int started, joined;
-  char **paths;
-  int npaths;
-  int done;                  /* set by the thread when it ends (read with __atomic) */
-  int err, errat;            /* the first failure: errno and the path's index */
-} SyncJob;
-
-static void *sync_worker(void *arg) {
-  SyncJob *j = arg;
-  for (int i = 0; i < j->npaths; i++) {
-    int err = fsync_path(j->paths[i]);
-    if (err && !j->err) { j->err = err; j->errat = i; }
-  }
-  __atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
-  return NULL;
-}
-
-static void sync_join(SyncJob *j) {
-  if (j->started && !j->joined) {
-    pthread_join(j->thread, NULL);
-    j->joined = 1;
-  }
-}
-
-static int sync_close(lua_State *L) {
-  SyncJob *j = luaL_checkudata(L, 1, SYNC_MT);
-  sync_join(j);
-  for (int i = 0; i < j->npaths; i++) free(j->paths[i]);
-  free(j->paths);
-  j->paths = NULL;
-  j->npaths = 0;
-  return 0;
-}
-
-static int sync_done(lua_State *L) {
-  SyncJob *j = luaL_checkudata(L, 1, SYNC_MT);
-  lua_pushboolean(L, !j->started || __atomic_load_n(&j->done, __ATOMIC_ACQUIRE));
-  return 1;
-}
-
-/* Waits for the job; true, or nil, "cannot sync <path>: …", code. */
-static int sync_result(lua_State *L) {
-  SyncJob *j = luaL_checkudata(L, 1, SYNC_MT);
-  sync_join(j);
-  if (j->err) return mg_fail_errno(L, j->err, "cannot sync %s", j->paths ? j->paths[j->errat] : "?");
-  lua_pushboolean(L, 1);
-  return 1;
-}
-
-static int fs_sync_start(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  int n = (int)luaL_len(L, 1);
-  for (int i = 1; i <= n; i++) {
-    if (lua_geti(L, 1, i) != LUA_TSTRING) luaL_error(L, "bad argument #1 to 'sync_start': path %d is not a string", i);
-    lua_pop(L, 1);
-  }
-  SyncJob *j = lua_newuserdatauv(L, sizeof *j, 0);
-  memset(j, 0, sizeof *j);
-  luaL_setmetatable(L, SYNC_MT);
-  j->paths = calloc((size_t)(n > 0 ? n : 1), sizeof *j->paths);
-  if (!j->paths) return luaL_error(L, "out of memory");
-  for (int i = 0; i < n; i++) {
-    lua_geti(L, 1, i + 1);
-    j->paths[i] = strdup(lua_tostring(L, -1));
-    lua_pop(L, 1);
-    if (!j->paths[i]) return luaL_error(L, "out of memory");
-    j->npaths = i + 1;
-  }
-  if (pthread_create(&j->thread, NULL, sync_worker, j) == 0) {
-    j->started = 1;
-  } else {
-    sync_worker(j); /* no thread to be had: do it here */
-  }
   return 1;
 }
 
@@ -485,12 +404,6 @@ void mg_open_fs(lua_State *L) {
     {"close", lock_close},
     {NULL, NULL}
   };
-  static const luaL_Reg sync_methods[] = {
-    {"close", sync_close},
-    {"done", sync_done},
-    {"result", sync_result},
-    {NULL, NULL}
-  };
   static const luaL_Reg funcs[] = {
     {"catch_interrupt", fs_catch_interrupt},
     {"detach", fs_detach},
@@ -508,13 +421,11 @@ void mg_open_fs(lua_State *L) {
     {"rmtree", fs_rmtree},
     {"sleep", fs_sleep},
     {"stat", fs_stat},
-    {"sync_start", fs_sync_start},
     {"terminal_width", fs_terminal_width},
     {"time", fs_time},
     {"write_atomic", fs_write_atomic},
     {NULL, NULL}
   };
   mg_newmeta(L, LOCK_MT, lock_methods, lock_close);
-  mg_newmeta(L, SYNC_MT, sync_methods, sync_close);
   luaL_setfuncs(L, funcs, 0);
 }

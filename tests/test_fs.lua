@@ -21,6 +21,39 @@ test("sync jobs make files and folders durable off the caller's thread, and name
   t.ok(not pcall(core.sync_start, { 1, {} }), "a non-string path is misuse")
 end)
 
+test("file-system jobs run their steps in order off the caller's thread; the first failure stops them, named", function()
+  local dir = t.tmpdir("fsjob")
+  local job = core.fs_start {
+    { "mkdirs", dir .. "/a/b" }, { "write", dir .. "/a/b/x", "hello" }, { "rename", dir .. "/a/b/x", dir .. "/a/y" },
+    { "remove", dir .. "/absent", "optional" }, { "rename", dir .. "/absent", dir .. "/z", "optional" },
+    { "fsync", dir .. "/a/y" }, { "fsync", dir .. "/a" },
+  }
+  t.eq(job:result(), true, "result")
+  t.eq(job:done(), true, "done")
+  job:close()
+  t.eq(t.read(dir .. "/a/y"), "hello", "written, then renamed")
+  t.ok(not t.exists(dir .. "/a/b/x"), "the old name is gone")
+  local bad = core.fs_start { { "write", dir .. "/first", "1" }, { "rename", dir .. "/missing", dir .. "/z" },
+                              { "write", dir .. "/never", "2" } }
+  local ok, err, code, at = bad:result()
+  t.eq(ok, nil, "a missing source fails")
+  t.eq(code, "ENOENT", "code")
+  t.eq(at, 2, "the failed step")
+  t.eq(err, "cannot rename " .. dir .. "/missing to " .. dir .. "/z: No such file or directory", "message")
+  t.eq(t.read(dir .. "/first"), "1", "the steps before it ran")
+  t.ok(not t.exists(dir .. "/never"), "the steps after it did not")
+  local _, rerr = core.fs_start({ { "remove", dir .. "/absent" } }):result()
+  t.match(rerr, "^cannot remove .*/absent: No such file", "a remove that is not optional fails")
+  -- Many at once (more than the pool's workers), each waited for.
+  local jobs = {}
+  for i = 1, 40 do jobs[i] = core.fs_start { { "write", dir .. "/f" .. i, ("x"):rep(i) }, { "fsync", dir .. "/f" .. i } } end
+  for i = 1, 40 do t.eq(jobs[i]:result(), true, "job " .. i); jobs[i]:close() end
+  for i = 1, 40 do t.eq(#t.read(dir .. "/f" .. i), i, "file " .. i) end
+  t.ok(not pcall(core.fs_start, { { "frob", "x" } }), "an unknown step is misuse")
+  t.ok(not pcall(core.fs_start, { { "rename", "x" } }), "a rename without a target is misuse")
+  t.ok(not pcall(core.fs_start, { "x" }), "a step that is not a table is misuse")
+end)
+
 test("a lock is exclusive until closed", function()
   local dir = t.tmpdir("lock")
   local a = assert(core.lock(dir .. "/x.lock"))

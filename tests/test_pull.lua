@@ -220,20 +220,64 @@ test("a server announcing more bytes than the disk has: exit 5 before the body",
   t.ok(st == nil or st.size == 0, "no body byte written")
 end)
 
-test("several downloads at once", function()
+-- n files on nginx (id = name % i), pulled in one command with the options given: the result, and
+-- a check that each was installed byte for byte.
+local function pull_several(name, n, size, ...)
   local ng = servers.nginx()
   local urls, datas = {}, {}
-  for i = 1, 6 do
-    datas[i] = t.bytes(300000 + i, 20 + i)
-    urls[i] = ng.put(string.format("many/file%d.bin", i), datas[i])
+  for i = 1, n do
+    datas[i] = t.bytes(size + i, 20 + i)
+    urls[i] = ng.put(name:match("^%a+") .. "/" .. string.format(name, i) .. ".bin", datas[i])
   end
-  local store = store_dir("many")
-  local args = { "--framework", "other", "-j", "3", "-q" }
+  local store = store_dir(name:match("^%a+"))
+  local args = { "--framework", "other", ... }
   for _, u in ipairs(urls) do args[#args + 1] = u end
-  t.status(pull(store, args), 0, "pull six")
-  for i = 1, 6 do
-    t.eq(t.sha256_file(installed(store, "other", "file" .. i, "file" .. i .. ".bin")), t.sha256(datas[i]), "file " .. i)
+  local r = t.status(pull(store, args), 0, "pull " .. n)
+  for i = 1, n do
+    local id = string.format(name, i)
+    t.eq(t.sha256_file(installed(store, "other", id, id .. ".bin")), t.sha256(datas[i]), id)
   end
+  return r, store
+end
+
+test("several downloads at once", function()
+  pull_several("file%d", 6, 300000, "-j", "3", "-q")
+end)
+
+test("many URLs in one pull: all installed, and only a bounded number of pulls under way at once", function()
+  local r, store = pull_several("m%02d", 40, 20000, "-j", "2", "--json")
+  local open, most = {}, 0
+  for _, ev in ipairs(events(r.stdout)) do
+    if ev.event == "start" then open[ev.id] = true
+    elseif ev.event == "done" then open[ev.id] = nil end
+    local n = 0
+    for _ in pairs(open) do n = n + 1 end
+    most = math.max(most, n)
+  end
+  t.ok(most >= 2 and most <= 16, "between 2 and 16 pulls under way at once (-j 2), saw " .. most)
+  t.eq(#t.tree(store .. "/partial"), 1, "nothing left under partial/ but the lock file")
+end)
+
+test("a partial folder left by an earlier pull: only the model's files are installed", function()
+  local ng = servers.nginx()
+  local data = t.bytes(400000, 77)
+  local url = ng.put("leftover/clean.bin", data)
+  local store = store_dir("leftover")
+  local pdir = store .. "/partial/other--clean"
+  t.write(pdir .. "/other-file.bin.part", "from another plan")
+  t.write(pdir .. "/staging.99999/clean.bin", "a killed pull's staging")
+  t.write(pdir .. "/.modelget.json", "{}")
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "pull")
+  local dir = store .. "/models/other/clean"
+  local names = t.tree(dir)
+  table.sort(names)
+  t.eq(table.concat(names, " "), ".modelget.json clean.bin", "the model folder holds the file and its manifest")
+  t.eq(t.sha256_file(dir .. "/clean.bin"), t.sha256(data), "bytes")
+  local m = cjson.decode(t.read(dir .. "/.modelget.json"))
+  t.eq(#m.files, 1, "one file in the manifest")
+  t.eq(m.files[1].path, "clean.bin", "its path")
+  t.eq(m.files[1].sha256, t.sha256(data), "its hash")
+  t.ok(not t.exists(pdir), "the partial folder became the model")
 end)
 
 -- A rate-limited pull in the background.

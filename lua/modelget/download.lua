@@ -10,7 +10,7 @@ local Scheduler = {}
 Scheduler.__index = Scheduler
 
 local TICK = 0.25 -- seconds between progress events
-local SYNC_POLL = 0.002 -- how often finished fsync jobs are looked for while some run
+local SYNC_POLL = 0.002 -- how often finished file-system jobs are looked for while some run
 
 function download.scheduler(opts)
   opts = opts or {}
@@ -28,7 +28,9 @@ function download.scheduler(opts)
     waiting = {},   -- Transfer -> {co=, info=}
     sleepers = {},  -- {at=, co=}
     ready = {},     -- coroutines to resume at the next turn (a finished group)
-    syncing = {},   -- {job=, co=}: fsync jobs running on their own threads
+    syncing = {},   -- {job=, co=}: file-system jobs running on worker threads
+    shared = {},         -- path -> {waiting={co…}}: folders to fsync for a group of tasks
+    shared_running = {}, -- path -> {job=, waiting=}: that fsync, running
     paused = {},    -- model id -> true: its transfers start paused
     cancelled = {}, -- model id -> true: its fetches stop
     tasks = 0,
@@ -81,15 +83,58 @@ function Scheduler:all(fns)
   return results
 end
 
--- Makes the paths durable (fsync) on a thread of their own; yields until that is done, while the
--- other tasks' transfers go on.
-function Scheduler:sync(paths)
-  local job = core.sync_start(paths)
+-- Runs file-system steps (core.fs_start: make folders, write, rename, remove, fsync) on a worker
+-- thread; yields until they are done, while the other tasks' transfers go on. Returns true, or
+-- nil, message, code and the index of the step that failed.
+function Scheduler:fs(ops)
+  local job = core.fs_start(ops)
   self.syncing[#self.syncing + 1] = { job = job, co = coroutine.running() }
   coroutine.yield()
-  local ok, err, code = job:result()
+  local ok, err, code, at = job:result()
   job:close()
-  return ok, err, code
+  return ok, err, code, at
+end
+
+-- Makes the paths durable (fsync), off the event loop.
+function Scheduler:sync(paths)
+  local ops = {}
+  for i, p in ipairs(paths) do ops[i] = { "fsync", p } end
+  return self:fs(ops)
+end
+
+-- Makes a folder durable for every task that asks, as a group: while one fsync of it runs, the
+-- tasks asking meanwhile wait together for the next one (many models installed side by side in
+-- models/<framework>/ share one fsync of it).
+function Scheduler:sync_shared(path)
+  local group = self.shared[path]
+  if not group then
+    group = { waiting = {} }
+    self.shared[path] = group
+  end
+  group.waiting[#group.waiting + 1] = coroutine.running()
+  return coroutine.yield()
+end
+
+-- Starts the fsync of every shared folder with tasks waiting and none running for it.
+function Scheduler:start_shared()
+  for path, group in pairs(self.shared) do
+    if not group.job and not self.shared_running[path] then
+      group.job = core.sync_start { path }
+      self.shared_running[path] = group
+      self.shared[path] = nil
+    end
+  end
+end
+
+function Scheduler:finish_shared()
+  for path, group in pairs(self.shared_running) do
+    if group.job:done() then
+      self.shared_running[path] = nil
+      local ok, err, code = group.job:result()
+      group.job:close()
+      for _, co in ipairs(group.waiting) do self:wake(co, ok, err, code) end
+    end
+  end
 end
 
 -- One transfer attempt: adds it to the session and yields until it finishes.
@@ -125,7 +170,9 @@ function Scheduler:run()
       for t in pairs(self.waiting) do t:cancel() end
     end
     local now = core.now()
-    local timeout = #self.ready > 0 and 0 or #self.syncing > 0 and SYNC_POLL or TICK
+    self:start_shared()
+    local jobs_running = #self.syncing > 0 or next(self.shared_running) ~= nil
+    local timeout = #self.ready > 0 and 0 or jobs_running and SYNC_POLL or TICK
     for _, s in ipairs(self.sleepers) do
       timeout = math.min(timeout, math.max(0, s.at - now))
     end
@@ -154,6 +201,7 @@ function Scheduler:run()
     end
     self.syncing = still
     for _, s in ipairs(synced) do self:wake(s.co) end
+    self:finish_shared()
     if now - last_tick >= TICK then
       last_tick = now
       self:progress_tick()

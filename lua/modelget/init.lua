@@ -106,12 +106,23 @@ function modelget.pull_many(targets, opts)
   opts = options(opts)
   local sched = modelget.scheduler(opts)
   local out = {}
-  for i, target in ipairs(targets) do
-    sched:spawn(function()
-      local r, err, code = sched:pull(target)
-      out[i] = { ok = r ~= nil, target = target, result = r, err = err, code = code }
-    end)
+  -- A few pulls run ahead of the transfers (their setup overlaps the downloads); the others wait
+  -- their turn, so a list of thousands holds a bounded number of locks and files open.
+  local ahead = math.max(2 * (opts.jobs or 4), 16)
+  local nexti, running = 1, 0
+  local function start_more()
+    while running < ahead and nexti <= #targets do
+      local i, target = nexti, targets[nexti]
+      nexti, running = nexti + 1, running + 1
+      sched:spawn(function()
+        local r, err, code = sched:pull(target)
+        out[i] = { ok = r ~= nil, target = target, result = r, err = err, code = code }
+        running = running - 1
+      end)
+    end
   end
+  sched.on_task_end = start_more
+  start_more()
   drive(sched)
   return out
 end

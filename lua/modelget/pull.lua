@@ -227,7 +227,11 @@ function pull.run(sched, entry, ctx)
         if name:match("^staging%.") then core.rmtree(pdir .. "/" .. name) end
       end
     else
-      ok, merr, mcode = core.mkdirs(pdir)
+      -- The folder and its empty partial files are made off the event loop (making a folder is
+      -- the dearest step of a small download).
+      local ops = { { "mkdirs", pdir } }
+      for _, f in ipairs(files) do ops[#ops + 1] = { "write", partial_path(pdir, f.path), "" } end
+      ok, merr, mcode = sched:fs(ops)
       if not ok then return nil, merr, mcode end
     end
 
@@ -255,7 +259,7 @@ function pull.run(sched, entry, ctx)
         return sched:fetch {
           id = entry.id, file = f.path, urls = f.urls, partial = partial_path(pdir, f.path), size = f.size,
           space_factor = f.archive and 2 or 1, space_path = pdir,
-          fsync = false, -- made durable with the rest of the staged model, off the event loop
+          fsync = false, -- made durable with the rest of the model at its install, off the event loop
           auth_for = fctx.auth_for, auth_hint = fctx.auth_hint,
         }
       end
@@ -371,7 +375,8 @@ function pull.run(sched, entry, ctx)
     end
 
     local dest, ierr, icode = store.install(root, staging, entry, manifest_files,
-      { sha256 = main_sha, sync = function(paths) return sched:sync(paths) end })
+      { sha256 = main_sha, run = function(ops) return sched:fs(ops) end,
+        sync_dir = function(dir) return sched:sync_shared(dir) end })
     if not dest then return fail_staged(nil, ierr, icode) end
     if not in_place then core.rmtree(pdir) end -- the archives and state files left there
     local res = { id = entry.id, framework = entry.framework, path = dest, bytes = total,
@@ -380,10 +385,16 @@ function pull.run(sched, entry, ctx)
   end)()
 
   if not result then
-    -- A failure that kept nothing leaves no empty partial folder behind.
+    -- A failure that kept nothing leaves no empty partial file or folder behind.
     local pdir = store.partial_dir(root, entry.framework, entry.id)
-    local names = core.listdir(pdir)
-    if names and #names == 0 then os.remove(pdir) end
+    local names, left = core.listdir(pdir), 0
+    for _, name in ipairs(names or {}) do
+      local path = pdir .. "/" .. name
+      local st = name:match("%.part$") and core.stat(path)
+      if st and st.type == "file" and st.size == 0 and not core.stat(path .. ".state") then os.remove(path)
+      else left = left + 1 end
+    end
+    if names and left == 0 then os.remove(pdir) end
   end
   lock:close()
   return result, err, code

@@ -144,61 +144,54 @@ function store.check(dir, manifest, rehash)
   return bad
 end
 
--- fsync of each path in turn, here: the way to make things durable outside a scheduler.
-local function sync_here(paths)
-  for _, p in ipairs(paths) do
-    local ok, err, code = core.fsync(p)
-    if not ok then return nil, err, code end
-  end
-  return true
+-- File-system steps (core.fs_start) run to their end here: the way outside a scheduler.
+local function run_here(ops)
+  local job = core.fs_start(ops)
+  local ok, err, code, at = job:result()
+  job:close()
+  return ok, err, code, at
 end
 
--- Writes the manifest into the staged folder, makes every staged file and folder durable, then
--- renames the folder into place in one step (and makes that durable). An existing model (a forced
--- re-pull) is moved aside first and removed after. opts: sha256 (the main file's, recorded for a
--- later "already installed"), sync(paths) to fsync a list of paths: a scheduler's, which waits
--- without stopping other downloads, or by default one at a time here.
+-- Writes the manifest into the assembled folder, makes every file and folder of it durable, then
+-- renames it into place in one step and makes that durable: one list of steps, run off the event
+-- loop by a scheduler (opts.run = its fs, opts.sync_dir = its sync_shared) or here by default. An existing model (a forced
+-- re-pull) is moved aside first and removed after. opts.sha256: the main file's, recorded for a
+-- later "already installed".
 function store.install(root, staging, entry, files, opts)
   opts = opts or {}
-  local sync = opts.sync or sync_here
   local m = {
     id = entry.id, framework = entry.framework, name = entry.name, url = entry.url,
     source = entry.source, installed = os.time(), sha256 = opts.sha256, files = files,
   }
-  -- The staging folder is this pull's alone: a plain write, made durable with the rest below.
   local manifest = staging .. "/" .. store.MANIFEST
-  local f, ferr = io.open(manifest, "wb")
-  if not f then return util.fail("EIO", "cannot write %s", ferr) end
-  local wok, werr = f:write(util.json_encode(m))
-  local cok, cerr = f:close()
-  if not wok or not cok then return util.fail("EIO", "cannot write %s: %s", manifest, werr or cerr) end
-  local paths, dirs = { manifest, staging }, {}
+  local ops, dirs = { { "write", manifest, util.json_encode(m) }, { "fsync", manifest } }, {}
   for _, file in ipairs(files) do
-    paths[#paths + 1] = staging .. "/" .. file.path
+    ops[#ops + 1] = { "fsync", staging .. "/" .. file.path }
     local dir = file.path:match("^(.*)/[^/]*$")
     while dir and not dirs[dir] do
       dirs[dir] = true
-      paths[#paths + 1] = staging .. "/" .. dir
+      ops[#ops + 1] = { "fsync", staging .. "/" .. dir }
       dir = dir:match("^(.*)/[^/]*$")
     end
   end
-  local ok, err, code = sync(paths)
-  if not ok then return nil, err, code end
+  ops[#ops + 1] = { "fsync", staging }
   local dest = store.model_dir(root, entry.framework, entry.id)
-  ok, err, code = core.mkdirs(util.dirname(dest))
-  if not ok then return nil, err, code end
+  local parent = util.dirname(dest)
+  ops[#ops + 1] = { "mkdirs", parent }
   local old
   if core.stat(dest) then
     old = staging .. ".old"
-    ok, err, code = core.rename(dest, old)
-    if not ok then return nil, err, code end
+    ops[#ops + 1] = { "rename", dest, old }
   end
-  ok, err, code = core.rename(staging, dest)
+  ops[#ops + 1] = { "rename", staging, dest }
+  local ok, err, code, at = (opts.run or run_here)(ops)
   if not ok then
-    if old then core.rename(old, dest) end
+    if old and at == #ops then core.rename(old, dest) end -- the old model goes back
     return nil, err, code
   end
-  sync { util.dirname(dest) }
+  -- The rename made durable: a scheduler's tasks share one fsync of the parent (opts.sync_dir).
+  -- The model is in place whatever it says.
+  if opts.sync_dir then opts.sync_dir(parent) else core.fsync(parent) end
   if old then core.rmtree(old) end
   return dest
 end
