@@ -2,7 +2,8 @@
 # make bench: modelget against curl, wget and aria2c over loopback HTTPS (nginx, the test CA).
 #   sh tests/bench.sh BUILD_DIR
 # 1. one 1 GiB file: modelget pull with --sha256 vs curl -o, wget -O, aria2c --checksum (best of 3)
-# 2. 200 files of 100 KB: one modelget pull -j 8 vs curl --parallel --parallel-max 8, aria2c -j8 -i
+# 2. 200 files of 100 KB: one modelget pull -j 8 vs curl --parallel --parallel-max 8, aria2c -j8 -i,
+#    and modelget.core alone writing them into one folder (what the store adds, by difference)
 # Prints wall-clock times, ratios (modelget / other), peak RSS, and the targets beside them.
 set -eu
 build=$(cd "${1:-build}" && pwd)
@@ -100,6 +101,29 @@ for _, r in ipairs(modelget.pull_many(urls, { framework = "other", jobs = 8, sto
   if not r.ok then io.stderr:write(r.target, ": ", tostring(r.err), "\n"); os.exit(1) end
 end
 EOF
+# The transfer engine alone, for the split: the same 200 files into one folder, as curl writes them
+# (no model folders, manifests, locks or fsync). Not a target: it shows what the store's work costs.
+engine_script=$tmp/engine_only.lua
+cat > "$engine_script" <<'EOF'
+local core = require "modelget.core"
+local list_file, out, cacert = arg[1], arg[2], arg[3]
+local session = core.session { jobs = 8, cacert = cacert }
+local left = 0
+for url in io.lines(list_file) do
+  session:add { url = url, partial = out .. "/" .. url:match("[^/]+$"), fsync = false }
+  left = left + 1
+end
+while left > 0 do
+  session:perform(0.25)
+  for _, t in ipairs(session:finished()) do
+    local r = t:result()
+    if not r.ok then io.stderr:write(r.message, "\n"); os.exit(1) end
+    t:close()
+    left = left - 1
+  end
+end
+session:close()
+EOF
 small_mode=command
 fresh
 # shellcheck disable=SC2046
@@ -137,6 +161,17 @@ while [ $i -lt "$runs" ]; do
   got=$(find "$store/models/other" -name 'f*.bin' -size "${small_size}c" | wc -l)
   [ "$got" -eq "$small_count" ] || { echo "bench: modelget installed $got of the $small_count files" >&2; exit 1; }
   fresh; timed small.curl curl -sS --cacert "$ca" --parallel --parallel-max 8 --output-dir "$out" -K "$tmp/small.curlrc"
+  i=$((i + 1))
+done
+# aria2c last: it deletes a control file per download, and deleted inodes slow whoever runs next
+# (see fresh()); modelget and curl delete nothing.
+i=0
+while [ $i -lt "$runs" ]; do
+  fresh; timed small.engine "$modelget" run "$engine_script" "$tmp/small.urls" "$out" "$ca"
+  i=$((i + 1))
+done
+i=0
+while [ $i -lt "$runs" ]; do
   fresh; timed small.aria2c aria2c -q --ca-certificate="$ca" -j8 -i "$tmp/small.urls" -d "$out"
   i=$((i + 1))
 done
@@ -161,6 +196,10 @@ for tool in curl aria2c; do
 done
 r=$(ratio "$mg_small" "$(best small.curl)")
 echo "  target: <= 1.5x curl --parallel        -> $r ($(verdict "$r" 1.5))"
+t=$(best small.engine)
+printf '  %-24s %8s   engine/curl = %s   (runs: %s)\n' "modelget.core alone" "$t" "$(ratio "$t" "$(best small.curl)")" "$(runs_of small.engine)"
+echo "  (the transfer engine writing the 200 files into one folder as curl does: no model folder,"
+echo "   manifest, lock or fsync per model; the difference is what the store's durable installs cost)"
 echo
 echo "== peak RSS (MiB, /usr/bin/time)"
 for label in big.modelget small.modelget big.curl big.wget big.aria2c small.curl small.aria2c; do
