@@ -322,6 +322,34 @@ test("list, info, search and frameworks; --json forms parse", function()
   t.eq(#events(t.status(t.modelget { "--json", "frameworks" }, 0, "frameworks --json").stdout), 6, "six frameworks")
 end)
 
+test("every --json line of list, info, ls, frameworks and urls list names its kind; empty lists are []", function()
+  local ng = servers.nginx()
+  local data = gguf(200 * KiB) -- the size registry_with states
+  local url = ng.put("cli/kinds.gguf", data)
+  local reg = registry_with(url, t.sha256(data))
+  local store = t.tmpdir("kinds")
+  local function json_of(args, status)
+    return t.status(mg(store, { "--registry", reg, "--json", table.unpack(args) }), status or 0, table.concat(args, " "))
+  end
+  t.status(mg(store, { "--registry", reg, "pull", "cli-tiny", "-q" }), 0, "pull cli-tiny")
+  t.status(mg(store, { "urls", "add", "--id", "no-alts", "--name", "N.gguf", "--url", url }), 0, "urls add")
+  local kinds = { list = "model", info = "model", ls = "installed", frameworks = "framework", urls = "custom" }
+  for cmd, kind in pairs(kinds) do
+    local args = cmd == "info" and { "info", "cli-tiny" } or cmd == "urls" and { "urls", "list" } or { cmd }
+    local r = json_of(args)
+    local lines = events(r.stdout)
+    t.ok(#lines > 0, cmd .. " printed lines")
+    for _, line in ipairs(lines) do t.eq(line.event, kind, cmd .. " --json event") end
+  end
+  -- An entry without alternative URLs: [] in JSON, as in the export schema, never {}.
+  local r = json_of { "urls", "list" }
+  t.match(r.stdout, '"alternativeURLs":%[%]', "urls list: empty alternativeURLs is []")
+  t.nomatch(r.stdout, ":{}", "no empty object stands for a list")
+  r = json_of { "info", "cli-tiny" }
+  t.eq(cjson.decode(r.stdout).alt[1], nil, "info: alt is an empty list")
+  t.match(r.stdout, '"alt":%[%]', "info: alt is []")
+end)
+
 -- Installed models: verify, ls, rm ------------------------------------------------------------------------
 test("verify after a flipped byte: exit 4 naming the model and the file; ls and rm", function()
   local ng = servers.nginx()

@@ -184,8 +184,13 @@ local function json_line(obj)
   io.stdout:write(progress.json_line(obj), "\n")
 end
 
-local function json_lines(list)
-  for _, obj in ipairs(list) do json_line(progress.plain_data(obj)) end
+-- One line per object, each marked with its kind (SPEC: every --json line has an "event").
+local function json_lines(list, event)
+  for _, obj in ipairs(list) do
+    local line = progress.plain_data(obj)
+    line.event = event
+    json_line(line)
+  end
 end
 
 local function printf(fmt, ...) io.stdout:write(string.format(fmt, ...), "\n") end
@@ -330,6 +335,7 @@ function Ctx:show_entries(entries, installed)
     for _, e in ipairs(entries) do
       local obj = progress.plain_data(e)
       obj.installed = installed[e.id] ~= nil
+      obj.event = "model"
       json_line(obj)
     end
     return
@@ -390,7 +396,7 @@ command("info", {
     local e, err, code = mg.info(id, ctx.opts)
     if not e then return ctx:fail(err, code, { id = id }) end
     if ctx.json then
-      json_line(progress.plain_data(e))
+      json_lines({ e }, "model")
       return 0
     end
     local rows = {
@@ -442,7 +448,8 @@ command("frameworks", {
     local rules = ctx:facade().frameworks()
     if ctx.json then
       for _, r in ipairs(rules) do
-        json_line({ name = r.name, title = r.title, extensions = r.extensions, describe = r.describe })
+        json_line({ event = "framework", name = r.name, title = r.title, extensions = r.extensions,
+                    describe = r.describe })
       end
       return 0
     end
@@ -620,7 +627,7 @@ command("ls", {
     local list, err, code = mg.installed(ctx.opts)
     if not list then return ctx:fail(err, code) end
     if ctx.json then
-      json_lines(list)
+      json_lines(list, "installed")
       return 0
     end
     if #list == 0 then
@@ -700,7 +707,7 @@ function URLS.list(ctx)
   local list, err, code = ctx:facade().urls.list(ctx.opts)
   if not list then return ctx:fail(err, code) end
   if ctx.json then
-    json_lines(list)
+    json_lines(list, "custom")
     return 0
   end
   if #list == 0 then printf("no custom URLs (add one with modelget urls add)") return 0 end

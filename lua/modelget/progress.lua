@@ -252,28 +252,34 @@ function Reporter:plain_progress(f, now)
 end
 
 -- Events --------------------------------------------------------------------------------------------
+-- The fields that hold lists: empty, they are written [] (an empty Lua table could be either).
+local LIST_FIELDS = { alt = true, alternativeURLs = true, files = true, tags = true, extensions = true,
+                      include = true, exclude = true, bad = true, urls = true }
+local EMPTY_LIST = "\0modelget:empty-list\0" -- stands for [] until the line is encoded
+
 -- Only data crosses into JSON: functions and userdata are dropped, cycles are cut.
-local function plain_data(v, seen)
+local function plain_data(v, seen, key)
   local kind = type(v)
   if kind ~= "table" then
     if kind == "string" or kind == "number" or kind == "boolean" then return v end
     return nil
   end
+  if LIST_FIELDS[key] and next(v) == nil then return EMPTY_LIST end
   seen = seen or {}
   if seen[v] then return nil end
   seen[v] = true
   local out = {}
   for k, x in pairs(v) do
-    if type(k) == "string" or type(k) == "number" then out[k] = plain_data(x, seen) end
+    if type(k) == "string" or type(k) == "number" then out[k] = plain_data(x, seen, k) end
   end
   seen[v] = nil
   return out
 end
-M.plain_data = plain_data
+M.plain_data = function(v) return plain_data(v) end
 
 -- One JSON object on one line.
 function M.json_line(obj)
-  return util.json_encode(plain_data(obj))
+  return (util.json_encode(plain_data(obj)):gsub('"\\u0000modelget:empty%-list\\u0000"', "[]"))
 end
 
 function Reporter:event(ev)
