@@ -100,6 +100,33 @@ test("list_files asks the caller's fetch_json for the tree and passes its failur
   t.eq(msg, "401 Unauthorized", "message passed on")
 end)
 
+test("a paged listing: every page is followed by its Link, and a page named twice is refused", function()
+  local pages = {
+    ["https://127.0.0.1:7/api/models/org/m/tree/main?recursive=true"] =
+      { { { type = "file", path = "a.json", size = 1 } }, { link = '<https://127.0.0.1:7/p2>; rel="next"' } },
+    ["https://127.0.0.1:7/p2"] =
+      { { { type = "file", path = "b.json", size = 1 } }, { link = '<https://127.0.0.1:7/p0>; rel="prev", </p3>; rel=next' } },
+    ["https://127.0.0.1:7/p3"] = { { { type = "file", path = "c.json", size = 1 } }, {} },
+  }
+  local asked = {}
+  local env = { HF_ENDPOINT = "https://127.0.0.1:7" }
+  local files = assert(hub.list_files({ id = "m", hub = { repo = "org/m", revision = "main" } },
+    function(url) asked[#asked + 1] = url; return table.unpack(pages[url]) end, env))
+  t.eq(#asked, 3, "three pages asked for")
+  t.eq(asked[3], "https://127.0.0.1:7/p3", "a relative Link is on the endpoint")
+  local paths = {}
+  for _, f in ipairs(files) do paths[#paths + 1] = f.path end
+  t.eq(table.concat(paths, ","), "a.json,b.json,c.json", "the files of every page")
+  pages["https://127.0.0.1:7/p3"][2] = { link = '<https://127.0.0.1:7/p2>; rel="next"' }
+  local ok, msg, code = hub.list_files({ id = "m", hub = { repo = "org/m", revision = "main" } },
+    function(url) return table.unpack(pages[url]) end, env)
+  t.eq(ok, nil, "a loop of pages fails")
+  t.eq(code, "EIO", "code")
+  t.match(msg, "names a page it already gave", "message")
+  t.eq(hub.next_link('<https://x/1>; rel="prev"'), nil, "no next")
+  t.eq(hub.next_link(nil), nil, "no header")
+end)
+
 test("the Hub token goes to the Hub's host only", function()
   local env = { HF_TOKEN = "hf_SECRET" }
   local a = auth.for_url("https://huggingface.co/org/m/resolve/main/x.gguf", env)

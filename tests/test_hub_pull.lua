@@ -53,6 +53,27 @@ model "tiny-mlx" { framework = "mlx", hub = { repo = "mlx-community/Tiny-4bit", 
   t.eq(#fx.requests("/api/models/mlx%-community/Tiny%-4bit/tree/main"), 1, "one listing")
 end)
 
+test("a big repo listed in pages: the snapshot holds the files of every page", function()
+  local fx = servers.fixture()
+  local repo = "org/Paged-model"
+  local want = {}
+  for i = 1, 7 do
+    local name = string.format("shard-%d.json", i)
+    fx.hub_put(repo, name, '{"shard":' .. i .. "}")
+    want[#want + 1] = name
+  end
+  fx.hub_page(repo, 3)
+  local reg = recipe([[
+model "paged" { framework = "other", hub = { repo = "org/Paged-model", include = { "*.json" } } }
+]])
+  local store = t.tmpdir("store")
+  t.status(pull(store, reg, "paged", { HF_ENDPOINT = fx.url }), 0, "pull")
+  t.eq(files_of(model_dir(store, "other", "paged")), table.concat(want, ","), "all seven files, from three pages")
+  local pages = fx.requests("/api/models/org/Paged%-model/tree/main")
+  t.eq(#pages, 3, "three listing requests")
+  t.match(pages[3].query, "cursor=6", "the third asks for the page at 6")
+end)
+
 test("a snapshot of one folder of a repo installs it flat; the model's tokenizer comes along", function()
   local fx = servers.fixture()
   local repo = "microsoft/Tiny-onnx"

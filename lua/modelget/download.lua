@@ -300,14 +300,17 @@ function Scheduler:fetch(spec)
   return nil, msg, code
 end
 
--- A small JSON document (Hub API listings), through the same retries and policy.
+-- A small JSON document (Hub API listings), through the same retries and policy: the decoded
+-- value and the response's headers, or nil, message, code.
 function Scheduler:fetch_json(url, spec)
   local r, err, code = self:fetch {
     id = spec and spec.id, file = url, urls = { url }, memory = 16 * 1024 * 1024,
     auth_for = spec and spec.auth_for, auth_hint = spec and spec.auth_hint,
   }
   if not r then return nil, err, code end
-  return util.json_decode(r.body or "", url)
+  local doc, derr, dcode = util.json_decode(r.body or "", url)
+  if doc == nil then return nil, derr, dcode end
+  return doc, r.headers
 end
 
 download.Scheduler = Scheduler

@@ -154,14 +154,44 @@ function hub.select(tree, spec)
   return files
 end
 
+-- The URL a Link header names as rel="next", or nil.
+function hub.next_link(link)
+  if type(link) ~= "string" then return nil end
+  for target, params in link:gmatch("<([^>]*)>([^,]*)") do
+    for rel in params:gmatch('[Rr][Ee][Ll]%s*=%s*"?([^";]+)"?') do
+      for word in rel:gmatch("%S+") do
+        if word:lower() == "next" then return target end
+      end
+    end
+  end
+  return nil
+end
+
+local MAX_PAGES = 1000
+
 -- Lists an entry's Hub files (possibly none: the caller says what that means). fetch_json(url) ->
--- decoded | nil, msg, code is the caller's (the pull pipeline uses the engine's memory transfers, with
--- the Hub token).
+-- decoded, headers | nil, msg, code is the caller's (the pull pipeline uses the engine's memory
+-- transfers, with the Hub token). A big repo's listing comes in pages: every one is followed (Link:
+-- rel="next"), so no file is silently missing from a snapshot.
 function hub.list_files(entry, fetch_json, env)
   local spec = entry.hub
-  local tree, err, code = fetch_json(hub.tree_url(spec.repo, spec.revision, env, spec.dir))
-  if not tree then return nil, err, code end
-  return hub.select(tree, spec)
+  local url = hub.tree_url(spec.repo, spec.revision, env, spec.dir)
+  local all, seen = {}, {}
+  for _ = 1, MAX_PAGES do
+    seen[url] = true
+    local page, headers_or_err, code = fetch_json(url)
+    if not page then return nil, headers_or_err, code end
+    if type(page) ~= "table" or (page[1] == nil and next(page) ~= nil) then return hub.select(page, spec) end
+    table.move(page, 1, #page, #all + 1, all)
+    local nxt = hub.next_link(type(headers_or_err) == "table" and headers_or_err.link or nil)
+    if not nxt then return hub.select(all, spec) end
+    if nxt:sub(1, 1) == "/" then nxt = hub.endpoint(env) .. nxt end
+    url = hub.rewrite(nxt, env)
+    if seen[url] then
+      return util.fail("EIO", "the Hub's file listing of %s names a page it already gave (%s)", spec.repo, url)
+    end
+  end
+  return util.fail("EIO", "the Hub's file listing of %s goes on for more than %d pages", spec.repo, MAX_PAGES)
 end
 
 return hub

@@ -229,6 +229,9 @@ servers.fixture = once(function()
     if token then t.write(file, token) else os.remove(file) end
   end
 
+  -- The repo's tree listing comes in pages of n entries, each naming the next in a Link header.
+  function s.hub_page(repo, n) t.write(root .. "/hub/" .. repo .. "/.page-size", tostring(n)) end
+
   -- The Hub states a wrong SHA-256 (X-Linked-Etag) for the repo's LFS files; false tells the truth again.
   function s.hub_lie(repo, lie)
     local file = root .. "/hub/" .. repo .. "/.lie"
