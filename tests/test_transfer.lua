@@ -170,6 +170,26 @@ test("the file changed on the server between attempts: If-Range fails, the new f
   t.eq(read_state(partial).etag, r.etag, "state holds the new validator")
 end)
 
+test("a server that ignores If-Range sends a range of a changed file: detected, dropped, fetched whole", function()
+  local v2 = t.bytes(280000, 18)
+  servers.fixture().put("broken-v2.bin", v2)
+  local fx, _, url, partial, first = cut_attempt("broken.bin", 300000, 120000,
+    { content = "broken-v2.bin", ignore_if_range = true })
+  local second = fetch { url = url, partial = partial }
+  t.eq(second.ok, false, "a range of another version is refused")
+  t.eq(second.retryable, true, "retryable")
+  t.match(second.message, "the file changed on the server", "message")
+  t.eq(size_of(partial) or 0, 0, "the kept bytes of the old version are dropped")
+  local third = fetch { url = url, partial = partial }
+  t.eq(third.ok, true, "the next attempt")
+  t.eq(third.status, 200, "asks for the whole file")
+  t.eq(third.sha256, t.sha256(v2), "sha256 of the new version, nothing spliced")
+  t.eq(t.read(partial), v2, "bytes on disk")
+  local reqs = fx.requests("^/f/broken%.bin$")
+  t.eq(reqs[2].headers["if-range"], first.etag, "the second asked with the old validator")
+  t.eq(reqs[3].headers.range, nil, "the third asked for no range")
+end)
+
 test("a big kept prefix: re-hashed in steps, abandoned on a restart, resumed again", function()
   local fx = servers.fixture()
   local size = 40 * 1000 * 1000
