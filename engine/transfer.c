@@ -103,6 +103,8 @@ struct Transfer {
   uint64_t memory_max;
   long stall_timeout;
   double space_factor;
+  int space_checked;          /* its space was checked on the file system space_dev */
+  dev_t space_dev;
   int64_t expected_size;
   /* resume: the validators we hold (from the state file, then from the response) */
   char *etag, *last_modified;
@@ -741,6 +743,37 @@ static int parse_content_range(const char *v, uint64_t *start, int64_t *total) {
   return 0;
 }
 
+/* The file system (device) of path, or of its nearest existing parent. Returns 0 or an errno. */
+static int device_of(const char *path, dev_t *dev) {
+  char buf[PATH_MAX];
+  if (strlen(path) >= sizeof buf) return ENAMETOOLONG;
+  strcpy(buf, path);
+  struct stat st;
+  for (int depth = 0; stat(buf, &st) != 0; depth++) {
+    if (errno != ENOENT || depth > 64 || strcmp(buf, "/") == 0 || strcmp(buf, ".") == 0) return errno ? errno : ENOENT;
+    char up[PATH_MAX];
+    mg_parent_of(buf, up, sizeof up);
+    strcpy(buf, up);
+  }
+  *dev = st.st_dev;
+  return 0;
+}
+
+/* What the session's other running downloads to t's file system still have to write (each one's
+ * factor × its total less what it has), and how many they are. */
+static double promised_elsewhere(const Transfer *t, int *count) {
+  double sum = 0;
+  *count = 0;
+  if (!t->session) return 0;
+  for (const Transfer *o = t->session->first; o; o = o->next) {
+    if (o == t || o->state != ST_RUNNING || !o->space_checked || o->space_dev != t->space_dev) continue;
+    if (o->resp != RESP_BODY || o->total < 0 || (uint64_t)o->total <= o->offset) continue;
+    sum += o->space_factor * (double)((uint64_t)o->total - o->offset);
+    (*count)++;
+  }
+  return sum;
+}
+
 /* A final 2xx response for a partial file: choose append or restart, check space, open the file. */
 static int accept_file_response(Transfer *t) {
   const Headers *h = &t->hdr;
@@ -770,7 +803,8 @@ static int accept_file_response(Transfer *t) {
   } else {
     t->total = clen;
   }
-  /* Space: factor × what is still to come, before a single byte is written. */
+  /* Space: factor × what is still to come, before a single byte is written — counting what the
+   * session's other downloads to the same file system still have to write. */
   int64_t expect = t->total >= 0 ? t->total : t->expected_size;
   uint64_t base = append ? t->kept : 0;
   if (expect >= 0 && (uint64_t)expect > base) {
@@ -779,11 +813,19 @@ static int accept_file_response(Transfer *t) {
     if (!where) { mg_parent_of(t->partial, folder, sizeof folder); where = folder; }
     uint64_t avail = 0;
     double need = t->space_factor * (double)((uint64_t)expect - base);
-    if (mg_free_space(where, &avail) == 0 && need > (double)avail) {
-      char needs[32], frees[32];
+    if (device_of(where, &t->space_dev) == 0) t->space_checked = 1;
+    int others = 0;
+    double promised = t->space_checked ? promised_elsewhere(t, &others) : 0;
+    if (mg_free_space(where, &avail) == 0 && need + promised > (double)avail) {
+      char needs[32], frees[32], owed[32];
       human((uint64_t)need, needs, sizeof needs);
       human(avail, frees, sizeof frees);
-      fail(t, "ESPACE", 0, "need %s, %s free on %s", needs, frees, where);
+      human((uint64_t)promised, owed, sizeof owed);
+      if (others > 0)
+        fail(t, "ESPACE", 0, "need %s, %s free on %s, of which %s is still to come for %d other download%s",
+             needs, frees, where, owed, others, others == 1 ? "" : "s");
+      else
+        fail(t, "ESPACE", 0, "need %s, %s free on %s", needs, frees, where);
       return 0;
     }
   }

@@ -351,6 +351,35 @@ test("space_factor and space_path take part in the storage check", function()
   t.eq(fetch({ url = url, partial = dir .. "/f.bin", space_factor = 2 }).ok, true, "a sane factor passes")
 end)
 
+test("the storage check counts what the session's other downloads still have to write", function()
+  local fx = servers.fixture()
+  local dir = t.tmpdir("promised")
+  local big = math.floor(core.free_space(dir) * 0.6) -- each fits alone, the two together do not
+  local url_a = fx.put("promised-a.bin", t.bytes(4000, 31))
+  local url_b = fx.put("promised-b.bin", t.bytes(4000, 32))
+  fx.script("promised-a.bin", { { announce = big, stall = 512, seconds = 30 } })
+  fx.script("promised-b.bin", { { announce = big }, { announce = big } })
+  local s = session { jobs = 4 }
+  local ta = s:add { url = url_a, partial = dir .. "/a.bin" }
+  local deadline = core.now() + 20
+  while ta:progress().completed < 512 do
+    s:perform(0.05)
+    if core.now() > deadline then error("the first download did not start") end
+  end
+  local tb = s:add { url = url_b, partial = dir .. "/b.bin" }
+  local rb = drive(s, { tb })[1]
+  t.eq(rb.code, "ESPACE", "the second is refused: the first still has most of its bytes to come")
+  t.match(rb.message, "of which [%d.]+ [kMGTP]?B is still to come for 1 other download$", "message")
+  t.eq(size_of(dir .. "/b.bin") or 0, 0, "nothing of it written")
+  tb:close()
+  ta:cancel()
+  drive(s, { ta })
+  ta:close()
+  -- Alone, the same announce passes the check (and fails later, as the body is cut short).
+  local alone = fetch { url = url_b, partial = dir .. "/b.bin" }
+  t.eq(alone.code, "ENET", "alone: past the storage check")
+end)
+
 test("a certificate the CA bundle does not vouch for is final", function()
   local ng = servers.nginx()
   local url = ng.put("cert.bin", "x")
