@@ -246,10 +246,18 @@ static int fs_write_atomic(lua_State *L) {
 #define LOCK_MT "modelget.Lock"
 typedef struct { int fd; } Lock;
 
+/* Releases the lock; closing it again does nothing (it is also the __gc and __close). */
 static int lock_close(lua_State *L) {
   Lock *lk = luaL_checkudata(L, 1, LOCK_MT);
   if (lk->fd >= 0) { close(lk->fd); lk->fd = -1; }
   return 0;
+}
+
+/* Whether the lock is still held by this object (false once closed). */
+static int lock_held(lua_State *L) {
+  Lock *lk = luaL_checkudata(L, 1, LOCK_MT);
+  lua_pushboolean(L, lk->fd >= 0);
+  return 1;
 }
 
 #ifdef F_OFD_SETLK
@@ -402,6 +410,7 @@ static int fs_realpath(lua_State *L) {
 void mg_open_fs(lua_State *L) {
   static const luaL_Reg lock_methods[] = {
     {"close", lock_close},
+    {"held", lock_held},
     {NULL, NULL}
   };
   static const luaL_Reg funcs[] = {

@@ -34,6 +34,7 @@ typedef struct FsJob {
   int queued;         /* handed to a worker (or run on the caller's thread) */
   int done;           /* written under the pool's lock, read with __atomic */
   int err, errat;     /* the first failure: errno and the step's index (the job stops there) */
+  int closed;
 } FsJob;
 
 static struct {
@@ -170,18 +171,25 @@ static int job_close(lua_State *L) {
   FsJob *j = luaL_checkudata(L, 1, JOB_MT);
   wait_job(j);
   free_ops(j);
+  j->closed = 1;
   return 0;
 }
 
-static int job_done(lua_State *L) {
+static FsJob *check_open_job(lua_State *L) {
   FsJob *j = luaL_checkudata(L, 1, JOB_MT);
+  if (j->closed) luaL_error(L, "attempt to use a closed file-system job");
+  return j;
+}
+
+static int job_done(lua_State *L) {
+  FsJob *j = check_open_job(L);
   lua_pushboolean(L, !j->queued || __atomic_load_n(&j->done, __ATOMIC_ACQUIRE));
   return 1;
 }
 
 /* Waits for the job; true, or nil, "cannot <step> <path>: …", code, the failed step's index. */
 static int job_result(lua_State *L) {
-  FsJob *j = luaL_checkudata(L, 1, JOB_MT);
+  FsJob *j = check_open_job(L);
   wait_job(j);
   if (!j->err) {
     lua_pushboolean(L, 1);
