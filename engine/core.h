@@ -37,6 +37,8 @@ void mg_hex(const unsigned char *digest, size_t n, char *out);
  * Returns 0 or an errno; *hashed (may be NULL) gets the bytes fed. */
 struct evp_md_ctx_st;
 int mg_sha256_fd(int fd, uint64_t limit, struct evp_md_ctx_st *ctx, uint64_t *hashed);
+/* SHA-256 of a whole file as lower-case hex (65 bytes with the NUL). Returns 0 or an errno. */
+int mg_sha256_path(const char *path, char hex[65]);
 
 /* Creates a metatable named tname with methods, __index, __gc/__close = closer, __name. */
 void mg_newmeta(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CFunction closer);

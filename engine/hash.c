@@ -42,10 +42,9 @@ int mg_sha256_fd(int fd, uint64_t limit, EVP_MD_CTX *ctx, uint64_t *hashed) {
   return err;
 }
 
-static int hash_sha256_file(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+int mg_sha256_path(const char *path, char hex[65]) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return mg_fail_errno(L, errno, "%s", path);
+  if (fd < 0) return errno;
 #ifdef POSIX_FADV_SEQUENTIAL
   posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
 #endif
@@ -53,20 +52,25 @@ static int hash_sha256_file(lua_State *L) {
   if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
     EVP_MD_CTX_free(ctx);
     close(fd);
-    return luaL_error(L, "OpenSSL: cannot create a SHA-256 context");
+    return ENOMEM;
   }
   int err = mg_sha256_fd(fd, UINT64_MAX, ctx, NULL);
   close(fd);
-  if (err) {
-    EVP_MD_CTX_free(ctx);
-    return mg_fail_errno(L, err, "%s", path);
+  if (!err) {
+    unsigned char digest[32];
+    unsigned int dlen = 0;
+    EVP_DigestFinal_ex(ctx, digest, &dlen);
+    mg_hex(digest, 32, hex);
   }
-  unsigned char digest[32];
-  unsigned int dlen = 0;
-  EVP_DigestFinal_ex(ctx, digest, &dlen);
   EVP_MD_CTX_free(ctx);
+  return err;
+}
+
+static int hash_sha256_file(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
   char hex[65];
-  mg_hex(digest, 32, hex);
+  int err = mg_sha256_path(path, hex);
+  if (err) return mg_fail_errno(L, err, "%s", path);
   lua_pushstring(L, hex);
   return 1;
 }

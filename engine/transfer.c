@@ -99,6 +99,13 @@ struct Transfer {
   /* options */
   char *url, *cur_url, *partial, *state_path, *space_path, *auth_header, *auth_host;
   int resume, head, memory;
+  /* a ranged transfer: bytes range_from..range_to (inclusive) of the file, into a partial of their
+   * own, on a connection of their own, asked for with If-Range: validator (one segment of a
+   * download split over several connections) */
+  int ranged, range_refused;
+  uint64_t range_from, range_to;
+  int64_t whole_size;
+  char *validator;
   int sync;                   /* fdatasync at success (off when the caller syncs the file itself) */
   uint64_t memory_max;
   long stall_timeout;
@@ -734,13 +741,36 @@ static void fail_host(Transfer *t, const char *code, int retryable, const char *
 /* Responses ----------------------------------------------------------------------------------- */
 
 /* Parses "bytes a-b/c" (c may be "*"). */
-static int parse_content_range(const char *v, uint64_t *start, int64_t *total) {
+static int parse_content_range(const char *v, uint64_t *start, uint64_t *end, int64_t *total) {
   unsigned long long a, b;
   char rest[32];
   if (!v || sscanf(v, "bytes %llu-%llu/%31s", &a, &b, rest) != 3) return -1;
   *start = a;
+  *end = b;
   *total = strcmp(rest, "*") == 0 ? -1 : parse_size(rest);
   return 0;
+}
+
+/* A ranged transfer's response must be exactly the bytes asked for, of the version asked for:
+ * anything else (a whole body, another range, another version) refuses the split. */
+static int accept_range(Transfer *t, const char *etag, const char *lm) {
+  uint64_t start = 0, end = 0;
+  int64_t whole = -1;
+  uint64_t want = t->range_from + t->kept;
+  int ok = t->status == 206 && parse_content_range(hdr_get(&t->hdr, "content-range"), &start, &end, &whole) == 0 &&
+           start == want && end == t->range_to && (t->whole_size < 0 || whole == t->whole_size);
+  const char *v = t->validator;
+  if (ok && v) ok = v[0] == '"' ? (etag && strcmp(etag, v) == 0) : (!lm || strcmp(lm, v) == 0);
+  if (!ok) {
+    char what[160];
+    snprintf(what, sizeof what, "the server did not send bytes %llu-%llu of the same file (HTTP %ld)",
+             (unsigned long long)want, (unsigned long long)t->range_to, t->status);
+    t->range_refused = 1;
+    fail_host(t, "ENET", 0, what);
+    return 0;
+  }
+  t->total = (int64_t)(t->range_to - t->range_from + 1);
+  return 1;
 }
 
 /* The file system (device) of path, or of its nearest existing parent. Returns 0 or an errno. */
@@ -781,10 +811,13 @@ static int accept_file_response(Transfer *t) {
   int64_t clen = parse_size(hdr_get(h, "content-length"));
   int append = 0;
   char what[400];
-  if (t->status == 206) {
-    uint64_t start = 0;
+  if (t->ranged) {
+    if (!accept_range(t, etag, lm)) return 0;
+    append = t->kept > 0;
+  } else if (t->status == 206) {
+    uint64_t start = 0, end = 0;
     int64_t total = -1;
-    if (parse_content_range(hdr_get(h, "content-range"), &start, &total) != 0 || start != t->kept) {
+    if (parse_content_range(hdr_get(h, "content-range"), &start, &end, &total) != 0 || start != t->kept) {
       snprintf(what, sizeof what, "server sent another range than bytes=%llu- (starting over)",
                (unsigned long long)t->kept);
       fail_host(t, "ENET", 1, what);
@@ -1024,11 +1057,15 @@ static int set_request_headers(Transfer *t) {
     if (url_parts(t->cur_url, &p) == 0 && strlen(p.host) == wlen && strncasecmp(p.host, want, wlen) == 0)
       if (!(list = curl_slist_append(list, t->auth_header))) return -1;
   }
-  if (t->kept > 0) {
-    char line[64];
-    snprintf(line, sizeof line, "Range: bytes=%llu-", (unsigned long long)t->kept);
+  if (t->ranged || t->kept > 0) {
+    char line[80];
+    if (t->ranged)
+      snprintf(line, sizeof line, "Range: bytes=%llu-%llu", (unsigned long long)(t->range_from + t->kept),
+               (unsigned long long)t->range_to);
+    else
+      snprintf(line, sizeof line, "Range: bytes=%llu-", (unsigned long long)t->kept);
     if (!(list = curl_slist_append(list, line))) return -1;
-    const char *validator = t->etag ? t->etag : t->last_modified;
+    const char *validator = t->ranged && t->validator ? t->validator : t->etag ? t->etag : t->last_modified;
     size_t vlen = strlen(validator) + 16;
     char *ir = malloc(vlen);
     if (!ir) { curl_slist_free_all(list); return -1; }
@@ -1102,8 +1139,10 @@ static int start_transfer(Session *s, Transfer *t) {
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
-  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  /* A segment gets a connection of its own (HTTP/1.1): streams multiplexed on one HTTP/2
+   * connection would share the one window the split is there to get around. */
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)(t->ranged ? CURL_HTTP_VERSION_1_1 : CURL_HTTP_VERSION_2TLS));
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, t->ranged ? 0L : 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
   curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
@@ -1232,6 +1271,7 @@ static void classify_status(Transfer *t) {
   else if (st == 416) snprintf(what, sizeof what, "HTTP 416 (range not satisfiable; starting over)");
   else snprintf(what, sizeof what, "HTTP %ld", st);
   if (st == 416) { t->fail_drop = 1; t->restart = t->kept > 0; }
+  if (st == 416 && t->ranged) { t->range_refused = 1; retryable = 0; }
   fail_host(t, code, retryable, what);
 }
 
@@ -1567,7 +1607,7 @@ static void transfer_free(Transfer *t) {
   if (t->fd >= 0) { close(t->fd); t->fd = -1; }
   curl_slist_free_all(t->user_headers);
   curl_slist_free_all(t->req_headers);
-  free(t->url); free(t->cur_url); free(t->partial); free(t->state_path); free(t->space_path);
+  free(t->url); free(t->cur_url); free(t->partial); free(t->state_path); free(t->space_path); free(t->validator);
   free(t->auth_header); free(t->auth_host); free(t->etag); free(t->last_modified);
   free(t->linked_etag); free(t->body); free(t->hdr.buf);
   EVP_MD_CTX_free(t->ctx);
@@ -1609,6 +1649,23 @@ static int session_add(lua_State *L) {
   if (!t->partial && !t->memory && !t->head) return luaL_error(L, "one of 'partial', 'memory' or 'head' is required");
   if (t->partial && t->memory) return luaL_error(L, "'partial' and 'memory' exclude each other");
   t->resume = opt_boolean(L, 2, "resume", 1);
+  if (lua_getfield(L, 2, "range") != LUA_TNIL) {
+    luaL_checktype(L, -1, LUA_TTABLE);
+    lua_geti(L, -1, 1);
+    lua_geti(L, -2, 2);
+    int ok1, ok2;
+    lua_Integer from = lua_tointegerx(L, -2, &ok1), to = lua_tointegerx(L, -1, &ok2);
+    if (!ok1 || !ok2 || from < 0 || to < from) return luaL_error(L, "option 'range': {from, to} with 0 <= from <= to");
+    if (!t->partial) return luaL_error(L, "option 'range' needs 'partial'");
+    t->ranged = 1;
+    t->range_from = (uint64_t)from;
+    t->range_to = (uint64_t)to;
+    lua_pop(L, 2);
+  }
+  lua_pop(L, 1);
+  lua_Integer whole = opt_integer(L, 2, "whole_size", -1);
+  t->whole_size = whole >= 0 ? (int64_t)whole : -1;
+  t->validator = opt_string(L, 2, "validator");
   t->sync = opt_boolean(L, 2, "fsync", 1);
   double stall = opt_number(L, 2, "stall_timeout", 30);
   luaL_argcheck(L, stall >= 1, 2, "stall_timeout must be at least 1 s");
@@ -1859,6 +1916,10 @@ static int transfer_result(lua_State *L) {
   }
   lua_pushboolean(L, t->restart);
   lua_setfield(L, -2, "restart");
+  if (t->ranged) {
+    lua_pushboolean(L, t->range_refused);
+    lua_setfield(L, -2, "range_refused");
+  }
   set_int(L, "resumed_from", (int64_t)t->resumed_from);
   if (t->head) {
     int64_t clen = parse_size(hdr_get(&t->hdr, "content-length"));

@@ -191,6 +191,37 @@ test("a server that ignores If-Range sends a range of a changed file: detected, 
   t.eq(reqs[3].headers.range, nil, "the third asked for no range")
 end)
 
+test("a ranged transfer fetches bytes a-b of a file into a partial of its own, resumably, and nothing else", function()
+  local fx, data, url = fixture_file("ranged.bin", 100000)
+  local dir = t.tmpdir("ranged")
+  local etag = fetch({ url = url, head = true }).etag
+  t.ok(etag, "the file has an ETag")
+  local seg = { url = url, partial = dir .. "/seg", range = { 20000, 59999 }, whole_size = 100000, validator = etag }
+  fx.script("ranged.bin", { { cut = 10000 } })
+  fx.clear_log()
+  local first = fetch(seg)
+  t.eq(first.ok, false, "cut")
+  t.eq(size_of(seg.partial), 10000, "the bytes before the cut are kept")
+  local r = fetch(seg)
+  t.eq(r.ok, true, "resumed")
+  t.eq(r.bytes, 40000, "the range's bytes")
+  t.eq(t.read(seg.partial), data:sub(20001, 60000), "bytes 20000-59999 on disk")
+  local reqs = fx.requests("^/f/ranged%.bin$")
+  t.eq(reqs[1].headers.range, "bytes=20000-59999", "the range asked for")
+  t.eq(reqs[1].headers["if-range"], etag, "with the version's validator")
+  t.eq(reqs[2].headers.range, "bytes=30000-59999", "the resume asks for the rest of the range only")
+  -- A server that ignores Range, or a file that changed (If-Range fails: the whole new file comes).
+  fx.script("ranged.bin", { { ignore_range = true } })
+  local whole = fetch { url = url, partial = dir .. "/seg2", range = { 0, 49999 }, whole_size = 100000, validator = etag }
+  t.eq(whole.ok, false, "a whole body is refused")
+  t.eq(whole.range_refused, true, "range_refused")
+  t.eq(whole.retryable, false, "not retried: the split is given up")
+  local other = fetch { url = url, partial = dir .. "/seg3", range = { 0, 49999 }, whole_size = 100000,
+                        validator = '"another-version"' }
+  t.eq(other.range_refused, true, "another version is refused")
+  t.ok(not pcall(fetch, { url = url, partial = dir .. "/x", range = { 10, 5 } }), "a range backwards is misuse")
+end)
+
 test("a big kept prefix: re-hashed in steps, abandoned on a restart, resumed again", function()
   local fx = servers.fixture()
   local size = 40 * 1000 * 1000

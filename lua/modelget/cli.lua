@@ -78,6 +78,8 @@ local OPTIONS = {
   { long = "json", global = true, help = "machine-readable output: one JSON object a line on stdout" },
   { long = "quiet", short = "q", global = true, help = "no progress output" },
   { long = "jobs", short = "j", arg = "N", global = true, check = whole(1), help = "concurrent downloads (default 4)" },
+  { long = "connections", short = "x", arg = "N", global = true, check = whole(1),
+    help = "connections per file: a big file from a server that serves ranges comes in N segments at once (default 1)" },
   { long = "limit-rate", arg = "RATE", global = true, check = rate, help = "total bandwidth cap: 500K, 20M, 1.5G or bytes/s" },
   { long = "stall-timeout", arg = "S", global = true, check = seconds(true),
     help = "retry a transfer that receives nothing for S seconds (default 30)" },

@@ -19,8 +19,9 @@ function download.scheduler(opts)
     rate = util.parse_size(opts.limit_rate)
     if not rate then error("limit_rate: not a rate: " .. tostring(opts.limit_rate), 2) end
   end
+  -- A download split over several connections takes a transfer place per connection.
   local session = core.session {
-    jobs = opts.jobs or 4, limit_rate = rate, cacert = opts.cacert,
+    jobs = (opts.jobs or 4) * math.max(1, opts.connections or 1), limit_rate = rate, cacert = opts.cacert,
     user_agent = "modelget/0.1", connect_timeout = opts.connect_timeout or 30,
   }
   return setmetatable({
@@ -83,16 +84,17 @@ function Scheduler:all(fns)
   return results
 end
 
--- Runs file-system steps (core.fs_start: make folders, write, rename, remove, fsync) on a worker
--- thread; yields until they are done, while the other tasks' transfers go on. Returns true, or
--- nil, message, code and the index of the step that failed.
+-- Runs file-system steps (core.fs_start: make folders, write, rename, remove, append, fsync,
+-- sha256) on a worker thread; yields until they are done, while the other tasks' transfers go on.
+-- Returns what the job's result says: true (and the last sha256 step's digest), or nil, message,
+-- code and the index of the step that failed.
 function Scheduler:fs(ops)
   local job = core.fs_start(ops)
   self.syncing[#self.syncing + 1] = { job = job, co = coroutine.running() }
   coroutine.yield()
-  local ok, err, code, at = job:result()
+  local r = table.pack(job:result())
   job:close()
-  return ok, err, code, at
+  return table.unpack(r, 1, r.n)
 end
 
 -- Makes the paths durable (fsync), off the event loop.
@@ -148,16 +150,35 @@ function Scheduler:transfer(opts, info)
   return r
 end
 
+-- One progress event per file: the segments of a split download count as one.
 function Scheduler:progress_tick()
+  local splits, order = {}, {}
   for t, w in pairs(self.waiting) do
     local info = w.info
     if info and info.id then
       local p = t:progress()
       if p.state == "running" or p.completed > 0 then
-        self.emit { event = "progress", id = info.id, file = info.file, completed = p.completed,
-          total = p.total, speed = p.speed, eta = p.eta }
+        local split = info.split
+        if not split then
+          self.emit { event = "progress", id = info.id, file = info.file, completed = p.completed,
+            total = p.total, speed = p.speed, eta = p.eta }
+        else
+          local g = splits[split]
+          if not g then
+            g = { id = info.id, file = info.file, completed = split.done, total = split.total, speed = 0 }
+            splits[split] = g
+            order[#order + 1] = g
+          end
+          g.completed = g.completed + p.completed
+          g.speed = g.speed + (p.speed or 0)
+        end
       end
     end
+  end
+  for _, g in ipairs(order) do
+    g.eta = g.speed > 0 and (g.total - g.completed) / g.speed or nil
+    g.event = "progress"
+    self.emit(g)
   end
 end
 
@@ -250,11 +271,22 @@ local function cancelled(spec)
   return util.fail("ECANCEL", "%s: cancelled; partial data kept, pull again to resume", spec.id or spec.file)
 end
 
--- Fetches one file through its URLs in order, each tried `retries` times.
+-- Fetches one file through its URLs in order, each tried `retries` times; over several connections
+-- when the scheduler has `connections` > 1 and the server allows it (see fetch_split).
 -- spec: {id=, file=, urls={…}, partial=path | memory=bytes, head=, size=, space_factor=, space_path=,
 --        auth_for=function(url) -> {header=, host=}|nil}
 -- Returns the engine's result table (ok) or nil, message, code.
 function Scheduler:fetch(spec)
+  if (self.opts.connections or 1) > 1 and spec.partial and not spec.head and not self.cancelled[spec.id] then
+    local r, err, code = self:fetch_split(spec)
+    if r or err then return r, err, code end
+  end
+  local r, err, code = self:fetch_whole(spec)
+  return r, err, code
+end
+
+-- The same, on one connection. A 4th value on failure: the last attempt's engine result.
+function Scheduler:fetch_whole(spec)
   local opts = self.opts
   local retries = math.max(1, opts.retries or 5)
   local base = opts.retry_wait or 1
@@ -268,6 +300,7 @@ function Scheduler:fetch(spec)
     for attempt = 1, retries do
       local r = self:transfer({
         url = url, partial = spec.partial, memory = spec.memory, head = spec.head, fsync = spec.fsync,
+        range = spec.range, whole_size = spec.whole_size, validator = spec.validator,
         auth = spec.auth_for and spec.auth_for(url) or nil,
         stall_timeout = opts.stall_timeout or 30, expected_size = spec.size,
         space_factor = spec.space_factor, space_path = spec.space_path,
@@ -297,7 +330,107 @@ function Scheduler:fetch(spec)
   local code = saw_auth and "EAUTH" or "ENET"
   local msg = string.format("download failed: %s: tried %s", spec.file or "?", table.concat(tried, ", "))
   if saw_auth and spec.auth_hint then msg = msg .. "; " .. spec.auth_hint end
-  return nil, msg, code
+  return nil, msg, code, last
+end
+
+-- Split downloads -------------------------------------------------------------------------------
+-- A big file from a server that serves ranges is fetched over `connections` connections at once,
+-- each segment a ranged transfer into a partial of its own (<partial>.split<i>, resumable like any
+-- partial), all asked for with If-Range on the version a HEAD found. The plan (<partial>.split:
+-- URL, validator, size, ranges) is kept, so a pull killed part-way resumes every segment. When all
+-- are in, one file-system job joins the segments into the partial and hashes it: the one read-back
+-- a split costs (SHA-256 cannot be computed in pieces).
+local SPLIT_MIN = 1024 * 1024 -- the smallest segment worth a connection of its own
+
+local function segment_path(spec, i) return spec.partial .. ".split" .. i end
+
+local function remove_split(spec, plan)
+  for i = 1, plan and #plan.ranges or 0 do
+    os.remove(segment_path(spec, i))
+    os.remove(segment_path(spec, i) .. ".state")
+  end
+  os.remove(spec.partial .. ".split")
+end
+
+-- The plan for a split of spec's file, or nil (then it is fetched on one connection).
+function Scheduler:split_plan(spec)
+  local url = spec.urls[1]
+  local path = spec.partial .. ".split"
+  local text = util.read_file(path)
+  if text then
+    local plan = util.json_decode(text, path)
+    if type(plan) == "table" and plan.url == url and type(plan.ranges) == "table" and #plan.ranges >= 2 then
+      return plan
+    end
+    remove_split(spec, type(plan) == "table" and type(plan.ranges) == "table" and plan or nil)
+  end
+  local st = core.stat(spec.partial)
+  if st and st.size > 0 then return nil end -- a partial from one connection: that one resumes
+  if spec.size and spec.size < 2 * SPLIT_MIN then return nil end -- known to be too small
+  local head = self:transfer({ url = url, head = true, auth = spec.auth_for and spec.auth_for(url) or nil,
+                               stall_timeout = self.opts.stall_timeout or 30 }, nil)
+  if not head.ok or not head.bytes then return nil end
+  local ranges_ok = (head.headers or {})["accept-ranges"]
+  local validator = head.etag and head.etag:sub(1, 1) == '"' and head.etag or head.last_modified
+  local n = math.min(self.opts.connections, head.bytes // SPLIT_MIN)
+  if not ranges_ok or not ranges_ok:lower():find("bytes", 1, true) or not validator or n < 2 then return nil end
+  local plan = { url = url, validator = validator, total = head.bytes, ranges = {},
+                 linked_etag = head.linked_etag, linked_size = head.linked_size }
+  local size = -(-head.bytes // n)
+  for i = 1, n do
+    local from = (i - 1) * size
+    if from < head.bytes then plan.ranges[#plan.ranges + 1] = { from, math.min(head.bytes, from + size) - 1 } end
+  end
+  if not core.write_atomic(path, util.json_encode(plan)) then return nil end
+  return plan
+end
+
+-- Returns the result, or nil, message, code; or nothing when the file is better fetched whole
+-- (no plan, or the server refused a segment: the split is given up and its files removed).
+function Scheduler:fetch_split(spec)
+  local plan = self:split_plan(spec)
+  if not plan then return nil end
+  local split = { done = 0, total = plan.total } -- the finished segments' bytes, for progress
+  local jobs = {}
+  for i, range in ipairs(plan.ranges) do
+    local seg = setmetatable({ partial = segment_path(spec, i), range = range, whole_size = plan.total,
+      validator = plan.validator, urls = { plan.url }, size = range[2] - range[1] + 1, split = split,
+      space_factor = 1 }, { __index = spec })
+    jobs[i] = function()
+      local r, err, code, last = self:fetch_whole(seg)
+      if r then split.done = split.done + r.bytes end
+      return r, err, code, last
+    end
+  end
+  local results = self:all(jobs)
+  for _, res in ipairs(results) do
+    local r, err, code, last = table.unpack(res, 1, 4)
+    if not r then
+      if last and last.range_refused then
+        remove_split(spec, plan)
+        self.emit { event = "fallback", id = spec.id, file = spec.file, from = plan.url, to = plan.url,
+          reason = "the server would not serve ranges of it: on one connection" }
+        return nil
+      end
+      return nil, err, code -- the segments are kept: the same pull resumes them
+    end
+  end
+  local ops = { { "rename", segment_path(spec, 1), spec.partial } }
+  for i = 2, #plan.ranges do
+    ops[#ops + 1] = { "append", spec.partial, segment_path(spec, i) }
+    ops[#ops + 1] = { "remove", segment_path(spec, i) }
+  end
+  for i = 1, #plan.ranges do ops[#ops + 1] = { "remove", segment_path(spec, i) .. ".state", "optional" } end
+  ops[#ops + 1] = { "remove", spec.partial .. ".split" }
+  ops[#ops + 1] = { "sha256", spec.partial }
+  local ok, sha, code = self:fs(ops)
+  if not ok then return nil, sha, code end
+  local st = core.stat(spec.partial)
+  if not st or st.size ~= plan.total then
+    return util.fail("ESIZE", "%s: the joined segments make %d bytes, not %d", spec.file or "?", st and st.size or 0, plan.total)
+  end
+  return { ok = true, url = plan.url, bytes = plan.total, sha256 = sha, status = 206, etag = plan.validator,
+           linked_etag = plan.linked_etag, linked_size = plan.linked_size, connections = #plan.ranges }
 end
 
 -- A small JSON document (Hub API listings), through the same retries and policy: the decoded

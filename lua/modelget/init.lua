@@ -51,7 +51,8 @@ function modelget.scheduler(opts)
   opts = options(opts)
   local emit = emitter(opts)
   local sched = download.scheduler {
-    jobs = opts.jobs, limit_rate = opts.limit_rate, cacert = cacert(opts), retries = opts.retries,
+    jobs = opts.jobs, connections = opts.connections, limit_rate = opts.limit_rate, cacert = cacert(opts),
+    retries = opts.retries,
     retry_wait = opts.retry_wait, stall_timeout = opts.stall_timeout, emit = emit,
   }
   local catalog

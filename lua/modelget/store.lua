@@ -58,14 +58,23 @@ function store.partials(root)
     local dir = root .. "/partial/" .. name
     if fw then
       local entry = { id = id, framework = fw, path = dir, bytes = 0, total = 0, files = {} }
-      for _, f in ipairs(core.listdir(dir) or {}) do
+      local names = core.listdir(dir) or {}
+      local segments = {} -- "<file>.part" -> bytes in its segments (a download split over connections)
+      for _, f in ipairs(names) do
+        local part = f:match("^(.*%.part)%.split%d+$")
+        if part then segments[part] = (segments[part] or 0) + ((core.stat(dir .. "/" .. f) or {}).size or 0) end
+      end
+      for _, f in ipairs(names) do
         if f:match("%.part$") then
-          local st = core.stat(dir .. "/" .. f)
+          local bytes = ((core.stat(dir .. "/" .. f) or {}).size or 0) + (segments[f] or 0)
           local state = util.read_file(dir .. "/" .. f .. ".state") or ""
           local total = tonumber(state:match("\ntotal (%d+)\n"))
-          entry.files[#entry.files + 1] = { path = f:gsub("%.part$", ""):gsub("%%2F", "/"),
-                                            bytes = st and st.size or 0, total = total }
-          entry.bytes = entry.bytes + (st and st.size or 0)
+          if segments[f] then
+            local plan = util.json_decode(util.read_file(dir .. "/" .. f .. ".split") or "", f)
+            total = type(plan) == "table" and math.tointeger(plan.total) or nil
+          end
+          entry.files[#entry.files + 1] = { path = f:gsub("%.part$", ""):gsub("%%2F", "/"), bytes = bytes, total = total }
+          entry.bytes = entry.bytes + bytes
           entry.total = total and entry.total and entry.total + total or nil
         end
       end

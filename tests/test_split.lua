@@ -1,0 +1,136 @@
+-- Downloads split over several connections (pull -x N): segments asked for with Range and If-Range
+-- on one version of the file, each resumable, joined and hashed once at the end; given up for one
+-- connection when the server will not serve ranges. Against the fixture server, which logs every
+-- request.
+local t = require "t"
+local servers = require "servers"
+local core = require "modelget.core"
+
+local MiB = 1024 * 1024
+
+local function pull(store, args, opts)
+  local argv = { "pull", "--store", store, "--cacert", servers.ca().cert, "--retry-wait", "0.05",
+                 "--framework", "other" }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  return t.modelget(argv, opts)
+end
+
+local function installed(store, id) return store .. "/models/other/" .. id .. "/" .. id .. ".bin" end
+
+-- id.bin of size bytes on the fixture server (its log cleared), pulled with the arguments given;
+-- checks it was installed byte for byte. Returns the server, the bytes, the store and the result.
+local function split_pull(id, size, seed, args, script)
+  local fx = servers.fixture()
+  local data = t.bytes(size, seed)
+  local url = fx.put(id .. ".bin", data)
+  if script then fx.script(id .. ".bin", script) end
+  local store = t.tmpdir(id)
+  fx.clear_log()
+  local argv = { url }
+  for _, a in ipairs(args) do argv[#argv + 1] = a end
+  local r = t.status(pull(store, argv), 0, "pull " .. table.concat(args, " "))
+  t.eq(t.sha256_file(installed(store, id)), t.sha256(data), "installed bytes")
+  return fx, data, store, r
+end
+
+-- The names in a model folder, sorted and joined.
+local function model_files(store, id)
+  local names = t.tree(store .. "/models/other/" .. id)
+  table.sort(names)
+  return table.concat(names, " ")
+end
+
+-- The GET requests' ranges, as {from, to} pairs sorted by from.
+local function ranges_asked(fx, pattern)
+  local out = {}
+  for _, r in ipairs(fx.requests(pattern)) do
+    if r.method == "GET" then
+      local a, b = (r.headers.range or ""):match("^bytes=(%d+)%-(%d*)$")
+      out[#out + 1] = { tonumber(a), tonumber(b), if_range = r.headers["if-range"], status = r.status }
+    end
+  end
+  table.sort(out, function(x, y) return (x[1] or -1) < (y[1] or -1) end)
+  return out
+end
+
+test("pull -x 4: four ranges at once, with If-Range, joined into the verified file; nothing left over", function()
+  local size = 5 * MiB + 123
+  local fx, data, store = split_pull("split4", size, 91, { "-x", "4", "--sha256", t.sha256(t.bytes(size, 91)), "-q" })
+  local asked = ranges_asked(fx, "^/f/split4%.bin$")
+  t.eq(#asked, 4, "four segments")
+  t.eq(asked[1][1], 0, "the first starts at 0")
+  for i = 2, 4 do t.eq(asked[i][1], asked[i - 1][2] + 1, "segment " .. i .. " follows the one before") end
+  t.eq(asked[4][2], #data - 1, "the last ends at the end")
+  for i = 1, 4 do
+    t.eq(asked[i].status, 206, "segment " .. i .. " answered with 206")
+    t.ok(asked[i].if_range and asked[i].if_range:sub(1, 1) == '"', "segment " .. i .. " asked with If-Range: an ETag")
+  end
+  local heads = 0
+  for _, r in ipairs(fx.requests("^/f/split4%.bin$")) do if r.method == "HEAD" then heads = heads + 1 end end
+  t.eq(heads, 1, "one HEAD to plan the split")
+  t.eq(model_files(store, "split4"), ".modelget.json split4.bin", "the model folder holds the file and its manifest")
+  t.eq(#t.tree(store .. "/partial"), 1, "nothing left under partial/ but the lock file")
+end)
+
+test("a segment cut part-way is resumed from where it stopped; the others are not asked again", function()
+  -- The HEAD takes the first behaviour, the first segment asked for the cut.
+  local fx = split_pull("splitcut", 4 * MiB, 92, { "-x", "2", "-q" }, { {}, { cut = 300000 } })
+  local asked = ranges_asked(fx, "^/f/splitcut%.bin$")
+  t.eq(#asked, 3, "two segments and one resume")
+  local starts = {}
+  for _, a in ipairs(asked) do starts[#starts + 1] = a[1] end
+  local half = 2 * MiB
+  t.ok((starts[1] == 0 and starts[2] == 300000) or (starts[2] == half and starts[3] == half + 300000),
+    "the cut segment was asked again from 300000 bytes in: " .. table.concat(starts, ","))
+end)
+
+test("kill -9 during a split pull: the next pull resumes every segment from its plan", function()
+  local fx = servers.fixture()
+  local data = t.bytes(6 * MiB, 93)
+  local url = fx.put("splitkill.bin", data)
+  local store = t.tmpdir("splitkill")
+  local pdir = store .. "/partial/other--splitkill"
+  local bg = t.spawn { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other",
+                       "-q", "-x", "3", "--limit-rate", "1M" }
+  local function segment_bytes()
+    local n = 0
+    for i = 1, 3 do n = n + ((core.stat(pdir .. "/splitkill.bin.part.split" .. i) or {}).size or 0) end
+    return n
+  end
+  t.ok(t.wait(function() return segment_bytes() > 1 * MiB end, 20), "the segments are filling")
+  os.execute("kill -9 " .. bg.pid)
+  t.ok(t.wait(function() return bg.status() ~= nil end, 10), "killed")
+  local kept = segment_bytes()
+  local status = t.status(t.modelget { "status", "--store", store, "--json" }, 0, "status")
+  t.match(status.stdout, '"completed":' .. kept .. "[,}]", "status counts the segments' bytes")
+  fx.clear_log()
+  t.status(pull(store, { url, "-x", "3", "-q" }), 0, "the second pull")
+  t.eq(t.sha256_file(installed(store, "splitkill")), t.sha256(data), "installed bytes")
+  local resumed, heads = 0, 0
+  for _, r in ipairs(fx.requests("^/f/splitkill%.bin$")) do
+    if r.method == "HEAD" then heads = heads + 1 end
+    local a = tonumber((r.headers.range or ""):match("^bytes=(%d+)%-"))
+    if a and a % (2 * MiB) ~= 0 then resumed = resumed + 1 end
+  end
+  t.eq(heads, 0, "the plan was kept: no new HEAD")
+  t.ok(resumed >= 1, "segments asked again from where they stopped")
+end)
+
+test("a server that will not serve ranges: the split is given up, the file comes on one connection", function()
+  local _, _, store, r = split_pull("norange", 3 * MiB, 94, { "-x", "3", "--json" },
+    { {}, { ignore_range = true, ["repeat"] = true } })
+  local fell = false
+  for _, ev in ipairs(t.events(r.stdout)) do
+    if ev.event == "fallback" and (ev.reason or ""):find("one connection") then fell = true end
+  end
+  t.ok(fell, "a fallback event says so")
+  t.eq(model_files(store, "norange"), ".modelget.json norange.bin", "no segment file was installed")
+end)
+
+test("a file too small to split comes whole, on one connection", function()
+  -- Under 2 MiB nothing is split: the HEAD that found its size, then one GET for the whole file.
+  local fx = split_pull("small-x", 1 * MiB + 7, 95, { "-x", "4", "-q" })
+  local asked = ranges_asked(fx, "^/f/small%-x%.bin$")
+  t.eq(#asked, 1, "one GET")
+  t.eq(asked[1][1], nil, "without Range")
+end)
