@@ -144,6 +144,28 @@ test("a gated repo: no token → 6 naming HF_TOKEN; a token → pulled, and not 
   for _, c in ipairs(cdn) do t.eq(c.headers.authorization, nil, "no token after the cross-host redirect") end
 end)
 
+test("a gated Hub file split over connections: ranges through the redirect, the stated hash, no token past the Hub", function()
+  local fx = servers.fixture()
+  local data = gguf(3 * 1024 * 1024, 8)
+  fx.hub_put("meta/split", "s.gguf", data)
+  fx.hub_gate("meta/split", "hf_split_token")
+  local reg = recipe('model "split-hub" { framework = "llamacpp", auth = "hf", url = hf "meta/split" "s.gguf" }\n')
+  local store = t.tmpdir("store")
+  fx.clear_log()
+  local r = t.status(pull(store, reg, "split-hub", { HF_ENDPOINT = fx.url, HF_TOKEN = "hf_split_token" }, { "-x", "3", "--json" }),
+    0, "pull -x 3")
+  t.eq(t.sha256_file(model_dir(store, "llamacpp", "split-hub") .. "/s.gguf"), t.sha256(data), "bytes")
+  local verify
+  for _, ev in ipairs(t.events(r.stdout)) do if ev.event == "verify" then verify = ev end end
+  t.eq(verify.expected, t.sha256(data), "checked against the hash the Hub stated")
+  local ranged = 0
+  for _, c in ipairs(fx.requests("^/cdn/")) do
+    t.eq(c.headers.authorization, nil, "no token after the cross-host redirect")
+    if c.method == "GET" and (c.headers.range or ""):match("^bytes=%d+%-%d+$") then ranged = ranged + 1 end
+  end
+  t.eq(ranged, 3, "three ranges fetched from the CDN")
+end)
+
 test("a .gguf that is not GGUF is not compatible: 8, nothing installed", function()
   local fx = servers.fixture()
   fx.hub_put("org/fake", "fake.gguf", "<html>Sign in</html>\n" .. t.bytes(2000, 8))
