@@ -31,6 +31,7 @@
 #define TRANSFER_MT "modelget.Transfer"
 
 #define RING_SIZE ((size_t)8 << 20)          /* bytes between the write callback and the workers */
+#define RING_SIZE_RANGED ((size_t)2 << 20)   /* a segment's: one of several, each with a share of the rate */
 #define WBUF_SIZE ((size_t)256 << 10)        /* a small body's bytes gathered before one write */
 #define HASH_BATCH ((size_t)512 << 10)       /* the worker wakes for this much (or the end), not per frame */
 #define INLINE_HASH_LIMIT ((uint64_t)1 << 20) /* a body up to this size is hashed inline */
@@ -63,6 +64,7 @@ typedef struct {
   pthread_mutex_t mu;
   pthread_cond_t more_hash, more_write, room;
   unsigned char *ring;
+  size_t size;               /* the ring's bytes (a multiple of DIRECT_ALIGN) */
   uint64_t in;               /* bytes put into the ring */
   uint64_t hashed, written;  /* bytes the hasher and the writer are done with */
   int closing, abort;
@@ -343,7 +345,7 @@ static void wake_workers(Hashing *h, int all) {
  * ring, is told. */
 static void ring_freed(Hashing *h) {
   if (h->producer_waiting) pthread_cond_signal(&h->room);
-  if (h->wake_wanted && (h->err || ring_used(h) <= RING_SIZE / 2)) {
+  if (h->wake_wanted && (h->err || ring_used(h) <= h->size / 2)) {
     h->wake_wanted = 0;
     if (h->wake) curl_multi_wakeup(h->wake); /* the paused transfer goes on at once */
   }
@@ -359,9 +361,9 @@ static void worker_ends(Hashing *h) {
 
 /* The contiguous run of ring bytes after done (mu held): its start in the ring and its length. */
 static size_t ring_run(const Hashing *h, uint64_t done, size_t *at) {
-  *at = (size_t)(done % RING_SIZE);
+  *at = (size_t)(done % h->size);
   size_t n = (size_t)(h->in - done);
-  return n > RING_SIZE - *at ? RING_SIZE - *at : n;
+  return n > h->size - *at ? h->size - *at : n;
 }
 
 static int hash_aborted(Hashing *h) {
@@ -465,13 +467,14 @@ static int start_thread(pthread_t *thread, void *(*fn)(void *), void *arg) {
 /* Starts the workers (the writer only when there is a file); prefix_fd (owned by the hasher from
  * here) gives the kept bytes to hash first. Returns 0 or an errno (then nothing was started and
  * prefix_fd is still the caller's). */
-static int hash_start(Hashing *h, CURLM *wake, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefix, int fd,
-                      const char *path, uint64_t file_base) {
+static int hash_start(Hashing *h, size_t size, CURLM *wake, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefix,
+                      int fd, const char *path, uint64_t file_base) {
   void *ring = NULL;
-  if (posix_memalign(&ring, (size_t)DIRECT_ALIGN, RING_SIZE) != 0) return ENOMEM;
+  if (posix_memalign(&ring, (size_t)DIRECT_ALIGN, size) != 0) return ENOMEM;
   h->ring = ring;
+  h->size = size;
   /* The counters start at the file offset's phase in a block, so a ring slot and the file offset it
-   * goes to are aligned together (RING_SIZE is a multiple of the block). */
+   * goes to are aligned together (the ring's size is a multiple of the block). */
   uint64_t phase = file_base % DIRECT_ALIGN;
   h->in = h->hashed = h->written = phase;
   h->closing = h->abort = h->drain = h->err = 0;
@@ -517,7 +520,7 @@ static int hash_start(Hashing *h, CURLM *wake, EVP_MD_CTX *ctx, int prefix_fd, u
 /* Room left in the ring (all of it once a worker has failed: the next put reports the error). */
 static size_t hash_room(Hashing *h) {
   pthread_mutex_lock(&h->mu);
-  size_t room = h->err ? SIZE_MAX : RING_SIZE - ring_used(h);
+  size_t room = h->err ? SIZE_MAX : h->size - ring_used(h);
   pthread_mutex_unlock(&h->mu);
   return room;
 }
@@ -526,7 +529,7 @@ static size_t hash_room(Hashing *h) {
  * loop once half the ring is free (checked and asked in one step, so no wake-up is lost). */
 static int hash_fits_or_wake(Hashing *h, size_t len) {
   pthread_mutex_lock(&h->mu);
-  int fits = h->err || RING_SIZE - ring_used(h) >= len;
+  int fits = h->err || h->size - ring_used(h) >= len;
   if (!fits) h->wake_wanted = 1;
   pthread_mutex_unlock(&h->mu);
   return fits;
@@ -536,15 +539,15 @@ static int hash_fits_or_wake(Hashing *h, size_t len) {
 static int hash_put(Hashing *h, const char *p, size_t n) {
   pthread_mutex_lock(&h->mu);
   while (n > 0 && !h->err) {
-    while (ring_used(h) == RING_SIZE && !h->err) {
+    while (ring_used(h) == h->size && !h->err) {
       h->producer_waiting = 1;
       pthread_cond_wait(&h->room, &h->mu);
       h->producer_waiting = 0;
     }
     if (h->err) break;
-    size_t at = (size_t)(h->in % RING_SIZE);
-    size_t k = RING_SIZE - ring_used(h);
-    if (k > RING_SIZE - at) k = RING_SIZE - at;
+    size_t at = (size_t)(h->in % h->size);
+    size_t k = h->size - ring_used(h);
+    if (k > h->size - at) k = h->size - at;
     if (k > n) k = n;
     memcpy(h->ring + at, p, k);
     h->in += k; p += k; n -= k;
@@ -633,6 +636,7 @@ static int read_state(const char *path, SavedState *s) {
 /* Writes and hashes a small body's pending bytes here. Once the body passes INLINE_HASH_LIMIT the
  * worker takes over: from then on it writes and hashes what arrives. */
 static CURLM *wake_of(Transfer *t) { return t->session ? t->session->multi : NULL; }
+static size_t ring_size_of(const Transfer *t) { return t->ranged ? RING_SIZE_RANGED : RING_SIZE; }
 
 static int flush_writes(Transfer *t) {
   if (t->wlen == 0) return 0;
@@ -643,7 +647,7 @@ static int flush_writes(Transfer *t) {
   EVP_DigestUpdate(t->ctx, t->wbuf, n);
   t->body_hashed += n;
   if (!t->hash.started && !t->no_worker && t->body_hashed > INLINE_HASH_LIMIT) {
-    if (hash_start(&t->hash, wake_of(t), t->ctx, -1, 0, t->fd, t->partial, t->offset) == 0) {
+    if (hash_start(&t->hash, ring_size_of(t), wake_of(t), t->ctx, -1, 0, t->fd, t->partial, t->offset) == 0) {
       free(t->wbuf); /* from here on the worker's ring takes the bytes */
       t->wbuf = NULL;
     } else {
@@ -1104,7 +1108,7 @@ static int prepare_resume(Transfer *t) {
         replace(&t->etag, is_strong_etag(ss.etag) ? ss.etag : NULL);
         replace(&t->last_modified, ss.last_modified);
         int rfd = open(t->partial, O_RDONLY | O_CLOEXEC);
-        if (rfd < 0 || hash_start(&t->hash, wake_of(t), t->ctx, rfd, kept, t->fd, t->partial, kept) != 0) {
+        if (rfd < 0 || hash_start(&t->hash, ring_size_of(t), wake_of(t), t->ctx, rfd, kept, t->fd, t->partial, kept) != 0) {
           /* No worker: hash the prefix here. */
           int err = rfd < 0 ? errno : mg_sha256_fd(rfd, kept, t->ctx, NULL);
           if (rfd >= 0) close(rfd);
@@ -1397,7 +1401,7 @@ static void refill(Session *s, double now) {
 static void ring_resume(Session *s, double now) {
   for (Transfer *t = s->first; t; t = t->next) {
     if (t->state != ST_RUNNING || !t->ring_paused || !t->easy) continue;
-    if (hash_room(&t->hash) < RING_SIZE / 2) continue;
+    if (hash_room(&t->hash) < t->hash.size / 2) continue;
     t->ring_paused = 0;
     if (t->user_paused || t->rate_paused) continue;
     t->curl_paused = 0;
