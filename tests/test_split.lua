@@ -72,6 +72,21 @@ test("pull -x 4: four ranges at once, with If-Range, joined into the verified fi
   t.eq(#t.tree(store .. "/partial"), 1, "nothing left under partial/ but the lock file")
 end)
 
+test("a split pull's progress counts the whole file: one line of events for it, never past its size", function()
+  local size = 4 * MiB
+  local _, _, _, r = split_pull("splitprog", size, 96, { "-x", "4", "--json", "--limit-rate", "4M" })
+  local seen = 0
+  for _, ev in ipairs(t.events(r.stdout)) do
+    if ev.event == "progress" then
+      seen = seen + 1
+      t.eq(ev.file, "splitprog.bin", "the file's name")
+      t.eq(ev.total, size, "the whole file's size, not a segment's")
+      t.ok(ev.completed >= 0 and ev.completed <= size, "completed within the file: " .. ev.completed)
+    end
+  end
+  t.ok(seen >= 2, "progress events while it downloads (" .. seen .. ")")
+end)
+
 test("a segment cut part-way is resumed from where it stopped; the others are not asked again", function()
   -- The HEAD takes the first behaviour, the first segment asked for the cut.
   local fx = split_pull("splitcut", 4 * MiB, 92, { "-x", "2", "-q" }, { {}, { cut = 300000 } })
