@@ -25,7 +25,7 @@ typedef struct {
   char *path, *to;    /* to: rename's target, append's source */
   char *data;         /* write's bytes */
   size_t len;
-  int optional;       /* a missing path is not a failure (rename, remove) */
+  int optional;       /* a missing path is not a failure (rename, remove); write: fsync it too */
 } FsOp;
 
 typedef struct FsJob {
@@ -90,6 +90,7 @@ static int run_op(const FsOp *o, char *sha_out) {
     int fd = open(o->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return errno;
     int err = mg_write_all(fd, o->data, o->len, 0);
+    if (!err && o->optional && fsync(fd) != 0) err = errno;
     if (close(fd) != 0 && !err) err = errno;
     return err;
   }
@@ -262,7 +263,7 @@ static char *dup_field(lua_State *L, int step, int idx, const char *what, size_t
   return copy;
 }
 
-/* fs_start{ {"mkdirs", dir}, {"write", path, bytes}, {"rename", from, to [, "optional"]},
+/* fs_start{ {"mkdirs", dir}, {"write", path, bytes [, "sync"]}, {"rename", from, to [, "optional"]},
  *           {"remove", path [, "optional"]}, {"fsync", path}, {"append", dst, src},
  *           {"sha256", path}, … } -> FsJob (result: true [, the last sha256 step's hex digest])
  * The steps run in order on a worker; the first failure stops the job. Misuse raises. */
@@ -289,9 +290,10 @@ static int fs_start(lua_State *L) {
     if (op == OP_RENAME) o->to = dup_field(L, i, 3, "the target", NULL);
     if (op == OP_APPEND) o->to = dup_field(L, i, 3, "the file to append", NULL);
     if (op == OP_WRITE) o->data = dup_field(L, i, 3, "the data", &o->len);
-    if (op == OP_RENAME || op == OP_REMOVE) {
-      lua_geti(L, -1, op == OP_RENAME ? 4 : 3);
-      o->optional = lua_isstring(L, -1) && strcmp(lua_tostring(L, -1), "optional") == 0;
+    if (op == OP_RENAME || op == OP_REMOVE || op == OP_WRITE) {
+      lua_geti(L, -1, op == OP_REMOVE ? 3 : 4);
+      const char *flag = lua_isstring(L, -1) ? lua_tostring(L, -1) : "";
+      o->optional = strcmp(flag, op == OP_WRITE ? "sync" : "optional") == 0;
       lua_pop(L, 1);
     }
     lua_pop(L, 1);

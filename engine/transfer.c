@@ -601,12 +601,13 @@ static void saved_free(SavedState *s) {
   memset(s, 0, sizeof *s);
 }
 
+/* Reads a state file: 0, or -1 when it cannot be read or is not one, -2 when there is none. */
 static int read_state(const char *path, SavedState *s) {
   memset(s, 0, sizeof *s);
   s->total = -1;
   s->done = -1;
   FILE *f = fopen(path, "re");
-  if (!f) return -1;
+  if (!f) return errno == ENOENT ? -2 : -1; /* -2: there is none */
   char line[16384];
   int first = 1, good = 0;
   while (fgets(line, sizeof line, f)) {
@@ -1087,8 +1088,13 @@ static int set_request_headers(Transfer *t) {
 /* Reads the state and keeps what it vouches for: the prefix hashes on the worker meanwhile. */
 static int prepare_resume(Transfer *t) {
   SavedState ss;
-  t->state_on_disk = access(t->state_path, F_OK) == 0;
-  if (!t->resume || read_state(t->state_path, &ss) != 0) return 0;
+  if (!t->resume) {
+    t->state_on_disk = access(t->state_path, F_OK) == 0;
+    return 0;
+  }
+  int rs = read_state(t->state_path, &ss);
+  t->state_on_disk = rs != -2;
+  if (rs != 0) return 0;
   int usable = ss.url && strcmp(ss.url, t->url) == 0 && (is_strong_etag(ss.etag) || ss.last_modified) &&
                ss.done > 0;
   if (usable) {

@@ -24,7 +24,7 @@ end)
 test("file-system jobs run their steps in order off the caller's thread; the first failure stops them, named", function()
   local dir = t.tmpdir("fsjob")
   local job = core.fs_start {
-    { "mkdirs", dir .. "/a/b" }, { "write", dir .. "/a/b/x", "hello" }, { "rename", dir .. "/a/b/x", dir .. "/a/y" },
+    { "mkdirs", dir .. "/a/b" }, { "write", dir .. "/a/b/x", "hello", "sync" }, { "rename", dir .. "/a/b/x", dir .. "/a/y" },
     { "remove", dir .. "/absent", "optional" }, { "rename", dir .. "/absent", dir .. "/z", "optional" },
     { "fsync", dir .. "/a/y" }, { "fsync", dir .. "/a" },
   }

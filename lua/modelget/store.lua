@@ -173,7 +173,7 @@ function store.install(root, staging, entry, files, opts)
     source = entry.source, installed = os.time(), sha256 = opts.sha256, files = files,
   }
   local manifest = staging .. "/" .. store.MANIFEST
-  local ops, dirs = { { "write", manifest, util.json_encode(m) }, { "fsync", manifest } }, {}
+  local ops, dirs = { { "write", manifest, util.json_encode(m), "sync" } }, {}
   for _, file in ipairs(files) do
     ops[#ops + 1] = { "fsync", staging .. "/" .. file.path }
     local dir = file.path:match("^(.*)/[^/]*$")
