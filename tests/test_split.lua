@@ -149,3 +149,21 @@ test("a file too small to split comes whole, on one connection", function()
   t.eq(#asked, 1, "one GET")
   t.eq(asked[1][1], nil, "without Range")
 end)
+
+test("the split's server fails: the alternative URL brings the file, and no segment is installed", function()
+  local fx = servers.fixture()
+  local data = t.bytes(3 * MiB, 97)
+  local url = fx.put("splitdead.bin", data)
+  local alt = fx.put("splitalt.bin", data)
+  -- The HEAD answers; every GET after it fails with 503.
+  fx.script("splitdead.bin", { {}, { status = 503, ["repeat"] = true } })
+  local store = t.tmpdir("splitdead")
+  local r = t.status(pull(store, { url, "--alt", alt, "-x", "3", "--retries", "2", "--json" }), 0, "pull -x 3 --alt")
+  t.eq(t.sha256_file(installed(store, "splitdead")), t.sha256(data), "installed bytes, from the alternative")
+  local to_alt = false
+  for _, ev in ipairs(t.events(r.stdout)) do
+    if ev.event == "fallback" and ev.to == alt then to_alt = true end
+  end
+  t.ok(to_alt, "a fallback event names the alternative")
+  t.eq(model_files(store, "splitdead"), ".modelget.json splitdead.bin", "the model folder holds the file and its manifest")
+end)

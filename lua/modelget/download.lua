@@ -271,6 +271,25 @@ local function cancelled(spec)
   return util.fail("ECANCEL", "%s: cancelled; partial data kept, pull again to resume", spec.id or spec.file)
 end
 
+-- Split downloads -------------------------------------------------------------------------------
+-- A big file from a server that serves ranges is fetched over `connections` connections at once,
+-- each segment a ranged transfer into a partial of its own (<partial>.split<i>, resumable like any
+-- partial), all asked for with If-Range on the version a HEAD found. The plan (<partial>.split:
+-- URL, validator, size, ranges) is kept, so a pull killed part-way resumes every segment. When all
+-- are in, one file-system job joins the segments into the partial and hashes it: the one read-back
+-- a split costs (SHA-256 cannot be computed in pieces).
+local SPLIT_MIN = 1024 * 1024 -- the smallest segment worth a connection of its own
+
+local function segment_path(spec, i) return spec.partial .. ".split" .. i end
+
+local function remove_split(spec, plan)
+  for i = 1, plan and #plan.ranges or 0 do
+    os.remove(segment_path(spec, i))
+    os.remove(segment_path(spec, i) .. ".state")
+  end
+  os.remove(spec.partial .. ".split")
+end
+
 -- Fetches one file through its URLs in order, each tried `retries` times; over several connections
 -- when the scheduler has `connections` > 1 and the server allows it (see fetch_split).
 -- spec: {id=, file=, urls={…}, partial=path | memory=bytes, head=, size=, space_factor=, space_path=,
@@ -278,8 +297,16 @@ end
 -- Returns the engine's result table (ok) or nil, message, code.
 function Scheduler:fetch(spec)
   if (self.opts.connections or 1) > 1 and spec.partial and not spec.head and not self.cancelled[spec.id] then
-    local r, err, code = self:fetch_split(spec)
-    if r or err then return r, err, code end
+    local r, err, code, plan = self:fetch_split(spec)
+    if r then return r end
+    if err and (code ~= "ENET" or #spec.urls < 2) then return nil, err, code end
+    if err then
+      -- The split's server failed: on to the alternative URLs, one connection each.
+      remove_split(spec, plan)
+      self.emit { event = "fallback", id = spec.id, file = spec.file, from = spec.urls[1], to = spec.urls[2],
+        reason = err }
+      spec = setmetatable({ urls = { table.unpack(spec.urls, 2) } }, { __index = spec })
+    end
   end
   local r, err, code = self:fetch_whole(spec)
   return r, err, code
@@ -331,25 +358,6 @@ function Scheduler:fetch_whole(spec)
   local msg = string.format("download failed: %s: tried %s", spec.file or "?", table.concat(tried, ", "))
   if saw_auth and spec.auth_hint then msg = msg .. "; " .. spec.auth_hint end
   return nil, msg, code, last
-end
-
--- Split downloads -------------------------------------------------------------------------------
--- A big file from a server that serves ranges is fetched over `connections` connections at once,
--- each segment a ranged transfer into a partial of its own (<partial>.split<i>, resumable like any
--- partial), all asked for with If-Range on the version a HEAD found. The plan (<partial>.split:
--- URL, validator, size, ranges) is kept, so a pull killed part-way resumes every segment. When all
--- are in, one file-system job joins the segments into the partial and hashes it: the one read-back
--- a split costs (SHA-256 cannot be computed in pieces).
-local SPLIT_MIN = 1024 * 1024 -- the smallest segment worth a connection of its own
-
-local function segment_path(spec, i) return spec.partial .. ".split" .. i end
-
-local function remove_split(spec, plan)
-  for i = 1, plan and #plan.ranges or 0 do
-    os.remove(segment_path(spec, i))
-    os.remove(segment_path(spec, i) .. ".state")
-  end
-  os.remove(spec.partial .. ".split")
 end
 
 -- The plan for a split of spec's file, or nil (then it is fetched on one connection).
@@ -412,7 +420,7 @@ function Scheduler:fetch_split(spec)
           reason = "the server would not serve ranges of it: on one connection" }
         return nil
       end
-      return nil, err, code -- the segments are kept: the same pull resumes them
+      return nil, err, code, plan -- the segments are kept: the same pull resumes them
     end
   end
   local ops = { { "rename", segment_path(spec, 1), spec.partial } }

@@ -337,17 +337,15 @@ function pull.run(sched, entry, ctx)
         if f.main then main_sha = r.sha256 end
       end
     end
-    if in_place and (earlier or #fetched < #files) then
-      -- What else the partial folder holds (files of an earlier plan or skipped, a staging folder
-      -- or a manifest left by a killed pull, resume states) is not part of the model.
+    if in_place then
+      -- What else the partial folder holds (resume states, a split download's leftovers, files of
+      -- an earlier plan or skipped, a staging folder or a manifest left by a killed pull) is not
+      -- part of the model.
       local keep = {}
       for _, item in ipairs(fetched) do keep[item.file.path:match("^[^/]+")] = true end
       for _, name in ipairs(core.listdir(pdir) or {}) do
         if not keep[name] then core.rmtree(pdir .. "/" .. name) end
       end
-    elseif in_place then
-      -- A new folder: only the resume states of this pull's own files can be there.
-      for _, item in ipairs(fetched) do os.remove(partial_path(pdir, item.file.path) .. ".state") end
     end
     -- The manifest: every installed file with its size and hash (a folder of plain files holds
     -- exactly the fetched ones; an extracted archive is walked).
