@@ -11,18 +11,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/stat.h>
 
 #define JOB_MT "modelget.FsJob"
 #define POOL_MT "modelget.FsPool"
 #define POOL_MAX 4
 
-enum { OP_FSYNC, OP_MKDIRS, OP_WRITE, OP_RENAME, OP_REMOVE, OP_APPEND, OP_SHA256 };
-static const char *const op_names[] = { "fsync", "mkdirs", "write", "rename", "remove", "append", "sha256", NULL };
+enum { OP_FSYNC, OP_MKDIRS, OP_WRITE, OP_RENAME, OP_REMOVE, OP_SHA256 };
+static const char *const op_names[] = { "fsync", "mkdirs", "write", "rename", "remove", "sha256", NULL };
 
 typedef struct {
   int op;
-  char *path, *to;    /* to: rename's target, append's source */
+  char *path, *to;    /* to: rename's target */
   char *data;         /* write's bytes */
   size_t len;
   int optional;       /* a missing path is not a failure (rename, remove); write: fsync it too */
@@ -48,40 +47,6 @@ static struct {
 } pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
            NULL, NULL, { 0 }, 0, 0, 0, 0, 0 };
 
-/* Appends the file src to the end of dst. Returns 0 or an errno. */
-static int append_file(const char *dst, const char *src) {
-  int in = open(src, O_RDONLY | O_CLOEXEC);
-  if (in < 0) return errno;
-  int out = open(dst, O_WRONLY | O_CLOEXEC);
-  if (out < 0) { int e = errno; close(in); return e; }
-  struct stat st;
-  int err = fstat(out, &st) == 0 ? 0 : errno;
-  off_t at = st.st_size;
-  int kernel = 1; /* copy_file_range where it works: no copy through this process */
-  while (!err) {
-#ifdef __linux__
-    if (kernel) {
-      ssize_t n = copy_file_range(in, NULL, out, &at, (size_t)1 << 30, 0);
-      if (n > 0) continue;
-      if (n == 0) break;
-      if (errno == EINTR) continue;
-      if (errno != EXDEV && errno != ENOSYS && errno != EINVAL && errno != EOPNOTSUPP) { err = errno; break; }
-      kernel = 0; /* nothing was copied by the failed call: go on by hand from the same place */
-    }
-#endif
-    char buf[1 << 16];
-    ssize_t n = read(in, buf, sizeof buf);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) { err = errno; break; }
-    if (n == 0) break;
-    err = mg_write_all(out, buf, (size_t)n, (uint64_t)at);
-    at += n;
-  }
-  close(in);
-  if (close(out) != 0 && !err) err = errno;
-  return err;
-}
-
 static int run_op(const FsOp *o, char *sha_out) {
   switch (o->op) {
   case OP_FSYNC: return mg_fsync_path(o->path);
@@ -100,8 +65,6 @@ static int run_op(const FsOp *o, char *sha_out) {
   case OP_REMOVE:
     if (unlink(o->path) == 0 || (o->optional && errno == ENOENT)) return 0;
     return errno;
-  case OP_APPEND:
-    return append_file(o->path, o->to);
   case OP_SHA256:
     return mg_sha256_path(o->path, sha_out);
   }
@@ -243,7 +206,7 @@ static int job_result(lua_State *L) {
   if (!o) n = mg_fail_errno(L, j->err, "cannot finish a file-system job");
   else if (o->op == OP_RENAME) n = mg_fail_errno(L, j->err, "cannot rename %s to %s", o->path, o->to);
   else {
-    static const char *const verbs[] = { "sync", "create folder", "write", "rename", "remove", "append to", "hash" };
+    static const char *const verbs[] = { "sync", "create folder", "write", "rename", "remove", "hash" };
     n = mg_fail_errno(L, j->err, "cannot %s %s", verbs[o->op], o->path);
   }
   lua_pushinteger(L, j->errat + 1);
@@ -264,8 +227,7 @@ static char *dup_field(lua_State *L, int step, int idx, const char *what, size_t
 }
 
 /* fs_start{ {"mkdirs", dir}, {"write", path, bytes [, "sync"]}, {"rename", from, to [, "optional"]},
- *           {"remove", path [, "optional"]}, {"fsync", path}, {"append", dst, src},
- *           {"sha256", path}, … } -> FsJob (result: true [, the last sha256 step's hex digest])
+ *           {"remove", path [, "optional"]}, {"fsync", path}, {"sha256", path}, … } -> FsJob (result: true [, the last sha256 step's hex digest])
  * The steps run in order on a worker; the first failure stops the job. Misuse raises. */
 static int fs_start(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -288,7 +250,6 @@ static int fs_start(lua_State *L) {
     o->op = op;
     o->path = dup_field(L, i, 2, "the path", NULL);
     if (op == OP_RENAME) o->to = dup_field(L, i, 3, "the target", NULL);
-    if (op == OP_APPEND) o->to = dup_field(L, i, 3, "the file to append", NULL);
     if (op == OP_WRITE) o->data = dup_field(L, i, 3, "the data", &o->len);
     if (op == OP_RENAME || op == OP_REMOVE || op == OP_WRITE) {
       lua_geti(L, -1, op == OP_REMOVE ? 3 : 4);

@@ -60,7 +60,7 @@ typedef struct Transfer Transfer;
  * a core when there is one. A byte's slot is free once both have passed it. */
 typedef struct {
   pthread_t hasher, writer;
-  int started, writer_started;
+  int started, writer_started, hasher_started;
   pthread_mutex_t mu;
   pthread_cond_t more_hash, more_write, room;
   unsigned char *ring;
@@ -105,7 +105,9 @@ struct Transfer {
    * own, on a connection of their own, asked for with If-Range: validator (one segment of a
    * download split over several connections) */
   int ranged, range_refused;
-  uint64_t range_from, range_to;
+  int shared;                 /* the range goes into the partial in place, at its own offsets, next to
+                               * other ranges: no state file, no hash, the caller says what is done */
+  uint64_t range_from, range_to, range_done;
   int64_t whole_size;
   char *validator;
   int sync;                   /* fdatasync at success (off when the caller syncs the file itself) */
@@ -320,7 +322,7 @@ static int is_strong_etag(const char *etag) {
 
 /* Bytes in the ring not yet done with by both workers (call with mu held). */
 static size_t ring_used(const Hashing *h) {
-  uint64_t tail = h->hashed;
+  uint64_t tail = h->hasher_started ? h->hashed : h->written;
   if (h->fd >= 0 && h->written < tail) tail = h->written;
   return (size_t)(h->in - tail);
 }
@@ -495,7 +497,11 @@ static int hash_start(Hashing *h, size_t size, CURLM *wake, EVP_MD_CTX *ctx, int
   int err = fd >= 0 ? start_thread(&h->writer, writer_main, h) : 0;
   if (!err) {
     h->writer_started = fd >= 0;
-    err = start_thread(&h->hasher, hasher_main, h);
+    h->hasher_started = 0;
+    if (ctx) { /* no context: the bytes are written, not hashed (a range written in place) */
+      err = start_thread(&h->hasher, hasher_main, h);
+      h->hasher_started = !err;
+    }
     if (err && h->writer_started) {
       pthread_mutex_lock(&h->mu);
       h->abort = 1;
@@ -571,9 +577,9 @@ static int hash_stop(Hashing *h, int how) {
   else h->closing = 1;
   wake_workers(h, 1);
   pthread_mutex_unlock(&h->mu);
-  pthread_join(h->hasher, NULL);
+  if (h->hasher_started) pthread_join(h->hasher, NULL);
   if (h->writer_started) pthread_join(h->writer, NULL);
-  h->started = h->writer_started = 0;
+  h->started = h->writer_started = h->hasher_started = 0;
   free(h->ring);
   h->ring = NULL;
   if (h->prefix_fd >= 0) { close(h->prefix_fd); h->prefix_fd = -1; }
@@ -638,17 +644,20 @@ static int read_state(const char *path, SavedState *s) {
  * worker takes over: from then on it writes and hashes what arrives. */
 static CURLM *wake_of(Transfer *t) { return t->session ? t->session->multi : NULL; }
 static size_t ring_size_of(const Transfer *t) { return t->ranged ? RING_SIZE_RANGED : RING_SIZE; }
+/* Where the transfer's byte 0 goes in the file: a range written in place starts at its offset. */
+static uint64_t file_base_of(const Transfer *t) { return t->shared ? t->range_from : 0; }
 
 static int flush_writes(Transfer *t) {
   if (t->wlen == 0) return 0;
   size_t n = t->wlen;
-  int err = mg_write_all(t->fd, t->wbuf, n, t->offset - n);
+  int err = mg_write_all(t->fd, t->wbuf, n, file_base_of(t) + t->offset - n);
   if (err) return err; /* wlen stays: on_disk() does not count what never reached the file */
   t->wlen = 0;
-  EVP_DigestUpdate(t->ctx, t->wbuf, n);
+  if (!t->shared) EVP_DigestUpdate(t->ctx, t->wbuf, n);
   t->body_hashed += n;
   if (!t->hash.started && !t->no_worker && t->body_hashed > INLINE_HASH_LIMIT) {
-    if (hash_start(&t->hash, ring_size_of(t), wake_of(t), t->ctx, -1, 0, t->fd, t->partial, t->offset) == 0) {
+    if (hash_start(&t->hash, ring_size_of(t), wake_of(t), t->shared ? NULL : t->ctx, -1, 0, t->fd, t->partial,
+                   file_base_of(t) + t->offset) == 0) {
       free(t->wbuf); /* from here on the worker's ring takes the bytes */
       t->wbuf = NULL;
     } else {
@@ -662,7 +671,7 @@ static int flush_writes(Transfer *t) {
 static uint64_t on_disk(Transfer *t) {
   if (!t->hash.writes) return t->offset - t->wlen;
   pthread_mutex_lock(&t->hash.mu);
-  uint64_t n = t->hash.file_base + t->hash.written;
+  uint64_t n = t->hash.file_base + t->hash.written - file_base_of(t);
   pthread_mutex_unlock(&t->hash.mu);
   return n;
 }
@@ -673,6 +682,7 @@ static int write_state(Transfer *t, int force) {
   /* The state never claims bytes that are not written yet. */
   int ferr = flush_writes(t);
   if (ferr) return ferr;
+  if (!t->state_path) return 0; /* a range in place: its caller keeps the state */
   if (!force && !t->state_on_disk && on_disk(t) < STATE_MIN) {
     t->state_off = t->offset;
     t->state_at = mg_now();
@@ -715,7 +725,7 @@ static int write_state(Transfer *t, int force) {
 
 static void drop_partial(Transfer *t) {
   t->wlen = 0;
-  if (!t->partial) return;
+  if (!t->partial || t->shared) return; /* a range in place never removes the file it shares */
   unlink(t->partial);
   unlink(t->state_path);
   t->state_dirty = 0;
@@ -876,7 +886,7 @@ static int accept_file_response(Transfer *t) {
     if (t->fd >= 0) { close(t->fd); t->fd = -1; }
     int err = make_parent(t->partial);
     if (!err) {
-      t->fd = open(t->partial, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+      t->fd = open(t->partial, O_RDWR | O_CREAT | (t->shared ? 0 : O_TRUNC) | O_CLOEXEC, 0644);
       if (t->fd < 0) err = errno;
     }
     if (err) {
@@ -1028,8 +1038,8 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
       memcpy(t->wbuf + t->wlen, p, len);
       t->wlen += len;
     } else {
-      err = mg_write_all(t->fd, p, len, t->offset);
-      if (!err) EVP_DigestUpdate(t->ctx, p, len);
+      err = mg_write_all(t->fd, p, len, file_base_of(t) + t->offset);
+      if (!err && !t->shared) EVP_DigestUpdate(t->ctx, p, len);
     }
   }
   if (err) {
@@ -1085,8 +1095,25 @@ static int set_request_headers(Transfer *t) {
   return 0;
 }
 
+/* A range in place: the file is opened as it is (other ranges are in it), and what the caller says
+ * is done of the range is kept. */
+static int prepare_shared(Transfer *t) {
+  int err = make_parent(t->partial);
+  if (!err) {
+    t->fd = open(t->partial, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (t->fd < 0) err = errno;
+  }
+  if (err) {
+    fail(t, mg_errno_code(err), 0, "cannot write %s: %s", t->partial, strerror(err));
+    return -1;
+  }
+  t->kept = t->offset = t->range_done;
+  return 0;
+}
+
 /* Reads the state and keeps what it vouches for: the prefix hashes on the worker meanwhile. */
 static int prepare_resume(Transfer *t) {
+  if (t->shared) return prepare_shared(t);
   SavedState ss;
   if (!t->resume) {
     t->state_on_disk = access(t->state_path, F_OK) == 0;
@@ -1339,7 +1366,7 @@ static void finish(Session *s, Transfer *t) {
     t->code = NULL;
     t->retryable = 0;
     t->message[0] = '\0';
-    if (!t->head) {
+    if (!t->head && !t->shared) {
       unsigned char digest[32];
       unsigned int dlen = 0;
       EVP_DigestFinal_ex(t->ctx, digest, &dlen);
@@ -1673,6 +1700,12 @@ static int session_add(lua_State *L) {
     lua_pop(L, 2);
   }
   lua_pop(L, 1);
+  t->shared = opt_boolean(L, 2, "shared", 0);
+  lua_Integer done = opt_integer(L, 2, "done", 0);
+  if (t->shared && !t->ranged) return luaL_error(L, "option 'shared' needs 'range'");
+  if (done < 0 || (t->ranged && (uint64_t)done > t->range_to - t->range_from)) return luaL_error(L, "option 'done': outside the range");
+  if (done > 0 && !t->shared) return luaL_error(L, "option 'done' needs 'shared'");
+  t->range_done = (uint64_t)done;
   lua_Integer whole = opt_integer(L, 2, "whole_size", -1);
   t->whole_size = whole >= 0 ? (int64_t)whole : -1;
   t->validator = opt_string(L, 2, "validator");
@@ -1704,13 +1737,13 @@ static int session_add(lua_State *L) {
   }
   lua_pop(L, 1);
   t->cur_url = strdup(t->url);
-  if (t->partial) {
+  if (t->partial && !t->shared) {
     size_t n = strlen(t->partial);
     t->state_path = malloc(n + 7);
     if (t->state_path) { memcpy(t->state_path, t->partial, n); memcpy(t->state_path + n, ".state", 7); }
   }
   t->ctx = EVP_MD_CTX_new();
-  if (!t->cur_url || (t->partial && !t->state_path) || !t->ctx || EVP_DigestInit_ex(t->ctx, EVP_sha256(), NULL) != 1)
+  if (!t->cur_url || (t->partial && !t->shared && !t->state_path) || !t->ctx || EVP_DigestInit_ex(t->ctx, EVP_sha256(), NULL) != 1)
     return luaL_error(L, "out of memory");
   pthread_mutex_init(&t->hash.mu, NULL);
   pthread_cond_init(&t->hash.more_hash, NULL);
@@ -1880,8 +1913,9 @@ static void set_str(lua_State *L, const char *k, const char *v) {
 
 static int transfer_progress(lua_State *L) {
   Transfer *t = checktransfer(L, 1);
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
   set_int(L, "completed", (int64_t)t->offset);
+  if (t->shared && t->fd >= 0) set_int(L, "on_disk", (int64_t)on_disk(t)); /* what a checkpoint may claim */
   if (t->total >= 0) set_int(L, "total", t->total);
   else if (t->expected_size >= 0) set_int(L, "total", t->expected_size);
   double speed = 0;
@@ -1930,6 +1964,7 @@ static int transfer_result(lua_State *L) {
     lua_pushboolean(L, t->range_refused);
     lua_setfield(L, -2, "range_refused");
   }
+  if (t->shared) set_int(L, "on_disk", (int64_t)on_disk(t));
   set_int(L, "resumed_from", (int64_t)t->resumed_from);
   if (t->head) {
     int64_t clen = parse_size(hdr_get(&t->hdr, "content-length"));

@@ -32,6 +32,11 @@ test("file-system jobs run their steps in order off the caller's thread; the fir
   t.eq(job:done(), true, "done")
   job:close()
   t.eq(t.read(dir .. "/a/y"), "hello", "written, then renamed")
+  local hashed = core.fs_start { { "sha256", dir .. "/a/y" } }
+  local hok, hex = hashed:result()
+  t.eq(hok, true, "a sha256 step")
+  t.eq(hex, t.sha256("hello"), "its digest is the result's second value")
+  hashed:close()
   t.ok(not t.exists(dir .. "/a/b/x"), "the old name is gone")
   local bad = core.fs_start { { "write", dir .. "/first", "1" }, { "rename", dir .. "/missing", dir .. "/z" },
                               { "write", dir .. "/never", "2" } }

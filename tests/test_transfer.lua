@@ -222,6 +222,34 @@ test("a ranged transfer fetches bytes a-b of a file into a partial of its own, r
   t.ok(not pcall(fetch, { url = url, partial = dir .. "/x", range = { 10, 5 } }), "a range backwards is misuse")
 end)
 
+test("ranges written in place share one file: each at its offset, a cut one resumed from what is on disk", function()
+  local fx, data, url = fixture_file("inplace.bin", 300000)
+  local dir = t.tmpdir("inplace")
+  local etag = fetch({ url = url, head = true }).etag
+  local file = dir .. "/whole"
+  local function range(from, to, done)
+    return { url = url, partial = file, range = { from, to }, shared = true, done = done, whole_size = 300000,
+             validator = etag }
+  end
+  -- The second range first, and cut: what it wrote is at its own offset, reported as on disk.
+  fx.script("inplace.bin", { { cut = 50000 } })
+  local cut = fetch(range(150000, 299999, 0))
+  t.eq(cut.ok, false, "cut")
+  t.eq(cut.on_disk, 50000, "on_disk: the bytes of the range written")
+  t.eq(cut.sha256, nil, "a range in place is not hashed")
+  local first = fetch(range(0, 149999, 0))
+  t.eq(first.ok, true, "the first range")
+  t.eq(first.on_disk, 150000, "all of it")
+  local rest = fetch(range(150000, 299999, cut.on_disk))
+  t.eq(rest.ok, true, "the second range, resumed")
+  t.eq(t.read(file), data, "the file, whole, from the two ranges")
+  t.ok(not t.exists(file .. ".state"), "no state file: the caller keeps the plan")
+  local reqs = fx.requests("^/f/inplace%.bin$")
+  t.eq(reqs[#reqs].headers.range, "bytes=200000-299999", "the resume asked from what was on disk")
+  t.ok(not pcall(fetch, range(0, 9, 11)), "done past the range is misuse")
+  t.ok(not pcall(fetch, { url = url, partial = file, shared = true }), "shared without a range is misuse")
+end)
+
 test("a big kept prefix: re-hashed in steps, abandoned on a restart, resumed again", function()
   local fx = servers.fixture()
   local size = 40 * 1000 * 1000

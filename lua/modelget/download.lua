@@ -12,6 +12,29 @@ Scheduler.__index = Scheduler
 local TICK = 0.25 -- seconds between progress events
 local SYNC_POLL = 0.002 -- how often finished file-system jobs are looked for while some run
 
+-- Split downloads -------------------------------------------------------------------------------
+-- A big file from a server that serves ranges is fetched over `connections` connections at once:
+-- each segment a ranged transfer written in place into the one partial file (the engine's shared
+-- ranges), asked for with If-Range on the version a HEAD found. The plan (<partial>.split: URL,
+-- validator, size, and each range with what of it is on disk) is saved as the segments go, so a
+-- pull killed part-way resumes every segment. When all are in, one file-system job hashes the
+-- file: the one read-back a split costs (SHA-256 cannot be computed in pieces).
+local SPLIT_MIN = 1024 * 1024 -- the smallest segment worth a connection of its own
+local SPLIT_SAVE_EVERY = 1    -- seconds between saves of a plan while its segments download
+
+local function remove_split(spec) os.remove(spec.partial .. ".split") end
+
+-- Saves a split's plan whole (temp + rename). Like the engine's own checkpoints it is not fsynced:
+-- it only claims bytes the engine reported on disk, and the final hash checks the whole file.
+local function save_split(split)
+  local tmp = split.path .. ".tmp"
+  local f = io.open(tmp, "wb")
+  if not f then return end
+  local ok = f:write(util.json_encode(split.plan))
+  if f:close() and ok then os.rename(tmp, split.path) else os.remove(tmp) end
+  split.saved_at = core.now()
+end
+
 function download.scheduler(opts)
   opts = opts or {}
   local rate = 0
@@ -152,7 +175,7 @@ end
 
 -- One progress event per file: the segments of a split download count as one.
 function Scheduler:progress_tick()
-  local splits, order = {}, {}
+  local splits = {}
   for t, w in pairs(self.waiting) do
     local info = w.info
     if info and info.id then
@@ -167,18 +190,20 @@ function Scheduler:progress_tick()
           if not g then
             g = { id = info.id, file = info.file, completed = split.done, total = split.total, speed = 0 }
             splits[split] = g
-            order[#order + 1] = g
           end
           g.completed = g.completed + p.completed
           g.speed = g.speed + (p.speed or 0)
+          local range = split.plan.ranges[info.index]
+          if p.on_disk and p.on_disk > range[3] then range[3] = p.on_disk end
         end
       end
     end
   end
-  for _, g in ipairs(order) do
+  for split, g in pairs(splits) do
     g.eta = g.speed > 0 and (g.total - g.completed) / g.speed or nil
     g.event = "progress"
     self.emit(g)
+    if core.now() - (split.saved_at or 0) >= SPLIT_SAVE_EVERY then save_split(split) end
   end
 end
 
@@ -271,25 +296,6 @@ local function cancelled(spec)
   return util.fail("ECANCEL", "%s: cancelled; partial data kept, pull again to resume", spec.id or spec.file)
 end
 
--- Split downloads -------------------------------------------------------------------------------
--- A big file from a server that serves ranges is fetched over `connections` connections at once,
--- each segment a ranged transfer into a partial of its own (<partial>.split<i>, resumable like any
--- partial), all asked for with If-Range on the version a HEAD found. The plan (<partial>.split:
--- URL, validator, size, ranges) is kept, so a pull killed part-way resumes every segment. When all
--- are in, one file-system job joins the segments into the partial and hashes it: the one read-back
--- a split costs (SHA-256 cannot be computed in pieces).
-local SPLIT_MIN = 1024 * 1024 -- the smallest segment worth a connection of its own
-
-local function segment_path(spec, i) return spec.partial .. ".split" .. i end
-
-local function remove_split(spec, plan)
-  for i = 1, plan and #plan.ranges or 0 do
-    os.remove(segment_path(spec, i))
-    os.remove(segment_path(spec, i) .. ".state")
-  end
-  os.remove(spec.partial .. ".split")
-end
-
 -- Fetches one file through its URLs in order, each tried `retries` times; over several connections
 -- when the scheduler has `connections` > 1 and the server allows it (see fetch_split).
 -- spec: {id=, file=, urls={…}, partial=path | memory=bytes, head=, size=, space_factor=, space_path=,
@@ -297,12 +303,12 @@ end
 -- Returns the engine's result table (ok) or nil, message, code.
 function Scheduler:fetch(spec)
   if (self.opts.connections or 1) > 1 and spec.partial and not spec.head and not self.cancelled[spec.id] then
-    local r, err, code, plan = self:fetch_split(spec)
+    local r, err, code = self:fetch_split(spec)
     if r then return r end
     if err and (code ~= "ENET" or #spec.urls < 2) then return nil, err, code end
     if err then
       -- The split's server failed: on to the alternative URLs, one connection each.
-      remove_split(spec, plan)
+      remove_split(spec)
       self.emit { event = "fallback", id = spec.id, file = spec.file, from = spec.urls[1], to = spec.urls[2],
         reason = err }
       spec = setmetatable({ urls = { table.unpack(spec.urls, 2) } }, { __index = spec })
@@ -328,10 +334,17 @@ function Scheduler:fetch_whole(spec)
       local r = self:transfer({
         url = url, partial = spec.partial, memory = spec.memory, head = spec.head, fsync = spec.fsync,
         range = spec.range, whole_size = spec.whole_size, validator = spec.validator,
+        shared = spec.shared, done = spec.done,
         auth = spec.auth_for and spec.auth_for(url) or nil,
         stall_timeout = opts.stall_timeout or 30, expected_size = spec.size,
         space_factor = spec.space_factor, space_path = spec.space_path,
       }, spec)
+      if spec.shared and r.on_disk then
+        -- A segment in place: the next attempt (or pull) goes on from what this one left on disk.
+        spec.done = r.on_disk
+        spec.split.plan.ranges[spec.index][3] = r.on_disk
+        save_split(spec.split)
+      end
       if r.ok then
         r.url = url
         return r
@@ -360,17 +373,24 @@ function Scheduler:fetch_whole(spec)
   return nil, msg, code, last
 end
 
--- The plan for a split of spec's file, or nil (then it is fetched on one connection).
+-- The plan for a split of spec's file ({url=, validator=, total=, ranges={{from, to, done}…}}), or
+-- nil (then it is fetched on one connection).
 function Scheduler:split_plan(spec)
   local url = spec.urls[1]
   local path = spec.partial .. ".split"
   local text = util.read_file(path)
   if text then
     local plan = util.json_decode(text, path)
-    if type(plan) == "table" and plan.url == url and type(plan.ranges) == "table" and #plan.ranges >= 2 then
-      return plan
+    local good = type(plan) == "table" and plan.url == url and type(plan.ranges) == "table" and #plan.ranges >= 2
+      and math.tointeger(plan.total)
+    for _, r in ipairs(good and plan.ranges or {}) do
+      local from, to, done = math.tointeger(r[1]), math.tointeger(r[2]), math.tointeger(r[3])
+      if not (from and to and done and from <= to and to < plan.total and done >= 0 and done <= to - from + 1) then
+        good = false
+      end
     end
-    remove_split(spec, type(plan) == "table" and type(plan.ranges) == "table" and plan or nil)
+    if good then return plan end
+    remove_split(spec)
   end
   local st = core.stat(spec.partial)
   if st and st.size > 0 then return nil end -- a partial from one connection: that one resumes
@@ -387,55 +407,57 @@ function Scheduler:split_plan(spec)
   local size = -(-head.bytes // n)
   for i = 1, n do
     local from = (i - 1) * size
-    if from < head.bytes then plan.ranges[#plan.ranges + 1] = { from, math.min(head.bytes, from + size) - 1 } end
+    if from < head.bytes then plan.ranges[#plan.ranges + 1] = { from, math.min(head.bytes, from + size) - 1, 0 } end
   end
-  if not core.write_atomic(path, util.json_encode(plan)) then return nil end
+  local split = { plan = plan, path = path }
+  save_split(split)
+  if not core.stat(path) then return nil end
   return plan
 end
 
--- Returns the result, or nil, message, code; or nothing when the file is better fetched whole
--- (no plan, or the server refused a segment: the split is given up and its files removed).
+-- Returns the result, or nil, message, code (the segments are kept for a resume); or
+-- nothing when the file is better fetched whole (no plan, or the server refused a segment: the split
+-- is given up).
 function Scheduler:fetch_split(spec)
   local plan = self:split_plan(spec)
   if not plan then return nil end
-  local split = { done = 0, total = plan.total } -- the finished segments' bytes, for progress
+  local split = { plan = plan, path = spec.partial .. ".split", done = 0, total = plan.total }
   local jobs = {}
   for i, range in ipairs(plan.ranges) do
-    local seg = setmetatable({ partial = segment_path(spec, i), range = range, whole_size = plan.total,
-      validator = plan.validator, urls = { plan.url }, size = range[2] - range[1] + 1, split = split,
-      space_factor = 1 }, { __index = spec })
-    jobs[i] = function()
-      local r, err, code, last = self:fetch_whole(seg)
-      if r then split.done = split.done + r.bytes end
-      return r, err, code, last
+    local from, to, done = range[1], range[2], range[3]
+    if done >= to - from + 1 then
+      split.done = split.done + done -- in already: counted, not asked for again
+    else
+      local seg = setmetatable({ partial = spec.partial, range = { from, to }, shared = true, done = done,
+        whole_size = plan.total, validator = plan.validator, urls = { plan.url }, size = to - from + 1,
+        split = split, index = i, space_factor = 1 }, { __index = spec })
+      jobs[#jobs + 1] = function()
+        local r, err, code, last = self:fetch_whole(seg)
+        if r then split.done = split.done + r.bytes end
+        return r, err, code, last
+      end
     end
   end
   local results = self:all(jobs)
+  save_split(split)
   for _, res in ipairs(results) do
     local r, err, code, last = table.unpack(res, 1, 4)
     if not r then
       if last and last.range_refused then
-        remove_split(spec, plan)
+        remove_split(spec)
         self.emit { event = "fallback", id = spec.id, file = spec.file, from = plan.url, to = plan.url,
           reason = "the server would not serve ranges of it: on one connection" }
         return nil
       end
-      return nil, err, code, plan -- the segments are kept: the same pull resumes them
+      return nil, err, code -- the segments are kept: the same pull resumes them
     end
   end
-  local ops = { { "rename", segment_path(spec, 1), spec.partial } }
-  for i = 2, #plan.ranges do
-    ops[#ops + 1] = { "append", spec.partial, segment_path(spec, i) }
-    ops[#ops + 1] = { "remove", segment_path(spec, i) }
-  end
-  for i = 1, #plan.ranges do ops[#ops + 1] = { "remove", segment_path(spec, i) .. ".state", "optional" } end
-  ops[#ops + 1] = { "remove", spec.partial .. ".split" }
-  ops[#ops + 1] = { "sha256", spec.partial }
-  local ok, sha, code = self:fs(ops)
+  -- Hashed before the plan goes: a pull killed meanwhile still finds every range done.
+  local ok, sha, code = self:fs { { "sha256", spec.partial }, { "remove", spec.partial .. ".split" } }
   if not ok then return nil, sha, code end
   local st = core.stat(spec.partial)
   if not st or st.size ~= plan.total then
-    return util.fail("ESIZE", "%s: the joined segments make %d bytes, not %d", spec.file or "?", st and st.size or 0, plan.total)
+    return util.fail("ESIZE", "%s: the segments make %d bytes, not %d", spec.file or "?", st and st.size or 0, plan.total)
   end
   return { ok = true, url = plan.url, bytes = plan.total, sha256 = sha, status = 206, etag = plan.validator,
            linked_etag = plan.linked_etag, linked_size = plan.linked_size, connections = #plan.ranges }

@@ -58,20 +58,17 @@ function store.partials(root)
     local dir = root .. "/partial/" .. name
     if fw then
       local entry = { id = id, framework = fw, path = dir, bytes = 0, total = 0, files = {} }
-      local names = core.listdir(dir) or {}
-      local segments = {} -- "<file>.part" -> bytes in its segments (a download split over connections)
-      for _, f in ipairs(names) do
-        local part = f:match("^(.*%.part)%.split%d+$")
-        if part then segments[part] = (segments[part] or 0) + ((core.stat(dir .. "/" .. f) or {}).size or 0) end
-      end
-      for _, f in ipairs(names) do
+      for _, f in ipairs(core.listdir(dir) or {}) do
         if f:match("%.part$") then
-          local bytes = ((core.stat(dir .. "/" .. f) or {}).size or 0) + (segments[f] or 0)
+          local bytes = (core.stat(dir .. "/" .. f) or {}).size or 0
           local state = util.read_file(dir .. "/" .. f .. ".state") or ""
           local total = tonumber(state:match("\ntotal (%d+)\n"))
-          if segments[f] then
-            local plan = util.json_decode(util.read_file(dir .. "/" .. f .. ".split") or "", f)
-            total = type(plan) == "table" and math.tointeger(plan.total) or nil
+          -- A download split over connections: its ranges are in place, their progress in the plan.
+          local plan = util.read_file(dir .. "/" .. f .. ".split")
+          plan = plan and util.json_decode(plan, f .. ".split")
+          if type(plan) == "table" and type(plan.ranges) == "table" then
+            bytes, total = 0, math.tointeger(plan.total)
+            for _, r in ipairs(plan.ranges) do bytes = bytes + (math.tointeger(r[3]) or 0) end
           end
           entry.files[#entry.files + 1] = { path = f:gsub("%.part$", ""):gsub("%%2F", "/"), bytes = bytes, total = total }
           entry.bytes = entry.bytes + bytes
