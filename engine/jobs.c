@@ -144,17 +144,20 @@ static void wait_job(FsJob *j) {
   pthread_mutex_unlock(&pool.mu);
 }
 
-/* The module is going away (lua_close): the workers finish the queue and are joined. */
+/* A Lua state with the module is closing (lua_close): the workers finish the queue and are joined,
+ * every one, even one started meanwhile (another state of the process may still submit: the pool
+ * starts again on its next job). */
 static int pool_gc(lua_State *L) {
   (void)L;
   pthread_mutex_lock(&pool.mu);
   pool.stopping = 1;
   pthread_cond_broadcast(&pool.work);
-  int n = pool.nthreads;
-  pthread_mutex_unlock(&pool.mu);
-  for (int i = 0; i < n; i++) pthread_join(pool.threads[i], NULL);
-  pthread_mutex_lock(&pool.mu);
-  pool.nthreads = 0;
+  while (pool.nthreads > 0) {
+    pthread_t thread = pool.threads[--pool.nthreads];
+    pthread_mutex_unlock(&pool.mu);
+    pthread_join(thread, NULL);
+    pthread_mutex_lock(&pool.mu);
+  }
   pool.stopping = 0;
   pthread_mutex_unlock(&pool.mu);
   return 0;
