@@ -39,7 +39,7 @@
 #define STATE_EVERY_BYTES ((uint64_t)16 << 20)
 #define STATE_EVERY_SECONDS 1.0
 #define WRITEBACK_EVERY ((uint64_t)32 << 20)
-#define DIRECT_ALIGN ((uint64_t)4096)          /* O_DIRECT writes: offsets, lengths and memory */
+#define DIRECT_BLOCK ((uint64_t)4096)          /* O_DIRECT writes: offsets, lengths and memory, at least */
 #define HEADERS_MAX ((size_t)64 << 10)
 #define BUFFER_SIZE 131072L
 #define SPEED_SAMPLES 24
@@ -64,7 +64,7 @@ typedef struct {
   pthread_mutex_t mu;
   pthread_cond_t more_hash, more_write, room;
   unsigned char *ring;
-  size_t size;               /* the ring's bytes (a multiple of DIRECT_ALIGN) */
+  size_t size;               /* the ring's bytes (a multiple of the direct-write alignment) */
   uint64_t in;               /* bytes put into the ring */
   uint64_t hashed, written;  /* bytes the hasher and the writer are done with */
   int closing, abort;
@@ -408,16 +408,29 @@ static void *hasher_main(void *arg) {
   return NULL;
 }
 
+/* The alignment of direct writes: a block, or a page where pages are bigger (a direct write must
+ * not share a page with a neighbouring range's page-cache write). Rings are multiples of 64 KiB. */
+static uint64_t direct_align(void) {
+  static uint64_t align;
+  if (!align) {
+    long page = sysconf(_SC_PAGESIZE);
+    align = page > (long)DIRECT_BLOCK && page <= 65536 ? (uint64_t)page : DIRECT_BLOCK;
+  }
+  return align;
+}
+
 /* Writes one run of the ring at off; returns how much it wrote (0 on error, in *err). Whole aligned
  * blocks go straight to the disk (O_DIRECT): no page-cache copy and no write-back later, which on a
  * small machine is CPU the download needs; a head or tail block goes through the page cache. */
 static size_t write_run(Hashing *h, const unsigned char *p, size_t n, uint64_t off, int *err) {
   if (h->dfd >= 0) {
-    size_t head = (size_t)((DIRECT_ALIGN - off % DIRECT_ALIGN) % DIRECT_ALIGN);
-    if (head == 0 && n >= DIRECT_ALIGN) {
-      size_t k = n - n % DIRECT_ALIGN;
+    uint64_t align = direct_align();
+    size_t head = (size_t)((align - off % align) % align);
+    if (head == 0 && n >= align) {
+      size_t k = n - n % align;
       *err = mg_write_all(h->dfd, p, k, off);
       if (!*err) return k;
+      if (*err != EINVAL) return 0; /* a real failure (ENOSPC, EIO): reported as such */
       /* A file system that takes O_DIRECT at open but not these writes: the page cache it is. */
       close(h->dfd);
       h->dfd = -1;
@@ -472,12 +485,12 @@ static int start_thread(pthread_t *thread, void *(*fn)(void *), void *arg) {
 static int hash_start(Hashing *h, size_t size, CURLM *wake, EVP_MD_CTX *ctx, int prefix_fd, uint64_t prefix,
                       int fd, const char *path, uint64_t file_base) {
   void *ring = NULL;
-  if (posix_memalign(&ring, (size_t)DIRECT_ALIGN, size) != 0) return ENOMEM;
+  if (posix_memalign(&ring, (size_t)direct_align(), size) != 0) return ENOMEM;
   h->ring = ring;
   h->size = size;
   /* The counters start at the file offset's phase in a block, so a ring slot and the file offset it
    * goes to are aligned together (the ring's size is a multiple of the block). */
-  uint64_t phase = file_base % DIRECT_ALIGN;
+  uint64_t phase = file_base % direct_align();
   h->in = h->hashed = h->written = phase;
   h->closing = h->abort = h->drain = h->err = 0;
   h->hasher_waiting = h->writer_waiting = h->producer_waiting = h->wake_wanted = 0;
@@ -724,8 +737,9 @@ static int write_state(Transfer *t, int force) {
 }
 
 static void drop_partial(Transfer *t) {
+  if (t->shared) return; /* a range in place never removes the file it shares (nor forgets unwritten bytes) */
   t->wlen = 0;
-  if (!t->partial || t->shared) return; /* a range in place never removes the file it shares */
+  if (!t->partial) return;
   unlink(t->partial);
   unlink(t->state_path);
   t->state_dirty = 0;
@@ -1081,13 +1095,15 @@ static int set_request_headers(Transfer *t) {
       snprintf(line, sizeof line, "Range: bytes=%llu-", (unsigned long long)t->kept);
     if (!(list = curl_slist_append(list, line))) return -1;
     const char *validator = t->ranged && t->validator ? t->validator : t->etag ? t->etag : t->last_modified;
-    size_t vlen = strlen(validator) + 16;
-    char *ir = malloc(vlen);
-    if (!ir) { curl_slist_free_all(list); return -1; }
-    snprintf(ir, vlen, "If-Range: %s", validator);
-    list = curl_slist_append(list, ir);
-    free(ir);
-    if (!list) return -1;
+    if (validator) { /* a range without one is asked for as it is */
+      size_t vlen = strlen(validator) + 16;
+      char *ir = malloc(vlen);
+      if (!ir) { curl_slist_free_all(list); return -1; }
+      snprintf(ir, vlen, "If-Range: %s", validator);
+      list = curl_slist_append(list, ir);
+      free(ir);
+      if (!list) return -1;
+    }
   }
   curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, list);
   curl_slist_free_all(t->req_headers);
@@ -1706,6 +1722,7 @@ static int session_add(lua_State *L) {
   if (done < 0 || (t->ranged && (uint64_t)done > t->range_to - t->range_from)) return luaL_error(L, "option 'done': outside the range");
   if (done > 0 && !t->shared) return luaL_error(L, "option 'done' needs 'shared'");
   t->range_done = (uint64_t)done;
+  t->kept = t->offset = t->range_done; /* what on_disk says even if the attempt fails before it starts */
   lua_Integer whole = opt_integer(L, 2, "whole_size", -1);
   t->whole_size = whole >= 0 ? (int64_t)whole : -1;
   t->validator = opt_string(L, 2, "validator");
@@ -1972,7 +1989,7 @@ static int transfer_result(lua_State *L) {
   } else {
     set_int(L, "bytes", (int64_t)t->offset);
   }
-  if (t->ok && !t->head) set_str(L, "sha256", t->sha256);
+  if (t->ok && !t->head && !t->shared) set_str(L, "sha256", t->sha256);
   if (t->resp != RESP_REDIRECT) {
     set_str(L, "etag", hdr_get(&t->hdr, "etag"));
     set_str(L, "last_modified", hdr_get(&t->hdr, "last-modified"));
