@@ -123,6 +123,11 @@ test("a paged listing: every page is followed by its Link, and a page named twic
   t.eq(ok, nil, "a loop of pages fails")
   t.eq(code, "EIO", "code")
   t.match(msg, "names a page it already gave", "message")
+  -- Pages that overlap (the listing changed between them) give each path once.
+  pages["https://127.0.0.1:7/p3"] = { { { type = "file", path = "b.json", size = 1 }, { type = "file", path = "c.json", size = 1 } }, {} }
+  local again = assert(hub.list_files({ id = "m", hub = { repo = "org/m", revision = "main" } },
+    function(url) return table.unpack(pages[url]) end, env))
+  t.eq(#again, 3, "b.json once")
   t.eq(hub.next_link('<https://x/1>; rel="prev"'), nil, "no next")
   t.eq(hub.next_link(nil), nil, "no header")
 end)

@@ -258,6 +258,22 @@ test("many URLs in one pull: all installed, and only a bounded number of pulls u
   t.eq(#t.tree(store .. "/partial"), 1, "nothing left under partial/ but the lock file")
 end)
 
+test("a forced re-pull finds an old model left aside by a killed one: put back, then replaced", function()
+  local ng = servers.nginx()
+  local data = t.bytes(200000, 79)
+  local url = ng.put("aside/aside.bin", data)
+  local store = store_dir("aside")
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "first pull")
+  -- A forced re-pull killed between its two renames: the model moved aside, its place empty.
+  local core = require "modelget.core"
+  assert(core.mkdirs(store .. "/partial/.old"))
+  assert(core.rename(store .. "/models/other/aside", store .. "/partial/.old/other--aside"))
+  t.status(pull(store, { url, "--framework", "other", "-q", "--force" }), 0, "the forced pull")
+  t.eq(t.sha256_file(installed(store, "other", "aside", "aside.bin")), t.sha256(data), "bytes")
+  t.ok(not t.exists(store .. "/partial/.old/other--aside"), "nothing left aside")
+  t.status(pull(store, { url, "--framework", "other", "-q", "--force" }), 0, "and again")
+end)
+
 test("a partial folder left by an earlier pull: only the model's files are installed", function()
   local ng = servers.nginx()
   local data = t.bytes(400000, 77)
@@ -349,6 +365,21 @@ test("Ctrl-C keeps the partial, exits 130, and the next pull resumes", function(
   t.eq(t.sha256_file(installed(store, "other", "interrupted", "interrupted.bin")), t.sha256(data), "bytes")
   local reqs = fx.requests("/f/interrupted.bin")
   t.match(reqs[#reqs].headers.range or "", "^bytes=%d+%-$", "resumed with Range")
+end)
+
+test("Ctrl-C during a list of pulls: what has not started does not start; exit 130", function()
+  local fx = servers.fixture()
+  local urls, store = {}, store_dir("sigint-many")
+  for i = 1, 12 do urls[i] = fx.put(string.format("many-int%02d.bin", i), t.bytes(300000, 40 + i)) end
+  local args = { "pull", "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q",
+                 "-j", "1", "--limit-rate", "300K" }
+  for _, u in ipairs(urls) do args[#args + 1] = u end
+  local job = t.spawn(args)
+  wait_for_bytes(store .. "/partial/other--many-int01/many-int01.bin.part", 50000)
+  os.execute("kill -INT " .. job.pid)
+  t.eq(t.wait(job.status, 10), 130, "exit status after Ctrl-C")
+  local installed_n = #(require("modelget.core").listdir(store .. "/models/other") or {})
+  t.ok(installed_n <= 1, "no pull started after Ctrl-C (" .. installed_n .. " installed)")
 end)
 
 test("pulling an installed model again does nothing and says so; --force downloads again", function()

@@ -144,6 +144,25 @@ test("a server that will not serve ranges: the split is given up, the file comes
   t.eq(model_files(store, "norange"), ".modelget.json norange.bin", "no segment file was installed")
 end)
 
+test("a split plan left beside a partial a single-connection pull rewrote is not trusted", function()
+  local fx = servers.fixture()
+  local data = t.bytes(3 * MiB, 99)
+  local url = fx.put("stale.bin", data)
+  local store = t.tmpdir("stale")
+  local pdir = store .. "/partial/other--stale"
+  -- A split pull killed part-way left its plan (here: every range done) and a partial.
+  t.write(pdir .. "/stale.bin.part", string.rep("\0", 3 * MiB))
+  t.write(pdir .. "/stale.bin.part.split", cjson.encode { url = url, validator = '"x"', total = 3 * MiB,
+    ranges = { { 0, 1572863, 1572864 }, { 1572864, 3145727, 1572864 } } })
+  -- Then a pull on one connection, cut part-way: it rewrites the partial and drops the plan.
+  fx.script("stale.bin", { { cut = 1000000 } })
+  t.status(pull(store, { url, "-q", "--retries", "1" }), 3, "the single-connection pull, cut")
+  t.ok(not t.exists(pdir .. "/stale.bin.part.split"), "the plan is gone")
+  -- A split pull after it must not take the partial's old zeros for done ranges.
+  t.status(pull(store, { url, "-x", "2", "-q" }), 0, "pull -x 2")
+  t.eq(t.sha256_file(installed(store, "stale")), t.sha256(data), "the right bytes")
+end)
+
 test("a file too small to split comes whole, on one connection", function()
   -- Under 2 MiB nothing is split: the HEAD that found its size, then one GET for the whole file.
   local fx = split_pull("small-x", 1 * MiB + 7, 95, { "-x", "4", "-q" })

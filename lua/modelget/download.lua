@@ -325,6 +325,9 @@ function Scheduler:fetch_whole(spec)
   local base = opts.retry_wait or 1
   local tried, last, saw_auth = {}, nil, nil
   if self.cancelled[spec.id] then return cancelled(spec) end
+  if self:interrupted() then return util.fail("EINTR", "interrupted") end
+  -- One connection for the whole file: a split plan beside it would describe other bytes.
+  if spec.partial and not spec.shared then os.remove(spec.partial .. ".split") end
   for ui, url in ipairs(spec.urls) do
     if ui > 1 then
       self.emit { event = "fallback", id = spec.id, file = spec.file, from = spec.urls[ui - 1], to = url,
@@ -341,8 +344,8 @@ function Scheduler:fetch_whole(spec)
       }, spec)
       if spec.shared and r.on_disk then
         -- A segment in place: the next attempt (or pull) goes on from what this one left on disk.
-        spec.done = r.on_disk
-        spec.split.plan.ranges[spec.index][3] = r.on_disk
+        spec.done = math.max(spec.done or 0, r.on_disk)
+        spec.split.plan.ranges[spec.index][3] = spec.done
         save_split(spec.split)
       end
       if r.ok then
@@ -420,7 +423,10 @@ end
 -- is given up).
 function Scheduler:fetch_split(spec)
   local plan = self:split_plan(spec)
-  if not plan then return nil end
+  if not plan then
+    if self:interrupted() then return util.fail("EINTR", "interrupted") end
+    return nil
+  end
   local split = { plan = plan, path = spec.partial .. ".split", done = 0, total = plan.total }
   local jobs = {}
   for i, range in ipairs(plan.ranges) do
@@ -440,6 +446,10 @@ function Scheduler:fetch_split(spec)
   end
   local results = self:all(jobs)
   save_split(split)
+  -- An interruption or a cancel speaks first: the segments are kept for the next pull.
+  for _, res in ipairs(results) do
+    if res[1] == nil and (res[3] == "EINTR" or res[3] == "ECANCEL") then return nil, res[2], res[3] end
+  end
   for _, res in ipairs(results) do
     local r, err, code, last = table.unpack(res, 1, 4)
     if not r then
@@ -452,8 +462,9 @@ function Scheduler:fetch_split(spec)
       return nil, err, code -- the segments are kept: the same pull resumes them
     end
   end
-  -- Hashed before the plan goes: a pull killed meanwhile still finds every range done.
-  local ok, sha, code = self:fs { { "sha256", spec.partial }, { "remove", spec.partial .. ".split" } }
+  -- The plan stays (every range done) until the model is installed: a pull killed before that
+  -- finds the file whole and only hashes it again.
+  local ok, sha, code = self:fs { { "sha256", spec.partial } }
   if not ok then return nil, sha, code end
   local st = core.stat(spec.partial)
   if not st or st.size ~= plan.total then

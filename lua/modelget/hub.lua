@@ -176,13 +176,20 @@ local MAX_PAGES = 1000
 function hub.list_files(entry, fetch_json, env)
   local spec = entry.hub
   local url = hub.tree_url(spec.repo, spec.revision, env, spec.dir)
-  local all, seen = {}, {}
+  local all, seen, seen_paths = {}, {}, {}
   for _ = 1, MAX_PAGES do
     seen[url] = true
     local page, headers_or_err, code = fetch_json(url)
     if not page then return nil, headers_or_err, code end
     if type(page) ~= "table" or (page[1] == nil and next(page) ~= nil) then return hub.select(page, spec) end
-    table.move(page, 1, #page, #all + 1, all)
+    for _, item in ipairs(page) do
+      -- Pages that overlap (the listing changed between them) give a path once.
+      local key = type(item) == "table" and item.path
+      if not key or not seen_paths[key] then
+        if key then seen_paths[key] = true end
+        all[#all + 1] = item
+      end
+    end
     local nxt = hub.next_link(type(headers_or_err) == "table" and headers_or_err.link or nil)
     if not nxt then return hub.select(all, spec) end
     if nxt:sub(1, 1) == "/" then nxt = hub.endpoint(env) .. nxt end

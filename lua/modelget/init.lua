@@ -112,6 +112,13 @@ function modelget.pull_many(targets, opts)
   local ahead = math.max(2 * (opts.jobs or 4), 16)
   local nexti, running = 1, 0
   local function start_more()
+    if sched:interrupted() then
+      -- Ctrl-C: what has not started does not start.
+      for i = nexti, #targets do
+        out[i] = { ok = false, target = targets[i], err = "interrupted before it started", code = "EINTR" }
+      end
+      nexti = #targets + 1
+    end
     while running < ahead and nexti <= #targets do
       local i, target = nexti, targets[nexti]
       nexti, running = nexti + 1, running + 1

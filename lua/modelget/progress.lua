@@ -255,7 +255,10 @@ end
 -- The fields that hold lists: empty, they are written [] (an empty Lua table could be either).
 local LIST_FIELDS = { alt = true, alternativeURLs = true, files = true, tags = true, extensions = true,
                       include = true, exclude = true, bad = true, urls = true }
-local EMPTY_LIST = "\0modelget:empty-list\0" -- stands for [] until the line is encoded
+-- Stands for [] until the line is encoded: a marker no data of this process can hold by chance.
+local EMPTY_LIST = string.format("\0modelget:empty-list:%08x%08x\0", math.random(0, 0x7fffffff),
+  math.random(0, 0x7fffffff))
+local EMPTY_LIST_PATTERN = ('"' .. EMPTY_LIST:gsub("\0", "\\u0000") .. '"'):gsub("%p", "%%%0")
 
 -- Only data crosses into JSON: functions and userdata are dropped, cycles are cut.
 local function plain_data(v, seen, key)
@@ -279,7 +282,8 @@ M.plain_data = function(v) return plain_data(v) end
 
 -- One JSON object on one line.
 function M.json_line(obj)
-  return (util.json_encode(plain_data(obj)):gsub('"\\u0000modelget:empty%-list\\u0000"', "[]"))
+  local line = util.json_encode(plain_data(obj))
+  return (line:gsub(EMPTY_LIST_PATTERN, "[]"))
 end
 
 function Reporter:event(ev)

@@ -141,6 +141,7 @@ local function partial_path(pdir, path) return pdir .. "/" .. path:gsub("/", "%%
 local function remove_partial(path)
   os.remove(path)
   os.remove(path .. ".state")
+  os.remove(path .. ".split")
 end
 
 local function verify_file(f, r, emit, id)
@@ -223,8 +224,12 @@ function pull.run(sched, entry, ctx)
     local earlier = core.stat(pdir) ~= nil
     local ok, merr, mcode = true, nil, nil
     if earlier then
+      -- Only resumable data is kept: partial files, their states and split plans. Anything else (a
+      -- staging folder, files renamed into place by a pull killed before its install) goes.
       for _, name in ipairs(core.listdir(pdir) or {}) do
-        if name:match("^staging%.") then core.rmtree(pdir .. "/" .. name) end
+        if not (name:match("%.part$") or name:match("%.part%.state$") or name:match("%.part%.split$")) then
+          core.rmtree(pdir .. "/" .. name)
+        end
       end
     else
       -- The folder and its empty partial files are made off the event loop (making a folder is
@@ -303,7 +308,10 @@ function pull.run(sched, entry, ctx)
     local in_place = true
     for _, item in ipairs(fetched) do
       local lower = item.file.path:lower()
-      if item.file.archive or lower:match("%.part$") or lower:match("%.part%.state$") then in_place = false end
+      if item.file.archive or lower:match("%.part$") or lower:match("%.part%.state$") or lower:match("%.part%.split$")
+          or lower:match("%.tmp$") then
+        in_place = false
+      end
     end
     local staging = in_place and pdir or (pdir .. "/staging." .. core.getpid())
     if not in_place then

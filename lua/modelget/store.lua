@@ -184,10 +184,17 @@ function store.install(root, staging, entry, files, opts)
   local dest = store.model_dir(root, entry.framework, entry.id)
   local parent = util.dirname(dest)
   ops[#ops + 1] = { "mkdirs", parent }
-  local old
+  -- An installed model replaced (a forced re-pull) is moved aside to a place no pull uses, and
+  -- removed after. One left there by a pull killed in between goes back first, if its place is empty.
+  local old = root .. "/partial/.old/" .. entry.framework .. "--" .. entry.id
+  if core.stat(old) then
+    if core.stat(dest) then core.rmtree(old) else core.rename(old, dest) end
+  end
   if core.stat(dest) then
-    old = staging .. ".old"
+    ops[#ops + 1] = { "mkdirs", util.dirname(old) }
     ops[#ops + 1] = { "rename", dest, old }
+  else
+    old = nil
   end
   ops[#ops + 1] = { "rename", staging, dest }
   local ok, err, code, at = (opts.run or run_here)(ops)
