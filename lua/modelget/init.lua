@@ -111,7 +111,12 @@ function modelget.pull_many(targets, opts)
   -- their turn, so a list of thousands holds a bounded number of locks and files open.
   local ahead = math.max(2 * (opts.jobs or 4), 16)
   local nexti, running = 1, 0
+  local starting = false
   local function start_more()
+    -- A pull that ends at once (already installed) ends inside spawn: the loop below goes on, rather
+    -- than one call per such pull piling up on the stack.
+    if starting then return end
+    starting = true
     if sched:interrupted() then
       -- Ctrl-C: what has not started does not start.
       for i = nexti, #targets do
@@ -128,6 +133,7 @@ function modelget.pull_many(targets, opts)
         running = running - 1
       end)
     end
+    starting = false
   end
   sched.on_task_end = start_more
   start_more()
