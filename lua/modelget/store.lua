@@ -4,6 +4,7 @@
 --   <root>/partial/<framework>--<id>/  a pull's partial files; it becomes the model folder, or holds
 --                                      the staging folder an archive is extracted into
 --   <root>/partial/.locks              a lock per id (a key of the file), held while it is pulled
+--   <root>/partial/.old/<fw>--<id>     an installed model being replaced (a forced re-pull)
 -- Only complete, verified files ever appear under models/: a pull assembles the model in a folder
 -- on the same file system and renames it into place in one step.
 local core = require "modelget.core"
