@@ -52,9 +52,9 @@ function download.scheduler(opts)
     waiting = {},   -- Transfer -> {co=, info=}
     sleepers = {},  -- {at=, co=}
     ready = {},     -- coroutines to resume at the next turn (a finished group)
-    syncing = {},   -- {job=, co=}: file-system jobs running on worker threads
-    shared = {},         -- path -> {waiting={co…}}: folders to fsync for a group of tasks
-    shared_running = {}, -- path -> {job=, waiting=}: that fsync, running
+    jobs = {},      -- {job=, waiting={co…}, path=}: file-system jobs running on worker threads
+    shared = {},    -- path -> {co…}: tasks waiting for the next shared fsync of that folder
+    syncing_path = {}, -- path -> true: a shared fsync of that folder is running
     paused = {},    -- model id -> true: its transfers start paused
     cancelled = {}, -- model id -> true: its fetches stop
     tasks = 0,
@@ -107,58 +107,48 @@ function Scheduler:all(fns)
   return results
 end
 
--- Runs file-system steps (core.fs_start: make folders, write, rename, remove, append, fsync,
--- sha256) on a worker thread; yields until they are done, while the other tasks' transfers go on.
--- Returns what the job's result says: true (and the last sha256 step's digest), or nil, message,
--- code and the index of the step that failed.
+-- Runs file-system steps (core.fs_start: make folders, write, rename, remove, fsync, sha256) on a
+-- worker thread; yields until they are done, while the other tasks' transfers go on. Returns what
+-- the job's result says: true (and the last sha256 step's digest), or nil, message, code and the
+-- index of the step that failed.
 function Scheduler:fs(ops)
-  local job = core.fs_start(ops)
-  self.syncing[#self.syncing + 1] = { job = job, co = coroutine.running() }
-  coroutine.yield()
-  local r = table.pack(job:result())
-  job:close()
-  return table.unpack(r, 1, r.n)
-end
-
--- Makes the paths durable (fsync), off the event loop.
-function Scheduler:sync(paths)
-  local ops = {}
-  for i, p in ipairs(paths) do ops[i] = { "fsync", p } end
-  return self:fs(ops)
+  self.jobs[#self.jobs + 1] = { job = core.fs_start(ops), waiting = { (coroutine.running()) } }
+  return coroutine.yield()
 end
 
 -- Makes a folder durable for every task that asks, as a group: while one fsync of it runs, the
 -- tasks asking meanwhile wait together for the next one (many models installed side by side in
 -- models/<framework>/ share one fsync of it).
 function Scheduler:sync_shared(path)
-  local group = self.shared[path]
-  if not group then
-    group = { waiting = {} }
-    self.shared[path] = group
-  end
-  group.waiting[#group.waiting + 1] = coroutine.running()
+  local waiting = self.shared[path] or {}
+  self.shared[path] = waiting
+  waiting[#waiting + 1] = coroutine.running()
   return coroutine.yield()
 end
 
 -- Starts the fsync of every shared folder with tasks waiting and none running for it.
 function Scheduler:start_shared()
-  for path, group in pairs(self.shared) do
-    if not group.job and not self.shared_running[path] then
-      group.job = core.sync_start { path }
-      self.shared_running[path] = group
+  for path, waiting in pairs(self.shared) do
+    if not self.syncing_path[path] then
+      self.syncing_path[path] = true
       self.shared[path] = nil
+      self.jobs[#self.jobs + 1] = { job = core.sync_start { path }, waiting = waiting, path = path }
     end
   end
 end
 
-function Scheduler:finish_shared()
-  for path, group in pairs(self.shared_running) do
-    if group.job:done() then
-      self.shared_running[path] = nil
-      local ok, err, code = group.job:result()
-      group.job:close()
-      for _, co in ipairs(group.waiting) do self:wake(co, ok, err, code) end
-    end
+-- Wakes the tasks of every finished job with its result.
+function Scheduler:finish_jobs()
+  local done, still = {}, {}
+  for _, j in ipairs(self.jobs) do
+    if j.job:done() then done[#done + 1] = j else still[#still + 1] = j end
+  end
+  self.jobs = still
+  for _, j in ipairs(done) do
+    local r = table.pack(j.job:result())
+    j.job:close()
+    if j.path then self.syncing_path[j.path] = nil end
+    for _, co in ipairs(j.waiting) do self:wake(co, table.unpack(r, 1, r.n)) end
   end
 end
 
@@ -217,8 +207,7 @@ function Scheduler:run()
     end
     local now = core.now()
     self:start_shared()
-    local jobs_running = #self.syncing > 0 or next(self.shared_running) ~= nil
-    local timeout = #self.ready > 0 and 0 or jobs_running and SYNC_POLL or TICK
+    local timeout = #self.ready > 0 and 0 or #self.jobs > 0 and SYNC_POLL or TICK
     for _, s in ipairs(self.sleepers) do
       timeout = math.min(timeout, math.max(0, s.at - now))
     end
@@ -241,13 +230,7 @@ function Scheduler:run()
     local ready = self.ready
     self.ready = {}
     for _, co in ipairs(ready) do self:wake(co) end
-    local synced, still = {}, {}
-    for _, s in ipairs(self.syncing) do
-      if s.job:done() then synced[#synced + 1] = s else still[#still + 1] = s end
-    end
-    self.syncing = still
-    for _, s in ipairs(synced) do self:wake(s.co) end
-    self:finish_shared()
+    self:finish_jobs()
     if now - last_tick >= TICK then
       last_tick = now
       self:progress_tick()
