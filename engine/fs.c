@@ -302,7 +302,8 @@ static int fs_lock(lua_State *L) {
   if (rc != 0) {
     int e = errno;
     close(fd);
-    if (busy) return mg_fail(L, "EBUSY", "%s%s%s: in use by another modelget process", path, ofd ? " " : "", ofd ? key : "");
+    if (busy)
+      return mg_fail(L, "EBUSY", "%s%s%s: in use by another modelget process", path, ofd ? " " : "", ofd ? key : "");
     return mg_fail_errno(L, e, "cannot lock %s", path);
   }
   lk->fd = fd;

@@ -230,7 +230,8 @@ static char *dup_field(lua_State *L, int step, int idx, const char *what, size_t
 }
 
 /* fs_start{ {"mkdirs", dir}, {"write", path, bytes [, "sync"]}, {"rename", from, to [, "optional"]},
- *           {"remove", path [, "optional"]}, {"fsync", path}, {"sha256", path}, … } -> FsJob (result: true [, the last sha256 step's hex digest])
+ *           {"remove", path [, "optional"]}, {"fsync", path}, {"sha256", path}, … } -> FsJob
+ * (its result: true [, the last sha256 step's hex digest])
  * The steps run in order on a worker; the first failure stops the job. Misuse raises. */
 static int fs_start(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);

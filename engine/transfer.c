@@ -1157,7 +1157,8 @@ static int prepare_resume(Transfer *t) {
         replace(&t->etag, is_strong_etag(ss.etag) ? ss.etag : NULL);
         replace(&t->last_modified, ss.last_modified);
         int rfd = open(t->partial, O_RDONLY | O_CLOEXEC);
-        if (rfd < 0 || hash_start(&t->hash, ring_size_of(t), wake_of(t), t->ctx, rfd, kept, t->fd, t->partial, kept) != 0) {
+        if (rfd < 0 ||
+            hash_start(&t->hash, ring_size_of(t), wake_of(t), t->ctx, rfd, kept, t->fd, t->partial, kept) != 0) {
           /* No worker: hash the prefix here. */
           int err = rfd < 0 ? errno : mg_sha256_fd(rfd, kept, t->ctx, NULL);
           if (rfd >= 0) close(rfd);
@@ -1719,7 +1720,8 @@ static int session_add(lua_State *L) {
   t->shared = opt_boolean(L, 2, "shared", 0);
   lua_Integer done = opt_integer(L, 2, "done", 0);
   if (t->shared && !t->ranged) return luaL_error(L, "option 'shared' needs 'range'");
-  if (done < 0 || (t->ranged && (uint64_t)done > t->range_to - t->range_from)) return luaL_error(L, "option 'done': outside the range");
+  if (done < 0 || (t->ranged && (uint64_t)done > t->range_to - t->range_from))
+    return luaL_error(L, "option 'done': outside the range");
   if (done > 0 && !t->shared) return luaL_error(L, "option 'done' needs 'shared'");
   t->range_done = (uint64_t)done;
   t->kept = t->offset = t->range_done; /* what on_disk says even if the attempt fails before it starts */
@@ -1760,7 +1762,8 @@ static int session_add(lua_State *L) {
     if (t->state_path) { memcpy(t->state_path, t->partial, n); memcpy(t->state_path + n, ".state", 7); }
   }
   t->ctx = EVP_MD_CTX_new();
-  if (!t->cur_url || (t->partial && !t->shared && !t->state_path) || !t->ctx || EVP_DigestInit_ex(t->ctx, EVP_sha256(), NULL) != 1)
+  if (!t->cur_url || (t->partial && !t->shared && !t->state_path) || !t->ctx ||
+      EVP_DigestInit_ex(t->ctx, EVP_sha256(), NULL) != 1)
     return luaL_error(L, "out of memory");
   pthread_mutex_init(&t->hash.mu, NULL);
   pthread_cond_init(&t->hash.more_hash, NULL);
