@@ -178,7 +178,7 @@ function Scheduler:progress_tick()
         else
           local g = splits[split]
           if not g then
-            g = { id = info.id, file = info.file, completed = split.done, total = split.total, speed = 0 }
+            g = { id = info.id, file = info.file, completed = split.done, total = split.plan.total, speed = 0 }
             splits[split] = g
           end
           g.completed = g.completed + p.completed
@@ -410,7 +410,7 @@ function Scheduler:fetch_split(spec)
     if self:interrupted() then return util.fail("EINTR", "interrupted") end
     return nil
   end
-  local split = { plan = plan, path = spec.partial .. ".split", done = 0, total = plan.total }
+  local split = { plan = plan, path = spec.partial .. ".split", done = 0 } -- done: finished ranges' bytes
   local jobs = {}
   for i, range in ipairs(plan.ranges) do
     local from, to, done = range[1], range[2], range[3]
