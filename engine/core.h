@@ -28,6 +28,10 @@ int mg_mkdirs(const char *path, unsigned mode);
 /* fsync of a file or folder by path (EINVAL from a file system that cannot is no failure).
  * Returns 0 or an errno. */
 int mg_fsync_path(const char *path);
+/* The pipe on which the file-system job pool announces finished jobs (readable when one is), made
+ * on first use (-1 when none can be had); mg_jobs_drain() empties it before the jobs are looked at. */
+int mg_jobs_fd(void);
+void mg_jobs_drain(void);
 /* Set by the SIGINT/SIGTERM handler installed with catch_interrupt(). */
 extern volatile sig_atomic_t mg_interrupt_flag;
 

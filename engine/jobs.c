@@ -1,23 +1,31 @@
-/* File-system jobs: a list of steps (make folders, write a file, rename, remove, fsync) run in order
- * on a worker thread, so the event loop goes on receiving while the disk works: a pull assembles
- * and installs a model this way, off the loop. The workers are a small pool, started on first use
- * and joined when the module is unloaded; a job waits in a queue for a free one. */
+/* File-system jobs: a list of steps (make folders, write a file, rename, remove, fsync, syncfs) run
+ * in order on a worker thread, so the event loop goes on receiving while the disk works: a pull
+ * assembles and installs a model this way, off the loop. The workers are a small pool, started on
+ * first use and joined when the module is unloaded; a job waits in a queue for a free one.
+ *
+ * One job may carry the steps of several independent requests (a scheduler batches the installs
+ * that are ready at once, so that one syncfs makes them all durable): a step of group g that fails
+ * ends group g only, whose later steps are skipped; a step of no group that fails ends the job.
+ * A finished job is announced on a pipe (core.jobs_fd): the event loop waits on it beside its
+ * sockets, so it neither polls nor sleeps past a finished job. */
 #include "core.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define JOB_MT "modelget.FsJob"
 #define POOL_MT "modelget.FsPool"
 #define POOL_MAX 4
 
-enum { OP_FSYNC, OP_MKDIRS, OP_WRITE, OP_RENAME, OP_REMOVE, OP_SHA256 };
-static const char *const op_names[] = { "fsync", "mkdirs", "write", "rename", "remove", "sha256", NULL };
+enum { OP_FSYNC, OP_MKDIRS, OP_WRITE, OP_RENAME, OP_REMOVE, OP_SHA256, OP_SYNCFS };
+static const char *const op_names[] = { "fsync", "mkdirs", "write", "rename", "remove", "sha256", "syncfs", NULL };
 
 typedef struct {
   int op;
@@ -25,6 +33,7 @@ typedef struct {
   char *data;         /* write's bytes */
   size_t len;
   int optional;       /* a missing path is not a failure (rename, remove); write: fsync it too */
+  int group;          /* 0: the job's own step; g >= 1: a step of request g */
 } FsOp;
 
 typedef struct FsJob {
@@ -33,7 +42,9 @@ typedef struct FsJob {
   int nops;
   int queued;         /* handed to a worker (or run on the caller's thread) */
   int done;           /* written under the pool's lock, read with __atomic */
-  int err, errat;     /* the first failure: errno and the step's index (the job stops there) */
+  int err, errat;     /* the first failure of a step of no group: errno and the step's index (the job stops there) */
+  int ngroups;
+  int *gerr, *gerrat; /* per group (1..ngroups): its failure and the failed step's index */
   int closed;
   char sha256[65];    /* the last sha256 step's digest, hex */
 } FsJob;
@@ -44,8 +55,33 @@ static struct {
   FsJob *head, *tail;
   pthread_t threads[POOL_MAX];
   int nthreads, idle, pending, stopping, atfork;
+  int notify[2];      /* a byte is written to [1] when a job is done and none is waiting unread */
+  int notified;
 } pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER,
-           NULL, NULL, { 0 }, 0, 0, 0, 0, 0 };
+           NULL, NULL, { 0 }, 0, 0, 0, 0, 0, { -1, -1 }, 0 };
+
+/* syncfs(2): everything written to the file system holding path reaches the disk, data and
+ * metadata, with one device flush; the same device twice in a row is synced once. */
+static int sync_file_system(const char *path, dev_t *last, int *have_last, int *failed) {
+#ifdef __linux__
+  /* After a failed syncfs, a later one on a new descriptor may not report the same lost write-back:
+   * every sync of the job that follows fails as well. */
+  if (*failed) return *failed;
+  struct stat st;
+  if (stat(path, &st) != 0) return errno;
+  if (*have_last && st.st_dev == *last) return 0;
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  int err = syncfs(fd) == 0 ? 0 : errno;
+  close(fd);
+  if (!err) { *last = st.st_dev; *have_last = 1; }
+  else *failed = err;
+  return err;
+#else
+  (void)path; (void)last; (void)have_last; (void)failed;
+  return ENOTSUP;
+#endif
+}
 
 static int run_op(const FsOp *o, char *sha_out) {
   switch (o->op) {
@@ -72,10 +108,63 @@ static int run_op(const FsOp *o, char *sha_out) {
 }
 
 static void run_job(FsJob *j) {
+  dev_t synced = 0;
+  int have_synced = 0, sync_failed = 0; /* the device a run of syncfs steps has synced; a failed one */
   for (int i = 0; i < j->nops; i++) {
-    int err = run_op(&j->ops[i], j->sha256);
-    if (err) { j->err = err; j->errat = i; break; }
+    const FsOp *o = &j->ops[i];
+    if (o->group && j->gerr[o->group]) continue; /* its request failed already */
+    int err;
+    if (o->op == OP_SYNCFS) {
+      err = sync_file_system(o->path, &synced, &have_synced, &sync_failed);
+    } else {
+      have_synced = 0;
+      err = run_op(o, j->sha256);
+    }
+    if (!err) continue;
+    if (o->group) { j->gerr[o->group] = err; j->gerrat[o->group] = i; continue; }
+    j->err = err;
+    j->errat = i;
+    break;
   }
+}
+
+/* Tells the event loop a job is done (pool lock held). */
+static void announce_done(void) {
+  if (pool.notify[1] < 0 || pool.notified) return;
+  pool.notified = 1;
+  ssize_t n;
+  do n = write(pool.notify[1], "", 1); while (n < 0 && errno == EINTR);
+}
+
+/* The pipe the pool announces finished jobs on (made on first use); -1 when none can be had. */
+static int notify_fd(void) {
+  pthread_mutex_lock(&pool.mu);
+  if (pool.notify[0] < 0) {
+    int fds[2];
+    if (pipe(fds) == 0) {
+      for (int k = 0; k < 2; k++) {
+        fcntl(fds[k], F_SETFD, FD_CLOEXEC);
+        fcntl(fds[k], F_SETFL, fcntl(fds[k], F_GETFL) | O_NONBLOCK);
+      }
+      pool.notify[0] = fds[0];
+      pool.notify[1] = fds[1];
+    }
+  }
+  int fd = pool.notify[0];
+  pthread_mutex_unlock(&pool.mu);
+  return fd;
+}
+
+int mg_jobs_fd(void) { return notify_fd(); }
+
+void mg_jobs_drain(void) {
+  char buf[64];
+  pthread_mutex_lock(&pool.mu);
+  if (pool.notify[0] >= 0) {
+    while (read(pool.notify[0], buf, sizeof buf) > 0) {}
+    pool.notified = 0;
+  }
+  pthread_mutex_unlock(&pool.mu);
 }
 
 static void *worker_main(void *arg) {
@@ -97,6 +186,7 @@ static void *worker_main(void *arg) {
     pthread_mutex_lock(&pool.mu);
     __atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&pool.finished);
+    announce_done();
   }
   pthread_mutex_unlock(&pool.mu);
   return NULL;
@@ -109,6 +199,12 @@ static void pool_after_fork(void) {
   pthread_cond_init(&pool.finished, NULL);
   pool.head = pool.tail = NULL;
   pool.nthreads = pool.idle = pool.pending = pool.stopping = 0;
+  /* The pipe is the parent's too: the child makes its own when it needs one. */
+  for (int k = 0; k < 2; k++) {
+    if (pool.notify[k] >= 0) close(pool.notify[k]);
+    pool.notify[k] = -1;
+  }
+  pool.notified = 0;
 }
 
 /* Queues the job, starting a worker when no idle one is left for it (up to POOL_MAX). Returns 0, or -1 when no
@@ -172,6 +268,9 @@ static void free_ops(FsJob *j) {
   free(j->ops);
   j->ops = NULL;
   j->nops = 0;
+  free(j->gerr);
+  free(j->gerrat);
+  j->gerr = j->gerrat = NULL;
 }
 
 static int job_close(lua_State *L) {
@@ -194,25 +293,34 @@ static int job_done(lua_State *L) {
   return 1;
 }
 
-/* Waits for the job; true, or nil, "cannot <step> <path>: …", code, the failed step's index. */
+/* Waits for the job; true, or nil, "cannot <step> <path>: …", code, the failed step's index.
+ * job:result(g): the outcome of request g (a failure of a step of no group is every request's; a
+ * group with no step of its own has only those). */
 static int job_result(lua_State *L) {
   FsJob *j = check_open_job(L);
+  lua_Integer g = luaL_optinteger(L, 2, 0);
+  luaL_argcheck(L, g >= 0, 2, "group must not be negative");
   wait_job(j);
-  if (!j->err) {
+  int err = j->err, at = j->errat;
+  if (!err && g > 0 && g <= j->ngroups && j->gerr[g]) { err = j->gerr[g]; at = j->gerrat[g]; }
+  for (int k = 1; !err && g == 0 && k <= j->ngroups; k++) {
+    if (j->gerr[k]) { err = j->gerr[k]; at = j->gerrat[k]; }
+  }
+  if (!err) {
     lua_pushboolean(L, 1);
     if (!j->sha256[0]) return 1;
     lua_pushstring(L, j->sha256);
     return 2;
   }
-  const FsOp *o = j->ops ? &j->ops[j->errat] : NULL;
+  const FsOp *o = j->ops ? &j->ops[at] : NULL;
   int n;
-  if (!o) n = mg_fail_errno(L, j->err, "cannot finish a file-system job");
-  else if (o->op == OP_RENAME) n = mg_fail_errno(L, j->err, "cannot rename %s to %s", o->path, o->to);
+  if (!o) n = mg_fail_errno(L, err, "cannot finish a file-system job");
+  else if (o->op == OP_RENAME) n = mg_fail_errno(L, err, "cannot rename %s to %s", o->path, o->to);
   else {
-    static const char *const verbs[] = { "sync", "create folder", "write", "rename", "remove", "hash" };
-    n = mg_fail_errno(L, j->err, "cannot %s %s", verbs[o->op], o->path);
+    static const char *const verbs[] = { "sync", "create folder", "write", "rename", "remove", "hash", "sync the file system of" };
+    n = mg_fail_errno(L, err, "cannot %s %s", verbs[o->op], o->path);
   }
-  lua_pushinteger(L, j->errat + 1);
+  lua_pushinteger(L, at + 1);
   return n + 1;
 }
 
@@ -230,9 +338,11 @@ static char *dup_field(lua_State *L, int step, int idx, const char *what, size_t
 }
 
 /* fs_start{ {"mkdirs", dir}, {"write", path, bytes [, "sync"]}, {"rename", from, to [, "optional"]},
- *           {"remove", path [, "optional"]}, {"fsync", path}, {"sha256", path}, … } -> FsJob
+ *           {"remove", path [, "optional"]}, {"fsync", path}, {"sha256", path},
+ *           {"syncfs", path} (Linux: core.syncfs is true), … } -> FsJob
  * (its result: true [, the last sha256 step's hex digest])
- * The steps run in order on a worker; the first failure stops the job. Misuse raises. */
+ * The steps run in order on a worker; the first failure stops the job. A step with group = g (1, 2, …)
+ * belongs to request g: its failure skips the rest of g's steps only (job:result(g)). Misuse raises. */
 static int fs_start(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   int n = (int)luaL_len(L, 1);
@@ -252,6 +362,15 @@ static int fs_start(lua_State *L) {
     FsOp *o = &j->ops[i - 1];
     j->nops = i; /* from here on its strings are freed with the job */
     o->op = op;
+    lua_getfield(L, -1, "group");
+    if (!lua_isnil(L, -1)) {
+      int isint;
+      lua_Integer g = lua_tointegerx(L, -1, &isint);
+      if (!isint || g < 1 || g > n) luaL_error(L, "bad argument #1 to 'fs_start': step %d: group must be an integer from 1 to %d", i, n);
+      o->group = (int)g;
+      if (o->group > j->ngroups) j->ngroups = o->group;
+    }
+    lua_pop(L, 1);
     o->path = dup_field(L, i, 2, "the path", NULL);
     if (op == OP_RENAME) o->to = dup_field(L, i, 3, "the target", NULL);
     if (op == OP_WRITE) o->data = dup_field(L, i, 3, "the data", &o->len);
@@ -263,7 +382,33 @@ static int fs_start(lua_State *L) {
     }
     lua_pop(L, 1);
   }
+  notify_fd(); /* made before any job can finish, so that none goes unannounced */
+  if (j->ngroups > 0) {
+    j->gerr = calloc((size_t)j->ngroups + 1, sizeof *j->gerr);
+    j->gerrat = calloc((size_t)j->ngroups + 1, sizeof *j->gerrat);
+    if (!j->gerr || !j->gerrat) return luaL_error(L, "out of memory");
+  }
   if (submit(j) != 0) run_job(j); /* no thread to be had: done here */
+  return 1;
+}
+
+/* jobs_wait(seconds): waits until a file-system job is done (one finished since the last wait
+ * counts) or the seconds pass; true when one is. */
+static int jobs_wait(lua_State *L) {
+  double seconds = luaL_checknumber(L, 1);
+  int fd = notify_fd();
+  int ms = seconds <= 0 ? 0 : (int)(seconds * 1000) + 1;
+  int ready = 0;
+  if (fd >= 0) {
+    struct pollfd p = { fd, POLLIN, 0 };
+    int r;
+    do r = poll(&p, 1, ms); while (r < 0 && errno == EINTR && !mg_interrupt_flag);
+    ready = r > 0;
+  } else if (ms > 0) {
+    poll(NULL, 0, ms);
+  }
+  if (ready) mg_jobs_drain();
+  lua_pushboolean(L, ready);
   return 1;
 }
 
@@ -296,10 +441,17 @@ void mg_open_jobs(lua_State *L) {
   static const luaL_Reg funcs[] = {
     {"fs_start", fs_start},
     {"sync_start", fs_sync_start},
+    {"jobs_wait", jobs_wait},
     {NULL, NULL}
   };
   mg_newmeta(L, JOB_MT, job_methods, job_close);
   luaL_setfuncs(L, funcs, 0);
+#ifdef __linux__
+  lua_pushboolean(L, 1);
+#else
+  lua_pushboolean(L, 0);
+#endif
+  lua_setfield(L, -2, "syncfs");
   /* The pool lives as long as the Lua state: a value in the registry whose __gc joins the workers
    * (at lua_close, before the library is unloaded: it was made after the loader's own). */
   if (lua_getfield(L, LUA_REGISTRYINDEX, POOL_MT) == LUA_TNIL) {

@@ -34,6 +34,7 @@
 #define RING_SIZE_RANGED ((size_t)2 << 20)   /* a segment's: one of several, each with a share of the rate */
 #define WBUF_SIZE ((size_t)256 << 10)        /* a small body's bytes gathered before one write */
 #define HASH_BATCH ((size_t)512 << 10)       /* the worker wakes for this much (or the end), not per frame */
+#define SPARE_WBUFS 16                       /* gather buffers a session keeps for reuse */
 #define INLINE_HASH_LIMIT ((uint64_t)1 << 20) /* a body up to this size is hashed inline */
 #define PREFIX_STEP ((uint64_t)16 << 20)      /* kept prefix re-hashed in steps (abort checks between) */
 #define STATE_EVERY_BYTES ((uint64_t)16 << 20)
@@ -171,6 +172,8 @@ struct Session {
   long max_redirects, connect_timeout;
   Transfer *first, *last;
   Transfer *done_first, *done_last;
+  char *spare_wbufs[SPARE_WBUFS]; /* small bodies' buffers, kept for the next transfers */
+  int spare_count;
 };
 
 /* Small helpers ------------------------------------------------------------------------------- */
@@ -660,6 +663,20 @@ static size_t ring_size_of(const Transfer *t) { return t->ranged ? RING_SIZE_RAN
 /* Where the transfer's byte 0 goes in the file: a range written in place starts at its offset. */
 static uint64_t file_base_of(const Transfer *t) { return t->shared ? t->range_from : 0; }
 
+/* A gather buffer: one a finished transfer gave back, or a new one. Reusing them spares a small
+ * download the page faults of fresh memory (and malloc the trimming and regrowing of its heap). */
+static char *take_wbuf(Session *s) {
+  if (s && s->spare_count > 0) return s->spare_wbufs[--s->spare_count];
+  return malloc(WBUF_SIZE);
+}
+
+static void give_back_wbuf(Session *s, Transfer *t) {
+  if (!t->wbuf) return;
+  if (s && s->spare_count < SPARE_WBUFS) s->spare_wbufs[s->spare_count++] = t->wbuf;
+  else free(t->wbuf);
+  t->wbuf = NULL;
+}
+
 static int flush_writes(Transfer *t) {
   if (t->wlen == 0) return 0;
   size_t n = t->wlen;
@@ -900,8 +917,12 @@ static int accept_file_response(Transfer *t) {
     if (t->fd >= 0) { close(t->fd); t->fd = -1; }
     int err = make_parent(t->partial);
     if (!err) {
-      t->fd = open(t->partial, O_RDWR | O_CREAT | (t->shared ? 0 : O_TRUNC) | O_CLOEXEC, 0644);
+      /* Emptied by ftruncate only when it holds bytes: on ext4, truncating a file to 0 (even an
+       * empty one, as O_TRUNC does) makes its close start write-back at once, on this thread. */
+      struct stat st;
+      t->fd = open(t->partial, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
       if (t->fd < 0) err = errno;
+      else if (!t->shared && (fstat(t->fd, &st) != 0 || (st.st_size > 0 && ftruncate(t->fd, 0) != 0))) err = errno;
     }
     if (err) {
       fail(t, mg_errno_code(err), 0, "cannot write %s: %s", t->partial, strerror(err));
@@ -1042,7 +1063,7 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
    * a large one goes to the worker's ring. */
   int err = 0;
   if (!t->hash.writes) {
-    if (!t->wbuf) t->wbuf = malloc(WBUF_SIZE);
+    if (!t->wbuf) t->wbuf = take_wbuf(t->session);
     if (t->wbuf && t->wlen + len > WBUF_SIZE) err = flush_writes(t);
   }
   if (!err) {
@@ -1406,6 +1427,7 @@ static void finish(Session *s, Transfer *t) {
   /* After a failure a resume is coming: keep whatever arrived, however little. */
   if (t->partial && t->state_dirty) write_state(t, !t->ok);
   if (t->fd >= 0) { close(t->fd); t->fd = -1; }
+  give_back_wbuf(s, t);
   detach_easy(s, t);
   t->state = ST_DONE;
   t->done_next = NULL;
@@ -1617,6 +1639,7 @@ static int session_close(lua_State *L) {
   }
   curl_multi_cleanup(s->multi);
   s->multi = NULL;
+  while (s->spare_count > 0) free(s->spare_wbufs[--s->spare_count]);
   free(s->cacert); free(s->capath); free(s->user_agent);
   s->cacert = s->capath = s->user_agent = NULL;
   lua_pushnil(L);
@@ -1818,7 +1841,13 @@ static int session_perform(lua_State *L) {
       if (wait < left) left = wait;
     }
     if (left > 1) left = 1; /* stalls are checked between polls */
-    curl_multi_poll(s->multi, NULL, 0, (int)(left * 1000) + 1, NULL);
+    /* A finished file-system job ends the wait too: the task waiting for it goes on at once. */
+    struct curl_waitfd jobs = { mg_jobs_fd(), CURL_WAIT_POLLIN, 0 };
+    curl_multi_poll(s->multi, jobs.fd >= 0 ? &jobs : NULL, jobs.fd >= 0 ? 1 : 0, (int)(left * 1000) + 1, NULL);
+    if (jobs.revents & CURL_WAIT_POLLIN) {
+      mg_jobs_drain();
+      break;
+    }
   }
   start_queued(s);
   lua_pushinteger(L, active_count(s));

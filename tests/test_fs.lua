@@ -64,6 +64,97 @@ test("file-system jobs run their steps in order off the caller's thread; the fir
   t.ok(not ok2 and why:find("closed file%-system job"), "a closed job raises when used")
 end)
 
+test("grouped steps: a failed request skips only its own later steps; a step of no group fails them all", function()
+  local dir = t.tmpdir("groups")
+  local job = core.fs_start {
+    { "write", dir .. "/a1", "a", group = 1 }, { "rename", dir .. "/missing", dir .. "/b1", group = 2 },
+    { "write", dir .. "/c1", "c", group = 3 },
+    { "fsync", dir .. "/a1", group = 1 }, { "write", dir .. "/b2", "never", group = 2 }, { "fsync", dir },
+    { "rename", dir .. "/a1", dir .. "/a2", group = 1 }, { "rename", dir .. "/c1", dir .. "/c2", group = 3 },
+  }
+  t.eq(job:result(1), true, "request 1 ran to its end")
+  t.eq(job:result(3), true, "request 3 too")
+  local ok, err, code, at = job:result(2)
+  t.eq(ok, nil, "request 2 failed")
+  t.eq(code, "ENOENT", "its code")
+  t.eq(at, 2, "at its rename")
+  t.match(err, "^cannot rename .*/missing to .*/b1", "its message")
+  t.eq(select(3, job:result()), "ENOENT", "the job as a whole reports the failure")
+  t.eq(job:result(7), true, "a request with no step of its own has only the job's outcome")
+  job:close()
+  t.eq(t.read(dir .. "/a2"), "a", "request 1's steps all ran")
+  t.eq(t.read(dir .. "/c2"), "c", "request 3's steps all ran")
+  t.ok(not t.exists(dir .. "/b2"), "request 2's later step was skipped")
+  local shared = core.fs_start {
+    { "write", dir .. "/s1", "1", group = 1 }, { "fsync", dir .. "/nowhere" }, { "write", dir .. "/s2", "2", group = 1 },
+  }
+  local sok, _, scode, sat = shared:result(1)
+  t.eq(sok, nil, "a failed step of no group fails every request")
+  t.eq(scode, "ENOENT", "code")
+  t.eq(sat, 2, "the shared step")
+  shared:close()
+  t.ok(not t.exists(dir .. "/s2"), "and stops the job")
+  t.ok(not pcall(core.fs_start, { { "fsync", dir, group = 0 } }), "group 0 is misuse")
+  t.ok(not pcall(core.fs_start, { { "fsync", dir, group = 1.5 } }), "a fractional group is misuse")
+end)
+
+test("a syncfs step syncs the file system of a path (Linux); a finished job wakes jobs_wait", function()
+  local dir = t.tmpdir("syncfs")
+  local uname = io.popen("uname -s")
+  t.eq(core.syncfs, uname:read("l") == "Linux", "core.syncfs says whether it is there")
+  uname:close()
+  if core.syncfs then
+    local job = core.fs_start { { "write", dir .. "/x", "x" }, { "syncfs", dir .. "/x" }, { "syncfs", dir } }
+    t.eq(job:result(), true, "synced")
+    job:close()
+    local _, err, code = core.fs_start({ { "syncfs", dir .. "/missing" } }):result()
+    t.eq(code, "ENOENT", "a missing path fails it")
+    t.match(err, "^cannot sync the file system of .*/missing", "named")
+  end
+  core.jobs_wait(0) -- forget what finished before
+  local t0 = core.now()
+  local job = core.fs_start { { "write", dir .. "/w", "w" } }
+  local woke = core.jobs_wait(5)
+  t.eq(woke, true, "jobs_wait returns when the job is done")
+  t.ok(core.now() - t0 < 2, "at once, not at the end of its wait")
+  t.eq(job:done(), true, "the job is done")
+  job:close()
+  t.eq(core.jobs_wait(0.05), false, "nothing more to wait for: false after the seconds")
+end)
+
+test("a scheduler batches the file-system requests of its tasks: barriers shared, a failure kept to its task", function()
+  local download = require "modelget.download"
+  local dir = t.tmpdir("batch")
+  for _, count in ipairs { 2, 6 } do -- below and above the count from which a batch uses syncfs
+    local sched = download.scheduler { jobs = 2 }
+    local results = {}
+    for i = 1, count do
+      sched:spawn(function()
+        local base = string.format("%s/%d-%d", dir, count, i)
+        local from = i == 2 and base .. ".missing" or base .. ".tmp"
+        results[i] = table.pack(sched:fs {
+          { "write", base .. ".tmp", "data " .. i }, { "barrier", base .. ".tmp", dir },
+          { "rename", from, base .. ".bin" }, { "barrier", dir },
+        })
+      end)
+    end
+    sched:run()
+    sched:close()
+    for i = 1, count do
+      local base = string.format("%s/%d-%d", dir, count, i)
+      if i == 2 then
+        t.eq(results[i][1], nil, count .. ": the request with a missing file fails")
+        t.eq(results[i][3], "ENOENT", count .. ": its code")
+        t.match(results[i][2], "%.missing", count .. ": its message names the file")
+        t.ok(not t.exists(base .. ".bin"), count .. ": nothing renamed for it")
+      else
+        t.eq(results[i][1], true, count .. ": request " .. i .. " succeeds")
+        t.eq(t.read(base .. ".bin"), "data " .. i, count .. ": its file is in place")
+      end
+    end
+  end
+end)
+
 test("a lock is exclusive until closed", function()
   local dir = t.tmpdir("lock")
   local a = assert(core.lock(dir .. "/x.lock"))

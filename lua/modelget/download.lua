@@ -10,7 +10,9 @@ local Scheduler = {}
 Scheduler.__index = Scheduler
 
 local TICK = 0.25 -- seconds between progress events
-local SYNC_POLL = 0.002 -- how often finished file-system jobs are looked for while some run
+-- From this many requests with a barrier in one batch of file-system steps, one syncfs per file
+-- system makes them durable, rather than an fsync of every file and folder they list.
+local SYNCFS_MIN = 4
 
 -- Split downloads -------------------------------------------------------------------------------
 -- A big file from a server that serves ranges is fetched over `connections` connections at once:
@@ -52,9 +54,9 @@ function download.scheduler(opts)
     waiting = {},   -- Transfer -> {co=, info=}
     sleepers = {},  -- {at=, co=}
     ready = {},     -- coroutines to resume at the next turn (a finished group)
-    jobs = {},      -- {job=, waiting={co…}, path=}: file-system jobs running on worker threads
-    shared = {},    -- path -> {co…}: tasks waiting for the next shared fsync of that folder
-    syncing_path = {}, -- path -> true: a shared fsync of that folder is running
+    jobs = {},      -- {job=, waiting={co…} | batch={{co=, group=}…}}: file-system jobs on worker threads
+    fs_queue = {},  -- {ops=, co=}: requests for the next batch of file-system steps
+    batching = false, -- a batch is running
     paused = {},    -- model id -> true: its transfers start paused
     cancelled = {}, -- model id -> true: its fetches stop
     tasks = 0,
@@ -107,34 +109,85 @@ function Scheduler:all(fns)
   return results
 end
 
--- Runs file-system steps (core.fs_start: make folders, write, rename, remove, fsync, sha256) on a
--- worker thread; yields until they are done, while the other tasks' transfers go on. Returns what
--- the job's result says: true (and the last sha256 step's digest), or nil, message, code and the
--- index of the step that failed.
-function Scheduler:fs(ops)
-  self.jobs[#self.jobs + 1] = { job = core.fs_start(ops), waiting = { (coroutine.running()) } }
-  return coroutine.yield()
-end
-
--- Makes a folder durable for every task that asks, as a group: while one fsync of it runs, the
--- tasks asking meanwhile wait together for the next one (many models installed side by side in
--- models/<framework>/ share one fsync of it).
-function Scheduler:sync_shared(path)
-  local waiting = self.shared[path] or {}
-  self.shared[path] = waiting
-  waiting[#waiting + 1] = coroutine.running()
-  return coroutine.yield()
-end
-
--- Starts the fsync of every shared folder with tasks waiting and none running for it.
-function Scheduler:start_shared()
-  for path, waiting in pairs(self.shared) do
-    if not self.syncing_path[path] then
-      self.syncing_path[path] = true
-      self.shared[path] = nil
-      self.jobs[#self.jobs + 1] = { job = core.sync_start { path }, waiting = waiting, path = path }
+-- Splits a request's steps at its barriers: { {steps={…}, barrier={path…} | nil}… }.
+local function phases_of(ops)
+  local phases, cur = {}, { steps = {} }
+  for _, op in ipairs(ops) do
+    if op[1] == "barrier" then
+      cur.barrier = { table.unpack(op, 2) }
+      phases[#phases + 1] = cur
+      cur = { steps = {} }
+    else
+      cur.steps[#cur.steps + 1] = op
     end
   end
+  if #cur.steps > 0 then phases[#phases + 1] = cur end
+  return phases
+end
+
+-- One job's steps for a batch of requests, request k's steps in group k: phase by phase, the
+-- requests' steps up to their next barrier, then the barrier for all of them (one syncfs per file
+-- system, or an fsync of each path listed; a path listed by several requests is synced once, for all).
+local function batch_steps(reqs)
+  local split, most, barriers = {}, 0, 0
+  for k, req in ipairs(reqs) do
+    split[k] = phases_of(req.ops)
+    most = math.max(most, #split[k])
+    if split[k][1] and split[k][1].barrier then barriers = barriers + 1 end
+  end
+  local use_syncfs = core.syncfs and barriers >= SYNCFS_MIN
+  local steps = {}
+  for p = 1, most do
+    local paths, owners = {}, {}
+    for k, phases in ipairs(split) do
+      local phase = phases[p]
+      for _, op in ipairs(phase and phase.steps or {}) do
+        steps[#steps + 1] = { op[1], op[2], op[3], op[4], group = k }
+      end
+      for _, path in ipairs(phase and phase.barrier or {}) do
+        if not owners[path] then
+          owners[path] = {}
+          paths[#paths + 1] = path
+        end
+        table.insert(owners[path], k)
+      end
+    end
+    for _, path in ipairs(paths) do
+      local only = #owners[path] == 1 and owners[path][1] or nil
+      steps[#steps + 1] = { use_syncfs and "syncfs" or "fsync", path, group = only }
+    end
+  end
+  return steps
+end
+
+-- Runs file-system steps (core.fs_start: make folders, write, rename, remove, fsync, sha256) on a
+-- worker thread; yields until they are done, while the other tasks' transfers go on. A step
+-- {"barrier", path…} makes everything before it durable (the paths listed, or their whole file
+-- system) before the steps after it run. The requests of all tasks made meanwhile run as one job, so
+-- many small models installed at once share their syncs. Returns what the job's result says for
+-- these steps: true (and a sha256 step's digest), or nil, message, code.
+function Scheduler:fs(ops)
+  local co = coroutine.running()
+  for _, op in ipairs(ops) do
+    if op[1] == "sha256" then -- a digest is a job's own: not batched
+      self.jobs[#self.jobs + 1] = { job = core.fs_start(ops), waiting = { co } }
+      return coroutine.yield()
+    end
+  end
+  if #ops == 0 then return true end
+  self.fs_queue[#self.fs_queue + 1] = { ops = ops, co = co }
+  return coroutine.yield()
+end
+
+-- Starts the requests that came since the running batch started, as the next batch.
+function Scheduler:start_batch()
+  if self.batching or #self.fs_queue == 0 then return end
+  local reqs = self.fs_queue
+  self.fs_queue = {}
+  self.batching = true
+  local batch = {}
+  for k, req in ipairs(reqs) do batch[k] = { co = req.co, group = k } end
+  self.jobs[#self.jobs + 1] = { job = core.fs_start(batch_steps(reqs)), batch = batch }
 end
 
 -- Wakes the tasks of every finished job with its result.
@@ -145,10 +198,18 @@ function Scheduler:finish_jobs()
   end
   self.jobs = still
   for _, j in ipairs(done) do
-    local r = table.pack(j.job:result())
+    local results = {}
+    if j.batch then
+      self.batching = false
+      for i, member in ipairs(j.batch) do results[i] = table.pack(j.job:result(member.group)) end
+    else
+      results[1] = table.pack(j.job:result())
+    end
     j.job:close()
-    if j.path then self.syncing_path[j.path] = nil end
-    for _, co in ipairs(j.waiting) do self:wake(co, table.unpack(r, 1, r.n)) end
+    for i, member in ipairs(j.batch or j.waiting) do
+      local r = results[j.batch and i or 1]
+      self:wake(j.batch and member.co or member, table.unpack(r, 1, r.n))
+    end
   end
 end
 
@@ -206,12 +267,14 @@ function Scheduler:run()
       for t in pairs(self.waiting) do t:cancel() end
     end
     local now = core.now()
-    self:start_shared()
-    local timeout = #self.ready > 0 and 0 or #self.jobs > 0 and SYNC_POLL or TICK
+    self:start_batch()
+    local timeout = #self.ready > 0 and 0 or TICK
     for _, s in ipairs(self.sleepers) do
       timeout = math.min(timeout, math.max(0, s.at - now))
     end
+    -- A finished file-system job ends either wait early.
     if next(self.waiting) then self.session:perform(timeout)
+    elseif timeout > 0 and #self.jobs > 0 then core.jobs_wait(timeout)
     elseif timeout > 0 then core.sleep(timeout) end
     for _, t in ipairs(self.session:finished()) do
       local w = self.waiting[t]

@@ -381,8 +381,7 @@ function pull.run(sched, entry, ctx)
     end
 
     local dest, ierr, icode = store.install(root, staging, entry, manifest_files,
-      { sha256 = main_sha, run = function(ops) return sched:fs(ops) end,
-        sync_dir = function(dir) return sched:sync_shared(dir) end })
+      { sha256 = main_sha, run = function(ops) return sched:fs(ops) end })
     if not dest then return fail_staged(nil, ierr, icode) end
     if not in_place then core.rmtree(pdir) end -- the archives and state files left there
     local res = { id = entry.id, framework = entry.framework, path = dest, bytes = total,

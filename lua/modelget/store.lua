@@ -151,19 +151,28 @@ function store.check(dir, manifest, rehash)
   return bad
 end
 
--- File-system steps (core.fs_start) run to their end here: the way outside a scheduler.
+-- File-system steps (core.fs_start) run to their end here: the way outside a scheduler. A
+-- {"barrier", path…} step is an fsync of each path listed.
 local function run_here(ops)
-  local job = core.fs_start(ops)
-  local ok, err, code, at = job:result()
+  local steps = {}
+  for _, op in ipairs(ops) do
+    if op[1] == "barrier" then
+      for i = 2, #op do steps[#steps + 1] = { "fsync", op[i] } end
+    else
+      steps[#steps + 1] = op
+    end
+  end
+  local job = core.fs_start(steps)
+  local ok, err, code = job:result()
   job:close()
-  return ok, err, code, at
+  return ok, err, code
 end
 
 -- Writes the manifest into the assembled folder, makes every file and folder of it durable, then
 -- renames it into place in one step and makes that durable: one list of steps, run off the event
--- loop by a scheduler (opts.run = its fs, opts.sync_dir = its sync_shared) or here by default. An existing model (a forced
--- re-pull) is moved aside first and removed after. opts.sha256: the main file's, recorded for a
--- later "already installed".
+-- loop by a scheduler (opts.run = its fs: the installs ready at once share their syncs) or here by
+-- default. An existing model (a forced re-pull) is moved aside first and removed after.
+-- opts.sha256: the main file's, recorded for a later "already installed".
 function store.install(root, staging, entry, files, opts)
   opts = opts or {}
   local m = {
@@ -171,20 +180,22 @@ function store.install(root, staging, entry, files, opts)
     source = entry.source, installed = os.time(), sha256 = opts.sha256, files = files,
   }
   local manifest = staging .. "/" .. store.MANIFEST
-  local ops, dirs = { { "write", manifest, util.json_encode(m), "sync" } }, {}
+  local dest = store.model_dir(root, entry.framework, entry.id)
+  local parent = util.dirname(dest)
+  local ops = { { "write", manifest, util.json_encode(m) }, { "mkdirs", parent } }
+  -- Before the rename, the files, the manifest and the folders that hold them are on the disk.
+  local durable, dirs = { manifest }, {}
   for _, file in ipairs(files) do
-    ops[#ops + 1] = { "fsync", staging .. "/" .. file.path }
+    durable[#durable + 1] = staging .. "/" .. file.path
     local dir = file.path:match("^(.*)/[^/]*$")
     while dir and not dirs[dir] do
       dirs[dir] = true
-      ops[#ops + 1] = { "fsync", staging .. "/" .. dir }
+      durable[#durable + 1] = staging .. "/" .. dir
       dir = dir:match("^(.*)/[^/]*$")
     end
   end
-  ops[#ops + 1] = { "fsync", staging }
-  local dest = store.model_dir(root, entry.framework, entry.id)
-  local parent = util.dirname(dest)
-  ops[#ops + 1] = { "mkdirs", parent }
+  durable[#durable + 1] = staging
+  ops[#ops + 1] = { "barrier", table.unpack(durable) }
   -- An installed model replaced (a forced re-pull) is moved aside to a place no pull uses, and
   -- removed after. One left there by a pull killed in between goes back first, if its place is empty.
   local old = root .. "/partial/.old/" .. entry.framework .. "--" .. entry.id
@@ -198,14 +209,14 @@ function store.install(root, staging, entry, files, opts)
     old = nil
   end
   ops[#ops + 1] = { "rename", staging, dest }
-  local ok, err, code, at = (opts.run or run_here)(ops)
+  -- The rename made durable (a scheduler syncs the parent once for the installs of a batch).
+  ops[#ops + 1] = { "barrier", parent }
+  local ok, err, code = (opts.run or run_here)(ops)
   if not ok then
-    if old and at == #ops then core.rename(old, dest) end -- the old model goes back
+    -- The old model goes back when the new one did not take its place.
+    if old and not core.stat(dest) then core.rename(old, dest) end
     return nil, err, code
   end
-  -- The rename made durable: a scheduler's tasks share one fsync of the parent (opts.sync_dir).
-  -- The model is in place whatever it says.
-  if opts.sync_dir then opts.sync_dir(parent) else core.fsync(parent) end
   if old then core.rmtree(old) end
   return dest
 end
