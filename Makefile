@@ -20,7 +20,11 @@ endif
 
 WARN    := -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(SANFLAGS) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-ENGINE_LIBS := $(shell pkg-config --libs libcurl libarchive openssl 2>/dev/null) -lpthread
+# libarchive is opened with dlopen on the first archive (engine/extract.c): its headers only here,
+# and the name of the library to open, as its package installed it.
+ENGINE_LIBS := $(shell pkg-config --libs libcurl openssl 2>/dev/null) -lpthread -ldl
+LIBARCHIVE_SONAME := $(shell objdump -p $$(pkg-config --variable=libdir libarchive 2>/dev/null)/libarchive.so 2>/dev/null | awk '/SONAME/ { print $$2 }')
+CFLAGS  += $(if $(LIBARCHIVE_SONAME),-DMG_LIBARCHIVE='"$(LIBARCHIVE_SONAME)"')
 LUA_LIBS    := $(shell pkg-config --libs lua5.4 2>/dev/null) -lm -ldl
 
 ENGINE_SRC := engine/core.c engine/fs.c engine/jobs.c engine/hash.c engine/transfer.c engine/extract.c

@@ -32,6 +32,11 @@ int mg_fsync_path(const char *path);
  * on first use (-1 when none can be had); mg_jobs_drain() empties it before the jobs are looked at. */
 int mg_jobs_fd(void);
 void mg_jobs_drain(void);
+/* Runs fn(arg) on a worker of the pool, announced on the pipe when done like a job. Returns 0, or -1
+ * when no worker can be had (fn was not run). fn sets a flag of its own when done (with a release
+ * store); mg_jobs_wait_flag(flag) waits for it. */
+int mg_jobs_call(void (*fn)(void *), void *arg);
+void mg_jobs_wait_flag(const int *flag);
 /* Set by the SIGINT/SIGTERM handler installed with catch_interrupt(). */
 extern volatile sig_atomic_t mg_interrupt_flag;
 

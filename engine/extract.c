@@ -13,10 +13,12 @@
 #include <archive.h>
 #include <openssl/evp.h>
 #include <archive_entry.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <locale.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +29,79 @@
 #ifdef __APPLE__
 #include <xlocale.h>
 #endif
+
+/* libarchive is loaded on the first archive opened, not with the engine: it brings a dozen
+ * libraries (ICU and libxml2 among them) whose loading and relocation would double the start-up
+ * time of every command, most of which never open an archive. */
+#ifndef MG_LIBARCHIVE
+#ifdef __APPLE__
+#define MG_LIBARCHIVE "libarchive.13.dylib"
+#else
+#define MG_LIBARCHIVE "libarchive.so.13"
+#endif
+#endif
+
+#define LIBARCHIVE_FUNCS(X) \
+  X(archive_entry_filetype) \
+  X(archive_entry_hardlink) \
+  X(archive_entry_hardlink_utf8) \
+  X(archive_entry_mode) \
+  X(archive_entry_mtime) \
+  X(archive_entry_mtime_is_set) \
+  X(archive_entry_mtime_nsec) \
+  X(archive_entry_pathname) \
+  X(archive_entry_pathname_utf8) \
+  X(archive_entry_perm) \
+  X(archive_entry_size) \
+  X(archive_entry_size_is_set) \
+  X(archive_entry_symlink) \
+  X(archive_entry_symlink_utf8) \
+  X(archive_error_string) \
+  X(archive_filter_code) \
+  X(archive_format) \
+  X(archive_read_data_block) \
+  X(archive_read_free) \
+  X(archive_read_new) \
+  X(archive_read_next_header) \
+  X(archive_read_open_fd) \
+  X(archive_read_support_filter_bzip2) \
+  X(archive_read_support_filter_gzip) \
+  X(archive_read_support_filter_lz4) \
+  X(archive_read_support_filter_lzma) \
+  X(archive_read_support_filter_xz) \
+  X(archive_read_support_filter_zstd) \
+  X(archive_read_support_format_7zip) \
+  X(archive_read_support_format_tar) \
+  X(archive_read_support_format_zip)
+
+static struct {
+#define DECLARE(name) __typeof__(name) *name;
+  LIBARCHIVE_FUNCS(DECLARE)
+#undef DECLARE
+} la;
+
+static pthread_once_t la_once = PTHREAD_ONCE_INIT;
+static char la_error[256]; /* empty once loaded */
+
+static void load_libarchive(void) {
+  void *lib = dlopen(MG_LIBARCHIVE, RTLD_NOW | RTLD_LOCAL);
+  if (!lib) {
+    const char *why = dlerror();
+    snprintf(la_error, sizeof la_error, "cannot load %s: %s", MG_LIBARCHIVE, why ? why : "not found");
+    return;
+  }
+#define LOAD(name) \
+  if (!la_error[0] && !(*(void **)&la.name = dlsym(lib, #name))) \
+    snprintf(la_error, sizeof la_error, "%s has no %s", MG_LIBARCHIVE, #name);
+  LIBARCHIVE_FUNCS(LOAD)
+#undef LOAD
+}
+
+/* NULL once libarchive is there, else why it is not. */
+static const char *libarchive_missing(void) {
+  pthread_once(&la_once, load_libarchive);
+  return la_error[0] ? la_error : NULL;
+}
 
 #define READER_MT "modelget.ArchiveReader"
 #define READ_BLOCK (256 * 1024)
@@ -105,7 +180,7 @@ static void utf8_names(Reader *r, int on) {
 }
 
 static void reader_release(Reader *r) {
-  if (r->a) { archive_read_free(r->a); r->a = NULL; }
+  if (r->a) { la.archive_read_free(r->a); r->a = NULL; }
   utf8_names(r, 0);
   if (r->archive_fd >= 0) { close(r->archive_fd); r->archive_fd = -1; }
   if (r->root_fd >= 0) { close(r->root_fd); r->root_fd = -1; }
@@ -141,7 +216,7 @@ static const char *base_name(const char *path) {
 }
 
 static int not_archive(Reader *r, const char *name, Failure *f) {
-  const char *why = archive_error_string(r->a);
+  const char *why = la.archive_error_string(r->a);
   return failf(f, "EARCHIVE", "%s: not a readable archive of files (zip, tar or 7z; raw or gzip, bzip2, xz, "
                "zstd): %s", name, why ? why : "unrecognised");
 }
@@ -153,49 +228,51 @@ static int reader_open(Reader *r, const char *path, const char *name, Failure *f
   r->archive_fd = open(path, O_RDONLY | O_CLOEXEC);
   if (r->archive_fd < 0) return failf(f, mg_errno_code(errno), "%s: %s", path, strerror(errno));
   utf8_names(r, 1);
-  r->a = archive_read_new();
+  const char *missing = libarchive_missing();
+  if (missing) return failf(f, "EIO", "%s: %s", name, missing);
+  r->a = la.archive_read_new();
   if (!r->a) return failf(f, "EIO", "%s: libarchive: out of memory", name);
-  archive_read_support_format_tar(r->a);
-  archive_read_support_format_zip(r->a);
-  archive_read_support_format_7zip(r->a);
-  archive_read_support_filter_gzip(r->a);
-  archive_read_support_filter_bzip2(r->a);
-  archive_read_support_filter_xz(r->a);
-  archive_read_support_filter_lzma(r->a);
-  archive_read_support_filter_zstd(r->a);
-  archive_read_support_filter_lz4(r->a);
-  if (archive_read_open_fd(r->a, r->archive_fd, READ_BLOCK) != ARCHIVE_OK) return not_archive(r, name, f);
+  la.archive_read_support_format_tar(r->a);
+  la.archive_read_support_format_zip(r->a);
+  la.archive_read_support_format_7zip(r->a);
+  la.archive_read_support_filter_gzip(r->a);
+  la.archive_read_support_filter_bzip2(r->a);
+  la.archive_read_support_filter_xz(r->a);
+  la.archive_read_support_filter_lzma(r->a);
+  la.archive_read_support_filter_zstd(r->a);
+  la.archive_read_support_filter_lz4(r->a);
+  if (la.archive_read_open_fd(r->a, r->archive_fd, READ_BLOCK) != ARCHIVE_OK) return not_archive(r, name, f);
   return 0;
 }
 
 /* 1: an entry, 0: the end, -1: a failure (damaged, or not an archive at all). */
 static int next_entry(Reader *r, struct archive_entry **e, const char *name, Failure *f) {
-  int rc = archive_read_next_header(r->a, e);
+  int rc = la.archive_read_next_header(r->a, e);
   if (rc == ARCHIVE_EOF) return 0;
   /* Warnings are about names that do not fit the locale; the UTF-8 name is read instead. */
   if (rc == ARCHIVE_OK || rc == ARCHIVE_WARN) return r->headers++, 1;
   if (r->headers == 0) return not_archive(r, name, f);
-  const char *why = archive_error_string(r->a);
+  const char *why = la.archive_error_string(r->a);
   return failf(f, "EARCHIVE", "%s: damaged archive: %s", name, why ? why : "unreadable header");
 }
 
 static const char *entry_path(struct archive_entry *e) {
-  const char *p = archive_entry_pathname_utf8(e);
-  return p ? p : archive_entry_pathname(e);
+  const char *p = la.archive_entry_pathname_utf8(e);
+  return p ? p : la.archive_entry_pathname(e);
 }
 
 static const char *entry_hardlink(struct archive_entry *e) {
-  const char *p = archive_entry_hardlink_utf8(e);
-  return p ? p : archive_entry_hardlink(e);
+  const char *p = la.archive_entry_hardlink_utf8(e);
+  return p ? p : la.archive_entry_hardlink(e);
 }
 
 static const char *entry_symlink(struct archive_entry *e) {
-  const char *p = archive_entry_symlink_utf8(e);
-  return p ? p : archive_entry_symlink(e);
+  const char *p = la.archive_entry_symlink_utf8(e);
+  return p ? p : la.archive_entry_symlink(e);
 }
 
 static const char *format_name(struct archive *a) {
-  switch (archive_format(a) & ARCHIVE_FORMAT_BASE_MASK) {
+  switch (la.archive_format(a) & ARCHIVE_FORMAT_BASE_MASK) {
   case ARCHIVE_FORMAT_TAR: return "tar";
   case ARCHIVE_FORMAT_ZIP: return "zip";
   case ARCHIVE_FORMAT_7ZIP: return "7z";
@@ -204,7 +281,7 @@ static const char *format_name(struct archive *a) {
 }
 
 static const char *filter_name(struct archive *a) {
-  switch (archive_filter_code(a, 0)) {
+  switch (la.archive_filter_code(a, 0)) {
   case ARCHIVE_FILTER_NONE: return "none";
   case ARCHIVE_FILTER_GZIP: return "gzip";
   case ARCHIVE_FILTER_BZIP2: return "bzip2";
@@ -528,10 +605,10 @@ static int write_data(Extraction *x, const char *raw, int fd, int64_t stated, EV
     const void *buf;
     size_t size;
     la_int64_t off;
-    int rc = archive_read_data_block(a, &buf, &size, &off);
+    int rc = la.archive_read_data_block(a, &buf, &size, &off);
     if (rc == ARCHIVE_EOF) break;
     if (rc != ARCHIVE_OK) {
-      const char *why = archive_error_string(a);
+      const char *why = la.archive_error_string(a);
       return entry_fail(x, "EARCHIVE", raw, "%s", why ? why : "damaged data");
     }
     if (off < 0) off = extent;
@@ -575,14 +652,14 @@ static int note_digest(Reader *r, const char *path, EVP_MD_CTX *ctx, int64_t siz
  * setuid, setgid or sticky bit, no owner; the modification time is kept. */
 static int make_file(Extraction *x, struct archive_entry *e, const char *raw, char *path) {
   Reader *r = x->r;
-  int64_t stated = archive_entry_size_is_set(e) ? (int64_t)archive_entry_size(e) : 0;
+  int64_t stated = la.archive_entry_size_is_set(e) ? (int64_t)la.archive_entry_size(e) : 0;
   if (stated < 0) stated = 0;
   if (stated > x->max_bytes - x->bytes) return over_budget(x, raw);
   if (stated > 0 && check_space(x, raw, stated)) return -1;
   const char *leaf;
   int dfd = open_parent(r, path, 1, &leaf);
   if (dfd < 0) return path_fail(x, raw, errno);
-  mode_t mode = (archive_entry_perm(e) & 0111) ? 0755 : 0644;
+  mode_t mode = (la.archive_entry_perm(e) & 0111) ? 0755 : 0644;
   int fd = openat(dfd, leaf, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
   int err = fd < 0 ? errno : rec_add(r, path, REC_FILE, 1, NULL);
   if (fd >= 0 && err) { close(fd); unlinkat(dfd, leaf, 0); fd = -1; }
@@ -597,10 +674,10 @@ static int make_file(Extraction *x, struct archive_entry *e, const char *raw, ch
     if (derr) rc = path_fail(x, raw, derr);
   }
   EVP_MD_CTX_free(ctx);
-  if (rc == 0 && archive_entry_mtime_is_set(e)) {
+  if (rc == 0 && la.archive_entry_mtime_is_set(e)) {
     struct timespec ts[2];
-    ts[0].tv_sec = ts[1].tv_sec = archive_entry_mtime(e);
-    ts[0].tv_nsec = ts[1].tv_nsec = archive_entry_mtime_nsec(e);
+    ts[0].tv_sec = ts[1].tv_sec = la.archive_entry_mtime(e);
+    ts[0].tv_nsec = ts[1].tv_nsec = la.archive_entry_mtime_nsec(e);
     futimens(fd, ts);
   }
   if (close(fd) != 0 && rc == 0) rc = path_fail(x, raw, errno);
@@ -768,7 +845,7 @@ static int extract_entries(Extraction *x) {
     if (hardlink) {
       rc = make_hardlink(x, raw, path, hardlink);
     } else {
-      switch (archive_entry_filetype(e)) {
+      switch (la.archive_entry_filetype(e)) {
       case AE_IFREG: rc = make_file(x, e, raw, path); break;
       case AE_IFDIR: rc = make_dir(x, raw, path); break;
       case AE_IFLNK: rc = add_symlink(x, e, raw, path); break;
@@ -798,8 +875,8 @@ static int auto_strip(lua_State *L, const char *archive, Extraction *x) {
   while (rc == 0 && (rc = next_entry(r, &e, x->name, &x->f)) == 1) {
     rc = 0;
     if (++seen > x->max_entries) { single = 0; break; }
-    if (archive_entry_filetype(e) == AE_IFREG && archive_entry_size_is_set(e) && !entry_hardlink(e))
-      total += (int64_t)archive_entry_size(e);
+    if (la.archive_entry_filetype(e) == AE_IFREG && la.archive_entry_size_is_set(e) && !entry_hardlink(e))
+      total += (int64_t)la.archive_entry_size(e);
     if (!single || clean_path(entry_path(e), clean, sizeof clean)) { single = 0; continue; }
     if (!*clean) continue;
     char *slash = strchr(clean, '/');
@@ -807,7 +884,7 @@ static int auto_strip(lua_State *L, const char *archive, Extraction *x) {
     if (!*top) memcpy(top, clean, len + 1), top[len] = '\0';
     if (strlen(top) != len || memcmp(top, clean, len) != 0) single = 0;
     else if (slash) deeper = 1;
-    else if (archive_entry_filetype(e) != AE_IFDIR || entry_hardlink(e)) single = 0;
+    else if (la.archive_entry_filetype(e) != AE_IFDIR || entry_hardlink(e)) single = 0;
   }
   reader_release(r);
   lua_pop(L, 1);
@@ -927,7 +1004,7 @@ static int ex_extract(lua_State *L) {
 
 static const char *entry_type(struct archive_entry *e) {
   if (entry_hardlink(e)) return "hardlink";
-  switch (archive_entry_filetype(e)) {
+  switch (la.archive_entry_filetype(e)) {
   case AE_IFREG: return "file";
   case AE_IFDIR: return "dir";
   case AE_IFLNK: return "symlink";
@@ -942,11 +1019,11 @@ static void push_entry(lua_State *L, struct archive_entry *e) {
   const char *type = entry_type(e);
   lua_pushstring(L, type);
   lua_setfield(L, -2, "type");
-  if (archive_entry_size_is_set(e)) {
-    lua_pushinteger(L, (lua_Integer)archive_entry_size(e));
+  if (la.archive_entry_size_is_set(e)) {
+    lua_pushinteger(L, (lua_Integer)la.archive_entry_size(e));
     lua_setfield(L, -2, "size");
   }
-  lua_pushinteger(L, (lua_Integer)(archive_entry_mode(e) & 07777));
+  lua_pushinteger(L, (lua_Integer)(la.archive_entry_mode(e) & 07777));
   lua_setfield(L, -2, "mode");
   const char *target = type[0] == 'h' ? entry_hardlink(e) : type[0] == 's' ? entry_symlink(e) : NULL;
   if (target) {
@@ -975,8 +1052,8 @@ static int ex_archive_list(lua_State *L) {
       rc = failf(&f, "EARCHIVE", "%s: more than %lld entries (max_entries)", name, (long long)max_entries);
       break;
     }
-    if (archive_entry_filetype(e) == AE_IFREG && archive_entry_size_is_set(e) && !entry_hardlink(e))
-      expanded += (int64_t)archive_entry_size(e);
+    if (la.archive_entry_filetype(e) == AE_IFREG && la.archive_entry_size_is_set(e) && !entry_hardlink(e))
+      expanded += (int64_t)la.archive_entry_size(e);
     push_entry(L, e);
     lua_rawseti(L, 4, (lua_Integer)n);
   }

@@ -34,6 +34,8 @@ typedef struct {
   size_t len;
   int optional;       /* a missing path is not a failure (rename, remove); write: fsync it too */
   int group;          /* 0: the job's own step; g >= 1: a step of request g */
+  char **more;        /* syncfs: the other paths (their file systems are synced too) */
+  int nmore;
 } FsOp;
 
 typedef struct FsJob {
@@ -47,6 +49,8 @@ typedef struct FsJob {
   int *gerr, *gerrat; /* per group (1..ngroups): its failure and the failed step's index */
   int closed;
   char sha256[65];    /* the last sha256 step's digest, hex */
+  void (*fn)(void *); /* a call from the engine (mg_jobs_call) instead of steps: freed once run */
+  void *arg;
 } FsJob;
 
 static struct {
@@ -108,6 +112,7 @@ static int run_op(const FsOp *o, char *sha_out) {
 }
 
 static void run_job(FsJob *j) {
+  if (j->fn) { j->fn(j->arg); return; }
   dev_t synced = 0;
   int have_synced = 0, sync_failed = 0; /* the device a run of syncfs steps has synced; a failed one */
   for (int i = 0; i < j->nops; i++) {
@@ -116,6 +121,7 @@ static void run_job(FsJob *j) {
     int err;
     if (o->op == OP_SYNCFS) {
       err = sync_file_system(o->path, &synced, &have_synced, &sync_failed);
+      for (int k = 0; !err && k < o->nmore; k++) err = sync_file_system(o->more[k], &synced, &have_synced, &sync_failed);
     } else {
       have_synced = 0;
       err = run_op(o, j->sha256);
@@ -187,6 +193,7 @@ static void *worker_main(void *arg) {
     __atomic_store_n(&j->done, 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&pool.finished);
     announce_done();
+    if (j->fn) free(j);
   }
   pthread_mutex_unlock(&pool.mu);
   return NULL;
@@ -233,6 +240,23 @@ static int submit(FsJob *j) {
   return 0;
 }
 
+int mg_jobs_call(void (*fn)(void *), void *arg) {
+  notify_fd();
+  FsJob *j = calloc(1, sizeof *j);
+  if (!j) return -1;
+  j->fn = fn;
+  j->arg = arg;
+  if (submit(j) != 0) { free(j); return -1; }
+  return 0;
+}
+
+void mg_jobs_wait_flag(const int *flag) {
+  if (__atomic_load_n(flag, __ATOMIC_ACQUIRE)) return;
+  pthread_mutex_lock(&pool.mu);
+  while (!__atomic_load_n(flag, __ATOMIC_ACQUIRE)) pthread_cond_wait(&pool.finished, &pool.mu);
+  pthread_mutex_unlock(&pool.mu);
+}
+
 static void wait_job(FsJob *j) {
   if (!j->queued || __atomic_load_n(&j->done, __ATOMIC_ACQUIRE)) return;
   pthread_mutex_lock(&pool.mu);
@@ -264,6 +288,8 @@ static void free_ops(FsJob *j) {
     free(j->ops[i].path);
     free(j->ops[i].to);
     free(j->ops[i].data);
+    for (int k = 0; k < j->ops[i].nmore; k++) free(j->ops[i].more[k]);
+    free(j->ops[i].more);
   }
   free(j->ops);
   j->ops = NULL;
@@ -339,7 +365,7 @@ static char *dup_field(lua_State *L, int step, int idx, const char *what, size_t
 
 /* fs_start{ {"mkdirs", dir}, {"write", path, bytes [, "sync"]}, {"rename", from, to [, "optional"]},
  *           {"remove", path [, "optional"]}, {"fsync", path}, {"sha256", path},
- *           {"syncfs", path} (Linux: core.syncfs is true), … } -> FsJob
+ *           {"syncfs", path, …} (Linux: core.syncfs is true), … } -> FsJob
  * (its result: true [, the last sha256 step's hex digest])
  * The steps run in order on a worker; the first failure stops the job. A step with group = g (1, 2, …)
  * belongs to request g: its failure skips the rest of g's steps only (job:result(g)). Misuse raises. */
@@ -373,6 +399,17 @@ static int fs_start(lua_State *L) {
     lua_pop(L, 1);
     o->path = dup_field(L, i, 2, "the path", NULL);
     if (op == OP_RENAME) o->to = dup_field(L, i, 3, "the target", NULL);
+    if (op == OP_SYNCFS) {
+      int extra = (int)luaL_len(L, -1) - 2;
+      if (extra > 0) {
+        o->more = calloc((size_t)extra, sizeof *o->more);
+        if (!o->more) luaL_error(L, "out of memory");
+        for (int k = 0; k < extra; k++) {
+          o->more[k] = dup_field(L, i, k + 3, "a path", NULL);
+          o->nmore = k + 1;
+        }
+      }
+    }
     if (op == OP_WRITE) o->data = dup_field(L, i, 3, "the data", &o->len);
     if (op == OP_RENAME || op == OP_REMOVE || op == OP_WRITE) {
       lua_geti(L, -1, op == OP_REMOVE ? 3 : 4);

@@ -49,7 +49,8 @@
 #define STATE_MAGIC "modelget-partial 1"
 #define STATE_MIN ((uint64_t)256 << 10)       /* smaller prefixes are not worth a state file: re-fetched */
 
-enum { ST_QUEUED, ST_RUNNING, ST_DONE };
+/* FINISHING: the body is all in, its last bytes being written and hashed on a pool worker. */
+enum { ST_QUEUED, ST_RUNNING, ST_FINISHING, ST_DONE };
 /* What the current response is, decided when its headers end. */
 enum { RESP_NONE, RESP_INFO, RESP_REDIRECT, RESP_BODY, RESP_ERROR };
 
@@ -127,6 +128,7 @@ struct Transfer {
   int fd;
   uint64_t offset;            /* file bytes received: on disk, or in wbuf for the last wlen of them */
   char *wbuf;                 /* pending body bytes, written (and hashed) WBUF_SIZE at a time */
+  int tail_pending, tail_done, tail_err; /* the last wlen bytes handed to a pool worker (ST_FINISHING) */
   size_t wlen;
   int64_t total;              /* -1 unknown */
   uint64_t body_bytes;        /* body bytes received by this attempt */
@@ -1378,8 +1380,52 @@ static void detach_easy(Session *s, Transfer *t) {
   t->req_headers = NULL;
 }
 
+/* A small body's last bytes (all of it, for most) are written and hashed on a pool worker, so that
+ * the event loop goes on with the other transfers meanwhile: a run of small files costs this thread
+ * neither their writes nor their SHA-256. */
+static void write_tail(void *arg) {
+  Transfer *t = arg;
+  size_t n = t->wlen;
+  int err = mg_write_all(t->fd, t->wbuf, n, file_base_of(t) + t->offset - n);
+  if (!err) EVP_DigestUpdate(t->ctx, t->wbuf, n);
+  t->tail_err = err;
+  __atomic_store_n(&t->tail_done, 1, __ATOMIC_RELEASE);
+}
+
+static void finish_tail(Session *s, Transfer *t);
+
+/* Hands the last bytes to a worker (ST_FINISHING); 0 when they are written here instead. */
+static int finish_off_loop(Session *s, Transfer *t) {
+  if (t->wlen == 0 || t->shared || t->hash.started || !t->wbuf) return 0;
+  t->tail_done = 0;
+  t->tail_pending = 1;
+  if (mg_jobs_call(write_tail, t) != 0) { t->tail_pending = 0; return 0; }
+  t->state = ST_FINISHING;
+  detach_easy(s, t);
+  return 1;
+}
+
+/* Takes back a tail from its worker (waiting for it if need be): its outcome joins the transfer's. */
+static void collect_tail(Transfer *t) {
+  if (!t->tail_pending) return;
+  mg_jobs_wait_flag(&t->tail_done);
+  t->tail_pending = 0;
+  if (t->tail_err) {
+    if (!t->fail_code)
+      fail(t, mg_errno_code(t->tail_err), 0, "cannot write %s: %s", t->partial, strerror(t->tail_err));
+    return; /* wlen stays: on_disk() does not count what never reached the file */
+  }
+  t->body_hashed += t->wlen;
+  t->wlen = 0;
+}
+
 /* Ends an attempt: result fields, digest, fsync, state; the transfer joins the finished FIFO. */
 static void finish(Session *s, Transfer *t) {
+  if (t->state == ST_FINISHING) { /* cancelled or closed meanwhile: the tail is waited for */
+    collect_tail(t);
+    finish_tail(s, t);
+    return;
+  }
   if (!t->fail_code && t->resp == RESP_BODY && !t->head && !t->memory && t->total >= 0 &&
       t->offset != (uint64_t)t->total) {
     char what[128], got[32], all[32];
@@ -1390,9 +1436,16 @@ static void finish(Session *s, Transfer *t) {
   }
   if (!t->fail_code && t->resp != RESP_BODY) fail_host(t, "ENET", 1, "no response");
   if (!t->fail_code && t->partial && !t->head && t->fd >= 0) {
+    if (finish_off_loop(s, t)) return;
     int werr = flush_writes(t);
     if (werr) fail(t, mg_errno_code(werr), 0, "cannot write %s: %s", t->partial, strerror(werr));
   }
+  finish_tail(s, t);
+}
+
+/* The end of finish(), once every body byte is written: digest, fsync, state, the finished FIFO. */
+static void finish_tail(Session *s, Transfer *t) {
+  collect_tail(t);
   if (!t->fail_code && t->partial && !t->head) {
     int err = hash_stop(&t->hash, STOP_FINISH);
     if (err) fail(t, mg_errno_code(err), err != ENOSPC, "cannot write or re-read %s: %s", t->partial, strerror(err));
@@ -1529,6 +1582,12 @@ static void check_stalls(Session *s, double now) {
     fail_host(t, "ENET", 1, what);
     finish(s, t);
   }
+}
+
+/* Ends the attempts whose tails their workers have written. */
+static void reap_tails(Session *s) {
+  for (Transfer *t = s->first; t; t = t->next)
+    if (t->state == ST_FINISHING && __atomic_load_n(&t->tail_done, __ATOMIC_ACQUIRE)) finish_tail(s, t);
 }
 
 static int active_count(Session *s) {
@@ -1679,6 +1738,7 @@ static int session_new(lua_State *L) {
 }
 
 static void transfer_free(Transfer *t) {
+  if (t->tail_pending) mg_jobs_wait_flag(&t->tail_done); /* its worker is still using it */
   hash_stop(&t->hash, STOP_ABORT);
   free(t->wbuf);
   if (t->fd >= 0) { close(t->fd); t->fd = -1; }
@@ -1828,6 +1888,7 @@ static int session_perform(lua_State *L) {
     int still = 0;
     curl_multi_perform(s->multi, &still);
     drain_messages(s);
+    reap_tails(s);
     now = mg_now();
     check_stalls(s, now);
     sample_speeds(s, now);
@@ -1846,6 +1907,7 @@ static int session_perform(lua_State *L) {
     curl_multi_poll(s->multi, jobs.fd >= 0 ? &jobs : NULL, jobs.fd >= 0 ? 1 : 0, (int)(left * 1000) + 1, NULL);
     if (jobs.revents & CURL_WAIT_POLLIN) {
       mg_jobs_drain();
+      reap_tails(s);
       break;
     }
   }
@@ -1987,7 +2049,8 @@ static int transfer_progress(lua_State *L) {
     lua_setfield(L, -2, "eta");
   }
   const char *state = t->state == ST_QUEUED ? (t->user_paused ? "paused" : "queued")
-                    : t->state == ST_RUNNING ? (t->user_paused ? "paused" : "running") : "done";
+                    : t->state == ST_RUNNING ? (t->user_paused ? "paused" : "running")
+                    : t->state == ST_FINISHING ? "running" : "done";
   set_str(L, "state", state);
   return 1;
 }

@@ -90,6 +90,26 @@ test("every format extracts byte for byte, with folders and modes", function()
   end
 end)
 
+test("libarchive is loaded on the first archive opened, not when the engine starts", function()
+  local dir = t.tmpdir("lazy")
+  local archive = A.make("tar.gz", dir .. "/m.tar.gz", { { path = "a.txt", data = "a\n" } })
+  local script = t.write(dir .. "/maps.lua", string.format([[
+local core = require "modelget.core"
+local function loaded()
+  local f = assert(io.open("/proc/self/maps"))
+  local maps = f:read("a")
+  f:close()
+  return maps:find("libarchive", 1, true) ~= nil
+end
+io.write(tostring(loaded()), " ")
+assert(core.archive_list(%q))
+io.write(tostring(loaded()), "\n")
+]], archive))
+  if not t.exists("/proc/self/maps") then return end -- Linux only: where the mappings can be read
+  local r = t.status(t.modelget { "run", script }, 0, "run")
+  t.eq(r.stdout, "false true\n", "not mapped at start, mapped once an archive is read")
+end)
+
 test("archive_list reports entries, links and totals from the headers", function()
   local dir = t.tmpdir("list")
   local entries = {

@@ -13,6 +13,8 @@ local TICK = 0.25 -- seconds between progress events
 -- From this many requests with a barrier in one batch of file-system steps, one syncfs per file
 -- system makes them durable, rather than an fsync of every file and folder they list.
 local SYNCFS_MIN = 4
+-- Batches with a barrier running at once: while one waits for the disk, the next gathers and syncs.
+local BATCHES = 2
 
 -- Split downloads -------------------------------------------------------------------------------
 -- A big file from a server that serves ranges is fetched over `connections` connections at once:
@@ -56,7 +58,7 @@ function download.scheduler(opts)
     ready = {},     -- coroutines to resume at the next turn (a finished group)
     jobs = {},      -- {job=, waiting={co…} | batch={{co=, group=}…}}: file-system jobs on worker threads
     fs_queue = {},  -- {ops=, co=}: requests for the next batch of file-system steps
-    batching = false, -- a batch is running
+    batching = 0,   -- batches with a barrier running
     paused = {},    -- model id -> true: its transfers start paused
     cancelled = {}, -- model id -> true: its fetches stop
     tasks = 0,
@@ -109,52 +111,54 @@ function Scheduler:all(fns)
   return results
 end
 
--- Splits a request's steps at its barriers: { {steps={…}, barrier={path…} | nil}… }.
-local function phases_of(ops)
-  local phases, cur = {}, { steps = {} }
-  for _, op in ipairs(ops) do
-    if op[1] == "barrier" then
-      cur.barrier = { table.unpack(op, 2) }
-      phases[#phases + 1] = cur
-      cur = { steps = {} }
-    else
-      cur.steps[#cur.steps + 1] = op
-    end
-  end
-  if #cur.steps > 0 then phases[#phases + 1] = cur end
-  return phases
-end
-
 -- One job's steps for a batch of requests, request k's steps in group k: phase by phase, the
--- requests' steps up to their next barrier, then the barrier for all of them (one syncfs per file
--- system, or an fsync of each path listed; a path listed by several requests is synced once, for all).
+-- requests' steps up to their next barrier, then the barrier for all of them (one syncfs of the file
+-- systems they list, or an fsync of each path listed: a path listed by several requests is synced
+-- once, for all). The requests' step tables are used as they are.
 local function batch_steps(reqs)
-  local split, most, barriers = {}, 0, 0
-  for k, req in ipairs(reqs) do
-    split[k] = phases_of(req.ops)
-    most = math.max(most, #split[k])
-    if split[k][1] and split[k][1].barrier then barriers = barriers + 1 end
+  local barriers = 0
+  for _, req in ipairs(reqs) do
+    for _, op in ipairs(req.ops) do
+      if op[1] == "barrier" then barriers = barriers + 1; break end
+    end
   end
   local use_syncfs = core.syncfs and barriers >= SYNCFS_MIN
-  local steps = {}
-  for p = 1, most do
-    local paths, owners = {}, {}
-    for k, phases in ipairs(split) do
-      local phase = phases[p]
-      for _, op in ipairs(phase and phase.steps or {}) do
-        steps[#steps + 1] = { op[1], op[2], op[3], op[4], group = k }
+  local steps, cursor, left = {}, {}, #reqs
+  for k = 1, #reqs do cursor[k] = 1 end
+  while left > 0 do
+    local paths, owner = {}, {} -- owner: path -> its one request, or false when several list it
+    left = 0
+    for k, req in ipairs(reqs) do
+      local ops, i = req.ops, cursor[k]
+      while ops[i] and ops[i][1] ~= "barrier" do
+        ops[i].group = k
+        steps[#steps + 1] = ops[i]
+        i = i + 1
       end
-      for _, path in ipairs(phase and phase.barrier or {}) do
-        if not owners[path] then
-          owners[path] = {}
-          paths[#paths + 1] = path
+      local barrier = ops[i]
+      if barrier then
+        for j = 2, #barrier do
+          local path = barrier[j]
+          local o = owner[path]
+          if o == nil then
+            owner[path] = k
+            paths[#paths + 1] = path
+          elseif o ~= k then
+            owner[path] = false
+          end
         end
-        table.insert(owners[path], k)
+        i = i + 1
       end
+      cursor[k] = i
+      if ops[i] then left = left + 1 end
     end
-    for _, path in ipairs(paths) do
-      local only = #owners[path] == 1 and owners[path][1] or nil
-      steps[#steps + 1] = { use_syncfs and "syncfs" or "fsync", path, group = only }
+    if use_syncfs and #paths > 0 then
+      table.insert(paths, 1, "syncfs") -- one step, of no request: its failure is every request's
+      steps[#steps + 1] = paths
+    else
+      for _, path in ipairs(paths) do
+        steps[#steps + 1] = { "fsync", path, group = owner[path] or nil }
+      end
     end
   end
   return steps
@@ -179,15 +183,29 @@ function Scheduler:fs(ops)
   return coroutine.yield()
 end
 
--- Starts the requests that came since the running batch started, as the next batch.
+-- Starts the requests that came meanwhile as batches: those with no barrier at once (making a
+-- folder waits for no sync), those with one when fewer than BATCHES such batches run.
 function Scheduler:start_batch()
-  if self.batching or #self.fs_queue == 0 then return end
-  local reqs = self.fs_queue
+  if #self.fs_queue == 0 then return end
+  local plain, synced = {}, {}
+  for _, req in ipairs(self.fs_queue) do
+    local barrier = false
+    for _, op in ipairs(req.ops) do if op[1] == "barrier" then barrier = true end end
+    table.insert(barrier and synced or plain, req)
+  end
   self.fs_queue = {}
-  self.batching = true
-  local batch = {}
-  for k, req in ipairs(reqs) do batch[k] = { co = req.co, group = k } end
-  self.jobs[#self.jobs + 1] = { job = core.fs_start(batch_steps(reqs)), batch = batch }
+  if #synced > 0 and self.batching >= BATCHES then
+    self.fs_queue = synced
+    synced = {}
+  end
+  for _, reqs in ipairs { plain, synced } do
+    if #reqs > 0 then
+      local batch = { synced = reqs == synced }
+      for k, req in ipairs(reqs) do batch[k] = { co = req.co, group = k } end
+      if batch.synced then self.batching = self.batching + 1 end
+      self.jobs[#self.jobs + 1] = { job = core.fs_start(batch_steps(reqs)), batch = batch }
+    end
+  end
 end
 
 -- Wakes the tasks of every finished job with its result.
@@ -200,7 +218,7 @@ function Scheduler:finish_jobs()
   for _, j in ipairs(done) do
     local results = {}
     if j.batch then
-      self.batching = false
+      if j.batch.synced then self.batching = self.batching - 1 end
       for i, member in ipairs(j.batch) do results[i] = table.pack(j.job:result(member.group)) end
     else
       results[1] = table.pack(j.job:result())

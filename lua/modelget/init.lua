@@ -109,7 +109,7 @@ function modelget.pull_many(targets, opts)
   local out = {}
   -- A few pulls run ahead of the transfers (their setup overlaps the downloads); the others wait
   -- their turn, so a list of thousands holds a bounded number of locks and files open.
-  local ahead = math.max(2 * (opts.jobs or 4), 16)
+  local ahead = math.max(4 * (opts.jobs or 4), 32)
   local nexti, running = 1, 0
   local starting = false
   local function start_more()
