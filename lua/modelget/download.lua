@@ -391,7 +391,7 @@ function Scheduler:fetch_whole(spec)
   if self.cancelled[spec.id] then return cancelled(spec) end
   if self:interrupted() then return util.fail("EINTR", "interrupted") end
   -- One connection for the whole file: a split plan beside it would describe other bytes.
-  if spec.partial and not spec.shared then os.remove(spec.partial .. ".split") end
+  if spec.partial and not spec.shared and not spec.fresh then os.remove(spec.partial .. ".split") end
   for ui, url in ipairs(spec.urls) do
     if ui > 1 then
       self.emit { event = "fallback", id = spec.id, file = spec.file, from = spec.urls[ui - 1], to = url,

@@ -7,8 +7,9 @@ local store = require "modelget.store"
 local download = require "modelget.download"
 local pull = require "modelget.pull"
 local rules = require "modelget.rules"
-local registry = require "modelget.registry"
-local custom = require "modelget.custom"
+-- The catalog's modules are loaded when a catalog is first wanted: a pull of URLs never needs them.
+local function registry() return require "modelget.registry" end
+local function custom() return require "modelget.custom" end
 
 local modelget = { core = core, version = "0.1.0" }
 
@@ -40,7 +41,7 @@ function modelget.store_root(opts) return store.root(options(opts)) end
 
 function modelget.catalog(opts)
   opts = options(opts)
-  return registry.load { store = store.root(opts), paths = opts.registry }
+  return registry().load { store = store.root(opts), paths = opts.registry }
 end
 
 function modelget.frameworks() return rules.list() end
@@ -280,14 +281,14 @@ end
 
 -- Custom model URLs (SPEC "Custom URL schema"), kept in <store>/registry/custom.json.
 modelget.urls = {
-  list = function(opts) return custom.list(store.root(options(opts))) end,
+  list = function(opts) return custom().list(store.root(options(opts))) end,
   add = function(fields, opts)
     if type(fields) ~= "table" then error("bad argument #1 to 'urls.add': expected a table", 2) end
-    return custom.add(store.root(options(opts)), fields)
+    return custom().add(store.root(options(opts)), fields)
   end,
-  remove = function(id, opts) return custom.remove(store.root(options(opts)), id) end,
-  export = function(file, opts) return custom.export(store.root(options(opts)), file) end,
-  import = function(file, opts) return custom.import(store.root(options(opts)), file) end,
+  remove = function(id, opts) return custom().remove(store.root(options(opts)), id) end,
+  export = function(file, opts) return custom().export(store.root(options(opts)), file) end,
+  import = function(file, opts) return custom().import(store.root(options(opts)), file) end,
 }
 
 return modelget

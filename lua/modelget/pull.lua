@@ -245,11 +245,11 @@ function pull.run(sched, entry, ctx)
     for _, f in ipairs(files) do
       local size = f.size or f.estimate
       if size then
-        local have = (core.stat(partial_path(pdir, f.path)) or {}).size or 0
+        local have = earlier and (core.stat(partial_path(pdir, f.path)) or {}).size or 0
         need = need + math.max(0, size - have) + (f.archive and size or 0)
       end
     end
-    local free = core.free_space(pdir)
+    local free = need > 0 and core.free_space(pdir)
     if free and need > free then
       return util.fail("ESPACE", "insufficient storage for %s: need %s, %s free in %s", entry.id,
         util.human(need), util.human(free), root)
@@ -264,6 +264,7 @@ function pull.run(sched, entry, ctx)
         return sched:fetch {
           id = entry.id, file = f.path, urls = f.urls, partial = partial_path(pdir, f.path), size = f.size,
           space_factor = f.archive and 2 or 1, space_path = pdir,
+          fresh = not earlier, -- a partial folder this pull made holds no plan or state of an earlier one
           fsync = false, -- made durable with the rest of the model at its install, off the event loop
           auth_for = fctx.auth_for, auth_hint = fctx.auth_hint,
         }

@@ -21,7 +21,21 @@ local exit_for = {
 function util.exit_status(code) return exit_for[code] or 1 end
 
 -- URLs ------------------------------------------------------------------------------------------
+-- {scheme=, host=, port=, path=} of a URL, or nil. The same URL gives the same table (the caller
+-- must not change it): a pull asks for its URLs' parts many times.
+local parsed, nparsed = {}, 0
+local parse_url
 function util.parse_url(url)
+  local u = parsed[url]
+  if u == nil then
+    u = parse_url(url) or false
+    if nparsed >= 1024 then parsed, nparsed = {}, 0 end
+    parsed[url], nparsed = u, nparsed + 1
+  end
+  return u or nil
+end
+
+function parse_url(url)
   local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
   if not scheme then return nil end
   local authority, path = rest:match("^([^/?#]*)(.*)$")
