@@ -2050,7 +2050,7 @@ static int transfer_progress(lua_State *L) {
   }
   const char *state = t->state == ST_QUEUED ? (t->user_paused ? "paused" : "queued")
                     : t->state == ST_RUNNING ? (t->user_paused ? "paused" : "running")
-                    : t->state == ST_FINISHING ? "running" : "done";
+                    : t->state == ST_FINISHING ? "finishing" : "done";
   set_str(L, "state", state);
   return 1;
 }
@@ -2077,6 +2077,10 @@ static int transfer_result(lua_State *L) {
     lua_setfield(L, -2, "range_refused");
   }
   if (t->shared) set_int(L, "on_disk", (int64_t)on_disk(t));
+  if (t->state_path) {
+    lua_pushboolean(L, t->state_on_disk);
+    lua_setfield(L, -2, "state_file");
+  }
   set_int(L, "resumed_from", (int64_t)t->resumed_from);
   if (t->head) {
     int64_t clen = parse_size(hdr_get(&t->hdr, "content-length"));

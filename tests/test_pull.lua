@@ -77,6 +77,18 @@ test("a cut connection is resumed with Range and If-Range", function()
   t.eq(reqs[2].headers["if-range"], etag, "second request carries If-Range with the file's ETag")
 end)
 
+test("a small file cut and resumed in one pull: the model folder holds the file and its manifest only", function()
+  local fx = servers.fixture()
+  local data = t.bytes(100000, 31)
+  local url = fx.put("smallcut.bin", data)
+  fx.script("smallcut.bin", { { cut = 40000 } })
+  local store = store_dir("smallcut")
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "pull through a cut")
+  local dir = store .. "/models/other/smallcut"
+  t.eq(t.sha256_file(dir .. "/smallcut.bin"), t.sha256(data), "bytes after resume")
+  t.eq(table.concat(t.tree(dir), " "), ".modelget.json smallcut.bin", "no state file installed with it")
+end)
+
 test("a server that ignores Range gets the whole file again, and the bytes are right", function()
   local fx = servers.fixture()
   local data = t.bytes(3 * MiB, 4)

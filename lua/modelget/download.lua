@@ -100,6 +100,7 @@ function Scheduler:all(fns)
   local me = coroutine.running()
   local results, left = {}, #fns
   if left == 0 then return results end
+  if left == 1 then return { table.pack(fns[1]()) } end -- no other task to run alongside
   for i, fn in ipairs(fns) do
     self:spawn(function()
       results[i] = table.pack(fn())
