@@ -23,7 +23,11 @@ CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(SANFLAGS) $(shell pkg-c
 # libarchive is opened with dlopen on the first archive (engine/extract.c): its headers only here,
 # and the name of the library to open, as its package installed it.
 ENGINE_LIBS := $(shell pkg-config --libs libcurl openssl 2>/dev/null) -lpthread -ldl
-LIBARCHIVE_SONAME := $(shell objdump -p $$(pkg-config --variable=libdir libarchive 2>/dev/null)/libarchive.so 2>/dev/null | awk '/SONAME/ { print $$2 }')
+LIBARCHIVE_DIR := $(shell pkg-config --variable=libdir libarchive 2>/dev/null)
+LIBARCHIVE_SONAME := $(shell objdump -p $(LIBARCHIVE_DIR)/libarchive.so 2>/dev/null | awk '/SONAME/ { print $$2 }')
+ifeq ($(LIBARCHIVE_SONAME),)
+LIBARCHIVE_SONAME := $(wildcard $(LIBARCHIVE_DIR)/libarchive.dylib)
+endif
 CFLAGS  += $(if $(LIBARCHIVE_SONAME),-DMG_LIBARCHIVE='"$(LIBARCHIVE_SONAME)"')
 LUA_LIBS    := $(shell pkg-config --libs lua5.4 2>/dev/null) -lm -ldl
 
