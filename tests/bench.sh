@@ -64,14 +64,14 @@ fresh() {
 }
 
 # timed LABEL COMMAND… : runs COMMAND under /usr/bin/time (in the folders fresh() made);
-# appends "wall_seconds max_rss_kib" (or "fail") to $tmp/times/LABEL.
+# appends "wall_seconds max_rss_kib user_seconds system_seconds" (or "fail") to $tmp/times/LABEL.
 timed() {
   label=$1; shift
   # Every run starts with no write-back pending from the one before (a 1 GiB file is still being
   # flushed when the next run starts, and it slows whoever comes next).
   sync
   start=$(date +%s.%N)
-  if /usr/bin/time -f '%M' -o "$tmp/rss" "$@" >"$tmp/cmd.log" 2>&1; then
+  if /usr/bin/time -f '%M %U %S' -o "$tmp/rss" "$@" >"$tmp/cmd.log" 2>&1; then
     end=$(date +%s.%N)
     echo "$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.3f", b - a }') $(tail -1 "$tmp/rss")" >> "$tmp/times/$label"
   else
@@ -86,6 +86,8 @@ installed_is() {
 }
 runs_of() { awk '{ printf "%s%s", (NR > 1 ? " " : ""), $1 }' "$tmp/times/$1"; }
 best() { awk '$1 != "fail" && (b == "" || $1 < b) { b = $1 } END { print (b == "" ? "fail" : b) }' "$tmp/times/$1"; }
+# cpu LABEL: the processor time (user + system, all threads) of the runs, the least of them.
+cpu() { awk '$1 != "fail" && (c == "" || $3 + $4 < c) { c = $3 + $4 } END { print (c == "" ? "-" : sprintf("%.2f", c)) }' "$tmp/times/$1"; }
 peak() { awk '$1 != "fail" && $2 + 0 >= m { m = $2; n++ } END { if (n) printf "%.1f", m / 1024; else print "-" }' "$tmp/times/$1"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "fail" || b == "fail" || b == 0) print "-"; else printf "%.2f", a / b }'; }
 verdict() { awk -v r="$1" -v limit="$2" 'BEGIN { if (r == "-") print "no figure"; else print (r + 0 <= limit + 0 ? "met" : "MISSED") }'; }
@@ -200,6 +202,8 @@ t=$(best small.engine)
 printf '  %-24s %8s   engine/curl = %s   (runs: %s)\n' "modelget.core alone" "$t" "$(ratio "$t" "$(best small.curl)")" "$(runs_of small.engine)"
 echo "  (the transfer engine writing the 200 files into one folder as curl does: no model folder,"
 echo "   manifest, lock or fsync per model; the difference is what the store's durable installs cost)"
+printf '  processor time (user+system s, least of the runs; the server shares the machine): modelget %s, engine %s, curl %s, aria2c %s\n' \
+  "$(cpu small.modelget)" "$(cpu small.engine)" "$(cpu small.curl)" "$(cpu small.aria2c)"
 echo
 echo "== peak RSS (MiB, /usr/bin/time)"
 for label in big.modelget small.modelget big.curl big.wget big.aria2c small.curl small.aria2c; do
