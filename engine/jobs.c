@@ -72,7 +72,9 @@ static int sync_file_system(const char *path, dev_t *last, int *have_last, int *
    * every sync of the job that follows fails as well. */
   if (*failed) return *failed;
   struct stat st;
-  if (stat(path, &st) != 0) return errno;
+  /* A path that is not there belongs to a request that failed before it (its steps were skipped):
+   * the others' syncs go on. */
+  if (stat(path, &st) != 0) return errno == ENOENT ? 0 : errno;
   if (*have_last && st.st_dev == *last) return 0;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return errno;

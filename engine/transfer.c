@@ -1397,11 +1397,11 @@ static void finish_tail(Session *s, Transfer *t);
 /* Hands the last bytes to a worker (ST_FINISHING); 0 when they are written here instead. */
 static int finish_off_loop(Session *s, Transfer *t) {
   if (t->wlen == 0 || t->shared || t->hash.started || !t->wbuf) return 0;
+  detach_easy(s, t); /* no callback runs from here on: the worker has the bytes to itself */
   t->tail_done = 0;
   t->tail_pending = 1;
   if (mg_jobs_call(write_tail, t) != 0) { t->tail_pending = 0; return 0; }
   t->state = ST_FINISHING;
-  detach_easy(s, t);
   return 1;
 }
 

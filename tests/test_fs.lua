@@ -107,9 +107,11 @@ test("a syncfs step syncs the file system of a path (Linux); a finished job wake
     local job = core.fs_start { { "write", dir .. "/x", "x" }, { "syncfs", dir .. "/x" }, { "syncfs", dir } }
     t.eq(job:result(), true, "synced")
     job:close()
-    local _, err, code = core.fs_start({ { "syncfs", dir .. "/missing" } }):result()
-    t.eq(code, "ENOENT", "a missing path fails it")
-    t.match(err, "^cannot sync the file system of .*/missing", "named")
+    t.eq(core.fs_start({ { "syncfs", dir .. "/missing", dir } }):result(), true,
+      "a missing path is passed over (its request failed before it); the others are synced")
+    local _, err, code = core.fs_start({ { "syncfs", dir .. "/x/below" } }):result()
+    t.eq(code, "EIO", "a path that cannot be looked up fails it")
+    t.match(err, "^cannot sync the file system of .*/x/below: Not a directory", "named")
   end
   core.jobs_wait(0) -- forget what finished before
   local t0 = core.now()
@@ -131,9 +133,12 @@ test("a scheduler batches the file-system requests of its tasks: barriers shared
     for i = 1, count do
       sched:spawn(function()
         local base = string.format("%s/%d-%d", dir, count, i)
+        -- Request 2 fails after its first barrier (a rename of a missing file), request 3 before it
+        -- (a write into a missing folder, so the path its barrier lists is never made).
         local from = i == 2 and base .. ".missing" or base .. ".tmp"
+        local tmp = i == 3 and string.format("%s/nowhere/%d-%d.tmp", dir, count, i) or base .. ".tmp"
         results[i] = table.pack(sched:fs {
-          { "write", base .. ".tmp", "data " .. i }, { "barrier", base .. ".tmp", dir },
+          { "write", tmp, "data " .. i }, { "barrier", tmp, dir },
           { "rename", from, base .. ".bin" }, { "barrier", dir },
         })
       end)
@@ -142,10 +147,10 @@ test("a scheduler batches the file-system requests of its tasks: barriers shared
     sched:close()
     for i = 1, count do
       local base = string.format("%s/%d-%d", dir, count, i)
-      if i == 2 then
-        t.eq(results[i][1], nil, count .. ": the request with a missing file fails")
+      if i == 2 or i == 3 then
+        t.eq(results[i][1], nil, count .. ": request " .. i .. " fails")
         t.eq(results[i][3], "ENOENT", count .. ": its code")
-        t.match(results[i][2], "%.missing", count .. ": its message names the file")
+        t.match(results[i][2], i == 2 and "%.missing" or "nowhere", count .. ": its message names the path")
         t.ok(not t.exists(base .. ".bin"), count .. ": nothing renamed for it")
       else
         t.eq(results[i][1], true, count .. ": request " .. i .. " succeeds")
