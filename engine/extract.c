@@ -85,11 +85,13 @@ static char la_error[256]; /* empty once loaded */
 
 static void load_libarchive(void) {
   void *lib = dlopen(MG_LIBARCHIVE, RTLD_NOW | RTLD_LOCAL);
+  char why[160];
+  const char *err = lib ? NULL : dlerror();
+  snprintf(why, sizeof why, "%s", err ? err : "not found");
   /* A build that links libarchive (the rockspec's) has it already, under whatever file name. */
   if (!lib && dlsym(RTLD_DEFAULT, "archive_read_new")) lib = RTLD_DEFAULT;
   if (!lib) {
-    const char *why = dlerror();
-    snprintf(la_error, sizeof la_error, "cannot load %s: %s", MG_LIBARCHIVE, why ? why : "not found");
+    snprintf(la_error, sizeof la_error, "cannot load %s: %s", MG_LIBARCHIVE, why);
     return;
   }
 #define LOAD(name) \

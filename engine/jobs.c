@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 #define JOB_MT "modelget.FsJob"
@@ -32,7 +33,7 @@ typedef struct {
   char *path, *to;    /* to: rename's target */
   char *data;         /* write's bytes */
   size_t len;
-  int optional;       /* a missing path is not a failure (rename, remove); write: fsync it too */
+  int optional;       /* a missing path is not a failure (rename, remove, fsync); write: fsync it too */
   int group;          /* 0: the job's own step; g >= 1: a step of request g */
   char **more;        /* syncfs: the other paths (their file systems are synced too) */
   int nmore;
@@ -66,22 +67,43 @@ static struct {
 
 /* syncfs(2): everything written to the file system holding path reaches the disk, data and
  * metadata, with one device flush; the same device twice in a row is synced once. */
+/* Devices on which a syncfs failed in this process. A file system reports a lost write-back to the
+ * first syncfs that looks, not to the next ones (a new descriptor starts past it): from then on the
+ * paths on that device are fsynced one by one, each file reporting its own errors. */
+static pthread_mutex_t degraded_mu = PTHREAD_MUTEX_INITIALIZER;
+static dev_t degraded[16];
+static int ndegraded;
+
+static int is_degraded(dev_t dev) {
+  pthread_mutex_lock(&degraded_mu);
+  int found = 0;
+  for (int k = 0; k < ndegraded && !found; k++) found = degraded[k] == dev;
+  pthread_mutex_unlock(&degraded_mu);
+  return found;
+}
+
+static void degrade(dev_t dev) {
+  pthread_mutex_lock(&degraded_mu);
+  if (ndegraded < (int)(sizeof degraded / sizeof *degraded)) degraded[ndegraded++] = dev;
+  pthread_mutex_unlock(&degraded_mu);
+}
+
 static int sync_file_system(const char *path, dev_t *last, int *have_last, int *failed) {
 #ifdef __linux__
-  /* After a failed syncfs, a later one on a new descriptor may not report the same lost write-back:
-   * every sync of the job that follows fails as well. */
+  /* After a failed syncfs, every sync of the job that follows fails as well. */
   if (*failed) return *failed;
   struct stat st;
   /* A path that is not there belongs to a request that failed before it (its steps were skipped):
    * the others' syncs go on. */
   if (stat(path, &st) != 0) return errno == ENOENT ? 0 : errno;
+  if (is_degraded(st.st_dev)) return mg_fsync_path(path);
   if (*have_last && st.st_dev == *last) return 0;
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return errno;
   int err = syncfs(fd) == 0 ? 0 : errno;
   close(fd);
   if (!err) { *last = st.st_dev; *have_last = 1; }
-  else *failed = err;
+  else { *failed = err; degrade(st.st_dev); }
   return err;
 #else
   (void)path; (void)last; (void)have_last; (void)failed;
@@ -91,7 +113,10 @@ static int sync_file_system(const char *path, dev_t *last, int *have_last, int *
 
 static int run_op(const FsOp *o, char *sha_out) {
   switch (o->op) {
-  case OP_FSYNC: return mg_fsync_path(o->path);
+  case OP_FSYNC: {
+    int err = mg_fsync_path(o->path);
+    return err == ENOENT && o->optional ? 0 : err;
+  }
   case OP_MKDIRS: return mg_mkdirs(o->path, 0755);
   case OP_WRITE: {
     int fd = open(o->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -145,8 +170,11 @@ static void announce_done(void) {
 }
 
 /* The pipe the pool announces finished jobs on (made on first use); -1 when none can be had. */
+static void pool_after_fork(void);
+
 static int notify_fd(void) {
   pthread_mutex_lock(&pool.mu);
+  if (!pool.atfork) pool.atfork = pthread_atfork(NULL, NULL, pool_after_fork) == 0;
   if (pool.notify[0] < 0) {
     int fds[2];
     if (pipe(fds) == 0) {
@@ -218,7 +246,7 @@ static void pool_after_fork(void) {
 
 /* Queues the job, starting a worker when no idle one is left for it (up to POOL_MAX). Returns 0, or -1 when no
  * thread could be had at all: the caller runs the job itself. */
-static int submit(FsJob *j) {
+static int submit(FsJob *j, int front) {
   pthread_mutex_lock(&pool.mu);
   if (!pool.atfork) pool.atfork = pthread_atfork(NULL, NULL, pool_after_fork) == 0;
   if (pool.pending >= pool.idle && pool.nthreads < POOL_MAX) {
@@ -232,9 +260,15 @@ static int submit(FsJob *j) {
     pthread_mutex_unlock(&pool.mu);
     return -1;
   }
-  j->next = NULL;
-  if (pool.tail) pool.tail->next = j; else pool.head = j;
-  pool.tail = j;
+  if (front) { /* an engine call is short and a transfer waits on it: ahead of the queued steps */
+    j->next = pool.head;
+    pool.head = j;
+    if (!pool.tail) pool.tail = j;
+  } else {
+    j->next = NULL;
+    if (pool.tail) pool.tail->next = j; else pool.head = j;
+    pool.tail = j;
+  }
   pool.pending++;
   j->queued = 1;
   pthread_cond_signal(&pool.work);
@@ -248,7 +282,7 @@ int mg_jobs_call(void (*fn)(void *), void *arg) {
   if (!j) return -1;
   j->fn = fn;
   j->arg = arg;
-  if (submit(j) != 0) { free(j); return -1; }
+  if (submit(j, 1) != 0) { free(j); return -1; }
   return 0;
 }
 
@@ -413,8 +447,8 @@ static int fs_start(lua_State *L) {
       }
     }
     if (op == OP_WRITE) o->data = dup_field(L, i, 3, "the data", &o->len);
-    if (op == OP_RENAME || op == OP_REMOVE || op == OP_WRITE) {
-      lua_geti(L, -1, op == OP_REMOVE ? 3 : 4);
+    if (op == OP_RENAME || op == OP_REMOVE || op == OP_WRITE || op == OP_FSYNC) {
+      lua_geti(L, -1, op == OP_REMOVE || op == OP_FSYNC ? 3 : 4);
       const char *flag = lua_isstring(L, -1) ? lua_tostring(L, -1) : "";
       o->optional = strcmp(flag, op == OP_WRITE ? "sync" : "optional") == 0;
       lua_pop(L, 1);
@@ -427,7 +461,7 @@ static int fs_start(lua_State *L) {
     j->gerrat = calloc((size_t)j->ngroups + 1, sizeof *j->gerrat);
     if (!j->gerr || !j->gerrat) return luaL_error(L, "out of memory");
   }
-  if (submit(j) != 0) run_job(j); /* no thread to be had: done here */
+  if (submit(j, 0) != 0) run_job(j); /* no thread to be had: done here */
   return 1;
 }
 
@@ -470,6 +504,18 @@ static int fs_sync_start(lua_State *L) {
   return fs_start(L);
 }
 
+/* syncfs(2) is there and reports write-back errors: Linux 5.8 and later (before, it returned 0). */
+static int syncfs_reports_errors(void) {
+#ifdef __linux__
+  struct utsname u;
+  int major = 0, minor = 0;
+  if (uname(&u) != 0 || sscanf(u.release, "%d.%d", &major, &minor) != 2) return 0;
+  return major > 5 || (major == 5 && minor >= 8);
+#else
+  return 0;
+#endif
+}
+
 void mg_open_jobs(lua_State *L) {
   static const luaL_Reg job_methods[] = {
     {"close", job_close},
@@ -485,11 +531,7 @@ void mg_open_jobs(lua_State *L) {
   };
   mg_newmeta(L, JOB_MT, job_methods, job_close);
   luaL_setfuncs(L, funcs, 0);
-#ifdef __linux__
-  lua_pushboolean(L, 1);
-#else
-  lua_pushboolean(L, 0);
-#endif
+  lua_pushboolean(L, syncfs_reports_errors());
   lua_setfield(L, -2, "syncfs");
   /* The pool lives as long as the Lua state: a value in the registry whose __gc joins the workers
    * (at lua_close, before the library is unloaded: it was made after the loader's own). */

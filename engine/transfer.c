@@ -176,6 +176,7 @@ struct Session {
   Transfer *done_first, *done_last;
   char *spare_wbufs[SPARE_WBUFS]; /* small bodies' buffers, kept for the next transfers */
   int spare_count;
+  int finishing;                  /* transfers whose last bytes a worker writes (at most jobs) */
 };
 
 /* Small helpers ------------------------------------------------------------------------------- */
@@ -1402,6 +1403,7 @@ static int finish_off_loop(Session *s, Transfer *t) {
   t->tail_pending = 1;
   if (mg_jobs_call(write_tail, t) != 0) { t->tail_pending = 0; return 0; }
   t->state = ST_FINISHING;
+  if (s) s->finishing++;
   return 1;
 }
 
@@ -1421,9 +1423,10 @@ static void collect_tail(Transfer *t) {
 
 /* Ends an attempt: result fields, digest, fsync, state; the transfer joins the finished FIFO. */
 static void finish(Session *s, Transfer *t) {
-  if (t->state == ST_FINISHING) { /* cancelled or closed meanwhile: the tail is waited for */
-    collect_tail(t);
-    finish_tail(s, t);
+  if (t->state == ST_FINISHING) {
+    /* Cancelled meanwhile: it ends now if its worker is done, else when reaped (the event loop does
+     * not wait for a worker that may be busy hashing a big file). */
+    if (__atomic_load_n(&t->tail_done, __ATOMIC_ACQUIRE)) finish_tail(s, t);
     return;
   }
   if (!t->fail_code && t->resp == RESP_BODY && !t->head && !t->memory && t->total >= 0 &&
@@ -1446,6 +1449,7 @@ static void finish(Session *s, Transfer *t) {
 /* The end of finish(), once every body byte is written: digest, fsync, state, the finished FIFO. */
 static void finish_tail(Session *s, Transfer *t) {
   collect_tail(t);
+  if (t->state == ST_FINISHING && s) s->finishing--;
   if (!t->fail_code && t->partial && !t->head) {
     int err = hash_stop(&t->hash, STOP_FINISH);
     if (err) fail(t, mg_errno_code(err), err != ENOSPC, "cannot write or re-read %s: %s", t->partial, strerror(err));
@@ -1494,7 +1498,9 @@ static void finish_tail(Session *s, Transfer *t) {
 /* Session driving ----------------------------------------------------------------------------- */
 
 static void start_queued(Session *s) {
-  for (Transfer *t = s->first; t && s->running < s->jobs; t = t->next) {
+  /* Transfers whose last bytes wait for a worker count too, past jobs of them: a busy pool does not
+   * let finished downloads pile up, each with its file and buffer. */
+  for (Transfer *t = s->first; t && s->running < s->jobs && s->finishing < s->jobs; t = t->next) {
     if (t->state != ST_QUEUED || t->user_paused) continue;
     if (start_transfer(s, t) != 0) finish(s, t);
   }
@@ -1685,6 +1691,7 @@ static void unlink_transfer(Session *s, Transfer *t) {
 static void abandon(Session *s, Transfer *t, const char *why) {
   if (t->state == ST_DONE) return;
   fail_host(t, "ECANCEL", 0, why);
+  if (t->state == ST_FINISHING) mg_jobs_wait_flag(&t->tail_done); /* going away: its worker is waited for */
   finish(s, t);
 }
 
@@ -2005,9 +2012,10 @@ static int transfer_cancel(lua_State *L) {
   if (t->state != ST_DONE) {
     fail_host(t, "ECANCEL", 0, "cancelled");
     if (remove) t->fail_drop = 1; /* nothing is kept, so nothing is written out first */
+    if (remove && t->tail_pending) mg_jobs_wait_flag(&t->tail_done); /* its file is about to go */
     if (s) finish(s, t);
   }
-  if (remove) drop_partial(t);
+  if (remove && !t->tail_pending) drop_partial(t);
   return 0;
 }
 

@@ -47,6 +47,7 @@ test("file-system jobs run their steps in order off the caller's thread; the fir
   t.eq(err, "cannot rename " .. dir .. "/missing to " .. dir .. "/z: No such file or directory", "message")
   t.eq(t.read(dir .. "/first"), "1", "the steps before it ran")
   t.ok(not t.exists(dir .. "/never"), "the steps after it did not")
+  t.eq(core.fs_start({ { "fsync", dir .. "/absent", "optional" } }):result(), true, "an optional fsync of a missing path")
   local _, rerr = core.fs_start({ { "remove", dir .. "/absent" } }):result()
   t.match(rerr, "^cannot remove .*/absent: No such file", "a remove that is not optional fails")
   -- Many at once (more than the pool's workers), each waited for.
@@ -100,9 +101,12 @@ end)
 
 test("a syncfs step syncs the file system of a path (Linux); a finished job wakes jobs_wait", function()
   local dir = t.tmpdir("syncfs")
-  local uname = io.popen("uname -s")
-  t.eq(core.syncfs, uname:read("l") == "Linux", "core.syncfs says whether it is there")
+  local uname = io.popen("uname -sr")
+  local system, major, minor = uname:read("l"):match("^(%S+) (%d+)%.(%d+)")
   uname:close()
+  major, minor = tonumber(major), tonumber(minor)
+  t.eq(core.syncfs, system == "Linux" and (major > 5 or (major == 5 and minor >= 8)),
+    "core.syncfs says whether syncfs is there and reports errors (Linux 5.8+)")
   if core.syncfs then
     local job = core.fs_start { { "write", dir .. "/x", "x" }, { "syncfs", dir .. "/x" }, { "syncfs", dir } }
     t.eq(job:result(), true, "synced")
@@ -158,6 +162,21 @@ test("a scheduler batches the file-system requests of its tasks: barriers shared
       end
     end
   end
+  -- Below the syncfs count, a path two failed requests listed (never made) is passed over too.
+  local sched = download.scheduler { jobs = 2 }
+  local results = {}
+  for i = 1, 3 do
+    sched:spawn(function()
+      local folder = i == 1 and dir or (dir .. "/never")
+      local file = string.format("%s/shared-%d", folder, i)
+      results[i] = table.pack(sched:fs { { "write", file, "s" }, { "barrier", file, folder } })
+    end)
+  end
+  sched:run()
+  sched:close()
+  t.eq(results[1][1], true, "the request that wrote its file succeeds")
+  t.eq(results[2][3], "ENOENT", "the others fail on their own write")
+  t.eq(results[3][3], "ENOENT", "both")
 end)
 
 test("a lock is exclusive until closed", function()

@@ -642,6 +642,41 @@ test("jobs = 2 with five files: two at a time, all right", function()
   end
 end)
 
+test("a transfer cancelled while its last bytes wait for a busy pool: cancel returns at once, it ends cancelled", function()
+  local ng = servers.nginx()
+  local dir = t.tmpdir("busypool")
+  -- Every worker of the pool (4) blocked: each hashes a FIFO that nobody writes to yet.
+  local fifos, jobs = {}, {}
+  for i = 1, 4 do
+    fifos[i] = dir .. "/fifo" .. i
+    t.eq(os.execute("mkfifo " .. t.shquote(fifos[i])), true, "mkfifo")
+    jobs[i] = core.fs_start { { "sha256", fifos[i] } }
+  end
+  -- Released from another process in 3 s: a cancel that waited for the workers would take that long.
+  local names = {}
+  for i = 1, 4 do names[i] = t.shquote(fifos[i]) end
+  os.execute("(sleep 3; for f in " .. table.concat(names, " ") .. "; do : > \"$f\"; done) >/dev/null 2>&1 &")
+  local s = session { jobs = 2 }
+  local data = t.bytes(50000, 17)
+  local tr = s:add { url = ng.put("busypool/small.bin", data), partial = dir .. "/small.part" }
+  local deadline = core.now() + 20
+  while tr:progress().state ~= "finishing" do
+    s:perform(0.05)
+    t.ok(core.now() < deadline, "the body is all in; its last bytes wait for a worker")
+  end
+  local t0 = core.now()
+  tr:cancel()
+  t.ok(core.now() - t0 < 1, "cancel does not wait for the busy pool")
+  t.eq(#s:finished(), 0, "not finished while its worker has not run")
+  for i = 1, 4 do
+    t.eq(jobs[i]:result(), true, "the blocked job " .. i .. " ends")
+    jobs[i]:close()
+  end
+  local r = drive(s, { tr })[1]
+  t.eq(r.ok, false, "it ends cancelled")
+  t.eq(r.code, "ECANCEL", "code")
+end)
+
 test("limit_rate caps the total across transfers", function()
   local ng = servers.nginx()
   local dir = t.tmpdir("rate")

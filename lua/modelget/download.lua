@@ -158,7 +158,8 @@ local function batch_steps(reqs)
       steps[#steps + 1] = paths
     else
       for _, path in ipairs(paths) do
-        steps[#steps + 1] = { "fsync", path, group = owner[path] or nil }
+        -- A path of several requests is missing only if they all failed before it.
+        steps[#steps + 1] = { "fsync", path, not owner[path] and "optional" or nil, group = owner[path] or nil }
       end
     end
   end

@@ -348,7 +348,7 @@ function pull.run(sched, entry, ctx)
     end
     -- A folder this pull made holds nothing else unless a file was skipped, a state file was
     -- written or a split planned.
-    local others = earlier or #fetched < #files or (opts.connections or 1) > 1
+    local others = earlier or #fetched < #files or (sched.opts.connections or 1) > 1
     for _, item in ipairs(fetched) do others = others or item.result.state_file end
     if in_place and others then
       -- What else the partial folder holds (resume states, a split download's leftovers, files of

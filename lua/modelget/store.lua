@@ -212,11 +212,13 @@ function store.install(root, staging, entry, files, opts)
   -- The rename made durable (a scheduler syncs the parent once for the installs of a batch).
   ops[#ops + 1] = { "barrier", parent }
   local ok, err, code = (opts.run or run_here)(ops)
-  if not ok then
-    -- The old model goes back when the new one did not take its place.
+  if not ok and (core.stat(staging) or not core.stat(dest)) then
+    -- The new model did not take its place: the old one goes back.
     if old and not core.stat(dest) then core.rename(old, dest) end
     return nil, err, code
   end
+  -- In place (only the parent's sync may have failed: the rename is atomic, and a crash would at
+  -- worst leave the model assembled under partial/ for the next pull).
   if old then core.rmtree(old) end
   return dest
 end
