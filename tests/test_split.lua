@@ -163,6 +163,37 @@ test("a split plan left beside a partial a single-connection pull rewrote is not
   t.eq(t.sha256_file(installed(store, "stale")), t.sha256(data), "the right bytes")
 end)
 
+test("-j 2 -x 4 with many small files: two files at a time, not eight", function()
+  local download = require "modelget.download"
+  local ng = servers.nginx()
+  local dir = t.tmpdir("places")
+  local sched = download.scheduler { jobs = 2, connections = 4, cacert = servers.ca().cert }
+  local transfer, now, most = sched.transfer, 0, 0
+  sched.transfer = function(self, opts, info) -- counts the transfers under way (HEADs too)
+    now = now + 1
+    most = math.max(most, now)
+    local r = transfer(self, opts, info)
+    now = now - 1
+    return r
+  end
+  local results, datas = {}, {}
+  for i = 1, 6 do
+    datas[i] = t.bytes(300000 + i, 90 + i)
+    local url = ng.put(string.format("places/p%d.bin", i), datas[i])
+    sched:spawn(function()
+      results[i] = table.pack(sched:fetch { id = "p" .. i, file = "p" .. i, urls = { url },
+                                            partial = dir .. "/p" .. i .. ".part" })
+    end)
+  end
+  sched:run()
+  sched:close()
+  for i = 1, 6 do
+    t.eq(results[i][1] and results[i][1].ok, true, "file " .. i .. " fetched")
+    t.eq(t.sha256_file(dir .. "/p" .. i .. ".part"), t.sha256(datas[i]), "file " .. i .. " bytes")
+  end
+  t.eq(most, 2, "two transfers at once (-j 2), never more")
+end)
+
 test("a file too small to split comes whole, on one connection", function()
   -- Under 2 MiB nothing is split: the HEAD that found its size, then one GET for the whole file.
   local fx = split_pull("small-x", 1 * MiB + 7, 95, { "-x", "4", "-q" })

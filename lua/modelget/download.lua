@@ -59,6 +59,8 @@ function download.scheduler(opts)
     jobs = {},      -- {job=, waiting={co…} | batch={{co=, group=}…}}: file-system jobs on worker threads
     fs_queue = {},  -- {ops=, co=}: requests for the next batch of file-system steps
     batching = 0,   -- batches with a barrier running
+    places = opts.jobs or 4, -- files that may download at once when files are split (see fetch)
+    place_waiters = {}, -- coroutines waiting for one of those places
     paused = {},    -- model id -> true: its transfers start paused
     cancelled = {}, -- model id -> true: its fetches stop
     tasks = 0,
@@ -367,7 +369,24 @@ end
 -- spec: {id=, file=, urls={…}, partial=path | memory=bytes, head=, size=, space_factor=, space_path=,
 --        auth_for=function(url) -> {header=, host=}|nil}
 -- Returns the engine's result table (ok) or nil, message, code.
+-- With connections > 1 the session has jobs × connections transfer places; `jobs` files at most
+-- download at once all the same (a split file's segments share its place), so many small files are
+-- not fetched connections times as many at a time. A file keeps its place through its retries.
 function Scheduler:fetch(spec)
+  if (self.opts.connections or 1) <= 1 then return self:fetch_file(spec) end
+  if self.places > 0 then
+    self.places = self.places - 1
+  else
+    self.place_waiters[#self.place_waiters + 1] = coroutine.running()
+    coroutine.yield() -- handed a place by a file that ended
+  end
+  local r, err, code = self:fetch_file(spec)
+  local next_one = table.remove(self.place_waiters, 1)
+  if next_one then self.ready[#self.ready + 1] = next_one else self.places = self.places + 1 end
+  return r, err, code
+end
+
+function Scheduler:fetch_file(spec)
   if (self.opts.connections or 1) > 1 and spec.partial and not spec.head and not self.cancelled[spec.id] then
     local r, err, code = self:fetch_split(spec)
     if r then return r end
