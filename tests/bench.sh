@@ -3,7 +3,7 @@
 #   sh tests/bench.sh BUILD_DIR
 # 1. one 1 GiB file: modelget pull with --sha256 vs curl -o, wget -O, aria2c --checksum (best of 3)
 # 2. 200 files of 100 KB: one modelget pull -j 8 vs curl --parallel --parallel-max 8, aria2c -j8 -i,
-#    and modelget.core alone writing them into one folder (what the store adds, by difference)
+#    and modelget.core alone writing them into one folder (what the store adds, by difference); best of 5
 # Prints wall-clock times, ratios (modelget / other), peak RSS, and the targets beside them.
 set -eu
 build=$(cd "${1:-build}" && pwd)
@@ -11,6 +11,9 @@ modelget=$build/modelget
 here=$(cd "$(dirname "$0")" && pwd)
 fixtures=$here/fixtures
 runs=${BENCH_RUNS:-3}
+# The small runs take a tenth of a second each and their times swing with the file system's state
+# (see fresh()): five of them each, by default.
+small_runs=${BENCH_SMALL_RUNS:-5}
 big_size=${BENCH_BIG_BYTES:-1073741824}
 small_count=${BENCH_SMALL_COUNT:-200}
 small_size=102400
@@ -150,9 +153,9 @@ while [ $i -lt "$runs" ]; do
   rm -rf "$tmp/runs/$runno"
   i=$((i + 1))
 done
-echo "bench: $small_count files of $small_size bytes, $runs runs each (modelget: $small_mode)"
+echo "bench: $small_count files of $small_size bytes, $small_runs runs each (modelget: $small_mode)"
 i=0
-while [ $i -lt "$runs" ]; do
+while [ $i -lt "$small_runs" ]; do
   fresh
   if [ "$small_mode" = command ]; then
     # shellcheck disable=SC2046
@@ -168,12 +171,12 @@ done
 # aria2c last: it deletes a control file per download, and deleted inodes slow whoever runs next
 # (see fresh()); modelget and curl delete nothing.
 i=0
-while [ $i -lt "$runs" ]; do
+while [ $i -lt "$small_runs" ]; do
   fresh; timed small.engine "$modelget" run "$engine_script" "$tmp/small.urls" "$out" "$ca"
   i=$((i + 1))
 done
 i=0
-while [ $i -lt "$runs" ]; do
+while [ $i -lt "$small_runs" ]; do
   fresh; timed small.aria2c aria2c -q --ca-certificate="$ca" -j8 -i "$tmp/small.urls" -d "$out"
   i=$((i + 1))
 done
@@ -190,7 +193,7 @@ done
 r=$(ratio "$mg_big" "$(best big.curl)")
 echo "  target: pull+verify <= 1.10x curl -o   -> $r ($(verdict "$r" 1.10))"
 echo
-echo "== $small_count files (best of $runs, seconds)"
+echo "== $small_count files (best of $small_runs, seconds)"
 printf '  %-24s %8s   (runs: %s)\n' "modelget pull -j 8" "$mg_small" "$(runs_of small.modelget)"
 for tool in curl aria2c; do
   t=$(best small.$tool)
