@@ -485,25 +485,6 @@ static int jobs_wait(lua_State *L) {
   return 1;
 }
 
-/* sync_start{path, …} -> FsJob: fsync each file or folder, in order. */
-static int fs_sync_start(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  int n = (int)luaL_len(L, 1);
-  lua_createtable(L, n, 0);
-  for (int i = 1; i <= n; i++) {
-    if (lua_geti(L, 1, i) != LUA_TSTRING) luaL_error(L, "bad argument #1 to 'sync_start': path %d is not a string", i);
-    lua_createtable(L, 2, 0);
-    lua_pushliteral(L, "fsync");
-    lua_rawseti(L, -2, 1);
-    lua_insert(L, -2);
-    lua_rawseti(L, -2, 2);
-    lua_rawseti(L, -2, i);
-  }
-  lua_replace(L, 1);
-  lua_settop(L, 1);
-  return fs_start(L);
-}
-
 /* syncfs(2) is there and reports write-back errors: Linux 5.8 and later (before, it returned 0). */
 static int syncfs_reports_errors(void) {
 #ifdef __linux__
@@ -525,7 +506,6 @@ void mg_open_jobs(lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     {"fs_start", fs_start},
-    {"sync_start", fs_sync_start},
     {"jobs_wait", jobs_wait},
     {NULL, NULL}
   };

@@ -1688,10 +1688,15 @@ static void unlink_transfer(Session *s, Transfer *t) {
 }
 
 /* Stops the I/O of a transfer that is going away: kept data and state stay for a later resume. */
+/* A transfer going away, or about to lose its file: the worker writing its last bytes is waited for. */
+static void await_tail(Transfer *t) {
+  if (t->state == ST_FINISHING) mg_jobs_wait_flag(&t->tail_done);
+}
+
 static void abandon(Session *s, Transfer *t, const char *why) {
   if (t->state == ST_DONE) return;
   fail_host(t, "ECANCEL", 0, why);
-  if (t->state == ST_FINISHING) mg_jobs_wait_flag(&t->tail_done); /* going away: its worker is waited for */
+  await_tail(t);
   finish(s, t);
 }
 
@@ -2012,10 +2017,10 @@ static int transfer_cancel(lua_State *L) {
   if (t->state != ST_DONE) {
     fail_host(t, "ECANCEL", 0, "cancelled");
     if (remove) t->fail_drop = 1; /* nothing is kept, so nothing is written out first */
-    if (remove && t->tail_pending) mg_jobs_wait_flag(&t->tail_done); /* its file is about to go */
+    if (remove) await_tail(t);
     if (s) finish(s, t);
   }
-  if (remove && !t->tail_pending) drop_partial(t);
+  if (remove) drop_partial(t);
   return 0;
 }
 

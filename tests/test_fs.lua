@@ -2,10 +2,10 @@
 local t = require "t"
 local core = require "modelget.core"
 
-test("sync jobs make files and folders durable off the caller's thread, and name a failure", function()
+test("fsync steps make files and folders durable off the caller's thread, and name a failure", function()
   local dir = t.tmpdir("sync")
   t.write(dir .. "/a/b.bin", "data")
-  local job = core.sync_start { dir .. "/a/b.bin", dir .. "/a", dir }
+  local job = core.fs_start { { "fsync", dir .. "/a/b.bin" }, { "fsync", dir .. "/a" }, { "fsync", dir } }
   for _ = 1, 500 do
     if job:done() then break end
     core.sleep(0.01)
@@ -13,12 +13,12 @@ test("sync jobs make files and folders durable off the caller's thread, and name
   t.eq(job:done(), true, "done")
   t.eq(job:result(), true, "result")
   job:close()
-  local bad = core.sync_start { dir .. "/a/b.bin", dir .. "/missing" }
+  local bad = core.fs_start { { "fsync", dir .. "/a/b.bin" }, { "fsync", dir .. "/missing" } }
   local ok, err, code = bad:result() -- waits
   t.eq(ok, nil, "a missing path fails the job")
   t.eq(code, "ENOENT", "code")
   t.match(err, "cannot sync .*/missing", "names the path")
-  t.ok(not pcall(core.sync_start, { 1, {} }), "a non-string path is misuse")
+  t.ok(not pcall(core.fs_start, { { "fsync", 1 } }), "a non-string path is misuse")
 end)
 
 test("file-system jobs run their steps in order off the caller's thread; the first failure stops them, named", function()

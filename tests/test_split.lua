@@ -164,34 +164,33 @@ test("a split plan left beside a partial a single-connection pull rewrote is not
 end)
 
 test("-j 2 -x 4 with many small files: two files at a time, not eight", function()
-  local download = require "modelget.download"
-  local ng = servers.nginx()
-  local dir = t.tmpdir("places")
-  local sched = download.scheduler { jobs = 2, connections = 4, cacert = servers.ca().cert }
-  local transfer, now, most = sched.transfer, 0, 0
-  sched.transfer = function(self, opts, info) -- counts the transfers under way (HEADs too)
-    now = now + 1
-    most = math.max(most, now)
-    local r = transfer(self, opts, info)
-    now = now - 1
-    return r
-  end
-  local results, datas = {}, {}
+  local fx = servers.fixture()
+  local store = t.tmpdir("places")
+  local argv, datas = { "-j", "2", "-x", "4", "-q" }, {}
   for i = 1, 6 do
     datas[i] = t.bytes(300000 + i, 90 + i)
-    local url = ng.put(string.format("places/p%d.bin", i), datas[i])
-    sched:spawn(function()
-      results[i] = table.pack(sched:fetch { id = "p" .. i, file = "p" .. i, urls = { url },
-                                            partial = dir .. "/p" .. i .. ".part" })
-    end)
+    argv[#argv + 1] = fx.put(string.format("places%d.bin", i), datas[i])
+    -- Each request answered after a pause, so that requests asked at once meet at the server.
+    fx.script(string.format("places%d.bin", i), { { delay = 0.3, ["repeat"] = true } })
   end
-  sched:run()
-  sched:close()
+  fx.clear_log()
+  t.status(pull(store, argv), 0, "pull -j 2 -x 4")
   for i = 1, 6 do
-    t.eq(results[i][1] and results[i][1].ok, true, "file " .. i .. " fetched")
-    t.eq(t.sha256_file(dir .. "/p" .. i .. ".part"), t.sha256(datas[i]), "file " .. i .. " bytes")
+    t.eq(t.sha256_file(installed(store, "places" .. i)), t.sha256(datas[i]), "file " .. i .. " installed")
   end
-  t.eq(most, 2, "two transfers at once (-j 2), never more")
+  -- A request is answered 0.3 s after it arrives, and a file's next request waits for its answer:
+  -- two files at a time means no more than two requests within any 0.25 s.
+  local times = {}
+  for _, r in ipairs(fx.requests("^/f/places%d%.bin$")) do times[#times + 1] = r.time end
+  table.sort(times)
+  t.eq(#times, 12, "a HEAD and a GET per file")
+  local most = 0
+  for i = 1, #times do
+    local n = 0
+    for j = i, #times do if times[j] - times[i] < 0.25 then n = n + 1 end end
+    most = math.max(most, n)
+  end
+  t.eq(most, 2, "the server was asked for two files at a time, never more")
 end)
 
 test("a file too small to split comes whole, on one connection", function()

@@ -56,8 +56,8 @@ function download.scheduler(opts)
     waiting = {},   -- Transfer -> {co=, info=}
     sleepers = {},  -- {at=, co=}
     ready = {},     -- coroutines to resume at the next turn (a finished group)
-    jobs = {},      -- {job=, waiting={co…} | batch={{co=, group=}…}}: file-system jobs on worker threads
-    fs_queue = {},  -- {ops=, co=}: requests for the next batch of file-system steps
+    jobs = {},      -- {job=, reqs={…}, synced=}: file-system jobs on worker threads, request k in group k
+    fs_queue = {},  -- {ops=, co=, barrier=}: requests for the next batch of file-system steps
     batching = 0,   -- batches with a barrier running
     places = opts.jobs or 4, -- files that may download at once when files are split (see fetch)
     place_waiters = {}, -- coroutines waiting for one of those places
@@ -114,16 +114,23 @@ function Scheduler:all(fns)
   return results
 end
 
--- One job's steps for a batch of requests, request k's steps in group k: phase by phase, the
--- requests' steps up to their next barrier, then the barrier for all of them (one syncfs of the file
--- systems they list, or an fsync of each path listed: a path listed by several requests is synced
--- once, for all). The requests' step tables are used as they are.
-local function batch_steps(reqs)
+-- Whether a request's steps hold a barrier.
+local function has_barrier(ops)
+  for _, op in ipairs(ops) do
+    if op[1] == "barrier" then return true end
+  end
+  return false
+end
+
+-- One job's steps for requests {ops=}…, request k's steps in group k: phase by phase, the requests'
+-- steps up to their next barrier, then the barrier for all of them (one syncfs of the file systems
+-- they list, or an fsync of each path listed: a path listed by several requests is synced once, for
+-- all). The requests' step tables are used as they are. Also the way store.install's steps run
+-- outside a scheduler, as a job of one request.
+function download.job_steps(reqs)
   local barriers = 0
   for _, req in ipairs(reqs) do
-    for _, op in ipairs(req.ops) do
-      if op[1] == "barrier" then barriers = barriers + 1; break end
-    end
+    if has_barrier(req.ops) then barriers = barriers + 1 end
   end
   local use_syncfs = core.syncfs and barriers >= SYNCFS_MIN
   local steps, cursor, left = {}, {}, #reqs
@@ -175,44 +182,36 @@ end
 -- many small models installed at once share their syncs. Returns what the job's result says for
 -- these steps: true (and a sha256 step's digest), or nil, message, code.
 function Scheduler:fs(ops)
-  local co = coroutine.running()
+  if #ops == 0 then return true end
+  local req = { ops = ops, co = coroutine.running(), barrier = has_barrier(ops) }
   for _, op in ipairs(ops) do
     if op[1] == "sha256" then -- a digest is a job's own: not batched
-      self.jobs[#self.jobs + 1] = { job = core.fs_start(ops), waiting = { co } }
+      self:start_job({ req }, false)
       return coroutine.yield()
     end
   end
-  if #ops == 0 then return true end
-  self.fs_queue[#self.fs_queue + 1] = { ops = ops, co = co }
+  self.fs_queue[#self.fs_queue + 1] = req
   return coroutine.yield()
 end
 
--- Starts the requests that came meanwhile as batches: those with no barrier at once (making a
--- folder waits for no sync), those with one when fewer than BATCHES such batches run.
-function Scheduler:start_batch()
-  if #self.fs_queue == 0 then return end
-  local plain, synced = {}, {}
-  for _, req in ipairs(self.fs_queue) do
-    local barrier = false
-    for _, op in ipairs(req.ops) do if op[1] == "barrier" then barrier = true end end
-    table.insert(barrier and synced or plain, req)
-  end
-  self.fs_queue = {}
-  if #synced > 0 and self.batching >= BATCHES then
-    self.fs_queue = synced
-    synced = {}
-  end
-  for _, reqs in ipairs { plain, synced } do
-    if #reqs > 0 then
-      local batch = { synced = reqs == synced }
-      for k, req in ipairs(reqs) do batch[k] = { co = req.co, group = k } end
-      if batch.synced then self.batching = self.batching + 1 end
-      self.jobs[#self.jobs + 1] = { job = core.fs_start(batch_steps(reqs)), batch = batch }
-    end
-  end
+-- Starts one job for requests {ops=, co=}…, each woken with its own outcome when the job ends.
+function Scheduler:start_job(reqs, synced)
+  if synced then self.batching = self.batching + 1 end
+  self.jobs[#self.jobs + 1] = { job = core.fs_start(download.job_steps(reqs)), reqs = reqs, synced = synced }
 end
 
--- Wakes the tasks of every finished job with its result.
+-- Starts the requests that came meanwhile: those with no barrier at once (making a folder waits for
+-- no sync), those with one as a batch when fewer than BATCHES such batches run.
+function Scheduler:start_batch()
+  local plain, synced = {}, {}
+  for _, req in ipairs(self.fs_queue) do table.insert(req.barrier and synced or plain, req) end
+  self.fs_queue = {}
+  if #plain > 0 then self:start_job(plain, false) end
+  if #synced == 0 then return end
+  if self.batching < BATCHES then self:start_job(synced, true) else self.fs_queue = synced end
+end
+
+-- Wakes the tasks of every finished job, each with its request's outcome.
 function Scheduler:finish_jobs()
   local done, still = {}, {}
   for _, j in ipairs(self.jobs) do
@@ -220,18 +219,11 @@ function Scheduler:finish_jobs()
   end
   self.jobs = still
   for _, j in ipairs(done) do
+    if j.synced then self.batching = self.batching - 1 end
     local results = {}
-    if j.batch then
-      if j.batch.synced then self.batching = self.batching - 1 end
-      for i, member in ipairs(j.batch) do results[i] = table.pack(j.job:result(member.group)) end
-    else
-      results[1] = table.pack(j.job:result())
-    end
+    for k in ipairs(j.reqs) do results[k] = table.pack(j.job:result(k)) end
     j.job:close()
-    for i, member in ipairs(j.batch or j.waiting) do
-      local r = results[j.batch and i or 1]
-      self:wake(j.batch and member.co or member, table.unpack(r, 1, r.n))
-    end
+    for k, req in ipairs(j.reqs) do self:wake(req.co, table.unpack(results[k], 1, results[k].n)) end
   end
 end
 

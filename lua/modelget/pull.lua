@@ -138,6 +138,11 @@ end
 -- Partial files live flat under the pull's partial folder; nested paths are flattened.
 local function partial_path(pdir, path) return pdir .. "/" .. path:gsub("/", "%%2F") .. ".part" end
 
+-- Whether a name in a partial folder is resumable data: a partial file, its state or a split plan.
+local function resumable(name)
+  return name:match("%.part$") or name:match("%.part%.state$") or name:match("%.part%.split$")
+end
+
 local function remove_partial(path)
   os.remove(path)
   os.remove(path .. ".state")
@@ -227,9 +232,7 @@ function pull.run(sched, entry, ctx)
       -- Only resumable data is kept: partial files, their states and split plans. Anything else (a
       -- staging folder, files renamed into place by a pull killed before its install) goes.
       for _, name in ipairs(core.listdir(pdir) or {}) do
-        if not (name:match("%.part$") or name:match("%.part%.state$") or name:match("%.part%.split$")) then
-          core.rmtree(pdir .. "/" .. name)
-        end
+        if not resumable(name) then core.rmtree(pdir .. "/" .. name) end
       end
     else
       -- The folder and its empty partial files are made off the event loop (making a folder is
@@ -309,10 +312,7 @@ function pull.run(sched, entry, ctx)
     local in_place = true
     for _, item in ipairs(fetched) do
       local lower = item.file.path:lower()
-      if item.file.archive or lower:match("%.part$") or lower:match("%.part%.state$") or lower:match("%.part%.split$")
-          or lower:match("%.tmp$") then
-        in_place = false
-      end
+      if item.file.archive or resumable(lower) or lower:match("%.tmp$") then in_place = false end
     end
     local staging = in_place and pdir or (pdir .. "/staging." .. core.getpid())
     if not in_place then

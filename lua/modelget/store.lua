@@ -151,19 +151,11 @@ function store.check(dir, manifest, rehash)
   return bad
 end
 
--- File-system steps (core.fs_start) run to their end here: the way outside a scheduler. A
--- {"barrier", path…} step is an fsync of each path listed.
+-- File-system steps (core.fs_start) run to their end here, as a job of one request: the way
+-- outside a scheduler.
 local function run_here(ops)
-  local steps = {}
-  for _, op in ipairs(ops) do
-    if op[1] == "barrier" then
-      for i = 2, #op do steps[#steps + 1] = { "fsync", op[i] } end
-    else
-      steps[#steps + 1] = op
-    end
-  end
-  local job = core.fs_start(steps)
-  local ok, err, code = job:result()
+  local job = core.fs_start(require("modelget.download").job_steps { { ops = ops } })
+  local ok, err, code = job:result(1)
   job:close()
   return ok, err, code
 end
