@@ -9,6 +9,13 @@
 #include <time.h>
 #include <curl/curl.h>
 
+uint64_t mg_fnv1a(const void *p, size_t n) {
+  const unsigned char *b = p;
+  uint64_t h = 1469598103934665603ULL;
+  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ULL;
+  return h;
+}
+
 const char *mg_errno_code(int err) {
   switch (err) {
   case ENOSPC: case EDQUOT: return "ESPACE";

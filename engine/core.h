@@ -40,6 +40,8 @@ void mg_jobs_wait_flag(const int *flag);
 /* Set by the SIGINT/SIGTERM handler installed with catch_interrupt(). */
 extern volatile sig_atomic_t mg_interrupt_flag;
 
+/* FNV-1a of n bytes: a quick spread for hash tables and lock offsets (not for integrity). */
+uint64_t mg_fnv1a(const void *p, size_t n);
 /* Lower-case hex of a digest; out holds 2n+1 bytes. */
 void mg_hex(const unsigned char *digest, size_t n, char *out);
 /* Feeds up to limit bytes read from fd (from its current offset) into an EVP SHA-256 context.

@@ -355,9 +355,7 @@ static size_t count_components(const char *path) {
 /* The record set ----------------------------------------------------------------------------- */
 
 static size_t hash_path(const char *s) {
-  uint64_t h = 1469598103934665603ull;
-  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
-  return (size_t)h;
+  return (size_t)mg_fnv1a(s, strlen(s));
 }
 
 static size_t *slot_of(const Reader *r, const char *path) {

@@ -262,9 +262,7 @@ static int lock_held(lua_State *L) {
 
 #ifdef F_OFD_SETLK
 static off_t key_offset(const char *key, size_t len) {
-  uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-  for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)key[i]) * 1099511628211ULL;
-  return (off_t)(h >> 2); /* positive, and far from any end of range */
+  return (off_t)(mg_fnv1a(key, len) >> 2); /* positive, and far from any end of range */
 }
 #endif
 

@@ -131,9 +131,15 @@ end)
 test("a scheduler batches the file-system requests of its tasks: barriers shared, a failure kept to its task", function()
   local download = require "modelget.download"
   local dir = t.tmpdir("batch")
+  local fs_start = core.fs_start
+  t.defer_case(function() core.fs_start = fs_start end)
   for _, count in ipairs { 2, 6 } do -- below and above the count from which a batch uses syncfs
     local sched = download.scheduler { jobs = 2 }
-    local results = {}
+    local results, kinds = {}, {}
+    core.fs_start = function(steps) -- which kinds of step the batches were made of
+      for _, step in ipairs(steps) do kinds[step[1]] = true end
+      return fs_start(steps)
+    end
     for i = 1, count do
       sched:spawn(function()
         local base = string.format("%s/%d-%d", dir, count, i)
@@ -149,6 +155,9 @@ test("a scheduler batches the file-system requests of its tasks: barriers shared
     end
     sched:run()
     sched:close()
+    core.fs_start = fs_start
+    t.eq(kinds.syncfs == true, count >= 4 and core.syncfs, count .. ": one syncfs for the batch, where it is used")
+    t.eq(kinds.fsync == true, count < 4 or not core.syncfs, count .. ": else an fsync per path")
     for i = 1, count do
       local base = string.format("%s/%d-%d", dir, count, i)
       if i == 2 or i == 3 then

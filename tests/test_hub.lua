@@ -128,6 +128,13 @@ test("a paged listing: every page is followed by its Link, and a page named twic
   local again = assert(hub.list_files({ id = "m", hub = { repo = "org/m", revision = "main" } },
     function(url) return table.unpack(pages[url]) end, env))
   t.eq(#again, 3, "b.json once")
+  -- A later page that is not a list fails the listing: the pages before it are not silently all.
+  pages["https://127.0.0.1:7/p3"] = { { error = "Internal" }, {} }
+  local bad, bmsg, bcode = hub.list_files({ id = "m", hub = { repo = "org/m", revision = "main" } },
+    function(url) return table.unpack(pages[url]) end, env)
+  t.eq(bad, nil, "a later page that is not a list fails")
+  t.eq(bcode, "EIO", "its code")
+  t.match(bmsg, "page 3 %(https://127%.0%.0%.1:7/p3%) is not a list of files", "its message")
   t.eq(hub.next_link('<https://x/1>; rel="prev"'), nil, "no next")
   t.eq(hub.next_link(nil), nil, "no header")
 end)

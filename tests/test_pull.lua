@@ -401,17 +401,27 @@ end)
 
 test("Ctrl-C during a list of pulls: what has not started does not start; exit 130", function()
   local fx = servers.fixture()
+  -- More targets than the pulls under way at once (max(4 × 1, 32)): the last ones have not started.
   local urls, store = {}, store_dir("sigint-many")
-  for i = 1, 12 do urls[i] = fx.put(string.format("many-int%02d.bin", i), t.bytes(300000, 40 + i)) end
-  local args = { "pull", "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q",
+  for i = 1, 40 do urls[i] = fx.put(string.format("many-int%02d.bin", i), t.bytes(i == 1 and 300000 or 2000, 40 + i)) end
+  local args = { "pull", "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "--json",
                  "-j", "1", "--limit-rate", "300K" }
   for _, u in ipairs(urls) do args[#args + 1] = u end
-  local job = t.spawn(args)
+  local dir = t.tmpdir("sigint-many-out")
+  local job = t.spawn(args, { stdout = dir .. "/out" })
   wait_for_bytes(store .. "/partial/other--many-int01/many-int01.bin.part", 50000)
   os.execute("kill -INT " .. job.pid)
   t.eq(t.wait(job.status, 10), 130, "exit status after Ctrl-C")
   local installed_n = #(require("modelget.core").listdir(store .. "/models/other") or {})
   t.ok(installed_n <= 1, "no pull started after Ctrl-C (" .. installed_n .. " installed)")
+  local unstarted = {}
+  for _, ev in ipairs(events(t.read(dir .. "/out") or "")) do
+    if ev.event == "error" and (ev.message or ""):find("interrupted before it started", 1, true) then
+      unstarted[ev.id] = true
+    end
+  end
+  for i = 33, 40 do t.ok(unstarted[urls[i]], "target " .. i .. " reported as not started") end
+  t.ok(not unstarted[urls[1]], "the one under way is not among them")
 end)
 
 test("pulling an installed model again does nothing and says so; --force downloads again", function()

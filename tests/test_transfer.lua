@@ -31,6 +31,15 @@ local function drive(s, list, limit)
   return results
 end
 
+-- Drives the session until cond() holds; fails after limit seconds (30).
+local function until_(s, cond, limit)
+  local deadline = core.now() + (limit or 30)
+  while not cond() do
+    s:perform(0.05)
+    if core.now() > deadline then error("condition not reached in time", 2) end
+  end
+end
+
 -- One transfer to its end: its result.
 local function fetch(opts, sopts)
   local s = session(sopts)
@@ -424,11 +433,7 @@ test("the storage check counts what the session's other downloads still have to 
   fx.script("promised-b.bin", { { announce = big }, { announce = big } })
   local s = session { jobs = 4 }
   local ta = s:add { url = url_a, partial = dir .. "/a.bin" }
-  local deadline = core.now() + 20
-  while ta:progress().completed < 512 do
-    s:perform(0.05)
-    if core.now() > deadline then error("the first download did not start") end
-  end
+  until_(s, function() return ta:progress().completed >= 512 end, 20) -- the first one has started
   local tb = s:add { url = url_b, partial = dir .. "/b.bin" }
   local rb = drive(s, { tb })[1]
   t.eq(rb.code, "ESPACE", "the second is refused: the first still has most of its bytes to come")
@@ -547,15 +552,6 @@ end)
 
 -- Control --------------------------------------------------------------------------------------
 
--- Runs perform until cond() holds.
-local function until_(s, cond, limit)
-  local deadline = core.now() + (limit or 30)
-  while not cond() do
-    s:perform(0.05)
-    if core.now() > deadline then error("condition not reached in time", 2) end
-  end
-end
-
 -- A rate-capped download of `size` bytes from server, driven until more than `past` bytes arrived.
 local function slow_download(server, name, size, rate, past)
   local data = t.bytes(size, #name)
@@ -659,11 +655,8 @@ test("a transfer cancelled while its last bytes wait for a busy pool: cancel ret
   local s = session { jobs = 2 }
   local data = t.bytes(50000, 17)
   local tr = s:add { url = ng.put("busypool/small.bin", data), partial = dir .. "/small.part" }
-  local deadline = core.now() + 20
-  while tr:progress().state ~= "finishing" do
-    s:perform(0.05)
-    t.ok(core.now() < deadline, "the body is all in; its last bytes wait for a worker")
-  end
+  -- The body is all in; its last bytes wait for a worker.
+  until_(s, function() return tr:progress().state == "finishing" end, 20)
   local t0 = core.now()
   tr:cancel()
   t.ok(core.now() - t0 < 1, "cancel does not wait for the busy pool")

@@ -177,11 +177,16 @@ function hub.list_files(entry, fetch_json, env)
   local spec = entry.hub
   local url = hub.tree_url(spec.repo, spec.revision, env, spec.dir)
   local all, seen, seen_paths = {}, {}, {}
-  for _ = 1, MAX_PAGES do
+  for n = 1, MAX_PAGES do
     seen[url] = true
     local page, headers_or_err, code = fetch_json(url)
     if not page then return nil, headers_or_err, code end
-    if type(page) ~= "table" or (page[1] == nil and next(page) ~= nil) then return hub.select(page, spec) end
+    if type(page) ~= "table" or (page[1] == nil and next(page) ~= nil) then
+      -- Not a list of files: the first page says why (hub.select names it); a later one would
+      -- otherwise drop the pages before it.
+      if n == 1 then return hub.select(page, spec) end
+      return util.fail("EIO", "the Hub's file listing of %s: page %d (%s) is not a list of files", spec.repo, n, url)
+    end
     for _, item in ipairs(page) do
       -- Pages that overlap (the listing changed between them) give a path once.
       local key = type(item) == "table" and item.path

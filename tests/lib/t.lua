@@ -169,7 +169,8 @@ function t.status(r, want, what)
   return r
 end
 
--- Starts the modelget host in the background with arguments (a list), as t.modelget would.
+-- Starts the modelget host in the background with arguments (a list), as t.modelget would
+-- (opts.stdout: a file for its standard output, else it is dropped).
 -- Returns {pid=, stderr=path, status=function() -> exit status once it has ended, else nil};
 -- the process is killed at the end of the test case if it is still running.
 function t.spawn(args, opts)
@@ -177,8 +178,9 @@ function t.spawn(args, opts)
   local words = { shquote(t.bin) }
   for _, a in ipairs(args) do words[#words + 1] = shquote(a) end
   local pidfile, statusfile, errfile = dir .. "/pid", dir .. "/status", dir .. "/stderr"
-  t.sh(string.format("(%s 2>%s & echo $! > %s; wait $!; echo $? > %s) >/dev/null 2>&1 &",
-    table.concat(words, " "), shquote(errfile), shquote(pidfile), shquote(statusfile)), opts)
+  local out = opts and opts.stdout and (" >" .. shquote(opts.stdout)) or ""
+  t.sh(string.format("(%s%s 2>%s & echo $! > %s; wait $!; echo $? > %s) >/dev/null 2>&1 &",
+    table.concat(words, " "), out, shquote(errfile), shquote(pidfile), shquote(statusfile)), opts)
   local pid = t.wait(function() local s = t.read(pidfile); return s and s:match("%d+") end, 10)
   assert(pid, "the background command started")
   t.defer_case(function() os.execute("kill -9 " .. pid .. " 2>/dev/null") end)
