@@ -133,11 +133,17 @@ test("a scheduler batches the file-system requests of its tasks: barriers shared
   local dir = t.tmpdir("batch")
   local fs_start = core.fs_start
   t.defer_case(function() core.fs_start = fs_start end)
-  for _, count in ipairs { 2, 6 } do -- below and above the count from which a batch uses syncfs
+  -- Below and above the number of paths at one barrier (8) from which a batch uses syncfs: the
+  -- first barrier lists each request's file and the shared folder (3 paths, or 10), the second the
+  -- folder alone.
+  for _, count in ipairs { 2, 9 } do
     local sched = download.scheduler { jobs = 2 }
-    local results, kinds = {}, {}
-    core.fs_start = function(steps) -- which kinds of step the batches were made of
-      for _, step in ipairs(steps) do kinds[step[1]] = true end
+    local results, synced = {}, {}
+    core.fs_start = function(steps) -- how the batches made their paths durable
+      for _, step in ipairs(steps) do
+        if step[1] == "syncfs" then synced[#synced + 1] = "syncfs of " .. (#step - 1)
+        elseif step[1] == "fsync" then synced[#synced + 1] = "fsync" end
+      end
       return fs_start(steps)
     end
     for i = 1, count do
@@ -156,8 +162,15 @@ test("a scheduler batches the file-system requests of its tasks: barriers shared
     sched:run()
     sched:close()
     core.fs_start = fs_start
-    t.eq(kinds.syncfs == true, count >= 4 and core.syncfs, count .. ": one syncfs for the batch, where it is used")
-    t.eq(kinds.fsync == true, count < 4 or not core.syncfs, count .. ": else an fsync per path")
+    local paths = count + 1
+    local expect = {}
+    if core.syncfs and paths >= 8 then
+      expect[1] = "syncfs of " .. paths -- one for all the files and the folder
+    else
+      for _ = 1, paths do expect[#expect + 1] = "fsync" end -- the shared folder once
+    end
+    expect[#expect + 1] = "fsync" -- the second barrier: the folder, once for all
+    t.eq(table.concat(synced, ", "), table.concat(expect, ", "), count .. ": the syncs of the batch")
     for i = 1, count do
       local base = string.format("%s/%d-%d", dir, count, i)
       if i == 2 or i == 3 then
