@@ -6,7 +6,7 @@
 
 PREFIX  ?= /usr/local
 CC      ?= cc
-PKGS    := lua5.4 libcurl libarchive openssl
+PKGS    := lua5.4 libcurl libarchive openssl zlib
 SAN     ?=
 ifeq ($(SAN),1)
 BUILD   ?= build-san
@@ -22,7 +22,7 @@ WARN    := -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion -Wstrict-pro
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(SANFLAGS) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 # libarchive is opened with dlopen on the first archive (engine/extract.c): its headers only here,
 # and the name of the library to open, as its package installed it.
-ENGINE_LIBS := $(shell pkg-config --libs libcurl openssl 2>/dev/null) -lpthread -ldl
+ENGINE_LIBS := $(shell pkg-config --libs libcurl openssl zlib 2>/dev/null) -lpthread -ldl
 LIBARCHIVE_DIR := $(shell pkg-config --variable=libdir libarchive 2>/dev/null)
 LIBARCHIVE_SONAME := $(shell objdump -p $(LIBARCHIVE_DIR)/libarchive.so 2>/dev/null | awk '/SONAME/ { print $$2 }')
 ifeq ($(LIBARCHIVE_SONAME),)
@@ -54,8 +54,8 @@ $(BUILD)/modelget: $(BUILD)/obj/host.o $(ENGINE_OBJ)
 $(BUILD)/modelget.so: $(ENGINE_OBJ)
 	$(CC) $(CFLAGS) -shared -o $@ $^ $(ENGINE_LIBS)
 
-DEBS := liblua5.4-dev lua5.4 libcurl4-openssl-dev libssl-dev libarchive-dev lua-cjson pkg-config gcc make \
-        nginx-light openssl curl wget aria2 python3 libonnx-testdata time xz-utils bzip2 zstd p7zip-full \
+DEBS := liblua5.4-dev lua5.4 libcurl4-openssl-dev libssl-dev libarchive-dev zlib1g-dev lua-cjson pkg-config gcc make \
+        nginx-light openssl curl wget aria2 python3 libonnx-testdata time xz-utils bzip2 zstd lz4 p7zip-full \
         util-linux procps $(if $(shell command -v npm 2>/dev/null),,npm)
 
 # Installs only what is missing; apt-get update only when something is.

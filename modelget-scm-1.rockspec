@@ -31,6 +31,7 @@ external_dependencies = {
    CURL = { header = "curl/curl.h", library = "curl" },
    ARCHIVE = { header = "archive.h", library = "archive" },
    OPENSSL = { header = "openssl/evp.h", library = "crypto" },
+   ZLIB = { header = "zlib.h", library = "z" },
 }
 build = {
    type = "builtin",
@@ -38,9 +39,9 @@ build = {
       ["modelget.core"] = {
          sources = { "engine/core.c", "engine/fs.c", "engine/jobs.c", "engine/hash.c", "engine/transfer.c", "engine/extract.c" },
          defines = { "_GNU_SOURCE" },
-         incdirs = { "engine", "$(CURL_INCDIR)", "$(ARCHIVE_INCDIR)", "$(OPENSSL_INCDIR)" },
-         libdirs = { "$(CURL_LIBDIR)", "$(ARCHIVE_LIBDIR)", "$(OPENSSL_LIBDIR)" },
-         libraries = { "curl", "archive", "ssl", "crypto", "pthread" },
+         incdirs = { "engine", "$(CURL_INCDIR)", "$(ARCHIVE_INCDIR)", "$(OPENSSL_INCDIR)", "$(ZLIB_INCDIR)" },
+         libdirs = { "$(CURL_LIBDIR)", "$(ARCHIVE_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(ZLIB_LIBDIR)" },
+         libraries = { "curl", "archive", "ssl", "crypto", "z", "pthread" },
       },
       ["modelget"] = "lua/modelget/init.lua",
       ["modelget.auth"] = "lua/modelget/auth.lua",

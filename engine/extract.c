@@ -6,7 +6,12 @@
  * made is removed again (in reverse order of creation) before it returns. Symbolic links are made
  * last, once every other entry is on disk, and only when they stay inside the destination.
  * Lua runs only between libarchive calls (on_progress, under lua_pcall): a Lua error never unwinds
- * through libarchive; it is re-raised after the clean-up. */
+ * through libarchive; it is re-raised after the clean-up.
+ *
+ * A compressed archive is decompressed in a stage of its own (zlib for gzip, libarchive's "raw"
+ * reader for the other filters) that feeds the archive reader, so that the compressed stream is read
+ * to its very end and its checksum checked there: a tar ends before its compressed stream does, and
+ * libarchive checks no gzip CRC at all. */
 #include "core.h"
 #include "extract.h"
 
@@ -26,6 +31,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
+#include <zlib.h>
 #ifdef __APPLE__
 #include <xlocale.h>
 #endif
@@ -57,12 +63,14 @@
   X(archive_entry_symlink) \
   X(archive_entry_symlink_utf8) \
   X(archive_error_string) \
+  X(archive_set_error) \
   X(archive_filter_code) \
   X(archive_format) \
   X(archive_read_data_block) \
   X(archive_read_free) \
   X(archive_read_new) \
   X(archive_read_next_header) \
+  X(archive_read_open) \
   X(archive_read_open_fd) \
   X(archive_read_support_filter_bzip2) \
   X(archive_read_support_filter_gzip) \
@@ -71,6 +79,7 @@
   X(archive_read_support_filter_xz) \
   X(archive_read_support_filter_zstd) \
   X(archive_read_support_format_7zip) \
+  X(archive_read_support_format_raw) \
   X(archive_read_support_format_tar) \
   X(archive_read_support_format_zip)
 
@@ -124,10 +133,25 @@ typedef struct {
 
 /* One open archive (and, while extracting, its destination). A userdata, so a Lua error
  * (out of memory while building a listing) cannot leak the handle. */
+/* The compressed stream under an archive, decompressed here (see the top of the file). */
+enum { STREAM_NONE, STREAM_GZIP, STREAM_FILTER };
+typedef struct {
+  int kind;
+  const char *filter;   /* "none", "gzip", "xz"…: what info.filter reports */
+  struct archive *raw;  /* STREAM_FILTER: libarchive's raw reader, its filters on */
+  z_stream z;           /* STREAM_GZIP */
+  int z_open, z_member_end, in_eof;
+  int failed;           /* why[] holds a failure still to report (after the data before it) */
+  unsigned char *in, *out;
+  int64_t drained;      /* bytes decompressed after the archive's end */
+  char why[256];        /* the stage's own failure, for messages */
+} Stream;
+
 typedef struct {
   struct archive *a;
   int archive_fd;
   int root_fd;
+  Stream st;
   Record *recs;
   size_t nrecs, caprecs;
   size_t *slots; /* open addressing over recs: index + 1, 0 = empty */
@@ -183,8 +207,17 @@ static void utf8_names(Reader *r, int on) {
   }
 }
 
+static void stream_release(Stream *st) {
+  if (st->raw) { la.archive_read_free(st->raw); st->raw = NULL; }
+  if (st->z_open) { inflateEnd(&st->z); st->z_open = 0; }
+  free(st->in);
+  free(st->out);
+  st->in = st->out = NULL;
+}
+
 static void reader_release(Reader *r) {
   if (r->a) { la.archive_read_free(r->a); r->a = NULL; }
+  stream_release(&r->st);
   utf8_names(r, 0);
   if (r->archive_fd >= 0) { close(r->archive_fd); r->archive_fd = -1; }
   if (r->root_fd >= 0) { close(r->root_fd); r->root_fd = -1; }
@@ -219,10 +252,191 @@ static const char *base_name(const char *path) {
   return slash && slash[1] ? slash + 1 : path;
 }
 
+/* Why the archive reader failed: the decompression stage's reason when it was the stage. */
+static const char *reader_why(Reader *r, struct archive *a) {
+  if (r->st.why[0]) return r->st.why;
+  return la.archive_error_string(a);
+}
+
+static ssize_t stream_read(struct archive *a, void *client, const void **buf);
+
+/* Unrecognised data out of a compressed stream may be a damaged stream (bzip2 scrambles its whole
+ * block and checks it at the block's end): its first MiB is read to tell. */
+#define PROBE_BYTES (1024 * 1024)
+
 static int not_archive(Reader *r, const char *name, Failure *f) {
-  const char *why = la.archive_error_string(r->a);
+  for (int64_t seen = 0; r->st.kind != STREAM_NONE && !r->st.why[0] && seen < PROBE_BYTES;) {
+    const void *buf;
+    ssize_t n = stream_read(r->a, r, &buf);
+    if (n <= 0) break;
+    seen += n;
+  }
+  /* A compressed stream that fails before the first header is a damaged archive, not another kind of file. */
+  if (r->st.why[0]) return failf(f, "EARCHIVE", "%s: damaged archive: %s", name, r->st.why);
+  const char *why = reader_why(r, r->a);
   return failf(f, "EARCHIVE", "%s: not a readable archive of files (zip, tar or 7z; raw or gzip, bzip2, xz, "
-               "zstd): %s", name, why ? why : "unrecognised");
+               "lzma, zstd or lz4): %s", name, why ? why : "unrecognised");
+}
+
+/* The decompression stage --------------------------------------------------------------------- */
+
+#define GZ_BLOCK (256 * 1024)
+
+/* Sets the stage's failure (kept for messages); -1. */
+static ssize_t stream_fail(Stream *st, struct archive *a, const char *fmt, const char *detail) {
+  snprintf(st->why, sizeof st->why, fmt, detail ? detail : "damaged data");
+  st->failed = 1;
+  if (a) la.archive_set_error(a, EIO, "%s", st->why);
+  return -1;
+}
+
+/* gzip, member after member (as gzip -d reads them); zeros after the last member are padding.
+ * zlib checks each member's CRC-32 and length. */
+static ssize_t gzip_read(Reader *r, struct archive *a, const void **buf) {
+  Stream *st = &r->st;
+  if (st->failed) { /* found with the last block's data, which went out first */
+    la.archive_set_error(a, EIO, "%s", st->why);
+    return -1;
+  }
+  for (;;) {
+    if (st->z.avail_in == 0 && !st->in_eof) {
+      ssize_t n = read(r->archive_fd, st->in, GZ_BLOCK);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return stream_fail(st, a, "gzip: %s", strerror(errno));
+      }
+      if (n == 0) st->in_eof = 1;
+      st->z.next_in = st->in;
+      st->z.avail_in = (uInt)n;
+    }
+    if (st->z_member_end) {
+      while (st->z.avail_in > 0 && *st->z.next_in == 0) st->z.next_in++, st->z.avail_in--;
+      if (st->z.avail_in == 0) {
+        if (st->in_eof) return 0;
+        continue;
+      }
+      if (*st->z.next_in != 0x1f) return stream_fail(st, a, "gzip: %s", "data after the end of the compressed stream");
+      if (inflateReset(&st->z) != Z_OK) return stream_fail(st, a, "gzip: %s", st->z.msg);
+      st->z_member_end = 0;
+    }
+    st->z.next_out = st->out;
+    st->z.avail_out = GZ_BLOCK;
+    int rc = inflate(&st->z, Z_NO_FLUSH);
+    size_t got = GZ_BLOCK - st->z.avail_out;
+    if (rc == Z_STREAM_END) st->z_member_end = 1;
+    else if (rc != Z_OK && rc != Z_BUF_ERROR) {
+      /* The data before the failure goes out first: the failure is then reported with its entry. */
+      stream_fail(st, got > 0 ? NULL : a, "gzip: %s", rc == Z_MEM_ERROR ? "out of memory" : st->z.msg);
+      if (got == 0) return -1;
+    }
+    if (got > 0) {
+      *buf = st->out;
+      return (ssize_t)got;
+    }
+    if (!st->z_member_end && st->z.avail_in == 0 && st->in_eof)
+      return stream_fail(st, a, "gzip: %s", "unexpected end of the compressed stream (truncated)");
+  }
+}
+
+static ssize_t filter_read(Reader *r, struct archive *a, const void **buf) {
+  Stream *st = &r->st;
+  size_t size;
+  la_int64_t off;
+  int rc = la.archive_read_data_block(st->raw, buf, &size, &off);
+  if (rc == ARCHIVE_EOF) return 0;
+  if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) {
+    const char *why = la.archive_error_string(st->raw);
+    return stream_fail(st, a, "%s", why);
+  }
+  return (ssize_t)size;
+}
+
+/* The archive reader's read callback: the stage's next decompressed block. */
+static ssize_t stream_read(struct archive *a, void *client, const void **buf) {
+  Reader *r = client;
+  return r->st.kind == STREAM_GZIP ? gzip_read(r, a, buf) : filter_read(r, a, buf);
+}
+
+/* max_bytes unless given: 100 times the archive's size, at least MG_EXTRACT_MIN_MAX_BYTES. */
+static int64_t default_max_bytes(int archive_fd) {
+  struct stat st;
+  int64_t cap = MG_EXTRACT_MIN_MAX_BYTES;
+  if (fstat(archive_fd, &st) == 0 && st.st_size < INT64_MAX / 100 && st.st_size * 100 > cap)
+    cap = st.st_size * 100;
+  return cap;
+}
+
+/* After the archive's last entry: the rest of the compressed stream is read (and dropped) to its
+ * end, where its checksum is; a little padding is usual, a bomb hidden there stops at max_bytes. */
+static int stream_finish(Reader *r, const char *name, int64_t max_bytes, Failure *f) {
+  Stream *st = &r->st;
+  if (st->kind == STREAM_NONE) return 0;
+  if (max_bytes < 0) max_bytes = default_max_bytes(r->archive_fd);
+  for (;;) {
+    const void *buf;
+    ssize_t n = stream_read(r->a, r, &buf);
+    if (n == 0) return 0;
+    if (n < 0) return failf(f, "EARCHIVE", "%s: damaged archive: %s", name, st->why);
+    st->drained += n;
+    if (st->drained > max_bytes)
+      return failf(f, "EARCHIVE", "%s: more than %lld bytes after the archive's end (max_bytes)", name,
+                   (long long)max_bytes);
+  }
+}
+
+static const char *filter_name_of(int code) {
+  switch (code) {
+  case ARCHIVE_FILTER_BZIP2: return "bzip2";
+  case ARCHIVE_FILTER_XZ: return "xz";
+  case ARCHIVE_FILTER_LZMA: return "lzma";
+  case ARCHIVE_FILTER_ZSTD: return "zstd";
+  case ARCHIVE_FILTER_LZ4: return "lz4";
+  default: return NULL;
+  }
+}
+
+/* Which stage the archive file needs: gzip by its magic; the other filters as libarchive's raw
+ * reader recognises them (kept as the stage); else none, and the archive reader reads the file
+ * itself (seekable: zip and 7z read their directories at the end). */
+static int stream_open(Reader *r, const char *name, Failure *f) {
+  Stream *st = &r->st;
+  unsigned char magic[2];
+  st->filter = "none";
+  if (pread(r->archive_fd, magic, 2, 0) == 2 && magic[0] == 0x1f && magic[1] == 0x8b) {
+    st->in = malloc(GZ_BLOCK);
+    st->out = malloc(GZ_BLOCK);
+    if (!st->in || !st->out || inflateInit2(&st->z, 15 + 16) != Z_OK)
+      return failf(f, "EIO", "%s: out of memory", name);
+    st->z_open = 1;
+    st->kind = STREAM_GZIP;
+    st->filter = "gzip";
+    return 0;
+  }
+  st->raw = la.archive_read_new();
+  if (!st->raw) return failf(f, "EIO", "%s: libarchive: out of memory", name);
+  la.archive_read_support_filter_bzip2(st->raw);
+  la.archive_read_support_filter_xz(st->raw);
+  la.archive_read_support_filter_lzma(st->raw);
+  la.archive_read_support_filter_zstd(st->raw);
+  la.archive_read_support_filter_lz4(st->raw);
+  la.archive_read_support_format_raw(st->raw);
+  struct archive_entry *e;
+  const char *filter = NULL;
+  if (la.archive_read_open_fd(st->raw, r->archive_fd, READ_BLOCK) == ARCHIVE_OK)
+    filter = filter_name_of(la.archive_filter_code(st->raw, 0));
+  if (filter) {
+    st->kind = STREAM_FILTER;
+    st->filter = filter;
+    if (la.archive_read_next_header(st->raw, &e) != ARCHIVE_OK) {
+      const char *why = la.archive_error_string(st->raw);
+      return failf(f, "EARCHIVE", "%s: damaged archive: %s: %s", name, filter, why ? why : "unreadable");
+    }
+    return 0;
+  }
+  la.archive_read_free(st->raw);
+  st->raw = NULL;
+  if (lseek(r->archive_fd, 0, SEEK_SET) != 0) return failf(f, mg_errno_code(errno), "%s: %s", name, strerror(errno));
+  return 0;
 }
 
 /* Only archives of files: tar (all its dialects), zip and 7z, raw or under gzip, bzip2, xz, lzma,
@@ -234,29 +448,27 @@ static int reader_open(Reader *r, const char *path, const char *name, Failure *f
   utf8_names(r, 1);
   const char *missing = libarchive_missing();
   if (missing) return failf(f, "EIO", "%s: %s", name, missing);
+  if (stream_open(r, name, f)) return -1;
   r->a = la.archive_read_new();
   if (!r->a) return failf(f, "EIO", "%s: libarchive: out of memory", name);
   la.archive_read_support_format_tar(r->a);
   la.archive_read_support_format_zip(r->a);
   la.archive_read_support_format_7zip(r->a);
-  la.archive_read_support_filter_gzip(r->a);
-  la.archive_read_support_filter_bzip2(r->a);
-  la.archive_read_support_filter_xz(r->a);
-  la.archive_read_support_filter_lzma(r->a);
-  la.archive_read_support_filter_zstd(r->a);
-  la.archive_read_support_filter_lz4(r->a);
-  if (la.archive_read_open_fd(r->a, r->archive_fd, READ_BLOCK) != ARCHIVE_OK) return not_archive(r, name, f);
+  int rc = r->st.kind == STREAM_NONE ? la.archive_read_open_fd(r->a, r->archive_fd, READ_BLOCK)
+                                     : la.archive_read_open(r->a, r, NULL, stream_read, NULL);
+  if (rc != ARCHIVE_OK) return not_archive(r, name, f);
   return 0;
 }
 
-/* 1: an entry, 0: the end, -1: a failure (damaged, or not an archive at all). */
-static int next_entry(Reader *r, struct archive_entry **e, const char *name, Failure *f) {
+/* 1: an entry, 0: the end (the compressed stream read to its end), -1: a failure (damaged, or not
+ * an archive at all). */
+static int next_entry(Reader *r, struct archive_entry **e, const char *name, int64_t max_bytes, Failure *f) {
   int rc = la.archive_read_next_header(r->a, e);
-  if (rc == ARCHIVE_EOF) return 0;
+  if (rc == ARCHIVE_EOF) return stream_finish(r, name, max_bytes, f);
   /* Warnings are about names that do not fit the locale; the UTF-8 name is read instead. */
   if (rc == ARCHIVE_OK || rc == ARCHIVE_WARN) return r->headers++, 1;
   if (r->headers == 0) return not_archive(r, name, f);
-  const char *why = la.archive_error_string(r->a);
+  const char *why = reader_why(r, r->a);
   return failf(f, "EARCHIVE", "%s: damaged archive: %s", name, why ? why : "unreadable header");
 }
 
@@ -284,18 +496,6 @@ static const char *format_name(struct archive *a) {
   }
 }
 
-static const char *filter_name(struct archive *a) {
-  switch (la.archive_filter_code(a, 0)) {
-  case ARCHIVE_FILTER_NONE: return "none";
-  case ARCHIVE_FILTER_GZIP: return "gzip";
-  case ARCHIVE_FILTER_BZIP2: return "bzip2";
-  case ARCHIVE_FILTER_XZ: return "xz";
-  case ARCHIVE_FILTER_LZMA: return "lzma";
-  case ARCHIVE_FILTER_ZSTD: return "zstd";
-  case ARCHIVE_FILTER_LZ4: return "lz4";
-  default: return "unknown";
-  }
-}
 
 /* Paths -------------------------------------------------------------------------------------- */
 
@@ -610,7 +810,7 @@ static int write_data(Extraction *x, const char *raw, int fd, int64_t stated, EV
     int rc = la.archive_read_data_block(a, &buf, &size, &off);
     if (rc == ARCHIVE_EOF) break;
     if (rc != ARCHIVE_OK) {
-      const char *why = la.archive_error_string(a);
+      const char *why = reader_why(x->r, a);
       return entry_fail(x, "EARCHIVE", raw, "%s", why ? why : "damaged data");
     }
     if (off < 0) off = extent;
@@ -822,7 +1022,7 @@ static int extract_entries(Extraction *x) {
   char clean[PATH_MAX];
   for (;;) {
     if (tick(x)) return -1;
-    int rc = next_entry(r, &e, x->name, &x->f);
+    int rc = next_entry(r, &e, x->name, x->max_bytes, &x->f);
     if (rc < 0) return -1;
     if (rc == 0) break;
     if (++x->seen > x->max_entries)
@@ -874,7 +1074,7 @@ static int auto_strip(lua_State *L, const char *archive, Extraction *x) {
   int64_t total = 0, seen = 0;
   struct archive_entry *e;
   int rc = reader_open(r, archive, x->name, &x->f);
-  while (rc == 0 && (rc = next_entry(r, &e, x->name, &x->f)) == 1) {
+  while (rc == 0 && (rc = next_entry(r, &e, x->name, x->max_bytes, &x->f)) == 1) {
     rc = 0;
     if (++seen > x->max_entries) { single = 0; break; }
     if (la.archive_entry_filetype(e) == AE_IFREG && la.archive_entry_size_is_set(e) && !entry_hardlink(e))
@@ -908,14 +1108,6 @@ static int64_t opt_int(lua_State *L, int idx, const char *field, int64_t def, in
   }
   lua_pop(L, 1);
   return v;
-}
-
-static int64_t default_max_bytes(int archive_fd) {
-  struct stat st;
-  int64_t cap = MG_EXTRACT_MIN_MAX_BYTES;
-  if (fstat(archive_fd, &st) == 0 && st.st_size < INT64_MAX / 100 && st.st_size * 100 > cap)
-    cap = st.st_size * 100;
-  return cap;
 }
 
 static int push_failure(lua_State *L, const Failure *f) {
@@ -1048,7 +1240,7 @@ static int ex_archive_list(lua_State *L) {
   lua_newtable(L); /* 4 */
   int64_t n = 0, expanded = 0;
   struct archive_entry *e;
-  while (rc == 0 && (rc = next_entry(r, &e, name, &f)) == 1) {
+  while (rc == 0 && (rc = next_entry(r, &e, name, -1, &f)) == 1) {
     rc = 0;
     if (++n > max_entries) {
       rc = failf(&f, "EARCHIVE", "%s: more than %lld entries (max_entries)", name, (long long)max_entries);
@@ -1066,7 +1258,7 @@ static int ex_archive_list(lua_State *L) {
   lua_createtable(L, 0, 4);
   lua_pushstring(L, format_name(r->a));
   lua_setfield(L, -2, "format");
-  lua_pushstring(L, filter_name(r->a));
+  lua_pushstring(L, r->st.filter);
   lua_setfield(L, -2, "filter");
   lua_pushinteger(L, (lua_Integer)n);
   lua_setfield(L, -2, "entries");

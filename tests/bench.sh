@@ -2,8 +2,9 @@
 # make bench: modelget against curl, wget and aria2c over loopback HTTPS (nginx, the test CA).
 #   sh tests/bench.sh BUILD_DIR
 # 1. one 1 GiB file: modelget pull with --sha256 vs curl -o, wget -O, aria2c --checksum (best of 3)
-# 2. 200 files of 100 KB: one modelget pull -j 8 vs curl --parallel --parallel-max 8, aria2c -j8 -i,
-#    and modelget.core alone writing them into one folder (what the store adds, by difference); best of 5
+# 2. 200 files of 100 KB: one modelget pull -j 8 (200 models) vs curl --parallel --parallel-max 8,
+#    aria2c -j8 -i; also modelget pulling them as one model of 200 files (a recipe's side files), and
+#    modelget.core alone writing them into one folder (what the store adds, by difference); best of 5
 # Prints wall-clock times, ratios (modelget / other), peak RSS, and the targets beside them.
 set -eu
 build=$(cd "${1:-build}" && pwd)
@@ -48,11 +49,17 @@ base=https://127.0.0.1:${ports%% *}
 big_url=$base/big.bin
 : > "$tmp/small.urls"
 : > "$tmp/small.curlrc"
+# The same files as one model: the first its main file, the others side files.
+recipe=$tmp/one-model.lua
+printf 'framework "other"\nmodel "bench-files" {\n' > "$recipe"
 for f in "$tmp"/www/small/*.bin; do
   name=${f##*/}
   echo "$base/small/$name" >> "$tmp/small.urls"
   printf 'url = "%s"\noutput = "%s"\n' "$base/small/$name" "$name" >> "$tmp/small.curlrc"
+  if [ "$name" = f001.bin ]; then printf '  url = "%s",\n  files = {\n' "$base/small/$name" >> "$recipe"
+  else printf '    { name = "%s", url = "%s" },\n' "$name" "$base/small/$name" >> "$recipe"; fi
 done
+printf '  },\n}\n' >> "$recipe"
 
 # Each run writes into folders of its own, $out and $store, made by fresh(). The small runs' folders
 # are only removed at the end: on a file system that avoids reusing recently deleted inodes (ext4
@@ -166,6 +173,9 @@ while [ $i -lt "$small_runs" ]; do
   got=$(find "$store/models/other" -name 'f*.bin' -size "${small_size}c" | wc -l)
   [ "$got" -eq "$small_count" ] || { echo "bench: modelget installed $got of the $small_count files" >&2; exit 1; }
   fresh; timed small.curl curl -sS --cacert "$ca" --parallel --parallel-max 8 --output-dir "$out" -K "$tmp/small.curlrc"
+  fresh; timed small.onemodel "$modelget" pull bench-files --registry "$recipe" -j 8 --store "$store" -q --cacert "$ca"
+  got=$(find "$store/models/other/bench-files" -name 'f*.bin' -size "${small_size}c" | wc -l)
+  [ "$got" -eq "$small_count" ] || { echo "bench: modelget installed $got of the $small_count files as one model" >&2; exit 1; }
   i=$((i + 1))
 done
 # aria2c last: it deletes a control file per download, and deleted inodes slow whoever runs next
@@ -201,12 +211,15 @@ for tool in curl aria2c; do
 done
 r=$(ratio "$mg_small" "$(best small.curl)")
 echo "  target: <= 1.5x curl --parallel        -> $r ($(verdict "$r" 1.5))"
+t=$(best small.onemodel)
+printf '  %-24s %8s   modelget/curl = %s   (runs: %s)\n' "as one model of $small_count" "$t" "$(ratio "$t" "$(best small.curl)")" "$(runs_of small.onemodel)"
+echo "  (the same files pulled, verified and installed as one model: a recipe's main file and side files)"
 t=$(best small.engine)
 printf '  %-24s %8s   engine/curl = %s   (runs: %s)\n' "modelget.core alone" "$t" "$(ratio "$t" "$(best small.curl)")" "$(runs_of small.engine)"
 echo "  (the transfer engine writing the 200 files into one folder as curl does: no model folder,"
 echo "   manifest, lock or fsync per model; the difference is what the store's durable installs cost)"
-printf '  processor time (user+system s, least of the runs; the server shares the machine): modelget %s, engine %s, curl %s, aria2c %s\n' \
-  "$(cpu small.modelget)" "$(cpu small.engine)" "$(cpu small.curl)" "$(cpu small.aria2c)"
+printf '  processor time (user+system s, least of the runs; the server shares the machine): modelget %s, one model %s, engine %s, curl %s, aria2c %s\n' \
+  "$(cpu small.modelget)" "$(cpu small.onemodel)" "$(cpu small.engine)" "$(cpu small.curl)" "$(cpu small.aria2c)"
 echo
 echo "== peak RSS (MiB, /usr/bin/time)"
 for label in big.modelget small.modelget big.curl big.wget big.aria2c small.curl small.aria2c; do

@@ -148,10 +148,10 @@ test("archive_list reports entries, links and totals from the headers", function
   t.eq(zlist[2].type, "symlink", "zip symlink")
   t.eq(zlist[2].target, "big.bin", "zip symlink target")
 
-  for _, kind in ipairs({ "tar.xz", "tar.bz2", "tar.zst", "7z" }) do
+  for _, kind in ipairs({ "tar.xz", "tar.bz2", "tar.zst", "tar.lz4", "tar.lzma", "7z" }) do
     local _, i = core.archive_list(A.make(kind, dir .. "/b." .. kind, { { path = "x", data = "xyz" } }))
     local want_format, want_filter = kind == "7z" and "7z" or "tar", ({ ["tar.xz"] = "xz",
-      ["tar.bz2"] = "bzip2", ["tar.zst"] = "zstd", ["7z"] = "none" })[kind]
+      ["tar.bz2"] = "bzip2", ["tar.zst"] = "zstd", ["tar.lz4"] = "lz4", ["tar.lzma"] = "lzma", ["7z"] = "none" })[kind]
     t.eq(i.format, want_format, kind .. " format")
     t.eq(i.filter, want_filter, kind .. " filter")
     t.eq(i.expanded, 3, kind .. " expanded")
@@ -440,9 +440,9 @@ test("a truncated or corrupted archive is refused and leaves nothing", function(
     local mid = #whole // 2
     cases.corrupt = whole:sub(1, mid) .. string.rep("\255", 64) .. whole:sub(mid + 65)
     for how, bytes in pairs(cases) do
-      -- plain tar has no checksum over its data, and libarchive does not check gzip's CRC:
-      -- for those the archive's SHA-256 (checked before extraction) is what catches corruption
-      if how == "half" or not (kind == "tar" or kind == "tar.gz") then
+      -- plain tar and .lzma have no checksum over their data: for those the archive's SHA-256
+      -- (checked before extraction) is what catches corruption
+      if how == "half" or not (kind == "tar" or kind == "tar.lzma") then
         local archive = t.write(string.format("%s/%s.%s", dir, how, kind), bytes)
         local dest = string.format("%s/out-%s-%s", dir, how, kind)
         local r, msg, code = core.extract(archive, dest)
@@ -453,6 +453,50 @@ test("a truncated or corrupted archive is refused and leaves nothing", function(
       end
     end
   end
+end)
+
+test("a compressed stream is checked to its end: a bad checksum after the last entry refuses the archive", function()
+  local dir = t.tmpdir("checksums")
+  local entries = model_entries("model")
+  local function refused(name, bytes, why)
+    local archive = t.write(dir .. "/" .. name, bytes)
+    local dest = dir .. "/out-" .. name
+    local r, msg, code = core.extract(archive, dest)
+    t.eq(r, nil, name .. ": refused")
+    t.eq(code, "EARCHIVE", name .. ": code")
+    t.match(msg, "^" .. lit(name) .. ": .*" .. why, name .. ": message (" .. tostring(msg) .. ")")
+    t.eq(core.stat(dest), nil, name .. ": nothing left")
+    local _, lmsg, lcode = core.archive_list(archive)
+    t.eq(lcode, "EARCHIVE", name .. ": the listing too")
+    t.match(lmsg, why, name .. ": listing message")
+  end
+  local function flip(bytes, at) -- at: 1-based position
+    return bytes:sub(1, at - 1) .. string.char(bytes:byte(at) ~ 0xff) .. bytes:sub(at + 1)
+  end
+  local gz = t.read(A.make("tar.gz", dir .. "/m.tar.gz", entries))
+  -- gzip's trailer: CRC-32, then the length; the data before them is intact.
+  refused("crc.tar.gz", flip(gz, #gz - 7), "gzip: incorrect data check")
+  refused("length.tar.gz", flip(gz, #gz), "gzip: incorrect length check")
+  refused("trailing.tar.gz", gz .. "not gzip", "gzip: data after the end of the compressed stream")
+  -- lz4 and zstd end with a checksum of the whole content, read after the tar's last entry.
+  local lz4 = t.read(A.make("tar.lz4", dir .. "/m.tar.lz4", entries))
+  refused("sum.tar.lz4", flip(lz4, #lz4), "lz4 stream checksum error")
+  local zst = t.read(A.make("tar.zst", dir .. "/m.tar.zst", entries))
+  refused("sum.tar.zst", flip(zst, #zst), "checksum")
+
+  -- gzip members one after the other (as gzip -d reads them), and zeros after the last, are fine.
+  local tar = t.read(A.make("tar", dir .. "/m.tar", entries))
+  local half = #tar // 2
+  t.write(dir .. "/a.part", tar:sub(1, half))
+  t.write(dir .. "/b.part", tar:sub(half + 1))
+  t.status(t.sh("gzip -n -f " .. t.shquote(dir .. "/a.part") .. " " .. t.shquote(dir .. "/b.part")), 0, "gzip")
+  local members = t.read(dir .. "/a.part.gz") .. t.read(dir .. "/b.part.gz") .. string.rep("\0", 512)
+  local archive = t.write(dir .. "/members.tar.gz", members)
+  local r, err = core.extract(archive, dir .. "/out-members")
+  t.ok(r, "two gzip members and padding: " .. tostring(err))
+  check_tree(dir .. "/out-members", entries)
+  local _, info = core.archive_list(archive)
+  t.eq(info.filter, "gzip", "the filter reported")
 end)
 
 test("only archives of files are accepted", function()

@@ -2,7 +2,7 @@
 -- (climbing paths, absolute names, planted links, device nodes, lying sizes) no archiver would make.
 --
 --   archives.make(kind, path, entries [, opts]) -> path
---     kind: "tar", "tar.gz" (or "tgz"), "tar.xz", "tar.bz2", "tar.zst", "zip", "7z"
+--     kind: "tar", "tar.gz" (or "tgz"), "tar.xz", "tar.bz2", "tar.zst", "tar.lz4", "tar.lzma", "zip", "7z"
 --     entries: list of {path=, type="file"|"dir"|"symlink"|"hardlink"|"fifo"|"chardev"|"blockdev",
 --       data= (file content), zeros= (file of that many zero bytes, streamed), target= (links),
 --       mode= (permission bits as a number: tonumber("755", 8)), mtime=, stated= (zip: the size the headers claim)}
@@ -16,7 +16,7 @@ local t = require "t"
 
 local archives = {}
 
-archives.kinds = { "tar", "tar.gz", "tar.xz", "tar.bz2", "tar.zst", "zip", "7z" }
+archives.kinds = { "tar", "tar.gz", "tar.xz", "tar.bz2", "tar.zst", "tar.lz4", "tar.lzma", "zip", "7z" }
 
 -- The builder: reads a manifest (one entry a line, names hex-encoded so any byte goes through).
 local BUILDER = [==[
@@ -143,6 +143,15 @@ elif kind == "tar.bz2": build_tar(out, "w:bz2")
 elif kind == "tar.zst":
     build_tar(out + ".tar", "w")
     subprocess.run(["zstd", "-q", "-f", "--rm", "-o", out, out + ".tar"], check=True)
+elif kind == "tar.lz4":
+    build_tar(out + ".tar", "w")
+    subprocess.run(["lz4", "-q", "-f", "--rm", out + ".tar", out], check=True)
+elif kind == "tar.lzma":
+    import lzma
+    build_tar(out + ".tar", "w")
+    with open(out + ".tar", "rb") as src, lzma.open(out, "wb", format=lzma.FORMAT_ALONE) as dst:
+        shutil.copyfileobj(src, dst)
+    os.remove(out + ".tar")
 elif kind == "zip": build_zip(out)
 elif kind == "7z": build_7z(out)
 else: sys.exit("unknown archive kind " + kind)
