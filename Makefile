@@ -6,7 +6,7 @@
 
 PREFIX  ?= /usr/local
 CC      ?= cc
-PKGS    := lua5.4 libcurl libarchive openssl zlib
+PKGS    := lua5.4 libcurl libarchive openssl
 SAN     ?=
 ifeq ($(SAN),1)
 BUILD   ?= build-san
@@ -21,8 +21,9 @@ endif
 WARN    := -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion -Wstrict-prototypes -Wmissing-prototypes
 CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(SANFLAGS) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 # libarchive is opened with dlopen on the first archive (engine/extract.c): its headers only here,
-# and the name of the library to open, as its package installed it.
-ENGINE_LIBS := $(shell pkg-config --libs libcurl openssl zlib 2>/dev/null) -lpthread -ldl
+# and the name of the library to open, as its package installed it. zlib is linked: the engine
+# decompresses gzip archives itself, to check their CRC.
+ENGINE_LIBS := $(shell pkg-config --libs libcurl openssl 2>/dev/null) $(shell pkg-config --libs zlib 2>/dev/null || echo -lz) -lpthread -ldl
 LIBARCHIVE_DIR := $(shell pkg-config --variable=libdir libarchive 2>/dev/null)
 LIBARCHIVE_SONAME := $(shell objdump -p $(LIBARCHIVE_DIR)/libarchive.so 2>/dev/null | awk '/SONAME/ { print $$2 }')
 ifeq ($(LIBARCHIVE_SONAME),)

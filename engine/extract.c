@@ -65,6 +65,7 @@
   X(archive_error_string) \
   X(archive_set_error) \
   X(archive_filter_code) \
+  X(archive_filter_count) \
   X(archive_format) \
   X(archive_read_data_block) \
   X(archive_read_free) \
@@ -131,8 +132,6 @@ typedef struct {
   unsigned char created; /* made by this extraction (removed again on failure) */
 } Record;
 
-/* One open archive (and, while extracting, its destination). A userdata, so a Lua error
- * (out of memory while building a listing) cannot leak the handle. */
 /* The compressed stream under an archive, decompressed here (see the top of the file). */
 enum { STREAM_NONE, STREAM_GZIP, STREAM_FILTER };
 typedef struct {
@@ -147,6 +146,8 @@ typedef struct {
   char why[256];        /* the stage's own failure, for messages */
 } Stream;
 
+/* One open archive (and, while extracting, its destination). A userdata, so a Lua error
+ * (out of memory while building a listing) cannot leak the handle. */
 typedef struct {
   struct archive *a;
   int archive_fd;
@@ -315,7 +316,8 @@ static ssize_t gzip_read(Reader *r, struct archive *a, const void **buf) {
         if (st->in_eof) return 0;
         continue;
       }
-      if (*st->z.next_in != 0x1f) return stream_fail(st, a, "gzip: %s", "data after the end of the compressed stream");
+      if (st->z.next_in[0] != 0x1f || (st->z.avail_in > 1 && st->z.next_in[1] != 0x8b))
+        return stream_fail(st, a, "gzip: %s", "data after the end of the compressed stream");
       if (inflateReset(&st->z) != Z_OK) return stream_fail(st, a, "gzip: %s", st->z.msg);
       st->z_member_end = 0;
     }
@@ -357,30 +359,25 @@ static ssize_t stream_read(struct archive *a, void *client, const void **buf) {
   return r->st.kind == STREAM_GZIP ? gzip_read(r, a, buf) : filter_read(r, a, buf);
 }
 
-/* max_bytes unless given: 100 times the archive's size, at least MG_EXTRACT_MIN_MAX_BYTES. */
-static int64_t default_max_bytes(int archive_fd) {
-  struct stat st;
-  int64_t cap = MG_EXTRACT_MIN_MAX_BYTES;
-  if (fstat(archive_fd, &st) == 0 && st.st_size < INT64_MAX / 100 && st.st_size * 100 > cap)
-    cap = st.st_size * 100;
-  return cap;
-}
 
 /* After the archive's last entry: the rest of the compressed stream is read (and dropped) to its
- * end, where its checksum is; a little padding is usual, a bomb hidden there stops at max_bytes. */
-static int stream_finish(Reader *r, const char *name, int64_t max_bytes, Failure *f) {
+ * end, where its checksum is. A tar's padding is a record (10 KiB, 1 MiB at the most unusual
+ * blocking factor); more than PAST_END_MAX is no padding (a second archive appended, a bomb): refused
+ * rather than read on or silently left out. */
+#define PAST_END_MAX (16 * 1024 * 1024)
+
+static int stream_finish(Reader *r, const char *name, Failure *f) {
   Stream *st = &r->st;
   if (st->kind == STREAM_NONE) return 0;
-  if (max_bytes < 0) max_bytes = default_max_bytes(r->archive_fd);
   for (;;) {
     const void *buf;
     ssize_t n = stream_read(r->a, r, &buf);
     if (n == 0) return 0;
     if (n < 0) return failf(f, "EARCHIVE", "%s: damaged archive: %s", name, st->why);
     st->drained += n;
-    if (st->drained > max_bytes)
-      return failf(f, "EARCHIVE", "%s: more than %lld bytes after the archive's end (max_bytes)", name,
-                   (long long)max_bytes);
+    if (st->drained > PAST_END_MAX)
+      return failf(f, "EARCHIVE", "%s: more than %d MiB of data after the archive's end", name,
+                   PAST_END_MAX / (1024 * 1024));
   }
 }
 
@@ -393,6 +390,16 @@ static const char *filter_name_of(int code) {
   case ARCHIVE_FILTER_LZ4: return "lz4";
   default: return NULL;
   }
+}
+
+/* libarchive's filters for the compressions read (gzip: only where zlib's stage is not the one). */
+static void support_filters(struct archive *a, int gzip) {
+  if (gzip) la.archive_read_support_filter_gzip(a);
+  la.archive_read_support_filter_bzip2(a);
+  la.archive_read_support_filter_xz(a);
+  la.archive_read_support_filter_lzma(a);
+  la.archive_read_support_filter_zstd(a);
+  la.archive_read_support_filter_lz4(a);
 }
 
 /* Which stage the archive file needs: gzip by its magic; the other filters as libarchive's raw
@@ -414,16 +421,21 @@ static int stream_open(Reader *r, const char *name, Failure *f) {
   }
   st->raw = la.archive_read_new();
   if (!st->raw) return failf(f, "EIO", "%s: libarchive: out of memory", name);
-  la.archive_read_support_filter_bzip2(st->raw);
-  la.archive_read_support_filter_xz(st->raw);
-  la.archive_read_support_filter_lzma(st->raw);
-  la.archive_read_support_filter_zstd(st->raw);
-  la.archive_read_support_filter_lz4(st->raw);
+  support_filters(st->raw, 0);
   la.archive_read_support_format_raw(st->raw);
   struct archive_entry *e;
   const char *filter = NULL;
-  if (la.archive_read_open_fd(st->raw, r->archive_fd, READ_BLOCK) == ARCHIVE_OK)
+  /* With only "raw" for a format, opening fails on data that is not compressed at all (an empty
+   * file: the archive reader says what it is not), or on a filter's own check of its first data (a
+   * compressed stream damaged at its start: libarchive has taken its filters down then). */
+  if (la.archive_read_open_fd(st->raw, r->archive_fd, READ_BLOCK) != ARCHIVE_OK) {
+    if (!(la.archive_filter_count(st->raw) == 1 && la.archive_filter_code(st->raw, 0) == ARCHIVE_FILTER_NONE)) {
+      const char *why = la.archive_error_string(st->raw);
+      return failf(f, "EARCHIVE", "%s: damaged archive: %s", name, why ? why : "unreadable");
+    }
+  } else {
     filter = filter_name_of(la.archive_filter_code(st->raw, 0));
+  }
   if (filter) {
     st->kind = STREAM_FILTER;
     st->filter = filter;
@@ -454,6 +466,8 @@ static int reader_open(Reader *r, const char *path, const char *name, Failure *f
   la.archive_read_support_format_tar(r->a);
   la.archive_read_support_format_zip(r->a);
   la.archive_read_support_format_7zip(r->a);
+  /* A second layer under the first (a .tar.gz served gzipped again) is the archive reader's. */
+  support_filters(r->a, 1);
   int rc = r->st.kind == STREAM_NONE ? la.archive_read_open_fd(r->a, r->archive_fd, READ_BLOCK)
                                      : la.archive_read_open(r->a, r, NULL, stream_read, NULL);
   if (rc != ARCHIVE_OK) return not_archive(r, name, f);
@@ -462,9 +476,9 @@ static int reader_open(Reader *r, const char *path, const char *name, Failure *f
 
 /* 1: an entry, 0: the end (the compressed stream read to its end), -1: a failure (damaged, or not
  * an archive at all). */
-static int next_entry(Reader *r, struct archive_entry **e, const char *name, int64_t max_bytes, Failure *f) {
+static int next_entry(Reader *r, struct archive_entry **e, const char *name, Failure *f) {
   int rc = la.archive_read_next_header(r->a, e);
-  if (rc == ARCHIVE_EOF) return stream_finish(r, name, max_bytes, f);
+  if (rc == ARCHIVE_EOF) return stream_finish(r, name, f);
   /* Warnings are about names that do not fit the locale; the UTF-8 name is read instead. */
   if (rc == ARCHIVE_OK || rc == ARCHIVE_WARN) return r->headers++, 1;
   if (r->headers == 0) return not_archive(r, name, f);
@@ -1022,7 +1036,7 @@ static int extract_entries(Extraction *x) {
   char clean[PATH_MAX];
   for (;;) {
     if (tick(x)) return -1;
-    int rc = next_entry(r, &e, x->name, x->max_bytes, &x->f);
+    int rc = next_entry(r, &e, x->name, &x->f);
     if (rc < 0) return -1;
     if (rc == 0) break;
     if (++x->seen > x->max_entries)
@@ -1074,7 +1088,7 @@ static int auto_strip(lua_State *L, const char *archive, Extraction *x) {
   int64_t total = 0, seen = 0;
   struct archive_entry *e;
   int rc = reader_open(r, archive, x->name, &x->f);
-  while (rc == 0 && (rc = next_entry(r, &e, x->name, x->max_bytes, &x->f)) == 1) {
+  while (rc == 0 && (rc = next_entry(r, &e, x->name, &x->f)) == 1) {
     rc = 0;
     if (++seen > x->max_entries) { single = 0; break; }
     if (la.archive_entry_filetype(e) == AE_IFREG && la.archive_entry_size_is_set(e) && !entry_hardlink(e))
@@ -1108,6 +1122,14 @@ static int64_t opt_int(lua_State *L, int idx, const char *field, int64_t def, in
   }
   lua_pop(L, 1);
   return v;
+}
+
+static int64_t default_max_bytes(int archive_fd) {
+  struct stat st;
+  int64_t cap = MG_EXTRACT_MIN_MAX_BYTES;
+  if (fstat(archive_fd, &st) == 0 && st.st_size < INT64_MAX / 100 && st.st_size * 100 > cap)
+    cap = st.st_size * 100;
+  return cap;
 }
 
 static int push_failure(lua_State *L, const Failure *f) {
@@ -1240,7 +1262,7 @@ static int ex_archive_list(lua_State *L) {
   lua_newtable(L); /* 4 */
   int64_t n = 0, expanded = 0;
   struct archive_entry *e;
-  while (rc == 0 && (rc = next_entry(r, &e, name, -1, &f)) == 1) {
+  while (rc == 0 && (rc = next_entry(r, &e, name, &f)) == 1) {
     rc = 0;
     if (++n > max_entries) {
       rc = failf(&f, "EARCHIVE", "%s: more than %lld entries (max_entries)", name, (long long)max_entries);

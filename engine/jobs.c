@@ -25,8 +25,8 @@
 #define POOL_MT "modelget.FsPool"
 #define POOL_MAX 4
 
-enum { OP_FSYNC, OP_MKDIRS, OP_WRITE, OP_RENAME, OP_REMOVE, OP_SHA256, OP_SYNCFS };
-static const char *const op_names[] = { "fsync", "mkdirs", "write", "rename", "remove", "sha256", "syncfs", NULL };
+enum { OP_FSYNC, OP_MKDIRS, OP_WRITE, OP_RENAME, OP_REMOVE, OP_SHA256, OP_SYNCFS, OP_EXISTS };
+static const char *const op_names[] = { "fsync", "mkdirs", "write", "rename", "remove", "sha256", "syncfs", "exists", NULL };
 
 typedef struct {
   int op;
@@ -134,6 +134,10 @@ static int run_op(const FsOp *o, char *sha_out) {
     return errno;
   case OP_SHA256:
     return mg_sha256_path(o->path, sha_out);
+  case OP_EXISTS: {
+    struct stat st;
+    return lstat(o->path, &st) == 0 ? 0 : errno;
+  }
   }
   return EINVAL;
 }
@@ -379,7 +383,7 @@ static int job_result(lua_State *L) {
   if (!o) n = mg_fail_errno(L, err, "cannot finish a file-system job");
   else if (o->op == OP_RENAME) n = mg_fail_errno(L, err, "cannot rename %s to %s", o->path, o->to);
   else {
-    static const char *const verbs[] = { "sync", "create folder", "write", "rename", "remove", "hash", "sync the file system of" };
+    static const char *const verbs[] = { "sync", "create folder", "write", "rename", "remove", "hash", "sync the file system of", "find" };
     n = mg_fail_errno(L, err, "cannot %s %s", verbs[o->op], o->path);
   }
   lua_pushinteger(L, at + 1);
@@ -401,7 +405,7 @@ static char *dup_field(lua_State *L, int step, int idx, const char *what, size_t
 
 /* fs_start{ {"mkdirs", dir}, {"write", path, bytes [, "sync"]}, {"rename", from, to [, "optional"]},
  *           {"remove", path [, "optional"]}, {"fsync", path}, {"sha256", path},
- *           {"syncfs", path, …} (Linux: core.syncfs is true), … } -> FsJob
+ *           {"syncfs", path, …} (Linux: core.syncfs is true), {"exists", path}, … } -> FsJob
  * (its result: true [, the last sha256 step's hex digest])
  * The steps run in order on a worker; the first failure stops the job. A step with group = g (1, 2, …)
  * belongs to request g: its failure skips the rest of g's steps only (job:result(g)). Misuse raises. */

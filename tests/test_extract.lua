@@ -484,6 +484,25 @@ test("a compressed stream is checked to its end: a bad checksum after the last e
   local zst = t.read(A.make("tar.zst", dir .. "/m.tar.zst", entries))
   refused("sum.tar.zst", flip(zst, #zst), "checksum")
 
+  refused("magic.tar.gz", gz .. "\31not gzip", "gzip: data after the end of the compressed stream")
+  -- bzip2 scrambles a whole block: damaged in its only block, the data makes no archive at all, and
+  -- the stream's own check (at the block's end) tells that it is damaged.
+  local one = { { path = "weights.bin", data = t.bytes(200000, 5) } }
+  local bz = t.read(A.make("tar.bz2", dir .. "/one.tar.bz2", one))
+  refused("block.tar.bz2", flip(bz, #bz // 2), "damaged archive: bzip decompression failed")
+  -- More than 16 MiB after the tar's end is no padding: refused, not read on or left out.
+  local tail = t.read(A.make("tar", dir .. "/tail.tar", one)) .. string.rep("\0", 17 * 1024 * 1024)
+  t.write(dir .. "/tail.tar", tail)
+  t.status(t.sh("gzip -1 -n -f " .. t.shquote(dir .. "/tail.tar")), 0, "gzip")
+  refused("tail.tar.gz", t.read(dir .. "/tail.tar.gz"), "more than 16 MiB of data after the archive's end")
+
+  -- A .tar.gz gzipped again (a server's Content-Encoding kept) still extracts.
+  t.write(dir .. "/twice.tar.gz", gz)
+  t.status(t.sh("gzip -n -f " .. t.shquote(dir .. "/twice.tar.gz")), 0, "gzip")
+  local r2, err2 = core.extract(dir .. "/twice.tar.gz.gz", dir .. "/out-twice")
+  t.ok(r2, "a .tar.gz gzipped again: " .. tostring(err2))
+  check_tree(dir .. "/out-twice", entries)
+
   -- gzip members one after the other (as gzip -d reads them), and zeros after the last, are fine.
   local tar = t.read(A.make("tar", dir .. "/m.tar", entries))
   local half = #tar // 2

@@ -201,6 +201,53 @@ test("a scheduler batches the file-system requests of its tasks: barriers shared
   t.eq(results[3][3], "ENOENT", "both")
 end)
 
+test("one request's barrier of 8 paths or more is one syncfs; a path of it that is missing still fails it", function()
+  local download = require "modelget.download"
+  local dir = t.tmpdir("barrier")
+  local fs_start = core.fs_start
+  t.defer_case(function() core.fs_start = fs_start end)
+  -- files + the folder: 7 paths (fsyncs) and 8 (one syncfs, where there is one); and 8 with a file
+  -- that was never written (the request fails, as the fsync of that file would).
+  for _, case in ipairs { { files = 6 }, { files = 7 }, { files = 7, missing = 4 } } do
+    local syncs = {}
+    core.fs_start = function(steps)
+      for _, step in ipairs(steps) do
+        if step[1] == "syncfs" or step[1] == "fsync" then syncs[#syncs + 1] = step[1] end
+      end
+      return fs_start(steps)
+    end
+    local sub = string.format("%s/%d-%s", dir, case.files, tostring(case.missing))
+    t.ok(core.mkdirs(sub))
+    local ops, paths = {}, {}
+    for i = 1, case.files do
+      local path = string.format("%s/f%d", sub, i)
+      if i ~= case.missing then ops[#ops + 1] = { "write", path, "data " .. i } end
+      paths[#paths + 1] = path
+    end
+    paths[#paths + 1] = sub
+    ops[#ops + 1] = { "barrier", table.unpack(paths) }
+    ops[#ops + 1] = { "write", sub .. "/after", "after" }
+    local sched = download.scheduler { jobs = 2 }
+    local result
+    sched:spawn(function() result = table.pack(sched:fs(ops)) end)
+    sched:run()
+    sched:close()
+    core.fs_start = fs_start
+    local label = string.format("%d paths%s", #paths, case.missing and ", one missing" or "")
+    local one = core.syncfs and #paths >= 8
+    t.eq(table.concat(syncs, " "), one and "syncfs" or string.rep("fsync", #paths, " "), label .. ": the syncs")
+    if case.missing then
+      t.eq(result[1], nil, label .. ": the request fails")
+      t.eq(result[3], "ENOENT", label .. ": its code")
+      t.match(result[2], "/f" .. case.missing .. ":", label .. ": its message names the missing file")
+      t.ok(not t.exists(sub .. "/after"), label .. ": nothing after the barrier ran")
+    else
+      t.eq(result[1], true, label .. ": the request succeeds")
+      t.eq(t.read(sub .. "/after"), "after", label .. ": the step after the barrier ran")
+    end
+  end
+end)
+
 test("a lock is exclusive until closed", function()
   local dir = t.tmpdir("lock")
   local a = assert(core.lock(dir .. "/x.lock"))

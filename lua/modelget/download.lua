@@ -160,6 +160,12 @@ function download.job_steps(reqs)
       if ops[i] then left = left + 1 end
     end
     if core.syncfs and #paths >= SYNCFS_MIN then
+      -- A syncfs passes over a missing path (a request that failed before making it): each path of
+      -- one request is checked first, so that a request whose file is missing fails as an fsync of
+      -- it would.
+      for _, path in ipairs(paths) do
+        if owner[path] then steps[#steps + 1] = { "exists", path, group = owner[path] } end
+      end
       table.insert(paths, 1, "syncfs") -- one step, of no request: its failure is every request's
       steps[#steps + 1] = paths
     else
