@@ -107,8 +107,9 @@ static int fs_rmtree(lua_State *L) {
 
 static int fs_stat(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  int follow = lua_toboolean(L, 2);
   struct stat st;
-  if (lstat(path, &st) != 0) return mg_fail_errno(L, errno, "%s", path);
+  if ((follow ? stat(path, &st) : lstat(path, &st)) != 0) return mg_fail_errno(L, errno, "%s", path);
   lua_createtable(L, 0, 4);
   const char *type = S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "dir" : S_ISLNK(st.st_mode) ? "link" : "other";
   lua_pushstring(L, type);

@@ -134,6 +134,27 @@ test("an unknown id is exit 2 for info, pull, verify and rm", function()
   end
 end)
 
+test("an id missing because a recipe file did not load is exit 9: the file and line are named", function()
+  local store = t.tmpdir("badrecipe")
+  local file = t.write(t.tmpdir("badrecipe-file") .. "/mine.lua",
+    'framework "onnx"\nmodel "in-broken-file" { url = "https://example.com/m.onnx" }\nmodel "x" { url = = 1 }\n')
+  for _, cmd in ipairs { "pull", "info" } do
+    local r = t.status(t.modelget { "--store", store, "--registry", file, cmd, "in-broken-file" }, 9, cmd)
+    local ls = lines(r.stderr)
+    t.eq(#ls, 2, cmd .. ": a warning, then the failure: " .. r.stderr)
+    t.match(ls[1], "^modelget: warning: .*mine%.lua:3: ", cmd .. ": the warning names file and line")
+    t.match(ls[2], "^modelget: unknown model id 'in%-broken%-file', and the catalog has 1 problem %(.*mine%.lua:3: ",
+      cmd .. ": the failure says why")
+  end
+  -- A Hub repo whose endpoint the policy refuses (plain http:// to another host) is exit 2, as a URL is.
+  local hub = t.write(t.tmpdir("badrecipe-hub") .. "/hub.lua", 'framework "mlx"\nmodel "hub-model" { hub = { repo = "o/r" } }\n')
+  local r = t.status(t.modelget({ "--store", store, "--registry", hub, "pull", "hub-model" },
+    { env = { HF_ENDPOINT = "http://example.com" } }), 2, "a Hub endpoint the policy refuses")
+  t.match(r.stderr, "refused http://example%.com/", "the refused URL is named")
+  -- With every recipe loading, an unknown id stays exit 2.
+  t.status(t.modelget { "--store", store, "info", "in-broken-file" }, 2, "no broken file: exit 2")
+end)
+
 -- Pull: output on a pipe, on a terminal, quiet, JSON ------------------------------------------------------
 test("pull on a pipe: plain lines, no ANSI; the model is installed and says where", function()
   local ng = servers.nginx()
@@ -443,6 +464,19 @@ test("urls add, list, export, rm, import; the custom id pulls", function()
   local bad = t.write(t.tmpdir("urls-bad") .. "/bad.json", '{"custom": [{"id": "x", "name": "x.gguf"}]}')
   r = t.status(mg(store, { "urls", "import", bad }), 9, "import a bad file")
   one_error_line(r, "url")
+
+  -- urls add takes arguments, not a file: a bad one is exit 2, with no word of a file.
+  local before = t.read(store .. "/registry/custom.json")
+  r = t.status(mg(store, { "urls", "add", "--id", "plain", "--name", "p.gguf", "--url", "http://example.com/p.gguf" }), 2,
+    "a URL the policy refuses")
+  t.nomatch(one_error_line(r, "refused http://example%.com/p%.gguf"), "file", "no file to fix")
+  r = t.status(mg(store, { "urls", "add", "--id", "tinyllama-1.1b-gguf", "--name", "t.gguf", "--url", url }), 2,
+    "an id the built-in catalog has")
+  one_error_line(r, "'tinyllama%-1%.1b%-gguf' is already a catalog model %(.*registry/llamacpp%.lua:%d+%)")
+  t.eq(t.read(store .. "/registry/custom.json"), before, "nothing added")
+  -- A file-system failure is exit 1, and says what it could not do.
+  r = t.status(mg(store, { "urls", "export", store .. "/no/such/folder/urls.json" }), 1, "export into a missing folder")
+  t.nomatch(one_error_line(r, "no/such/folder/urls%.json"), "modelget list", "no hint about ids")
 end)
 
 test("import adopts a local folder; a wrong format is exit 8", function()
@@ -455,7 +489,39 @@ test("import adopts a local folder; a wrong format is exit 8", function()
   t.match(r.stdout, "imported local%-gguf", "says so")
   t.eq(t.sha256_file(store .. "/models/llamacpp/local-gguf/model.gguf"), t.sha256(data), "copied bytes")
   r = t.status(mg(store, { "import", dir, "--id", "not-onnx", "--framework", "onnx" }), 8, "import as onnx")
-  one_error_line(r, "ONNX")
+  t.nomatch(one_error_line(r, "ONNX"), "URL", "the hint speaks of the folder")
+  t.eq(core.stat(store .. "/partial/onnx--not-onnx"), nil, "a failed import leaves no partial folder")
+
+  -- A Hugging Face cache snapshot: every file a symbolic link to its blob, outside the folder.
+  local cache = t.tmpdir("hf-cache")
+  t.ok(core.mkdirs(cache .. "/blobs") and core.mkdirs(cache .. "/snapshots/abc"))
+  t.write(cache .. "/blobs/1234", data)
+  t.status(t.sh("ln -s ../../blobs/1234 " .. t.shquote(cache .. "/snapshots/abc/model.gguf")), 0, "ln")
+  r = t.status(mg(store, { "import", cache .. "/snapshots/abc", "--id", "from-cache", "--framework", "llamacpp" }), 0,
+    "import a snapshot of links")
+  local st = core.stat(store .. "/models/llamacpp/from-cache/model.gguf")
+  t.eq(st and st.type, "file", "the link's file copied as a file")
+  t.eq(t.sha256_file(store .. "/models/llamacpp/from-cache/model.gguf"), t.sha256(data), "its bytes")
+  t.status(t.sh("ln -s nowhere " .. t.shquote(cache .. "/snapshots/abc/dangling.json")), 0, "ln")
+  r = t.status(mg(store, { "import", cache .. "/snapshots/abc", "--id", "dangling", "--framework", "llamacpp" }), 9,
+    "a link to nothing")
+  one_error_line(r, "dangling%.json is a symbolic link to nothing")
+  t.eq(core.stat(store .. "/models/llamacpp/dangling"), nil, "nothing installed")
+
+  -- An id is one model: not installed again under another framework; rm removes every copy.
+  r = t.status(mg(store, { "import", dir, "--id", "local-gguf", "--framework", "onnx" }), 2, "the id taken")
+  one_error_line(r, "id 'local%-gguf' is already installed as llamacpp/local%-gguf")
+  local ng = servers.nginx()
+  local onnx_url = ng.put("cli/other.onnx", "not even looked at")
+  r = t.status(mg(store, { "pull", onnx_url, "--id", "local-gguf" }), 2, "a pull with the id taken")
+  one_error_line(r, "already installed as llamacpp/local%-gguf")
+  t.eq(core.stat(store .. "/models/onnx/local-gguf"), nil, "nothing under onnx")
+  -- a store from before the rule, with the id under two frameworks
+  t.status(t.sh("mkdir -p " .. t.shquote(store .. "/models/onnx") .. " && cp -r " .. t.shquote(store .. "/models/llamacpp/local-gguf")
+    .. " " .. t.shquote(store .. "/models/onnx/")), 0, "cp")
+  t.status(mg(store, { "rm", "local-gguf" }), 0, "rm")
+  t.eq(core.stat(store .. "/models/llamacpp/local-gguf"), nil, "removed")
+  t.eq(core.stat(store .. "/models/onnx/local-gguf"), nil, "both copies removed")
 end)
 
 -- run -----------------------------------------------------------------------------------------------------

@@ -442,6 +442,23 @@ test("pulling an installed model again does nothing and says so; --force downloa
   evs = events(r.stdout)
   t.eq(evs[1].event, "start", "forced pull downloads")
   t.eq(t.sha256_file(installed(store, "other", "again", "again.bin")), t.sha256(data), "bytes")
+
+  -- A SHA-256 stated now that is not the installed file's names another version: it is downloaded,
+  -- and checked; the installed one stays until a download matches.
+  local wrong = string.rep("0", 64)
+  r = t.status(pull(store, { url, "--framework", "other", "--sha256", wrong, "--json" }), 4, "another version stated")
+  evs = events(r.stdout)
+  t.eq(evs[1].event, "repair", "says why it downloads")
+  t.eq(evs[1].reason, "version", "the reason")
+  t.eq(evs[#evs].event, "error", "the download does not match what was stated")
+  t.eq(evs[#evs].code, "EHASH", "code")
+  t.eq(t.sha256_file(installed(store, "other", "again", "again.bin")), t.sha256(data), "the installed model kept")
+  local newer = t.bytes(300000, 16)
+  ng.put("again/again.bin", newer)
+  r = t.status(pull(store, { url, "--framework", "other", "--sha256", t.sha256(newer), "-q" }), 0, "the new version")
+  t.eq(t.sha256_file(installed(store, "other", "again", "again.bin")), t.sha256(newer), "replaced by the version stated")
+  r = t.status(pull(store, { url, "--framework", "other", "--sha256", t.sha256(newer), "--json" }), 0, "again")
+  t.eq(events(r.stdout)[1].already, true, "that version is installed: nothing to do")
 end)
 
 test("a download that fails part-way says how much is kept for the next pull", function()

@@ -15,7 +15,7 @@ M.exit_status = util.exit_status
 -- What to do, per error code; the facade's message says what happened.
 local HINTS = {
   EUSAGE = "see modelget --help",
-  ENOENT = "see modelget list, or modelget search WORDS",
+  EUNKNOWN = "see modelget list, or modelget search WORDS",
   EPOLICY = "use an https:// URL (plain http:// only to a loopback host)",
   ENET = "check the network and the URL, or give a mirror with --alt URL",
   EHASH = "the bad download was discarded; pull again, or check the sha256 if the model changed upstream",
@@ -395,7 +395,9 @@ command("info", {
   run = function(ctx)
     local mg = ctx:facade()
     local id = ctx.args[1]
-    local e, err, code = mg.info(id, ctx.opts)
+    local catalog, status = ctx:catalog() -- its problems shown as warnings
+    if not catalog then return status end
+    local e, err, code = mg.info(id, setmetatable({ catalog = catalog }, { __index = ctx.opts }))
     if not e then return ctx:fail(err, code, { id = id }) end
     if ctx.json then
       json_lines({ e }, "model")
@@ -499,7 +501,8 @@ local function detach(ctx, mg)
         if not catalog then return status end
       end
       if not catalog:get(target) then
-        return ctx:fail(string.format("unknown model id '%s'", target), "ENOENT", { hint = "see modelget list or modelget search WORDS" })
+        local _, err, code = catalog:unknown(target)
+        return ctx:fail(err, code, { hint = false })
       end
     end
   end
@@ -818,7 +821,10 @@ command("import", {
     local ok, ferr = ctx:check_framework(ctx.opts.framework)
     if not ok then return ctx:usage("%s", ferr) end
     local res, err, code = ctx:facade().import_dir(ctx.args[1], ctx.opts)
-    if not res then return ctx:fail(err, code, { id = ctx.opts.id }) end
+    if not res then
+      return ctx:fail(err, code, { id = ctx.opts.id,
+        hint = code == "EFORMAT" and "nothing was installed; check --framework and the folder's files" or nil })
+    end
     if ctx.json then
       json_line({ event = "done", id = res.id or ctx.opts.id, path = res.path, sha256 = res.sha256,
         bytes = res.bytes })

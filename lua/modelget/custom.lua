@@ -210,8 +210,10 @@ end
 
 -- Adds one entry. fields take the schema's names or the command line's: id, name, url, sha256,
 -- unzip|requiresUnzip, auth|requiresAuth, alt|alternativeURLs, framework. name defaults to the URL's
--- file name and id to that name without its extension. An id already there is refused (EUSAGE).
-function custom.add(store, fields)
+-- file name and id to that name without its extension. The fields are arguments, not a file: a bad
+-- one is EUSAGE, a URL the policy refuses EPOLICY. An id already there is refused (EUSAGE), and so is
+-- one a recipe defines (taken: id -> the recipe's place, or nil): the catalog's would win.
+function custom.add(store, fields, taken)
   local url = fields.url
   local name = fields.name or (type(url) == "string" and util.url_filename(url) ~= "" and util.url_filename(url)) or nil
   local raw = {
@@ -225,8 +227,24 @@ function custom.add(store, fields)
   }
   if fields.unzip ~= nil then raw.requiresUnzip = fields.unzip and true or false end
   if fields.auth ~= nil then raw.requiresAuth = fields.auth and true or false end
-  local ok, added = pcall(check_entry, raw, type(raw.id) == "string" and ("custom URL " .. enc(raw.id)) or "custom URL")
-  if not ok then return einput("%s", added) end
+  local where = type(raw.id) == "string" and ("custom URL " .. enc(raw.id)) or "custom URL"
+  local urls = { { "url", url } }
+  for _, u in ipairs(type(raw.alternativeURLs) == "table" and raw.alternativeURLs or {}) do
+    urls[#urls + 1] = { "alternativeURLs", u }
+  end
+  for _, u in ipairs(urls) do
+    if type(u[2]) == "string" then
+      local uok, uerr, ucode = util.check_url(u[2])
+      if not uok then return nil, ("%s: field '%s': %s"):format(where, u[1], uerr), ucode end
+    end
+  end
+  local ok, added = pcall(check_entry, raw, where)
+  if not ok then return util.fail("EUSAGE", "%s", added) end
+  local place = taken and taken(added.id)
+  if place then
+    return util.fail("EUSAGE", "%s: field 'id': '%s' is already a catalog model (%s); choose another id", where,
+      added.id, place)
+  end
   local list, uerr, ucode = update(store, function(list)
     for _, e in ipairs(list) do
       if e.id == added.id then
@@ -245,7 +263,7 @@ function custom.remove(store, id)
     for i, e in ipairs(list) do
       if e.id == id then table.remove(list, i) return list end
     end
-    return util.fail("ENOENT", "no custom URL '%s'", tostring(id))
+    return util.fail("EUNKNOWN", "no custom URL '%s'", tostring(id))
   end)
   if not list then return nil, err, code end
   return true
@@ -264,14 +282,20 @@ end
 
 -- Merges a file's entries by id: a new id is added, an id already in the store is replaced by the
 -- file's entry (importing a configuration applies it). The file is validated whole first.
--- Returns {added={ids}, replaced={ids}, count=}.
-function custom.import(store, file)
+-- An id a recipe defines (taken, as for add) refuses the file. Returns {added={ids}, replaced={ids}, count=}.
+function custom.import(store, file, taken)
   local text, err = util.read_file(file)
   if not text then return einput("%s: %s", file, tostring(err)) end
   local doc, derr, dcode = decode(text, file)
   if not doc then return nil, derr, dcode end
   local incoming, verr, vcode = custom.validate(doc, file)
   if not incoming then return nil, verr, vcode end
+  for i, e in ipairs(taken and incoming or {}) do
+    local place = taken(e.id)
+    if place then
+      return einput("%s: entry %d (%s): field 'id': '%s' is already a catalog model (%s)", file, i, enc(e.id), e.id, place)
+    end
+  end
   local report = { added = {}, replaced = {} }
   local list, uerr, ucode = update(store, function(list)
     local at = {}

@@ -403,7 +403,7 @@ function Scheduler:fetch_whole(spec)
   local opts = self.opts
   local retries = math.max(1, opts.retries or 5)
   local base = opts.retry_wait or 1
-  local tried, last, saw_auth = {}, nil, nil
+  local tried, last, saw_auth, refused = {}, nil, nil, 0
   if self.cancelled[spec.id] then return cancelled(spec) end
   if self:interrupted() then return util.fail("EINTR", "interrupted") end
   -- One connection for the whole file: a split plan beside it would describe other bytes.
@@ -440,6 +440,7 @@ function Scheduler:fetch_whole(spec)
       end
       last = r
       if r.code == "EAUTH" then saw_auth = r end
+      if r.code == "EPOLICY" then refused = refused + 1 end
       if r.code == "ESPACE" then return nil, r.message, r.code end
       if not r.retryable or attempt == retries then break end
       local delay = backoff(base, attempt, r.retry_after)
@@ -450,6 +451,8 @@ function Scheduler:fetch_whole(spec)
     end
     tried[#tried + 1] = string.format("%s (%s)", url, last and last.message or "?")
   end
+  -- Every URL refused by the policy (a Hub endpoint on plain http://, say) is the policy's failure.
+  if refused == #spec.urls then return nil, last.message, "EPOLICY", last end
   local code = saw_auth and "EAUTH" or "ENET"
   local msg = string.format("download failed: %s: tried %s", spec.file or "?", table.concat(tried, ", "))
   if saw_auth and spec.auth_hint then msg = msg .. "; " .. spec.auth_hint end

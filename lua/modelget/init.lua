@@ -145,13 +145,11 @@ end
 function modelget.info(id, opts)
   if type(id) ~= "string" then error("bad argument #1 to 'info': expected an id", 2) end
   opts = options(opts)
-  local catalog = modelget.catalog(opts)
+  local catalog = opts.catalog or modelget.catalog(opts)
   local entry = catalog:get(id)
   local root = store.root(opts)
   local inst = store.find(root, id, entry and entry.framework)
-  if not entry and not inst then
-    return util.fail("ENOENT", "unknown model id '%s': see 'modelget list' or 'modelget search WORDS'", id)
-  end
+  if not entry and not inst then return catalog:unknown(id) end
   local info = {}
   for k, v in pairs(entry or { id = id, framework = inst.framework, name = inst.manifest.name, url = inst.manifest.url }) do
     info[k] = v
@@ -177,7 +175,7 @@ function modelget.verify(ids, opts)
   if ids and #ids > 0 then
     wanted = {}
     for _, id in ipairs(ids) do
-      if not store.find(root, id) then return util.fail("ENOENT", "model '%s' is not installed: see 'modelget ls'", id) end
+      if not store.find(root, id) then return util.fail("EUNKNOWN", "model '%s' is not installed: see 'modelget ls'", id) end
       wanted[id] = true
     end
   end
@@ -213,14 +211,18 @@ function modelget.remove(id, opts)
       if p.id == id then m = { id = id, framework = p.framework } end
     end
   end
-  if not m then return util.fail("ENOENT", "model '%s' is not installed: see 'modelget ls'", id) end
+  if not m then return util.fail("EUNKNOWN", "model '%s' is not installed: see 'modelget ls'", id) end
   local lock, err, code = store.lock(root, id)
   if not lock then
     if code == "EBUSY" then return util.fail("EBUSY", "model '%s' is being downloaded: wait for it or stop that pull first", id) end
     return nil, err, code
   end
+  -- Every folder of the id goes (an id is one model; a store from before that rule may hold two).
   local ok, rerr, rcode = true, nil, nil
-  if m.path then ok, rerr, rcode = core.rmtree(m.path) end
+  for _, fw in ipairs(store.installed_as(root, id)) do
+    local rok, e, c = core.rmtree(store.model_dir(root, fw, id))
+    if not rok and ok then ok, rerr, rcode = rok, e, c end
+  end
   core.rmtree(store.partial_dir(root, m.framework, m.id))
   lock:close()
   if not ok then return nil, rerr, rcode end
@@ -242,6 +244,8 @@ function modelget.import_dir(dir, opts)
   local lock, lerr, lcode = store.lock(root, entry.id)
   if not lock then return nil, lerr, lcode end
   local result, err, code = (function()
+    local free, ferr, fcode = store.id_free(root, entry.id, entry.framework)
+    if not free then return nil, ferr, fcode end
     for _, f in ipairs(rule.side_files and rule.side_files(entry) or {}) do
       local path = f.path or f.name
       if not f.optional and not core.stat(dir .. "/" .. path) then
@@ -256,6 +260,20 @@ function modelget.import_dir(dir, opts)
     local files, total = {}, 0
     local skip = function(rel, name) return name == ".git" or rel == store.MANIFEST end
     for _, f in ipairs(store.walk(dir, skip)) do
+      if f.type == "link" then
+        -- A link to a file is that file (a Hugging Face cache snapshot links each file to its blob):
+        -- its bytes are copied. A link to a folder, or to nothing, is refused by name.
+        local target = core.stat(dir .. "/" .. f.path, true)
+        if not target then
+          core.rmtree(staging)
+          return util.fail("EINPUT", "%s: %s is a symbolic link to nothing", dir, f.path)
+        end
+        if target.type ~= "file" then
+          core.rmtree(staging)
+          return util.fail("EINPUT", "%s: %s is a symbolic link to a folder: copy the folder in its place", dir, f.path)
+        end
+        f.type = "file"
+      end
       if f.type == "file" then
         local dest = staging .. "/" .. f.path
         core.mkdirs(util.dirname(dest))
@@ -275,20 +293,35 @@ function modelget.import_dir(dir, opts)
     core.rmtree(store.partial_dir(root, entry.framework, entry.id))
     return { id = entry.id, framework = entry.framework, path = dest, bytes = total, files = files }
   end)()
+  -- A failed import leaves no empty partial folder (one holding a pull's resumable data stays).
+  if not result then os.remove(store.partial_dir(root, entry.framework, entry.id)) end
   lock:close()
   return result, err, code
 end
 
 -- Custom model URLs (SPEC "Custom URL schema"), kept in <store>/registry/custom.json.
+-- An id a recipe defines cannot be a custom URL's: the recipe's entry would win, the URL be ignored.
+local function recipe_ids(opts)
+  local catalog = modelget.catalog(opts)
+  return function(id)
+    local e = catalog:get(id)
+    return e and not e.custom and e.source or nil
+  end
+end
+
 modelget.urls = {
   list = function(opts) return custom().list(store.root(options(opts))) end,
   add = function(fields, opts)
     if type(fields) ~= "table" then error("bad argument #1 to 'urls.add': expected a table", 2) end
-    return custom().add(store.root(options(opts)), fields)
+    opts = options(opts)
+    return custom().add(store.root(opts), fields, recipe_ids(opts))
   end,
   remove = function(id, opts) return custom().remove(store.root(options(opts)), id) end,
   export = function(file, opts) return custom().export(store.root(options(opts)), file) end,
-  import = function(file, opts) return custom().import(store.root(options(opts)), file) end,
+  import = function(file, opts)
+    opts = options(opts)
+    return custom().import(store.root(opts), file, recipe_ids(opts))
+  end,
 }
 
 return modelget

@@ -98,6 +98,9 @@ function Reporter:sentence(ev)
     self.extracting[id] = true
     return "extracting " .. id
   elseif kind == "repair" then
+    if ev.reason == "version" then
+      return self:paint("yellow", id .. ": the installed file's SHA-256 is not the one stated now; downloading that version")
+    end
     return self:paint("yellow", id .. ": the installed files changed on disk; downloading again")
   elseif kind == "skip" then
     return label(ev) .. ": optional file skipped" .. (ev.reason and (" (" .. ev.reason .. ")") or "")

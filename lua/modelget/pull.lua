@@ -43,7 +43,8 @@ function pull.resolve(target, opts, catalog)
   else
     local found = catalog and catalog:get(target)
     if not found then
-      return util.fail("ENOENT", "unknown model id '%s': see 'modelget list' or 'modelget search WORDS'", target)
+      if catalog then return catalog:unknown(target) end
+      return util.fail("EUNKNOWN", "unknown model id '%s': see 'modelget list' or 'modelget search WORDS'", target)
     end
     entry = setmetatable({}, { __index = found })
     if opts.id then entry.id = opts.id end
@@ -99,7 +100,7 @@ local function plan_files(sched, entry, rule, ctx)
     local listed, err, code = hub.list_files(entry, function(url) return sched:fetch_json(url, ctx) end)
     if not listed then return nil, err, code end
     if #listed == 0 then
-      return util.fail("ENOENT", "%s: no file of the Hub repo %s matches the include patterns", entry.id, entry.hub.repo)
+      return util.fail("EUNKNOWN", "%s: no file of the Hub repo %s matches the include patterns", entry.id, entry.hub.repo)
     end
     for _, f in ipairs(listed) do
       files[#files + 1] = { path = f.path, urls = { hub.rewrite(f.url) }, listed_sha256 = f.sha256, size = f.size,
@@ -187,12 +188,15 @@ local function extract(archive, staging, entry, rule, emit, archive_size)
   return r
 end
 
--- Is the model already installed and intact? Re-hashes its files against the manifest.
+-- Is the model already installed, intact, and the version asked for? Re-hashes its files against the
+-- manifest. nil, its folder, why not: "changed" (on disk) or "version" (a SHA-256 stated now that
+-- is not the installed main file's: the recipe, or --sha256, names another version).
 local function installed_ok(root, entry)
   local dir = store.model_dir(root, entry.framework, entry.id)
   local m = store.read_manifest(dir)
   if not m then return nil end
-  if #store.check(dir, m, true) > 0 then return nil, dir end
+  if entry.sha256 and m.sha256 and entry.sha256:lower() ~= m.sha256:lower() then return nil, dir, "version" end
+  if #store.check(dir, m, true) > 0 then return nil, dir, "changed" end
   local bytes = 0
   for _, f in ipairs(m.files) do bytes = bytes + f.size end
   return { id = entry.id, framework = entry.framework, path = dir, files = m.files, bytes = bytes,
@@ -207,10 +211,12 @@ function pull.run(sched, entry, ctx)
   if not lock then return nil, lerr, lcode end
 
   local result, err, code = (function()
+    local free, ferr, fcode = store.id_free(root, entry.id, entry.framework)
+    if not free then return nil, ferr, fcode end
     if not opts.force then
-      local done, broken = installed_ok(root, entry)
+      local done, broken, why = installed_ok(root, entry)
       if done then return done end
-      if broken then emit { event = "repair", id = entry.id, path = broken } end
+      if broken then emit { event = "repair", id = entry.id, path = broken, reason = why } end
     end
     local aok, aerr, acode = auth.require(entry, entry.url or (entry.hub and hub.endpoint()))
     if not aok then return nil, aerr, acode end

@@ -70,6 +70,17 @@ end
 
 function Catalog:get(id) return self.by_id[id] end
 
+-- The failure for an id the catalog lacks: unknown (EUNKNOWN); or, when recipe files had problems
+-- loading, a bad input file (EINPUT, exit 9): the id may be in a file that did not load.
+function Catalog:unknown(id)
+  local problems = self.problems or {}
+  if #problems > 0 then
+    return util.fail("EINPUT", "unknown model id '%s', and the catalog has %d problem%s (%s%s): fix the recipe, "
+      .. "or see 'modelget list'", id, #problems, #problems == 1 and "" or "s", problems[1], #problems > 1 and "; …" or "")
+  end
+  return util.fail("EUNKNOWN", "unknown model id '%s': see 'modelget list' or 'modelget search WORDS'", id)
+end
+
 -- Every entry (or those of one framework), sorted by framework, then id.
 function Catalog:entries(framework)
   local out = {}

@@ -110,6 +110,27 @@ function store.installed(root)
   return out
 end
 
+-- The frameworks under which a model id has a folder in models/ (an id is one model: one lock, one
+-- partial folder, one `rm`).
+function store.installed_as(root, id)
+  local out = {}
+  for _, fw in ipairs(core.listdir(root .. "/models") or {}) do
+    if core.stat(store.model_dir(root, fw, id)) then out[#out + 1] = fw end
+  end
+  return out
+end
+
+-- An id is one model: true, or a usage failure when the id is installed under another framework.
+function store.id_free(root, id, framework)
+  for _, fw in ipairs(store.installed_as(root, id)) do
+    if fw ~= framework then
+      return util.fail("EUSAGE", "id '%s' is already installed as %s/%s: use another --id, or remove it first "
+        .. "(modelget rm %s)", id, fw, id, id)
+    end
+  end
+  return true
+end
+
 function store.find(root, id, framework)
   for _, m in ipairs(store.installed(root)) do
     if m.id == id and (not framework or m.framework == framework) then return m end

@@ -8,7 +8,7 @@ end
 
 -- Exit status for an error code (SPEC "Exit status").
 local exit_for = {
-  EUSAGE = 2, ENOENT = 2, EPOLICY = 2,
+  EUSAGE = 2, EUNKNOWN = 2, EPOLICY = 2,
   ENET = 3,
   EHASH = 4, ESIZE = 4,
   ESPACE = 5,
