@@ -26,6 +26,8 @@ int mg_sha256_fd(int fd, uint64_t limit, EVP_MD_CTX *ctx, uint64_t *hashed) {
   int err = 0;
   uint64_t done = 0;
   while (done < limit) {
+    /* Ctrl-C (catch_interrupt) stops a long hash: a split file of many GB is hashed at its end. */
+    if (mg_interrupt_flag) { err = EINTR; break; }
     size_t want = limit - done < CHUNK ? (size_t)(limit - done) : CHUNK;
     ssize_t r = read(fd, buf, want);
     if (r < 0) {

@@ -91,6 +91,7 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     { { "list", "--force" }, "%-%-force does not apply to list" },
     { { "pull", "a", "b", "--id", "x" }, "%-%-id applies to one target" },
     { { "pull", "x", "--sha256", "abc" }, "bad value for %-%-sha256" },
+    { { "pull", "https://127.0.0.1:1/m.bin", "--stall-timeout", "0.5" }, "%-%-stall%-timeout.*1 or more" },
     { { "pull", "https://127.0.0.1:1/m.bin", "--framework", "nope" }, "unknown framework 'nope'" },
     { { "urls", "frob" }, "unknown urls command 'frob'" },
     { { "urls", "add", "--id", "x", "--name", "x.gguf" }, "urls add needs %-%-url" },
@@ -235,6 +236,7 @@ test("a wrong sha256: exit 4, one line with expected and got; with --json an err
   local line = one_error_line(r, "verification failed")
   t.match(line, wrong, "expected hash named")
   t.match(line, t.sha256(data), "got hash named")
+  t.match(line, "from the SHA%-256 given", "where the expected hash came from")
   local evs = events(r.stdout)
   t.eq(evs[#evs].event, "error", "last event")
   t.eq(evs[#evs].code, "EHASH", "error code")
@@ -281,6 +283,17 @@ test("several targets at once: each installed; a bad one fails the status but no
   t.eq(t.sha256_file(store .. "/models/llamacpp/many-b/many-b.gguf"), t.sha256(b), "second")
   t.match(r.stdout, "installed many%-a", "first reported")
   t.match(r.stdout, "installed many%-b", "second reported")
+
+  -- The same URL twice is one pull; another URL that would take the same id is refused by name.
+  local store2 = t.tmpdir("many-same")
+  r = t.status(mg(store2, { "pull", ua, ua }), 0, "the same URL twice")
+  t.eq(t.sha256_file(store2 .. "/models/llamacpp/many-a/many-a.gguf"), t.sha256(a), "installed")
+  t.nomatch(r.stderr, "another", "no word of another process")
+  local other = ng.put("cli/elsewhere/many-a.gguf", b)
+  local store3 = t.tmpdir("many-clash")
+  r = t.status(mg(store3, { "pull", ua, other }), 2, "two URLs, one id")
+  t.eq(t.sha256_file(store3 .. "/models/llamacpp/many-a/many-a.gguf"), t.sha256(a), "the first target installed")
+  one_error_line(r, "elsewhere/many%-a%.gguf would be installed as 'many%-a', as .*many%-a%.gguf is: pull it on its own, with %-%-id")
 end)
 
 -- The catalog -------------------------------------------------------------------------------------------

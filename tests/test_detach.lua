@@ -32,6 +32,7 @@ test("pull --detach returns at once and the model is installed in the background
   t.eq(t.sha256_file(installed), t.sha256(data), "bytes")
   local text = t.read(log)
   t.match(text, "modelget pull " .. url:gsub("%p", "%%%0"), "the log says what it pulls")
+  t.match(text, "%(pid " .. pid .. ",", "the log's pid is the one printed")
   t.match(text, "%d+%%", "the log has the progress lines")
   t.match(text, "installed detached %(1%.5 MB%) in " .. (store .. "/models/other/detached"):gsub("%p", "%%%0"),
     "the log reports the outcome")

@@ -99,25 +99,31 @@ test("a segment cut part-way is resumed from where it stopped; the others are no
     "the cut segment was asked again from 300000 bytes in: " .. table.concat(starts, ","))
 end)
 
+-- What the saved plan of id's split says is on disk, range by range.
+local function segment_bytes(store, id)
+  local plan = cjson.decode(t.read(string.format("%s/partial/other--%s/%s.bin.part.split", store, id, id)) or "{}")
+  local n = 0
+  for _, r in ipairs(plan.ranges or {}) do n = n + math.tointeger(r[3]) end
+  return n
+end
+
+-- Starts pull URL -x 3 (1 MB/s) and kills it (-9) once its segments hold more than 1 MiB; returns
+-- what the plan says they hold.
+local function kill_split_part_way(url, store, id)
+  local bg = t.spawn { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other",
+                       "-q", "-x", "3", "--limit-rate", "1M" }
+  t.ok(t.wait(function() return segment_bytes(store, id) > 1 * MiB end, 20), "the segments are filling")
+  os.execute("kill -9 " .. bg.pid)
+  t.ok(t.wait(function() return bg.status() ~= nil end, 10), "killed")
+  return segment_bytes(store, id)
+end
+
 test("kill -9 during a split pull: the next pull resumes every segment from its plan", function()
   local fx = servers.fixture()
   local data = t.bytes(6 * MiB, 93)
   local url = fx.put("splitkill.bin", data)
   local store = t.tmpdir("splitkill")
-  local pdir = store .. "/partial/other--splitkill"
-  local bg = t.spawn { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other",
-                       "-q", "-x", "3", "--limit-rate", "1M" }
-  -- What the saved plan says is on disk, range by range.
-  local function segment_bytes()
-    local plan = cjson.decode(t.read(pdir .. "/splitkill.bin.part.split") or "{}")
-    local n = 0
-    for _, r in ipairs(plan.ranges or {}) do n = n + math.tointeger(r[3]) end
-    return n
-  end
-  t.ok(t.wait(function() return segment_bytes() > 1 * MiB end, 20), "the segments are filling")
-  os.execute("kill -9 " .. bg.pid)
-  t.ok(t.wait(function() return bg.status() ~= nil end, 10), "killed")
-  local kept = segment_bytes()
+  local kept = kill_split_part_way(url, store, "splitkill")
   local status = t.status(t.modelget { "status", "--store", store, "--json" }, 0, "status")
   t.match(status.stdout, '"completed":' .. kept .. "[,}]", "status counts the segments' bytes")
   fx.clear_log()
@@ -133,6 +139,59 @@ test("kill -9 during a split pull: the next pull resumes every segment from its 
   t.ok(resumed >= 1, "segments asked again from where they stopped")
 end)
 
+test("a split file's speed is its own bytes over time: a segment that ends does not drop it", function()
+  local download = require "modelget.download"
+  local split, rate = {}, 52e6
+  t.eq(download.split_speed(split, 0, 10.0, 40e6), 40e6, "the first estimate: the segments' speeds")
+  local speeds = {}
+  for i = 1, 12 do
+    -- the file goes on at 52 MB/s; at tick 5 a segment ends, and the sum of the others' moving
+    -- averages reads 12 MB/s for a while
+    speeds[i] = download.split_speed(split, rate * 0.25 * i, 10.0 + 0.25 * i, i < 5 and 52e6 or 12e6)
+  end
+  for i = 5, 12 do
+    t.ok(math.abs(speeds[i] - rate) < 0.1 * rate, string.format("tick %d: %.1f MB/s", i, speeds[i] / 1e6))
+  end
+  -- and it follows a real change: the file slows to 13 MB/s
+  local s
+  for i = 13, 30 do s = download.split_speed(split, rate * 0.25 * 12 + 13e6 * 0.25 * (i - 12), 10.0 + 0.25 * i, 13e6) end
+  t.ok(math.abs(s - 13e6) < 0.1 * 13e6, string.format("slowed: %.1f MB/s", s / 1e6))
+end)
+
+test("a pull without -x resumes the segments a split pull kept", function()
+  local fx = servers.fixture()
+  local data = t.bytes(6 * MiB, 95)
+  local url = fx.put("splitresume.bin", data)
+  local store = t.tmpdir("splitresume")
+  local before = kill_split_part_way(url, store, "splitresume")
+  fx.clear_log()
+  t.status(pull(store, { url, "-q" }), 0, "the same pull without -x")
+  t.eq(t.sha256_file(installed(store, "splitresume")), t.sha256(data), "installed bytes")
+  local asked = 0
+  for _, r in ipairs(fx.requests("^/f/splitresume%.bin$")) do
+    t.ok(r.headers["if-range"], "each request a range of the kept version")
+    local a, b = (r.headers.range or ""):match("^bytes=(%d+)%-(%d*)$")
+    t.ok(a, "a range: " .. tostring(r.headers.range))
+    asked = asked + ((tonumber(b) or #data - 1) - tonumber(a or 0) + 1)
+  end
+  t.ok(#fx.requests("^/f/splitresume%.bin$") >= 1, "segments were asked for")
+  t.ok(asked <= #data - before, string.format("only what was missing came again (%d bytes, %d kept)", asked, before))
+
+  -- Killed again part-way, and the file changes on the server meanwhile: the segments' If-Range
+  -- gets the whole new file; the kept bytes are dropped, said so, and the new version installed.
+  t.status(t.modelget { "rm", "splitresume", "--store", store }, 0, "rm")
+  kill_split_part_way(url, store, "splitresume")
+  local newer = t.bytes(6 * MiB, 96)
+  fx.put("splitresume.bin", newer)
+  local r = t.status(pull(store, { url, "-x", "3", "--json" }), 0, "the pull after the change")
+  local said
+  for _, ev in ipairs(t.events(r.stdout)) do
+    if ev.event == "fallback" then said = ev.reason end
+  end
+  t.match(said or "", "the file changed on the server", "the fallback says why")
+  t.eq(t.sha256_file(installed(store, "splitresume")), t.sha256(newer), "the new version installed")
+end)
+
 test("a server that will not serve ranges: the split is given up, the file comes on one connection", function()
   local _, _, store, r = split_pull("norange", 3 * MiB, 94, { "-x", "3", "--json" },
     { {}, { ignore_range = true, ["repeat"] = true } })
@@ -144,7 +203,7 @@ test("a server that will not serve ranges: the split is given up, the file comes
   t.eq(model_files(store, "norange"), ".modelget.json norange.bin", "no segment file was installed")
 end)
 
-test("a split plan left beside a partial a single-connection pull rewrote is not trusted", function()
+test("a kept plan with every range in is checked with the server first: another version drops it, partial and all", function()
   local fx = servers.fixture()
   local data = t.bytes(3 * MiB, 99)
   local url = fx.put("stale.bin", data)
@@ -154,9 +213,13 @@ test("a split plan left beside a partial a single-connection pull rewrote is not
   t.write(pdir .. "/stale.bin.part", string.rep("\0", 3 * MiB))
   t.write(pdir .. "/stale.bin.part.split", cjson.encode { url = url, validator = '"x"', total = 3 * MiB,
     ranges = { { 0, 1572863, 1572864 }, { 1572864, 3145727, 1572864 } } })
-  -- Then a pull on one connection, cut part-way: it rewrites the partial and drops the plan.
-  fx.script("stale.bin", { { cut = 1000000 } })
+  -- Then a pull: the plan says every range is in, so nothing would ask the server (no If-Range); a
+  -- HEAD does, and the server has another version ("x" is not its validator): plan and partial go,
+  -- and the file comes on one connection (cut part-way here).
+  fx.clear_log()
+  fx.script("stale.bin", { {}, { cut = 1000000 } })
   t.status(pull(store, { url, "-q", "--retries", "1" }), 3, "the single-connection pull, cut")
+  t.eq(fx.requests("^/f/stale%.bin$")[1].method, "HEAD", "the server was asked first")
   t.ok(not t.exists(pdir .. "/stale.bin.part.split"), "the plan is gone")
   -- A split pull after it must not take the partial's old zeros for done ranges.
   t.status(pull(store, { url, "-x", "2", "-q" }), 0, "pull -x 2")

@@ -27,7 +27,7 @@ local HINTS = {
   EFORMAT = "nothing was installed; check --framework and that the URL is the model file itself",
   EINPUT = "fix the file named above and try again",
   EINTR = "the partial download is kept: the same pull again resumes it",
-  EBUSY = "that model is being downloaded: wait for the pull to end, or stop it first",
+  EBUSY = "wait for that pull to end, or stop it first",
 }
 
 -- Numbers -------------------------------------------------------------------------------------------
@@ -39,13 +39,11 @@ local function whole(min)
   end
 end
 
-local function seconds(min_exclusive)
+local function seconds(min)
   return function(s)
     local n = tonumber(s)
-    if n and n == n and n ~= math.huge and (min_exclusive and n > 0 or not min_exclusive and n >= 0) then
-      return n
-    end
-    return nil, min_exclusive and "a number of seconds above 0" or "a number of seconds, 0 or more"
+    if n and n == n and n ~= math.huge and n >= min then return n end
+    return nil, string.format("a number of seconds, %g or more", min)
   end
 end
 
@@ -81,10 +79,10 @@ local OPTIONS = {
   { long = "connections", short = "x", arg = "N", global = true, check = whole(1),
     help = "connections per file: a big file from a server that serves ranges comes in N segments at once (default 1)" },
   { long = "limit-rate", arg = "RATE", global = true, check = rate, help = "total bandwidth cap: 500K, 20M, 1.5G or bytes/s" },
-  { long = "stall-timeout", arg = "S", global = true, check = seconds(true),
+  { long = "stall-timeout", arg = "S", global = true, check = seconds(1), -- the engine's least: a second without a byte
     help = "retry a transfer that receives nothing for S seconds (default 30)" },
   { long = "retries", arg = "N", global = true, check = whole(0), help = "attempts per URL before the next URL (default 5)" },
-  { long = "retry-wait", arg = "S", global = true, check = seconds(false),
+  { long = "retry-wait", arg = "S", global = true, check = seconds(0),
     help = "base wait before a retry, doubled each time (default 1)" },
   { long = "no-color", global = true, help = "no colour (also when $NO_COLOR is set)" },
   { long = "help", short = "h", global = true, help = "this help, or a command's help after the command" },
@@ -509,7 +507,8 @@ local function detach(ctx, mg)
   local dir = mg.store_root(ctx.opts) .. "/logs"
   local ok, err, code = core.mkdirs(dir)
   if not ok then return ctx:fail(err, code) end
-  local log = string.format("%s/pull-%s-%d.log", dir, os.date("!%Y%m%dT%H%M%SZ"), core.getpid())
+  -- Named by time and a random tag, not a pid: the pid printed is the background process's.
+  local log = string.format("%s/pull-%s-%04x.log", dir, os.date("!%Y%m%dT%H%M%SZ"), math.random(0, 0xffff))
   io.stdout:flush()
   local pid
   pid, err, code = core.detach(log)
@@ -679,7 +678,12 @@ command("status", {
       rows[#rows + 1] = { p.id, p.framework, p.active and "downloading" or "stopped", done }
     end
     columns(rows)
-    printf("stopped: 'modelget pull ID' resumes it, 'modelget rm ID' drops its partial data")
+    local stopped = false
+    for _, p in ipairs(list) do stopped = stopped or not p.active end
+    if stopped then
+      printf("stopped: the same pull again (the ID, or the URL it was pulled from) resumes it; "
+        .. "'modelget rm ID' drops its partial data")
+    end
     return 0
   end,
 })

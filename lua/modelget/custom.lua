@@ -326,6 +326,7 @@ function custom.to_entry(e, source)
     id = e.id, name = e.name, framework = custom.framework_of(e), url = e.url, file = file,
     alt = e.alternativeURLs or {}, sha256 = e.sha256, unzip = e.requiresUnzip,
     auth = e.requiresAuth or nil, files = {}, tags = { "custom" }, custom = true, source = source,
+    sha256_from = "the custom URL entry",
   }
 end
 

@@ -241,6 +241,20 @@ function Scheduler:transfer(opts, info)
   return r
 end
 
+-- A split file's speed: a moving average of its own bytes over time, not the sum of its segments'
+-- (a segment that ends takes its speed with it while the others take a while to show theirs; the
+-- file goes on as fast). segments: that sum, the first estimate. Returns bytes/s.
+function download.split_speed(split, completed, now, segments)
+  if split.rate_at and now > split.rate_at then
+    local inst = math.max(0, completed - split.rate_bytes) / (now - split.rate_at)
+    split.rate = split.rate and (0.7 * split.rate + 0.3 * inst) or inst
+  elseif not split.rate_at then
+    split.rate = segments
+  end
+  split.rate_at, split.rate_bytes = now, completed
+  return split.rate
+end
+
 -- One progress event per file: the segments of a split download count as one.
 function Scheduler:progress_tick()
   local splits = {}
@@ -268,6 +282,7 @@ function Scheduler:progress_tick()
     end
   end
   for split, g in pairs(splits) do
+    g.speed = download.split_speed(split, g.completed, core.now(), g.speed)
     g.eta = g.speed > 0 and (g.total - g.completed) / g.speed or nil
     g.event = "progress"
     self.emit(g)
@@ -382,7 +397,9 @@ function Scheduler:fetch(spec)
 end
 
 function Scheduler:fetch_file(spec)
-  if (self.opts.connections or 1) > 1 and spec.partial and not spec.head and not self.cancelled[spec.id] then
+  -- A split download's kept plan is resumed as a split, -x or not: its segments' bytes are reused.
+  local kept = spec.partial and not spec.fresh and core.stat(spec.partial .. ".split") ~= nil
+  if ((self.opts.connections or 1) > 1 or kept) and spec.partial and not spec.head and not self.cancelled[spec.id] then
     local r, err, code = self:fetch_split(spec)
     if r then return r end
     if err and (code ~= "ENET" or #spec.urls < 2) then return nil, err, code end
@@ -460,7 +477,7 @@ function Scheduler:fetch_whole(spec)
 end
 
 -- The plan for a split of spec's file ({url=, validator=, total=, ranges={{from, to, done}…}}), or
--- nil (then it is fetched on one connection).
+-- nil (then it is fetched on one connection), or nil, message, code (a kept plan could not be checked).
 function Scheduler:split_plan(spec)
   local url = spec.urls[1]
   local path = spec.partial .. ".split"
@@ -475,9 +492,24 @@ function Scheduler:split_plan(spec)
         good = false
       end
     end
-    if good then return plan end
+    if good then
+      local left = false
+      for _, r in ipairs(plan.ranges) do left = left or r[3] < r[2] - r[1] + 1 end
+      if left then return plan end -- each segment's If-Range checks the version
+      -- Nothing left to ask for: the server says whether the file is still that version (a HEAD,
+      -- with the usual retries); one it no longer has goes, partial and all. Unreachable, the pull
+      -- fails and the plan stays for the next one.
+      local head, herr, hcode = self:fetch_whole { id = spec.id, file = spec.file, urls = { url }, head = true,
+                                                   auth_for = spec.auth_for, auth_hint = spec.auth_hint }
+      if not head then return nil, herr, hcode end
+      local validator = head.etag and head.etag:sub(1, 1) == '"' and head.etag or head.last_modified
+      if validator == plan.validator and head.bytes == plan.total then return plan end
+      os.remove(spec.partial)
+      os.remove(spec.partial .. ".state")
+    end
     remove_split(spec)
   end
+  if (self.opts.connections or 1) <= 1 then return nil end -- no plan kept, and none to make
   local st = core.stat(spec.partial)
   if st and st.size > 0 then return nil end -- a partial from one connection: that one resumes
   if spec.size and spec.size < 2 * SPLIT_MIN then return nil end -- known to be too small
@@ -505,8 +537,9 @@ end
 -- nothing when the file is better fetched whole (no plan, or the server refused a segment: the split
 -- is given up).
 function Scheduler:fetch_split(spec)
-  local plan = self:split_plan(spec)
+  local plan, perr, pcode = self:split_plan(spec)
   if not plan then
+    if perr then return nil, perr, pcode end
     if self:interrupted() then return util.fail("EINTR", "interrupted") end
     return nil
   end
@@ -538,8 +571,11 @@ function Scheduler:fetch_split(spec)
     if not r then
       if last and last.range_refused then
         remove_split(spec)
+        -- A whole answer to If-Range with another validator: the file changed since the plan.
+        local changed = last.etag and last.etag:sub(1, 1) == '"' and last.etag ~= plan.validator
         self.emit { event = "fallback", id = spec.id, file = spec.file, from = plan.url, to = plan.url,
-          reason = "the server would not serve ranges of it: on one connection" }
+          reason = changed and "the file changed on the server since its segments began: all of it again, on one connection"
+            or "the server would not serve ranges of it: on one connection" }
         return nil
       end
       return nil, err, code -- the segments are kept: the same pull resumes them

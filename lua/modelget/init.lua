@@ -108,6 +108,24 @@ function modelget.pull_many(targets, opts)
   opts = options(opts)
   local sched = modelget.scheduler(opts)
   local out = {}
+  -- One pull per model id: a target named twice is pulled once (both get its outcome); another
+  -- target that would take an id already taken is refused (it would wait on the first's lock).
+  local first, same = {}, {}
+  local list = {}
+  for i, target in ipairs(targets) do
+    local id = type(target) == "string" and (opts.id or (util.is_url(target)
+      and util.strip_ext(opts.name or util.url_filename(target)) or target)) or nil
+    local j = id and first[id]
+    if not j then
+      if id then first[id] = i end
+      list[#list + 1] = i
+    elseif targets[j] == target then
+      same[i] = j
+    else
+      out[i] = { ok = false, target = target, code = "EUSAGE",
+        err = string.format("%s would be installed as '%s', as %s is: pull it on its own, with --id", target, id, targets[j]) }
+    end
+  end
   -- A few pulls run ahead of the transfers (their setup overlaps the downloads); the others wait
   -- their turn, so a list of thousands holds a bounded number of locks and files open.
   local ahead = math.max(4 * (opts.jobs or 4), 32)
@@ -120,13 +138,14 @@ function modelget.pull_many(targets, opts)
     starting = true
     if sched:interrupted() then
       -- Ctrl-C: what has not started does not start.
-      for i = nexti, #targets do
-        out[i] = { ok = false, target = targets[i], err = "interrupted before it started", code = "EINTR" }
+      for k = nexti, #list do
+        out[list[k]] = { ok = false, target = targets[list[k]], err = "interrupted before it started", code = "EINTR" }
       end
-      nexti = #targets + 1
+      nexti = #list + 1
     end
-    while running < ahead and nexti <= #targets do
-      local i, target = nexti, targets[nexti]
+    while running < ahead and nexti <= #list do
+      local i = list[nexti]
+      local target = targets[i]
       nexti, running = nexti + 1, running + 1
       sched:spawn(function()
         local r, err, code = sched:pull(target)
@@ -139,6 +158,7 @@ function modelget.pull_many(targets, opts)
   sched.on_task_end = start_more
   start_more()
   drive(sched)
+  for i, j in pairs(same) do out[i] = setmetatable({ target = targets[i] }, { __index = out[j] }) end
   return out
 end
 
@@ -214,7 +234,7 @@ function modelget.remove(id, opts)
   if not m then return util.fail("EUNKNOWN", "model '%s' is not installed: see 'modelget ls'", id) end
   local lock, err, code = store.lock(root, id)
   if not lock then
-    if code == "EBUSY" then return util.fail("EBUSY", "model '%s' is being downloaded: wait for it or stop that pull first", id) end
+    if code == "EBUSY" then return util.fail("EBUSY", "model '%s' is being downloaded", id) end
     return nil, err, code
   end
   -- Every folder of the id goes (an id is one model; a store from before that rule may hold two).

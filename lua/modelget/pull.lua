@@ -56,6 +56,7 @@ function pull.resolve(target, opts, catalog)
       return util.fail("EUSAGE", "--sha256: expected 64 hex digits, got '%s'", opts.sha256)
     end
     entry.sha256 = opts.sha256:lower()
+    entry.sha256_from = "the SHA-256 given"
   end
   if opts.framework and not util.is_url(target) then entry.framework = opts.framework end
   if not rules.get(entry.framework) then
@@ -92,7 +93,7 @@ local function plan_files(sched, entry, rule, ctx)
     local urls = { hub.rewrite(entry.url) }
     for _, u in ipairs(rewrite_all(entry.alt or {})) do urls[#urls + 1] = u end
     -- A recipe's size is an estimate ("669 MB") unless it was given in exact bytes (size_exact).
-    files[#files + 1] = { path = name, urls = urls, sha256 = entry.sha256, main = true,
+    files[#files + 1] = { path = name, urls = urls, sha256 = entry.sha256, sha256_from = entry.sha256_from, main = true,
                           size = entry.size_exact and entry.size or nil, estimate = entry.size,
                           archive = entry.unzip or nil }
   end
@@ -151,7 +152,7 @@ local function remove_partial(path)
 end
 
 local function verify_file(f, r, emit, id)
-  local expected, source = f.sha256, "the recipe"
+  local expected, source = f.sha256, f.sha256_from or "the recipe"
   if not expected and util.is_sha256(r.linked_etag) then expected, source = r.linked_etag:lower(), "the server" end
   if not expected and f.listed_sha256 then expected, source = f.listed_sha256, "the Hub listing" end
   local stated_size = f.size or r.linked_size
@@ -288,7 +289,13 @@ function pull.run(sched, entry, ctx)
       if not r then
         if fcode == "ECANCEL" then return nil, ferr, fcode end
         if fcode == "EINTR" then
-          return util.fail("EINTR", "interrupted: partial data kept in %s; run the same pull again to resume", pdir)
+          local kept = 0
+          for _, name in ipairs(core.listdir(pdir) or {}) do
+            if name:match("%.part$") then kept = kept + ((core.stat(pdir .. "/" .. name) or {}).size or 0) end
+          end
+          if kept == 0 then return util.fail("EINTR", "interrupted before any data arrived; run the same pull again") end
+          return util.fail("EINTR", "interrupted: %s of partial data kept in %s; run the same pull again to resume",
+            util.human(kept), pdir)
         end
         if f.optional and fcode ~= "ESPACE" then
           emit { event = "skip", id = entry.id, file = f.path, reason = ferr }
