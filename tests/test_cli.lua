@@ -436,7 +436,8 @@ test("rm refuses a model that is being downloaded (exit 1), and says why", funct
   end
   t.ok(core.stat(partial), "the forced pull is under way")
   local r = t.status(mg(store, { "rm", "busy" }), 1, "rm while pulling")
-  one_error_line(r, "being downloaded")
+  local line = one_error_line(r, "being downloaded")
+  t.eq(select(2, line:gsub("wait", "")), 1, "the advice given once: " .. line)
   t.ok(t.exists(store .. "/models/llamacpp/busy/busy.gguf"), "the model is still there")
 end)
 

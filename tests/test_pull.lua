@@ -397,6 +397,19 @@ test("Ctrl-C keeps the partial, exits 130, and the next pull resumes", function(
   t.eq(t.sha256_file(installed(store, "other", "interrupted", "interrupted.bin")), t.sha256(data), "bytes")
   local reqs = fx.requests("/f/interrupted.bin")
   t.match(reqs[#reqs].headers.range or "", "^bytes=%d+%-$", "resumed with Range")
+
+  -- Ctrl-C before any byte came (the server stalls at once): nothing is said to be kept.
+  local silent = fx.put("silent.bin", data)
+  fx.script("silent.bin", { { stall = 0, seconds = 30 } })
+  fx.clear_log()
+  local quiet = background_pull(store, silent)
+  t.ok(t.wait(function() return #fx.requests("/f/silent.bin") > 0 end, 10), "the request arrived")
+  require("modelget.core").sleep(0.3)
+  os.execute("kill -INT " .. quiet.pid)
+  t.eq(t.wait(quiet.status, 10), 130, "exit status")
+  local said = t.read(quiet.stderr) or ""
+  t.match(said, "interrupted before any data arrived", "says nothing came")
+  t.nomatch(said, "kept", "and claims nothing kept")
 end)
 
 test("Ctrl-C during a list of pulls: what has not started does not start; exit 130", function()

@@ -31,7 +31,9 @@ test("status shows a running pull, then the stopped one; rm drops its partial da
   t.eq(running.active, true, "downloading")
   t.eq(running.total, #data, "total from the resume state")
   t.ok(running.completed > 0 and running.completed < #data, "part of it")
-  t.match(status(store).stdout, "partly%s+other%s+downloading", "the table says downloading")
+  local table_now = status(store).stdout
+  t.match(table_now, "partly%s+other%s+downloading", "the table says downloading")
+  t.nomatch(table_now, "resumes", "no advice on resuming a download that is running")
 
   os.execute("kill -KILL " .. pid)
   local stopped = t.wait(function()
@@ -39,6 +41,8 @@ test("status shows a running pull, then the stopped one; rm drops its partial da
     return out:find("stopped", 1, true) and out
   end, 10) or status(store).stdout
   t.match(stopped, "partly%s+other%s+stopped%s+[%d.]+ [KM]B of 2%.1 MB %(%d+%%%)", "the table says stopped, how far")
+  t.match(stopped, "the same pull again %(the ID, or the URL it was pulled from%) resumes it",
+    "how to resume a download started from a URL")
 
   -- rm drops the partial data of a stopped download.
   local r = t.status(t.modelget({ "rm", "partly", "--store", store }), 0, "rm of a partial")
