@@ -327,6 +327,14 @@ test("list, info, search and frameworks; --json forms parse", function()
   t.nomatch(r.stdout, "cli%-tiny", "llamacpp entry filtered out")
 
   t.status(run { "pull", "cli-tiny", "-q" }, 0, "pull cli-tiny")
+  t.match(t.status(run { "verify" }, 0, "verify").stdout, "ok +cli%-tiny\n", "intact, the version stated")
+  -- The recipe updated since: the installed files are intact, but not the version it states now.
+  local newer = registry_with(url, string.rep("1", 64))
+  r = t.status(mg(store, { "--registry", newer, "verify" }), 0, "verify against an updated recipe")
+  t.match(r.stdout, "ok +cli%-tiny %(the catalog now states another version: modelget pull cli%-tiny downloads it%)",
+    "says it is outdated")
+  t.eq(events(t.status(mg(store, { "--registry", newer, "--json", "verify" }), 0, "verify --json").stdout)[1].outdated,
+    true, "outdated in JSON")
   r = t.status(run { "list", "--installed" }, 0, "list --installed")
   t.match(r.stdout, "%* cli%-tiny", "installed mark")
   t.nomatch(r.stdout, "cli%-onnx", "only installed")

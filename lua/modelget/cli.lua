@@ -594,7 +594,10 @@ command("verify", {
     local bad = {}
     for _, m in ipairs(list) do
       if ctx.json then
-        json_line({ event = "verified", id = m.id, framework = m.framework, ok = m.ok, bad = m.bad })
+        json_line({ event = "verified", id = m.id, framework = m.framework, ok = m.ok, bad = m.bad,
+                    outdated = m.outdated })
+      elseif m.ok and m.outdated then
+        printf("ok      %s (the catalog now states another version: modelget pull %s downloads it)", m.id, m.id)
       elseif m.ok then
         printf("ok      %s", m.id)
       else

@@ -200,10 +200,15 @@ function modelget.verify(ids, opts)
     end
   end
   local out = {}
+  local catalog = #all > 0 and modelget.catalog(opts) or nil
   for _, m in ipairs(all) do
     if not wanted or wanted[m.id] then
       local bad = store.check(m.path, m.manifest, true)
-      out[#out + 1] = { id = m.id, framework = m.framework, path = m.path, ok = #bad == 0, bad = bad }
+      -- Intact, but not the version the catalog states now (a recipe updated since): outdated.
+      local e = catalog and catalog:get(m.id)
+      local outdated = e and e.sha256 and m.manifest.sha256 and e.sha256:lower() ~= m.manifest.sha256:lower() or nil
+      out[#out + 1] = { id = m.id, framework = m.framework, path = m.path, ok = #bad == 0, bad = bad,
+                        outdated = outdated }
     end
   end
   return out
