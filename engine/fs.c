@@ -342,6 +342,15 @@ static int fs_terminal_width(lua_State *L) {
   return 1;
 }
 
+/* kill(pid): SIGTERM, which a modelget pull takes as Ctrl-C (its partial data kept). */
+static int fs_terminate(lua_State *L) {
+  lua_Integer pid = luaL_checkinteger(L, 1);
+  luaL_argcheck(L, pid > 0, 1, "a process id expected");
+  if (kill((pid_t)pid, SIGTERM) != 0) return mg_fail_errno(L, errno, "cannot stop process %d", (int)pid);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 static int fs_getpid(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)getpid());
   return 1;
@@ -415,6 +424,7 @@ void mg_open_fs(lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     {"catch_interrupt", fs_catch_interrupt},
+    {"terminate", fs_terminate},
     {"detach", fs_detach},
     {"free_space", fs_free_space},
     {"fsync", fs_fsync},

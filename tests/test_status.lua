@@ -50,3 +50,50 @@ test("status shows a running pull, then the stopped one; rm drops its partial da
   t.ok(not t.exists(partial), "partial data gone")
   t.match(status(store).stdout, "no downloads in progress", "nothing left")
 end)
+
+test("stop ID stops a pull running elsewhere: exit 130 there, partial data kept; status names its pid", function()
+  local fx = servers.fixture()
+  local data = t.bytes(2 * 1024 * 1024, 62)
+  local url = fx.put("stopme.bin", data)
+  local store = t.tmpdir("store-stop")
+  local bg = t.spawn { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q",
+                       "--limit-rate", "200K" }
+  local partial = store .. "/partial/other--stopme/stopme.bin.part"
+  t.ok(t.wait(function() local st = core.stat(partial); return st and st.size > 100000 end, 20), "under way")
+  local running = cjson.decode(status(store, true).stdout)
+  t.eq(math.tointeger(running.pid), math.tointeger(tonumber(bg.pid)), "status --json names the pid pulling it")
+  t.match(status(store).stdout, "stopme%s+other%s+downloading %(pid " .. bg.pid .. "%)", "and the table")
+
+  local r = t.status(t.modelget { "stop", "nothing-like-it", "--store", store }, 2, "stop an id nobody pulls")
+  t.match(r.stderr, "no pull of 'nothing%-like%-it' is running", "says so")
+  t.eq(bg.status(), nil, "and stopped nothing")
+
+  r = t.status(t.modelget { "stop", "stopme", "--store", store }, 0, "stop stopme")
+  t.match(r.stdout, "stopped stopme %(pid " .. bg.pid .. "%): its partial data is kept", "says so")
+  t.eq(t.wait(bg.status, 10), 130, "the pull ended as after Ctrl-C")
+  local kept = core.stat(partial)
+  t.ok(kept and kept.size > 0, "its partial data kept")
+  t.match(status(store).stdout, "stopme%s+other%s+stopped", "status: stopped")
+  t.match(t.status(t.modelget { "stop", "--store", store }, 0, "stop with nothing running").stdout,
+    "no pulls running", "nothing left to stop")
+  t.status(t.modelget { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q" }, 0,
+    "the same pull resumes")
+  t.eq(t.sha256_file(store .. "/models/other/stopme/stopme.bin"), t.sha256(data), "bytes")
+
+  -- A pull killed outright leaves its registration behind: never taken for a live process.
+  bg = t.spawn { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q",
+                 "--limit-rate", "200K", "--force" }
+  local function registrations()
+    local n = 0
+    for _, name in ipairs(core.listdir(store .. "/partial") or {}) do
+      if name:match("^%.pull%-") then n = n + 1 end
+    end
+    return n
+  end
+  t.ok(t.wait(function() return registrations() > 0 end, 10), "registered")
+  os.execute("kill -9 " .. bg.pid)
+  t.ok(t.wait(function() return bg.status() ~= nil end, 10), "killed")
+  r = t.status(t.modelget { "stop", "stopme", "--store", store }, 2, "stop after the pull died")
+  t.match(r.stderr, "no pull of 'stopme' is running", "the dead process is not signalled")
+  t.eq(registrations(), 0, "its registration removed")
+end)

@@ -522,7 +522,36 @@ local function detach(ctx, mg)
     return 0
   end
   ctx.color = false
+  ctx.log = log
   printf("modelget pull %s (pid %d, started %s)", table.concat(ctx.args, " "), core.getpid(), os.date("!%Y-%m-%d %H:%M:%SZ"))
+end
+
+-- The pull itself: the targets downloaded, each reported; the exit status.
+local function pull_targets(ctx, mg)
+  local reporter = ctx:reporter()
+  local opts = pull_options(ctx)
+  opts.on_event = function(ev) reporter:event(ev) end
+  if #ctx.args == 1 then
+    local target = ctx.args[1]
+    local res, err, code = mg.pull(target, opts)
+    reporter:close()
+    if not res then return pull_failed(ctx, reporter, target, err, code) end
+    report_pulled(reporter, target, res)
+    return 0
+  end
+  local results = mg.pull_many(ctx.args, opts)
+  reporter:close()
+  local status = 0
+  for i, r in ipairs(results) do
+    local target = r.target or ctx.args[i]
+    if r.ok then
+      report_pulled(reporter, target, r.result)
+    else
+      local s = pull_failed(ctx, reporter, target, r.err, r.code)
+      if status == 0 then status = s end
+    end
+  end
+  return status
 end
 
 command("pull", {
@@ -552,29 +581,13 @@ command("pull", {
       local status = detach(ctx, mg)
       if status then return status end
     end
-    local reporter = ctx:reporter()
-    local opts = pull_options(ctx)
-    opts.on_event = function(ev) reporter:event(ev) end
-    if #ctx.args == 1 then
-      local target = ctx.args[1]
-      local res, err, code = mg.pull(target, opts)
-      reporter:close()
-      if not res then return pull_failed(ctx, reporter, target, err, code) end
-      report_pulled(reporter, target, res)
-      return 0
-    end
-    local results = mg.pull_many(ctx.args, opts)
-    reporter:close()
-    local status = 0
-    for i, r in ipairs(results) do
-      local target = r.target or ctx.args[i]
-      if r.ok then
-        report_pulled(reporter, target, r.result)
-      else
-        local s = pull_failed(ctx, reporter, target, r.err, r.code)
-        if status == 0 then status = s end
-      end
-    end
+    -- Known as pulling its ids while it runs, so that 'status' shows its pid and 'stop' finds it
+    -- (a store it cannot register in still pulls).
+    local ids = {}
+    for _, target in ipairs(ctx.args) do ids[#ids + 1] = mg.target_id(target, ctx.opts) end
+    local registered = mg.register_pull(ids, ctx.log, ctx.opts)
+    local status = pull_targets(ctx, mg)
+    if registered then registered.close() end
     return status
   end,
 })
@@ -661,10 +674,14 @@ command("status", {
   run = function(ctx)
     local mg = ctx:facade()
     local list = mg.partials(ctx.opts)
+    local pid_of = {} -- id -> the pid of the process pulling it
+    for _, r in ipairs(mg.running(ctx.opts)) do
+      for _, id in ipairs(type(r.ids) == "table" and r.ids or {}) do pid_of[id] = r.pid end
+    end
     if ctx.json then
       for _, p in ipairs(list) do
         json_line({ event = "partial", id = p.id, framework = p.framework, completed = p.bytes, total = p.total,
-                    active = p.active, path = p.path })
+                    active = p.active, path = p.path, pid = p.active and pid_of[p.id] or nil })
       end
       return 0
     end
@@ -678,7 +695,9 @@ command("status", {
       if p.total and p.total > 0 then
         done = string.format("%s of %s (%d%%)", done, progress.bytes(p.total), math.floor(100 * p.bytes / p.total))
       end
-      rows[#rows + 1] = { p.id, p.framework, p.active and "downloading" or "stopped", done }
+      local state = p.active and (pid_of[p.id] and string.format("downloading (pid %d)", pid_of[p.id]) or "downloading")
+        or "stopped"
+      rows[#rows + 1] = { p.id, p.framework, state, done }
     end
     columns(rows)
     local stopped = false
@@ -687,7 +706,34 @@ command("status", {
       printf("stopped: the same pull again (the ID, or the URL it was pulled from) resumes it; "
         .. "'modelget rm ID' drops its partial data")
     end
+    if next(pid_of) then printf("downloading: 'modelget stop ID' stops it, its partial data kept") end
     return 0
+  end,
+})
+
+command("stop", {
+  usage = "stop [ID…]",
+  summary = "stop pulls running in the background or another terminal (all, or those of the ids); their partial data is kept",
+  ids = true,
+  run = function(ctx)
+    local mg = ctx:facade()
+    local stopped, err, code = mg.stop(ctx.args, ctx.opts)
+    if not stopped then return ctx:fail(err, code) end
+    if #stopped == 0 and not ctx.json then printf("no pulls running in %s", mg.store_root(ctx.opts)) end
+    local status = 0
+    for _, p in ipairs(stopped) do
+      local ids = table.concat(type(p.ids) == "table" and p.ids or {}, " ")
+      if ctx.json then
+        json_line({ event = "stopped", pid = p.pid, ids = p.ids, ended = p.ended })
+      elseif p.ended then
+        printf("stopped %s (pid %d): its partial data is kept; the same pull again resumes it", ids, p.pid)
+      end
+      if not p.ended then
+        status = ctx:fail(string.format("pid %d (%s) was asked to stop and has not ended yet", p.pid, ids), "EIO",
+          { hint = false })
+      end
+    end
+    return status
   end,
 })
 

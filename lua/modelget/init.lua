@@ -103,6 +103,60 @@ function modelget.pull(target, opts)
 end
 
 -- Pulls every target concurrently (jobs transfers at once); one outcome per target, in order.
+-- The model id a pull target takes: a catalog id is itself; a URL's is --id, or its file name
+-- (--name, else the URL's) without the extension.
+function modelget.target_id(target, opts)
+  opts = opts or {}
+  if not util.is_url(target) then return target end
+  return opts.id or util.strip_ext(opts.name or util.url_filename(target))
+end
+
+-- Registers this process as pulling ids (log: where its output goes, if a file) until the handle's
+-- close(): 'running' lists it and 'stop' can stop it. A handle, or nil, err, code.
+function modelget.register_pull(ids, log, opts)
+  return store.register_pull(store.root(options(opts)), ids, log)
+end
+
+-- Pulls running now in modelget processes on this store: {{pid=, ids={…}, started=, log=}…}.
+function modelget.running(opts)
+  return store.running_pulls(store.root(options(opts)))
+end
+
+-- Stops the pulls of ids (all of them when ids is nil or empty) running in other processes: each
+-- gets SIGTERM, which it takes as Ctrl-C (partial data kept, exit 130), and is waited for (up to
+-- opts.wait seconds, default 10). -> {{pid=, ids=, ended=bool}…} | nil, err, code (an id that no
+-- pull is running: EUNKNOWN, nothing stopped).
+function modelget.stop(ids, opts)
+  if ids ~= nil and type(ids) ~= "table" then error("bad argument #1 to 'stop': expected a list of ids or nil", 2) end
+  opts = options(opts)
+  local root = store.root(opts)
+  local running, chosen, found = store.running_pulls(root), {}, {}
+  for _, p in ipairs(running) do
+    local hit = not ids or #ids == 0
+    for _, id in ipairs(ids or {}) do
+      for _, pid_id in ipairs(type(p.ids) == "table" and p.ids or {}) do
+        if pid_id == id then hit, found[id] = true, true end
+      end
+    end
+    if hit and p.pid ~= core.getpid() then chosen[#chosen + 1] = p end
+  end
+  for _, id in ipairs(ids or {}) do
+    if not found[id] then return util.fail("EUNKNOWN", "no pull of '%s' is running: see 'modelget status'", id) end
+  end
+  for _, p in ipairs(chosen) do
+    local ok, err, code = core.terminate(p.pid)
+    if not ok then return nil, err, code end
+  end
+  local deadline = core.now() + (opts.wait or 10)
+  for _, p in ipairs(chosen) do
+    repeat
+      p.ended = store.pull_ended(root, p.pid)
+      if not p.ended then core.sleep(0.05) end
+    until p.ended or core.now() > deadline
+  end
+  return chosen
+end
+
 function modelget.pull_many(targets, opts)
   if type(targets) ~= "table" then error("bad argument #1 to 'pull_many': expected a list", 2) end
   opts = options(opts)
@@ -113,8 +167,7 @@ function modelget.pull_many(targets, opts)
   local first, same = {}, {}
   local list = {}
   for i, target in ipairs(targets) do
-    local id = type(target) == "string" and (opts.id or (util.is_url(target)
-      and util.strip_ext(opts.name or util.url_filename(target)) or target)) or nil
+    local id = type(target) == "string" and modelget.target_id(target, opts) or nil
     local j = id and first[id]
     if not j then
       if id then first[id] = i end

@@ -50,6 +50,71 @@ function store.lock(root, id, wait)
   return lock
 end
 
+-- Pull processes (the command line's): partial/.pull-<pid>, locked for the process's life, and
+-- partial/.pull-<pid>.json, {"pid":, "ids": [...], "started":, "log":}. A file whose lock can be had
+-- belongs to a process that is gone (killed): it is removed, and never taken for a live one (a pid
+-- is reused; a lock is not).
+local function running_dir(root) return root .. "/partial" end
+
+-- Registers this process as pulling ids; a handle whose close() unregisters, or nil, err, code.
+function store.register_pull(root, ids, log)
+  local dir = running_dir(root)
+  local ok, err, code = core.mkdirs(dir)
+  if not ok then return nil, err, code end
+  local path = dir .. "/.pull-" .. core.getpid()
+  local lock, lerr, lcode = core.lock(path)
+  if not lock then return nil, lerr, lcode end
+  -- Written whole and renamed (a reader never sees half of it); not synced: it only lives as long as
+  -- the process does.
+  local text = util.json_encode { pid = core.getpid(), ids = ids, started = os.time(), log = log }
+  local f, ferr = io.open(path .. ".tmp", "w")
+  local wok = f and f:write(text) and f:close() and os.rename(path .. ".tmp", path .. ".json")
+  if not wok then
+    os.remove(path .. ".tmp")
+    lock:close()
+    os.remove(path)
+    return util.fail("EIO", "cannot register the pull in %s: %s", dir, tostring(ferr))
+  end
+  return { close = function()
+    os.remove(path .. ".json")
+    os.remove(path)
+    lock:close()
+  end }
+end
+
+-- The pull processes running now: {{pid=, ids={…}, started=, log=}…}; entries of dead ones removed.
+function store.running_pulls(root)
+  local dir, out = running_dir(root), {}
+  for _, name in ipairs(core.listdir(dir) or {}) do
+    local pid = name:match("^%.pull%-(%d+)$")
+    if pid then
+      local path = dir .. "/" .. name
+      local lock = core.lock(path)
+      if lock then -- nobody holds it: that process is gone
+        os.remove(path .. ".json")
+        os.remove(path)
+        lock:close()
+      else
+        local doc = util.json_decode(util.read_file(path .. ".json") or "", path .. ".json")
+        if type(doc) == "table" and math.tointeger(doc.pid) == math.tointeger(tonumber(pid)) then
+          doc.pid = math.tointeger(doc.pid)
+          out[#out + 1] = doc
+        end
+      end
+    end
+  end
+  return out
+end
+
+-- Whether the process that registered pid has ended (its lock can be had).
+function store.pull_ended(root, pid)
+  local path = running_dir(root) .. "/.pull-" .. pid
+  if not core.stat(path) then return true end
+  local lock = core.lock(path)
+  if lock then lock:close() return true end
+  return false
+end
+
 -- Partial downloads: {{id=, framework=, path=, bytes=, total=|nil, files={{path=, bytes=, total=}…}}…}
 -- (total from each file's resume state, when it has one).
 function store.partials(root)
