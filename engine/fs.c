@@ -271,6 +271,10 @@ static int fs_lock(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   size_t klen = 0;
   const char *key = luaL_optlstring(L, 2, NULL, &klen);
+  /* "shared": a probe of a whole-file lock (no key) — the file opened read-only, never created, and
+   * locked shared, so that probes never block one another: EBUSY only while an exclusive holder lives. */
+  int shared = lua_type(L, 3) == LUA_TSTRING && strcmp(lua_tostring(L, 3), "shared") == 0;
+  luaL_argcheck(L, !shared || !key, 3, "a shared lock is of a whole file (no key)");
   Lock *lk = lua_newuserdatauv(L, sizeof *lk, 0);
   int ud = lua_gettop(L);
   lk->fd = -1;
@@ -280,7 +284,7 @@ static int fs_lock(lua_State *L) {
   ofd = key != NULL;
 #endif
   if (key && !ofd) path = lua_pushfstring(L, "%s.%s", path, key);
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  int fd = shared ? open(path, O_RDONLY | O_CLOEXEC) : open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) return mg_fail_errno(L, errno, "cannot open lock %s", path);
   int rc, busy;
 #ifdef F_OFD_SETLK
@@ -295,7 +299,7 @@ static int fs_lock(lua_State *L) {
   } else
 #endif
   {
-    rc = flock(fd, LOCK_EX | LOCK_NB);
+    rc = flock(fd, (shared ? LOCK_SH : LOCK_EX) | LOCK_NB);
     busy = rc != 0 && errno == EWOULDBLOCK;
   }
   if (rc != 0) {
@@ -342,11 +346,15 @@ static int fs_terminal_width(lua_State *L) {
   return 1;
 }
 
-/* kill(pid): SIGTERM, which a modelget pull takes as Ctrl-C (its partial data kept). */
+/* kill(pid): SIGTERM, which a modelget pull takes as Ctrl-C (its partial data kept). false when
+ * there is no such process (it ended). */
 static int fs_terminate(lua_State *L) {
   lua_Integer pid = luaL_checkinteger(L, 1);
   luaL_argcheck(L, pid > 0, 1, "a process id expected");
-  if (kill((pid_t)pid, SIGTERM) != 0) return mg_fail_errno(L, errno, "cannot stop process %d", (int)pid);
+  if (kill((pid_t)pid, SIGTERM) != 0) {
+    if (errno == ESRCH) { lua_pushboolean(L, 0); return 1; } /* gone already */
+    return mg_fail_errno(L, errno, "cannot stop process %d", (int)pid);
+  }
   lua_pushboolean(L, 1);
   return 1;
 }

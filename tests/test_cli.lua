@@ -152,6 +152,13 @@ test("an id missing because a recipe file did not load is exit 9: the file and l
   local r = t.status(t.modelget({ "--store", store, "--registry", hub, "pull", "hub-model" },
     { env = { HF_ENDPOINT = "http://example.com" } }), 2, "a Hub endpoint the policy refuses")
   t.match(r.stderr, "refused http://example%.com/", "the refused URL is named")
+  -- An id defined twice is a problem (warned) that loses no entry: an unknown id stays exit 2.
+  local twice = t.tmpdir("badrecipe-twice")
+  for _, name in ipairs { "a.lua", "b.lua" } do
+    t.write(twice .. "/" .. name, 'framework "onnx"\nmodel "same-id" { url = "https://example.com/m.onnx" }\n')
+  end
+  r = t.status(t.modelget { "--store", store, "--registry", twice, "info", "typo-id" }, 2, "a typo beside a duplicate")
+  t.match(r.stderr, "already defined", "the duplicate is warned of")
   -- With every recipe loading, an unknown id stays exit 2.
   t.status(t.modelget { "--store", store, "info", "in-broken-file" }, 2, "no broken file: exit 2")
 end)
@@ -507,6 +514,23 @@ test("import adopts a local folder; a wrong format is exit 8", function()
   t.write(dir .. "/model.gguf", data)
   t.write(dir .. "/README.md", "a model")
   local store = t.tmpdir("import")
+  -- Ctrl-C while importing, or while verifying, is an interruption: nothing installed, no verdict.
+  local script = t.write(t.tmpdir("interrupted-import") .. "/run.lua", [[
+    local core, mg = require "modelget.core", require "modelget"
+    local dir, store, installed = ...
+    core.catch_interrupt()
+    os.execute("(sleep 0.1; kill -INT " .. core.getpid() .. ") &")
+    for _ = 1, 100 do if core.interrupted() then break end core.sleep(0.05) end
+    local _, _, icode = mg.import_dir(dir, { store = store, id = "cut-short", framework = "llamacpp" })
+    local _, _, vcode = mg.verify(nil, { store = installed })
+    print(icode, vcode, core.stat(store .. "/models/llamacpp/cut-short") == nil)
+  ]])
+  local seeded = t.tmpdir("interrupted-verify")
+  t.status(mg(seeded, { "import", dir, "--id", "to-verify", "--framework", "llamacpp" }), 0, "a model to verify")
+  t.eq(t.status(t.modelget { "run", script, dir, t.tmpdir("interrupted-store"), seeded }, 0, "the script").stdout,
+    "EINTR\tEINTR\ttrue\n", "import and verify stop with EINTR; nothing installed")
+  t.eq(require("modelget").target_id("catalog-id", { id = "mine" }), "mine", "--id names a catalog pull's id too")
+
   local r = t.status(mg(store, { "import", dir, "--id", "local-gguf", "--framework", "llamacpp" }), 0, "import")
   t.match(r.stdout, "imported local%-gguf", "says so")
   t.eq(t.sha256_file(store .. "/models/llamacpp/local-gguf/model.gguf"), t.sha256(data), "copied bytes")

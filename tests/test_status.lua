@@ -76,9 +76,13 @@ test("stop ID stops a pull running elsewhere: exit 130 there, partial data kept;
   t.match(status(store).stdout, "stopme%s+other%s+stopped", "status: stopped")
   t.match(t.status(t.modelget { "stop", "--store", store }, 0, "stop with nothing running").stdout,
     "no pulls running", "nothing left to stop")
+  fx.clear_log()
   t.status(t.modelget { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q" }, 0,
     "the same pull resumes")
   t.eq(t.sha256_file(store .. "/models/other/stopme/stopme.bin"), t.sha256(data), "bytes")
+  local asked = fx.requests("/f/stopme.bin")
+  t.match(asked[1].headers.range or "", "^bytes=[1-9]%d*%-$", "resumed where it stopped, with Range")
+  t.ok(asked[1].headers["if-range"], "and If-Range")
 
   -- A pull killed outright leaves its registration behind: never taken for a live process.
   bg = t.spawn { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q",
@@ -96,4 +100,18 @@ test("stop ID stops a pull running elsewhere: exit 130 there, partial data kept;
   r = t.status(t.modelget { "stop", "stopme", "--store", store }, 2, "stop after the pull died")
   t.match(r.stderr, "no pull of 'stopme' is running", "the dead process is not signalled")
   t.eq(registrations(), 0, "its registration removed")
+
+  -- A registration left by a dead pull whose pid now belongs to another program: never signalled,
+  -- also while another stop or status holds a probe of it.
+  local pidfile = t.tmpdir("sleeper") .. "/pid"
+  os.execute("sleep 30 & echo $! > " .. pidfile)
+  local other = math.tointeger(tonumber(t.read(pidfile)))
+  t.write(store .. "/partial/.pull-" .. other, "")
+  t.write(store .. "/partial/.pull-" .. other .. ".json", cjson.encode { pid = other, ids = { "ghost" } })
+  local probe = assert(core.lock(store .. "/partial/.pull-" .. other, nil, "shared"))
+  r = t.status(t.modelget { "stop", "ghost", "--store", store }, 2, "stop of a dead pull's id")
+  probe:close()
+  t.match(r.stderr, "no pull of 'ghost' is running", "says so")
+  t.eq(os.execute("kill -0 " .. other .. " 2>/dev/null"), true, "the other program lives on")
+  os.execute("kill " .. other)
 end)

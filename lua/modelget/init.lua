@@ -103,12 +103,13 @@ function modelget.pull(target, opts)
 end
 
 -- Pulls every target concurrently (jobs transfers at once); one outcome per target, in order.
--- The model id a pull target takes: a catalog id is itself; a URL's is --id, or its file name
+-- The model id a pull target takes: --id; else a catalog id is itself, and a URL's is its file name
 -- (--name, else the URL's) without the extension.
 function modelget.target_id(target, opts)
   opts = opts or {}
+  if opts.id then return opts.id end
   if not util.is_url(target) then return target end
-  return opts.id or util.strip_ext(opts.name or util.url_filename(target))
+  return util.strip_ext(opts.name or util.url_filename(target))
 end
 
 -- Registers this process as pulling ids (log: where its output goes, if a file) until the handle's
@@ -145,7 +146,7 @@ function modelget.stop(ids, opts)
   end
   for _, p in ipairs(chosen) do
     local ok, err, code = core.terminate(p.pid)
-    if not ok then return nil, err, code end
+    if ok == nil then return nil, err, code end -- false: it ended meanwhile
   end
   local deadline = core.now() + (opts.wait or 10)
   for _, p in ipairs(chosen) do
@@ -256,7 +257,8 @@ function modelget.verify(ids, opts)
   local catalog = #all > 0 and modelget.catalog(opts) or nil
   for _, m in ipairs(all) do
     if not wanted or wanted[m.id] then
-      local bad = store.check(m.path, m.manifest, true)
+      local bad, berr, bcode = store.check(m.path, m.manifest, true)
+      if not bad then return nil, berr, bcode end -- Ctrl-C: no verdict on the rest
       -- Intact, but not the version the catalog states now (a recipe updated since): outdated.
       local e = catalog and catalog:get(m.id)
       local outdated = e and e.sha256 and m.manifest.sha256 and e.sha256:lower() ~= m.manifest.sha256:lower() or nil
@@ -357,7 +359,13 @@ function modelget.import_dir(dir, opts)
         core.mkdirs(util.dirname(dest))
         local n, cerr, ccode = util.copy_file(dir .. "/" .. f.path, dest)
         if not n then core.rmtree(staging); return nil, cerr, ccode end
-        files[#files + 1] = { path = f.path, size = n, sha256 = core.sha256_file(dest) }
+        local sha, herr, hcode = core.sha256_file(dest)
+        if not sha or core.interrupted() then
+          core.rmtree(staging)
+          if core.interrupted() then return util.fail("EINTR", "import interrupted: nothing was installed") end
+          return nil, herr, hcode
+        end
+        files[#files + 1] = { path = f.path, size = n, sha256 = sha }
         total = total + n
       end
     end

@@ -197,7 +197,9 @@ local function installed_ok(root, entry)
   local m = store.read_manifest(dir)
   if not m then return nil end
   if entry.sha256 and m.sha256 and entry.sha256:lower() ~= m.sha256:lower() then return nil, dir, "version" end
-  if #store.check(dir, m, true) > 0 then return nil, dir, "changed" end
+  local bad = store.check(dir, m, true)
+  if not bad then return nil, dir, "interrupted" end
+  if #bad > 0 then return nil, dir, "changed" end
   local bytes = 0
   for _, f in ipairs(m.files) do bytes = bytes + f.size end
   return { id = entry.id, framework = entry.framework, path = dir, files = m.files, bytes = bytes,
@@ -217,6 +219,7 @@ function pull.run(sched, entry, ctx)
     if not opts.force then
       local done, broken, why = installed_ok(root, entry)
       if done then return done end
+      if why == "interrupted" then return util.fail("EINTR", "interrupted while checking the installed %s", entry.id) end
       if broken then emit { event = "repair", id = entry.id, path = broken, reason = why } end
     end
     local aok, aerr, acode = auth.require(entry, entry.url or (entry.hub and hub.endpoint()))
@@ -387,8 +390,13 @@ function pull.run(sched, entry, ctx)
       end
     end
     for _, f in ipairs(installed_files) do
-      manifest_files[#manifest_files + 1] = { path = f.path, size = f.size,
-        sha256 = known[f.path] or core.sha256_file(staging .. "/" .. f.path) }
+      local sha = known[f.path]
+      if not sha then
+        local herr, hcode
+        sha, herr, hcode = core.sha256_file(staging .. "/" .. f.path)
+        if not sha then return fail_staged(nil, herr, hcode) end
+      end
+      manifest_files[#manifest_files + 1] = { path = f.path, size = f.size, sha256 = sha }
       total = total + f.size
     end
 

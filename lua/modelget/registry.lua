@@ -73,10 +73,13 @@ function Catalog:get(id) return self.by_id[id] end
 -- The failure for an id the catalog lacks: unknown (EUNKNOWN); or, when recipe files had problems
 -- loading, a bad input file (EINPUT, exit 9): the id may be in a file that did not load.
 function Catalog:unknown(id)
-  local problems = self.problems or {}
-  if #problems > 0 then
+  local lost = {} -- problems that may have cost entries (not an id defined twice: the first one stands)
+  for _, p in ipairs(self.problems or {}) do
+    if not p:find(" is already defined at ", 1, true) then lost[#lost + 1] = p end
+  end
+  if #lost > 0 then
     return util.fail("EINPUT", "unknown model id '%s', and the catalog has %d problem%s (%s%s): fix the recipe, "
-      .. "or see 'modelget list'", id, #problems, #problems == 1 and "" or "s", problems[1], #problems > 1 and "; …" or "")
+      .. "or see 'modelget list'", id, #lost, #lost == 1 and "" or "s", lost[1], #lost > 1 and "; …" or "")
   end
   return util.fail("EUNKNOWN", "unknown model id '%s': see 'modelget list' or 'modelget search WORDS'", id)
 end

@@ -89,12 +89,13 @@ function store.running_pulls(root)
     local pid = name:match("^%.pull%-(%d+)$")
     if pid then
       local path = dir .. "/" .. name
-      local lock = core.lock(path)
+      -- Live only while its pull holds it exclusively (a probe is shared: probes never see each other).
+      local lock, _, code = core.lock(path, nil, "shared")
       if lock then -- nobody holds it: that process is gone
         os.remove(path .. ".json")
         os.remove(path)
         lock:close()
-      else
+      elseif code == "EBUSY" then
         local doc = util.json_decode(util.read_file(path .. ".json") or "", path .. ".json")
         if type(doc) == "table" and math.tointeger(doc.pid) == math.tointeger(tonumber(pid)) then
           doc.pid = math.tointeger(doc.pid)
@@ -106,13 +107,11 @@ function store.running_pulls(root)
   return out
 end
 
--- Whether the process that registered pid has ended (its lock can be had).
+-- Whether the process that registered pid has ended (no exclusive holder of its lock).
 function store.pull_ended(root, pid)
-  local path = running_dir(root) .. "/.pull-" .. pid
-  if not core.stat(path) then return true end
-  local lock = core.lock(path)
-  if lock then lock:close() return true end
-  return false
+  local lock, _, code = core.lock(running_dir(root) .. "/.pull-" .. pid, nil, "shared")
+  if lock then lock:close() end
+  return code ~= "EBUSY"
 end
 
 -- Partial downloads: {{id=, framework=, path=, bytes=, total=|nil, files={{path=, bytes=, total=}…}}…}
@@ -230,7 +229,9 @@ function store.check(dir, manifest, rehash)
     if not st or st.type ~= "file" or st.size ~= f.size then
       bad[#bad + 1] = f.path
     elseif rehash and f.sha256 then
-      local got = core.sha256_file(path)
+      local got, err, code = core.sha256_file(path)
+      -- Ctrl-C stops a hash: that is no mismatch, and the check ends there.
+      if code == "EINTR" then return nil, err, code end
       if got ~= f.sha256 then bad[#bad + 1] = f.path end
     end
   end
