@@ -75,16 +75,20 @@ end)
 test("a split pull's progress counts the whole file: one line of events for it, never past its size", function()
   local size = 4 * MiB
   local _, _, _, r = split_pull("splitprog", size, 96, { "-x", "4", "--json", "--limit-rate", "4M" })
-  local seen = 0
-  for _, ev in ipairs(t.events(r.stdout)) do
+  local seen, hash_at, last_progress = 0, nil, nil
+  for i, ev in ipairs(t.events(r.stdout)) do
     if ev.event == "progress" then
-      seen = seen + 1
+      seen, last_progress = seen + 1, i
       t.eq(ev.file, "splitprog.bin", "the file's name")
       t.eq(ev.total, size, "the whole file's size, not a segment's")
       t.ok(ev.completed >= 0 and ev.completed <= size, "completed within the file: " .. ev.completed)
+    elseif ev.event == "hash" then
+      hash_at = i
+      t.eq(ev.bytes, size, "the read-back is said, with its size")
     end
   end
   t.ok(seen >= 2, "progress events while it downloads (" .. seen .. ")")
+  t.ok(hash_at and hash_at > last_progress, "a hash event once the segments are in")
 end)
 
 test("a segment cut part-way is resumed from where it stopped; the others are not asked again", function()

@@ -582,7 +582,8 @@ function Scheduler:fetch_split(spec)
     end
   end
   -- The plan stays (every range done) until the model is installed: a pull killed before that
-  -- finds the file whole and only hashes it again.
+  -- finds the file whole and only hashes it again. The read-back is said, as it takes a while.
+  self.emit { event = "hash", id = spec.id, file = spec.file, bytes = plan.total }
   local ok, sha, code = self:fs { { "sha256", spec.partial } }
   if not ok then return nil, sha, code end
   local st = core.stat(spec.partial)

@@ -90,6 +90,8 @@ function Reporter:sentence(ev)
       return label(ev) .. ": no SHA-256 stated to check against (sha256 " .. sum .. " recorded)"
     end
     return "verified " .. label(ev) .. " (sha256 " .. sum .. ")"
+  elseif kind == "hash" then
+    return label(ev) .. ": all segments in; computing its SHA-256 (one read of " .. M.bytes(ev.bytes) .. ")"
   elseif kind == "extract" then
     if ev.done then
       return string.format("extracted %s: %s entries, %s", id, tostring(ev.entries or "?"), M.bytes(ev.completed))
