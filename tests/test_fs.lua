@@ -128,24 +128,32 @@ test("a syncfs step syncs the file system of a path (Linux); a finished job wake
   t.eq(core.jobs_wait(0.05), false, "nothing more to wait for: false after the seconds")
 end)
 
+-- Runs fn with core.fs_start watched: the syncs of every job it starts, in order ("fsync", or
+-- "syncfs of N" for N paths), joined with ", ".
+local function syncs_of(fn)
+  local fs_start, syncs = core.fs_start, {}
+  t.defer_case(function() core.fs_start = fs_start end)
+  core.fs_start = function(steps)
+    for _, step in ipairs(steps) do
+      if step[1] == "syncfs" then syncs[#syncs + 1] = "syncfs of " .. (#step - 1)
+      elseif step[1] == "fsync" then syncs[#syncs + 1] = "fsync" end
+    end
+    return fs_start(steps)
+  end
+  fn()
+  core.fs_start = fs_start
+  return table.concat(syncs, ", ")
+end
+
 test("a scheduler batches the file-system requests of its tasks: barriers shared, a failure kept to its task", function()
   local download = require "modelget.download"
   local dir = t.tmpdir("batch")
-  local fs_start = core.fs_start
-  t.defer_case(function() core.fs_start = fs_start end)
   -- Below and above the number of paths at one barrier (8) from which a batch uses syncfs: the
   -- first barrier lists each request's file and the shared folder (3 paths, or 10), the second the
   -- folder alone.
   for _, count in ipairs { 2, 9 } do
     local sched = download.scheduler { jobs = 2 }
-    local results, synced = {}, {}
-    core.fs_start = function(steps) -- how the batches made their paths durable
-      for _, step in ipairs(steps) do
-        if step[1] == "syncfs" then synced[#synced + 1] = "syncfs of " .. (#step - 1)
-        elseif step[1] == "fsync" then synced[#synced + 1] = "fsync" end
-      end
-      return fs_start(steps)
-    end
+    local results = {}
     for i = 1, count do
       sched:spawn(function()
         local base = string.format("%s/%d-%d", dir, count, i)
@@ -159,9 +167,8 @@ test("a scheduler batches the file-system requests of its tasks: barriers shared
         })
       end)
     end
-    sched:run()
+    local synced = syncs_of(function() sched:run() end) -- how the batches made their paths durable
     sched:close()
-    core.fs_start = fs_start
     local paths = count + 1
     local expect = {}
     if core.syncfs and paths >= 8 then
@@ -170,7 +177,7 @@ test("a scheduler batches the file-system requests of its tasks: barriers shared
       for _ = 1, paths do expect[#expect + 1] = "fsync" end -- the shared folder once
     end
     expect[#expect + 1] = "fsync" -- the second barrier: the folder, once for all
-    t.eq(table.concat(synced, ", "), table.concat(expect, ", "), count .. ": the syncs of the batch")
+    t.eq(synced, table.concat(expect, ", "), count .. ": the syncs of the batch")
     for i = 1, count do
       local base = string.format("%s/%d-%d", dir, count, i)
       if i == 2 or i == 3 then
@@ -204,18 +211,9 @@ end)
 test("one request's barrier of 8 paths or more is one syncfs; a path of it that is missing still fails it", function()
   local download = require "modelget.download"
   local dir = t.tmpdir("barrier")
-  local fs_start = core.fs_start
-  t.defer_case(function() core.fs_start = fs_start end)
   -- files + the folder: 7 paths (fsyncs) and 8 (one syncfs, where there is one); and 8 with a file
   -- that was never written (the request fails, as the fsync of that file would).
   for _, case in ipairs { { files = 6 }, { files = 7 }, { files = 7, missing = 4 } } do
-    local syncs = {}
-    core.fs_start = function(steps)
-      for _, step in ipairs(steps) do
-        if step[1] == "syncfs" or step[1] == "fsync" then syncs[#syncs + 1] = step[1] end
-      end
-      return fs_start(steps)
-    end
     local sub = string.format("%s/%d-%s", dir, case.files, tostring(case.missing))
     t.ok(core.mkdirs(sub))
     local ops, paths = {}, {}
@@ -230,12 +228,11 @@ test("one request's barrier of 8 paths or more is one syncfs; a path of it that 
     local sched = download.scheduler { jobs = 2 }
     local result
     sched:spawn(function() result = table.pack(sched:fs(ops)) end)
-    sched:run()
+    local syncs = syncs_of(function() sched:run() end)
     sched:close()
-    core.fs_start = fs_start
     local label = string.format("%d paths%s", #paths, case.missing and ", one missing" or "")
     local one = core.syncfs and #paths >= 8
-    t.eq(table.concat(syncs, " "), one and "syncfs" or string.rep("fsync", #paths, " "), label .. ": the syncs")
+    t.eq(syncs, one and ("syncfs of " .. #paths) or string.rep("fsync", #paths, ", "), label .. ": the syncs")
     if case.missing then
       t.eq(result[1], nil, label .. ": the request fails")
       t.eq(result[3], "ENOENT", label .. ": its code")
