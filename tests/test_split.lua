@@ -230,6 +230,30 @@ test("a kept plan with every range in is checked with the server first: another 
   t.eq(t.sha256_file(installed(store, "stale")), t.sha256(data), "the right bytes")
 end)
 
+test("a kept plan with every range in and a SHA-256 to check: no request, the hash decides", function()
+  local fx = servers.fixture()
+  local data = t.bytes(3 * MiB, 98)
+  local url = fx.put("whole.bin", data)
+  local store = t.tmpdir("whole")
+  local pdir = store .. "/partial/other--whole"
+  local function killed_when_complete(bytes)
+    t.write(pdir .. "/whole.bin.part", bytes)
+    t.write(pdir .. "/whole.bin.part.split", cjson.encode { url = url, validator = '"x"', total = 3 * MiB,
+      ranges = { { 0, 1572863, 1572864 }, { 1572864, 3145727, 1572864 } } })
+  end
+  killed_when_complete(data)
+  fx.clear_log()
+  t.status(pull(store, { url, "--sha256", t.sha256(data), "-q" }), 0, "the pull finds the file whole")
+  t.eq(#fx.requests("^/f/whole%.bin$"), 0, "no request: the hash checks the version")
+  t.eq(t.sha256_file(installed(store, "whole")), t.sha256(data), "installed bytes")
+  -- Whole but another version's bytes: the hash refuses them, and they go.
+  t.status(t.modelget { "rm", "whole", "--store", store }, 0, "rm")
+  killed_when_complete(string.rep("\0", 3 * MiB))
+  t.status(pull(store, { url, "--sha256", t.sha256(data), "-q" }), 4, "the hash refuses them")
+  t.ok(not t.exists(pdir .. "/whole.bin.part"), "the bad bytes are gone")
+  t.ok(not t.exists(store .. "/models/other/whole"), "nothing installed")
+end)
+
 test("-j 2 -x 4 with many small files: two files at a time, not eight", function()
   local fx = servers.fixture()
   local store = t.tmpdir("places")

@@ -496,9 +496,11 @@ function Scheduler:split_plan(spec)
       local left = false
       for _, r in ipairs(plan.ranges) do left = left or r[3] < r[2] - r[1] + 1 end
       if left then return plan end -- each segment's If-Range checks the version
-      -- Nothing left to ask for: the server says whether the file is still that version (a HEAD,
-      -- with the usual retries); one it no longer has goes, partial and all. Unreachable, the pull
-      -- fails and the plan stays for the next one.
+      -- Nothing left to ask for. With a SHA-256 to check (stated for the pull, or by the server when
+      -- the plan was made) the hash decides, with no request. Else the server says whether the file
+      -- is still that version (a HEAD, with the usual retries); one it no longer has goes, partial and
+      -- all. Unreachable, the pull fails and the plan stays for the next one.
+      if spec.sha256 or util.is_sha256(plan.linked_etag) then return plan end
       local head, herr, hcode = self:fetch_whole { id = spec.id, file = spec.file, urls = { url }, head = true,
                                                    auth_for = spec.auth_for, auth_hint = spec.auth_hint }
       if not head then return nil, herr, hcode end

@@ -276,6 +276,7 @@ function pull.run(sched, entry, ctx)
       jobs[i] = function()
         return sched:fetch {
           id = entry.id, file = f.path, urls = f.urls, partial = partial_path(pdir, f.path), size = f.size,
+          sha256 = f.sha256 or f.listed_sha256, -- to be checked after: a complete split needs no HEAD
           space_factor = f.archive and 2 or 1, space_path = pdir,
           fresh = not earlier, -- a partial folder this pull made holds no plan or state of an earlier one
           fsync = false, -- made durable with the rest of the model at its install, off the event loop
