@@ -207,16 +207,22 @@ test("a server that will not serve ranges: the split is given up, the file comes
   t.eq(model_files(store, "norange"), ".modelget.json norange.bin", "no segment file was installed")
 end)
 
+-- What a split pull of id.bin (3 MiB, two ranges) killed once every range was in leaves: a partial
+-- holding bytes, and a plan saying all is done, on a version whose validator is "x".
+local function complete_plan(store, id, url, bytes)
+  local part = string.format("%s/partial/other--%s/%s.bin.part", store, id, id)
+  t.write(part, bytes)
+  t.write(part .. ".split", cjson.encode { url = url, validator = '"x"', total = 3 * MiB,
+    ranges = { { 0, 1572863, 1572864 }, { 1572864, 3145727, 1572864 } } })
+end
+
 test("a kept plan with every range in is checked with the server first: another version drops it, partial and all", function()
   local fx = servers.fixture()
   local data = t.bytes(3 * MiB, 99)
   local url = fx.put("stale.bin", data)
   local store = t.tmpdir("stale")
   local pdir = store .. "/partial/other--stale"
-  -- A split pull killed part-way left its plan (here: every range done) and a partial.
-  t.write(pdir .. "/stale.bin.part", string.rep("\0", 3 * MiB))
-  t.write(pdir .. "/stale.bin.part.split", cjson.encode { url = url, validator = '"x"', total = 3 * MiB,
-    ranges = { { 0, 1572863, 1572864 }, { 1572864, 3145727, 1572864 } } })
+  complete_plan(store, "stale", url, string.rep("\0", 3 * MiB))
   -- Then a pull: the plan says every range is in, so nothing would ask the server (no If-Range); a
   -- HEAD does, and the server has another version ("x" is not its validator): plan and partial go,
   -- and the file comes on one connection (cut part-way here).
@@ -236,19 +242,14 @@ test("a kept plan with every range in and a SHA-256 to check: no request, the ha
   local url = fx.put("whole.bin", data)
   local store = t.tmpdir("whole")
   local pdir = store .. "/partial/other--whole"
-  local function killed_when_complete(bytes)
-    t.write(pdir .. "/whole.bin.part", bytes)
-    t.write(pdir .. "/whole.bin.part.split", cjson.encode { url = url, validator = '"x"', total = 3 * MiB,
-      ranges = { { 0, 1572863, 1572864 }, { 1572864, 3145727, 1572864 } } })
-  end
-  killed_when_complete(data)
+  complete_plan(store, "whole", url, data)
   fx.clear_log()
   t.status(pull(store, { url, "--sha256", t.sha256(data), "-q" }), 0, "the pull finds the file whole")
   t.eq(#fx.requests("^/f/whole%.bin$"), 0, "no request: the hash checks the version")
   t.eq(t.sha256_file(installed(store, "whole")), t.sha256(data), "installed bytes")
   -- Whole but another version's bytes: the hash refuses them, and they go.
   t.status(t.modelget { "rm", "whole", "--store", store }, 0, "rm")
-  killed_when_complete(string.rep("\0", 3 * MiB))
+  complete_plan(store, "whole", url, string.rep("\0", 3 * MiB))
   t.status(pull(store, { url, "--sha256", t.sha256(data), "-q" }), 4, "the hash refuses them")
   t.ok(not t.exists(pdir .. "/whole.bin.part"), "the bad bytes are gone")
   t.ok(not t.exists(store .. "/models/other/whole"), "nothing installed")
