@@ -17,14 +17,18 @@ end
 
 local function installed(store, id) return store .. "/models/other/" .. id .. "/" .. id .. ".bin" end
 
+-- id.bin of size bytes (from seed) on the fixture server, and a store for it: fx, data, url, store.
+local function served(id, size, seed)
+  local fx = servers.fixture()
+  local data = t.bytes(size, seed)
+  return fx, data, fx.put(id .. ".bin", data), t.tmpdir(id)
+end
+
 -- id.bin of size bytes on the fixture server (its log cleared), pulled with the arguments given;
 -- checks it was installed byte for byte. Returns the server, the bytes, the store and the result.
 local function split_pull(id, size, seed, args, script)
-  local fx = servers.fixture()
-  local data = t.bytes(size, seed)
-  local url = fx.put(id .. ".bin", data)
+  local fx, data, url, store = served(id, size, seed)
   if script then fx.script(id .. ".bin", script) end
-  local store = t.tmpdir(id)
   fx.clear_log()
   local argv = { url }
   for _, a in ipairs(args) do argv[#argv + 1] = a end
@@ -123,10 +127,7 @@ local function kill_split_part_way(url, store, id)
 end
 
 test("kill -9 during a split pull: the next pull resumes every segment from its plan", function()
-  local fx = servers.fixture()
-  local data = t.bytes(6 * MiB, 93)
-  local url = fx.put("splitkill.bin", data)
-  local store = t.tmpdir("splitkill")
+  local fx, data, url, store = served("splitkill", 6 * MiB, 93)
   local kept = kill_split_part_way(url, store, "splitkill")
   local status = t.status(t.modelget { "status", "--store", store, "--json" }, 0, "status")
   t.match(status.stdout, '"completed":' .. kept .. "[,}]", "status counts the segments' bytes")
@@ -163,10 +164,7 @@ test("a split file's speed is its own bytes over time: a segment that ends does 
 end)
 
 test("a pull without -x resumes the segments a split pull kept", function()
-  local fx = servers.fixture()
-  local data = t.bytes(6 * MiB, 95)
-  local url = fx.put("splitresume.bin", data)
-  local store = t.tmpdir("splitresume")
+  local fx, data, url, store = served("splitresume", 6 * MiB, 95)
   local before = kill_split_part_way(url, store, "splitresume")
   fx.clear_log()
   t.status(pull(store, { url, "-q" }), 0, "the same pull without -x")
@@ -217,10 +215,7 @@ local function complete_plan(store, id, url, bytes)
 end
 
 test("a kept plan with every range in is checked with the server first: another version drops it, partial and all", function()
-  local fx = servers.fixture()
-  local data = t.bytes(3 * MiB, 99)
-  local url = fx.put("stale.bin", data)
-  local store = t.tmpdir("stale")
+  local fx, data, url, store = served("stale", 3 * MiB, 99)
   local pdir = store .. "/partial/other--stale"
   complete_plan(store, "stale", url, string.rep("\0", 3 * MiB))
   -- Then a pull: the plan says every range is in, so nothing would ask the server (no If-Range); a
@@ -237,10 +232,7 @@ test("a kept plan with every range in is checked with the server first: another 
 end)
 
 test("a kept plan with every range in and a SHA-256 to check: no request, the hash decides", function()
-  local fx = servers.fixture()
-  local data = t.bytes(3 * MiB, 98)
-  local url = fx.put("whole.bin", data)
-  local store = t.tmpdir("whole")
+  local fx, data, url, store = served("whole", 3 * MiB, 98)
   local pdir = store .. "/partial/other--whole"
   complete_plan(store, "whole", url, data)
   fx.clear_log()
