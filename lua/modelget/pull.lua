@@ -293,10 +293,8 @@ function pull.run(sched, entry, ctx)
       if not r then
         if fcode == "ECANCEL" then return nil, ferr, fcode end
         if fcode == "EINTR" then
-          local kept = 0
-          for _, name in ipairs(core.listdir(pdir) or {}) do
-            if name:match("%.part$") then kept = kept + ((core.stat(pdir .. "/" .. name) or {}).size or 0) end
-          end
+          -- What is kept, as status counts it (a split's bytes from its plan, not its file's length).
+          local kept = (store.partial(root, entry.framework, entry.id) or {}).bytes or 0
           if kept == 0 then return util.fail("EINTR", "interrupted before any data arrived; run the same pull again") end
           return util.fail("EINTR", "interrupted: %s of partial data kept in %s; run the same pull again to resume",
             util.human(kept), pdir)

@@ -116,32 +116,36 @@ end
 
 -- Partial downloads: {{id=, framework=, path=, bytes=, total=|nil, files={{path=, bytes=, total=}…}}…}
 -- (total from each file's resume state, when it has one).
+-- One model's partial download (partial_dir(root, framework, id)), as store.partials lists them,
+-- or nil when it holds no partial file.
+function store.partial(root, framework, id)
+  local dir = store.partial_dir(root, framework, id)
+  local entry = { id = id, framework = framework, path = dir, bytes = 0, total = 0, files = {} }
+  for _, f in ipairs(core.listdir(dir) or {}) do
+    if f:match("%.part$") then
+      local bytes = (core.stat(dir .. "/" .. f) or {}).size or 0
+      local state = util.read_file(dir .. "/" .. f .. ".state") or ""
+      local total = tonumber(state:match("\ntotal (%d+)\n"))
+      -- A download split over connections: its ranges are in place, their progress in the plan.
+      local plan = util.read_file(dir .. "/" .. f .. ".split")
+      plan = plan and util.json_decode(plan, f .. ".split")
+      if type(plan) == "table" and type(plan.ranges) == "table" then
+        bytes, total = 0, math.tointeger(plan.total)
+        for _, r in ipairs(plan.ranges) do bytes = bytes + (math.tointeger(r[3]) or 0) end
+      end
+      entry.files[#entry.files + 1] = { path = f:gsub("%.part$", ""):gsub("%%2F", "/"), bytes = bytes, total = total }
+      entry.bytes = entry.bytes + bytes
+      entry.total = total and entry.total and entry.total + total or nil
+    end
+  end
+  return #entry.files > 0 and entry or nil
+end
+
 function store.partials(root)
   local out = {}
   for _, name in ipairs(core.listdir(root .. "/partial") or {}) do
     local fw, id = name:match("^(.-)%-%-(.+)$")
-    local dir = root .. "/partial/" .. name
-    if fw then
-      local entry = { id = id, framework = fw, path = dir, bytes = 0, total = 0, files = {} }
-      for _, f in ipairs(core.listdir(dir) or {}) do
-        if f:match("%.part$") then
-          local bytes = (core.stat(dir .. "/" .. f) or {}).size or 0
-          local state = util.read_file(dir .. "/" .. f .. ".state") or ""
-          local total = tonumber(state:match("\ntotal (%d+)\n"))
-          -- A download split over connections: its ranges are in place, their progress in the plan.
-          local plan = util.read_file(dir .. "/" .. f .. ".split")
-          plan = plan and util.json_decode(plan, f .. ".split")
-          if type(plan) == "table" and type(plan.ranges) == "table" then
-            bytes, total = 0, math.tointeger(plan.total)
-            for _, r in ipairs(plan.ranges) do bytes = bytes + (math.tointeger(r[3]) or 0) end
-          end
-          entry.files[#entry.files + 1] = { path = f:gsub("%.part$", ""):gsub("%%2F", "/"), bytes = bytes, total = total }
-          entry.bytes = entry.bytes + bytes
-          entry.total = total and entry.total and entry.total + total or nil
-        end
-      end
-      if #entry.files > 0 then out[#out + 1] = entry end
-    end
+    out[#out + 1] = fw and store.partial(root, fw, id) or nil
   end
   table.sort(out, util.by_framework_then_id)
   return out
