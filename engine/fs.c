@@ -432,7 +432,6 @@ void mg_open_fs(lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     {"catch_interrupt", fs_catch_interrupt},
-    {"terminate", fs_terminate},
     {"detach", fs_detach},
     {"free_space", fs_free_space},
     {"fsync", fs_fsync},
@@ -449,6 +448,7 @@ void mg_open_fs(lua_State *L) {
     {"sleep", fs_sleep},
     {"stat", fs_stat},
     {"terminal_width", fs_terminal_width},
+    {"terminate", fs_terminate},
     {"time", fs_time},
     {"write_atomic", fs_write_atomic},
     {NULL, NULL}
