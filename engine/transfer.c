@@ -425,6 +425,17 @@ static uint64_t direct_align(void) {
   return align;
 }
 
+/* Starts the disk write-back of a file's bytes from `from` to its end, without waiting for it: the
+ * fsync or syncfs that makes the file durable later finds them written (or on their way) instead of
+ * writing them all then. Linux only; elsewhere that sync does all of it. */
+static void start_writeback(int fd, uint64_t from, uint64_t len) {
+#ifdef SYNC_FILE_RANGE_WRITE
+  sync_file_range(fd, (off_t)from, (off_t)len, SYNC_FILE_RANGE_WRITE);
+#else
+  (void)fd; (void)from; (void)len;
+#endif
+}
+
 /* Writes one run of the ring at off; returns how much it wrote (0 on error, in *err). Whole aligned
  * blocks go straight to the disk (O_DIRECT): no page-cache copy and no write-back later, which on a
  * small machine is CPU the download needs; a head or tail block goes through the page cache. */
@@ -445,13 +456,11 @@ static size_t write_run(Hashing *h, const unsigned char *p, size_t n, uint64_t o
     }
   }
   *err = mg_write_all(h->fd, p, n, off);
-#ifdef SYNC_FILE_RANGE_WRITE
-  /* Start write-back early, so the final fsync has little left to do. */
+  /* Write-back started every WRITEBACK_EVERY bytes, so the final fsync has little left to do. */
   if (!*err && h->dfd < 0 && off + n - h->synced >= WRITEBACK_EVERY) {
-    sync_file_range(h->fd, (off_t)h->synced, (off_t)(off + n - h->synced), SYNC_FILE_RANGE_WRITE);
+    start_writeback(h->fd, h->synced, off + n - h->synced);
     h->synced = off + n;
   }
-#endif
   return *err ? 0 : n;
 }
 
@@ -470,6 +479,13 @@ static void *writer_main(void *arg) {
     if (err) h->err = err;
     else h->written += done;
     ring_freed(h);
+  }
+  /* Every byte written: what went through the page cache since the last start goes to the disk. */
+  if (h->closing && !h->err && !h->abort && h->in == h->written) {
+    uint64_t end = h->file_base + h->written;
+    pthread_mutex_unlock(&h->mu);
+    if (end > h->synced) start_writeback(h->fd, h->synced, end - h->synced);
+    pthread_mutex_lock(&h->mu);
   }
   worker_ends(h);
   pthread_mutex_unlock(&h->mu);
@@ -1388,6 +1404,7 @@ static void write_tail(void *arg) {
   Transfer *t = arg;
   size_t n = t->wlen;
   int err = mg_write_all(t->fd, t->wbuf, n, file_base_of(t) + t->offset - n);
+  if (!err) start_writeback(t->fd, 0, 0); /* the whole small file, on its way to the disk */
   if (!err) EVP_DigestUpdate(t->ctx, t->wbuf, n);
   t->tail_err = err;
   __atomic_store_n(&t->tail_done, 1, __ATOMIC_RELEASE);
