@@ -108,10 +108,12 @@ test("stop ID stops a pull running elsewhere: exit 130 there, partial data kept;
   local other = math.tointeger(tonumber(t.read(pidfile)))
   t.write(store .. "/partial/.pull-" .. other, "")
   t.write(store .. "/partial/.pull-" .. other .. ".json", cjson.encode { pid = other, ids = { "ghost" } })
+  t.write(store .. "/partial/.pull-" .. other .. ".tmp", "{\"pid\":") -- killed while registering again
   local probe = assert(core.lock(store .. "/partial/.pull-" .. other, nil, "shared"))
   r = t.status(t.modelget { "stop", "ghost", "--store", store }, 2, "stop of a dead pull's id")
   probe:close()
   t.match(r.stderr, "no pull of 'ghost' is running", "says so")
   t.eq(os.execute("kill -0 " .. other .. " 2>/dev/null"), true, "the other program lives on")
+  t.eq(registrations(), 0, "the dead registration removed, its half-written successor too")
   os.execute("kill " .. other)
 end)

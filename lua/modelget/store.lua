@@ -91,8 +91,9 @@ function store.running_pulls(root)
       local path = dir .. "/" .. name
       -- Live only while its pull holds it exclusively (a probe is shared: probes never see each other).
       local lock, _, code = core.lock(path, nil, "shared")
-      if lock then -- nobody holds it: that process is gone
+      if lock then -- nobody holds it: that process is gone (killed while registering, perhaps)
         os.remove(path .. ".json")
+        os.remove(path .. ".tmp")
         os.remove(path)
         lock:close()
       elseif code == "EBUSY" then
