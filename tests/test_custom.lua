@@ -132,6 +132,8 @@ test("each kind of bad file is refused whole, naming entry and field, and change
       ": field 'size': unknown field" },
     { entry { '"id": "../m"', '"name": "m.gguf"', '"url": "https://example.com/m.gguf"' },
       ": field 'id': \"%.%./m\" must be letters" },
+    { entry { '"id": "m"', '"name": ".modelget.json"', '"url": "https://example.com/m.gguf"', '"framework": "llamacpp"' },
+      ': entry 2 %("m"%): field \'name\': "%.modelget%.json" is the name of the store\'s record of a model' },
   }
   for i, c in ipairs(cases) do
     local file = t.write(t.tmpdir("bad") .. "/bad.json", c[1])

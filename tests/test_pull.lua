@@ -497,6 +497,38 @@ test("an untrusted certificate: exit 3, and the hint names --cacert", function()
   t.nomatch(r.stderr, "kept", "nothing was kept")
 end)
 
+test("no file of a model may take the name of the store's record of it: exit 2, nothing written", function()
+  local ng = servers.nginx()
+  local data = t.bytes(5000, 41)
+  local url = ng.put("record/.modelget.json", data)
+  local other = ng.put("record/model.bin", data)
+  local store = store_dir("record")
+  local r = t.status(pull(store, { url, "--framework", "other", "--id", "rec", "-q" }), 2, "the URL's name")
+  t.match(r.stderr, "'%.modelget%.json' is the name of the store's record of a model: pass %-%-name FILE", "says why")
+  r = t.status(pull(store, { other, "--framework", "other", "--name", ".MODELGET.json", "-q" }), 2, "--name, any case")
+  t.match(r.stderr, "%.MODELGET%.json", "names it")
+  r = t.status(pull(store, { other, "--framework", "other", "--name", "../../evil.bin", "-q" }), 2, "--name with folders")
+  t.match(r.stderr, "%-%-name: '%.%./%.%./evil%.bin' is not a file name", "names the bad --name")
+  t.ok(not t.exists(store .. "/models"), "nothing installed")
+  for _, e in ipairs(ng.log()) do t.nomatch(e.path, "/record/", "nothing asked of the server") end
+end)
+
+test("ids are letters, digits, '.', '_' and '-': a bad --id is refused, a URL's name is made one", function()
+  local ng = servers.nginx()
+  local data = t.bytes(5000, 42)
+  local url = ng.put("ids/my model+v2.bin", data)
+  local store = store_dir("ids")
+  for _, bad in ipairs { "my model", "--", "a\tb", "-x", ".hidden" } do
+    local r = t.status(pull(store, { url, "--framework", "other", "--id=" .. bad, "-q" }), 2, "--id " .. bad)
+    t.match(r.stderr, "not a valid model id", "says so for " .. bad)
+  end
+  t.ok(not t.exists(store .. "/models"), "nothing installed")
+  local r = t.status(pull(store, { url, "--framework", "other", "--json" }), 0, "a URL whose name has a space and a +")
+  local done = events(r.stdout)[#events(r.stdout)]
+  t.eq(done.id, "my-model-v2", "the id made of the name")
+  t.eq(t.sha256_file(installed(store, "other", "my-model-v2", "my model+v2.bin")), t.sha256(data), "the file keeps its name")
+end)
+
 test("a URL with an odd name pulls with --framework, checked by that framework's format", function()
   local ng = servers.nginx()
   local gguf = "GGUF" .. string.pack("<I4I8I8", 3, 0, 0) .. t.bytes(20000, 17)

@@ -67,6 +67,19 @@ test("a hostile archive: exit 7 naming the entry, nothing installed, nothing wri
   no_staging(store)
 end)
 
+test("an archive holding a file named like the store's record of a model: exit 7, nothing installed", function()
+  local url = serve_archive("tar.gz", "record.tar.gz", {
+    { path = "model.bin", data = t.bytes(5000, 33) },
+    { path = ".modelget.json", data = '{"files": []}' },
+  })
+  local store = t.tmpdir("store-record")
+  local r = t.status(pull(store, { url, "--framework", "other", "--unzip", "-q" }), 7, "pull")
+  t.match(r.stderr, "%.modelget%.json", "names the entry")
+  t.ok(not t.exists(store .. "/models/other/record"), "no model folder")
+  no_staging(store)
+  t.eq(#t.tree(store .. "/partial/other--record"), 0, "the unusable archive is not kept")
+end)
+
 test("a symlink planted to the outside: exit 7", function()
   local url = serve_archive("tar", "link.tar", {
     { path = "weights", type = "symlink", target = "/etc" },

@@ -168,6 +168,10 @@ test("field checks name the file, line, model and field", function()
     { 'model "m" { framework = "other", files = { { name = "../x", url = "https://h/x" } } }',
       "field 'files%[1%]%.name': \"%.%./x\" is not a safe relative path" },
     { 'model "m" { framework = "other", url = "ftp://h/x" }', "field 'url': must be https://" },
+    { 'model "m" { framework = "other", url = "https://h/x.bin", file = ".modelget.json" }',
+      "field 'file': \"%.modelget%.json\" is the name of the store's record of a model" },
+    { 'model "m" { framework = "other", url = "https://h/x.bin", files = { { url = "https://h/.Modelget.json" } } }',
+      "field 'files%[1%]': \"%.Modelget%.json\" is the name of the store's record of a model; give name=" },
     { 'model "../m" { framework = "other", url = "https://h/x" }', "model '%.%./m': the id must be" },
     { 'model "m"', "model 'm' has no fields" },
   }

@@ -76,10 +76,11 @@ local function check_entry(raw, where)
   end
   local e = {}
   e.id = str("id", true)
-  if not e.id:find("^[%w][%w._-]*$") or #e.id > 128 then
-    bad("id", "%s must be letters, digits, '.', '_' or '-'", enc(e.id))
+  if not util.valid_id(e.id) then
+    bad("id", "%s must be %s", enc(e.id), util.ID_RULE)
   end
   e.name = str("name", true)
+  if util.reserved_name(e.name) then bad("name", "%s is the name of the store's record of a model", enc(e.name)) end
   e.url = url("url", str("url", true))
   local sha = str("sha256")
   if sha and not util.is_sha256(sha) then bad("sha256", "expected 64 hex digits or null, got %s", enc(sha)) end
@@ -217,7 +218,7 @@ function custom.add(store, fields, taken)
   local url = fields.url
   local name = fields.name or (type(url) == "string" and util.url_filename(url) ~= "" and util.url_filename(url)) or nil
   local raw = {
-    id = fields.id or (name and util.strip_ext(name)),
+    id = fields.id or (name and util.id_from_name(name)),
     name = name,
     url = url,
     sha256 = fields.sha256,

@@ -109,7 +109,7 @@ function modelget.target_id(target, opts)
   opts = opts or {}
   if opts.id then return opts.id end
   if not util.is_url(target) then return target end
-  return util.strip_ext(opts.name or util.url_filename(target))
+  return util.id_from_name(opts.name or util.url_filename(target)) or target
 end
 
 -- Registers this process as pulling ids (log: where its output goes, if a file) until the handle's
@@ -314,7 +314,7 @@ function modelget.import_dir(dir, opts)
   if type(dir) ~= "string" then error("bad argument #1 to 'import_dir': expected a folder path", 2) end
   opts = options(opts)
   if not opts.id or not opts.framework then return util.fail("EUSAGE", "import needs --id ID and --framework F") end
-  if not util.safe_component(opts.id) then return util.fail("EUSAGE", "not a valid model id: '%s'", opts.id) end
+  if not util.valid_id(opts.id) then return util.fail("EUSAGE", "not a valid model id: '%s' (%s)", opts.id, util.ID_RULE) end
   local rule = rules.get(opts.framework)
   if not rule then return util.fail("EUSAGE", "unknown framework '%s'", opts.framework) end
   local st = core.stat(dir)

@@ -21,15 +21,20 @@ local function entry_for_url(url, opts)
   local ok, err, code = util.check_url(url)
   if not ok then return nil, err, code end
   local name = opts.name or util.url_filename(url)
-  if not util.safe_component(name) then
+  if opts.name and not util.safe_component(name) then
+    return util.fail("EUSAGE", "--name: '%s' is not a file name (no folders)", name)
+  elseif not util.safe_component(name) then
     return util.fail("EUSAGE", "cannot name a file after %s: pass --name FILE", url)
+  elseif util.reserved_name(name) then
+    return util.fail("EUSAGE", "'%s' is the name of the store's record of a model: pass --name FILE", name)
   end
   local framework = opts.framework or rules.framework_for_name(name)
   if not framework then
     return util.fail("EUSAGE", "cannot tell the framework of '%s' from its extension: pass --framework (%s)",
       name, framework_names())
   end
-  local id = opts.id or util.strip_ext(name)
+  local id = opts.id or util.id_from_name(name)
+  if not id then return util.fail("EUSAGE", "cannot make a model id of '%s': pass --id ID", name) end
   return { id = id, name = name, file = name, framework = framework, url = url, alt = {},
            unzip = opts.unzip and true or false, source = "command line" }
 end
@@ -62,7 +67,9 @@ function pull.resolve(target, opts, catalog)
   if not rules.get(entry.framework) then
     return util.fail("EUSAGE", "unknown framework '%s' (known: %s)", entry.framework, framework_names())
   end
-  if not util.safe_component(entry.id) then return util.fail("EUSAGE", "not a valid model id: '%s'", tostring(entry.id)) end
+  if not util.valid_id(entry.id) then
+    return util.fail("EUSAGE", "not a valid model id: '%s' (%s)", tostring(entry.id), util.ID_RULE)
+  end
   local alts = {}
   for _, u in ipairs(entry.alt or {}) do alts[#alts + 1] = u end
   for _, u in ipairs(opts.alt or {}) do alts[#alts + 1] = u end
@@ -128,6 +135,9 @@ local function plan_files(sched, entry, rule, ctx)
   for _, f in ipairs(files) do
     if not util.safe_relpath(f.path) then
       return util.fail("EINPUT", "%s: unsafe file path '%s'", entry.id, tostring(f.path))
+    end
+    if util.reserved_name(f.path) then
+      return util.fail("EINPUT", "%s: a file may not be named '%s' (the store's record of a model)", entry.id, f.path)
     end
     for _, u in ipairs(f.urls) do
       local ok, err, code = util.check_url(u)
@@ -350,7 +360,14 @@ function pull.run(sched, entry, ctx)
           if xcode == "EARCHIVE" then remove_partial(src) end
           return fail_staged(nil, xerr, xcode)
         end
-        for _, x in ipairs(xr.files) do known[x.path] = x.sha256 end
+        for _, x in ipairs(xr.files) do
+          if util.reserved_name(x.path) then
+            remove_partial(src)
+            return fail_staged(util.fail("EARCHIVE", "%s: the archive holds '%s', the name of the store's record of a model",
+              entry.id, x.path))
+          end
+          known[x.path] = x.sha256
+        end
         main_sha = main_sha or r.sha256
       else
         local dest = staging .. "/" .. f.path

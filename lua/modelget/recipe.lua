@@ -183,6 +183,7 @@ end
 local function check_relpath(field, v)
   check_string(field, v)
   if not util.safe_relpath(v) then bad(field, "%q is not a safe relative path", v) end
+  if util.reserved_name(v) then bad(field, "%q is the name of the store's record of a model", v) end
   return v
 end
 
@@ -208,6 +209,7 @@ local function check_file(field, v)
   }
   f.name = f.name or util.url_filename(f.url)
   if not util.safe_relpath(f.name) then bad(field, "no file name in %s; give name=", f.url) end
+  if util.reserved_name(f.name) then bad(field, "%q is the name of the store's record of a model; give name=", f.name) end
   return f
 end
 
@@ -262,6 +264,7 @@ local function normalize(id, fields, default_framework)
     e.file = util.url_filename(e.url)
     if not util.safe_component(e.file) then bad("file", "no file name in %s; give file=", e.url) end
   end
+  if util.reserved_name(e.file) then bad("file", "%q is the name of the store's record of a model; give file=", e.file) end
 
   local fw = fields.framework or default_framework
   if fw == nil then
@@ -395,8 +398,8 @@ function recipe.load_string(src, chunkname)
   end
   local function sink(id, fields, line, framework)
     if type(id) ~= "string" then problem(line, "model: expected an id string, got " .. type(id)) return end
-    if not id:find("^[%w][%w._-]*$") or #id > 128 then
-      problem(line, ("model '%s': the id must be letters, digits, '.', '_' or '-'"):format(id))
+    if not util.valid_id(id) then
+      problem(line, ("model '%s': the id must be %s"):format(id, util.ID_RULE))
       return
     end
     local ok, e = pcall(normalize, id, fields, framework)

@@ -12,7 +12,7 @@ local util = require "modelget.util"
 
 local store = {}
 
-store.MANIFEST = ".modelget.json"
+store.MANIFEST = util.MANIFEST
 
 function store.root(opts)
   local root = opts and opts.store

@@ -92,7 +92,27 @@ function util.strip_ext(name)
   return (base:match("^(.+)%.[^.]+$") or base)
 end
 
--- A name safe as one path component (ids, file names from URLs).
+-- A model id: letters, digits, '.', '_' or '-', starting with a letter or digit, at most 128 bytes.
+function util.valid_id(id)
+  return type(id) == "string" and #id <= 128 and id:find("^[%w][%w._-]*$") ~= nil
+end
+util.ID_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+-- The id a file name gives (a URL's, when no id is given): the name without its extension, each run
+-- of other characters made one '-' ("my model.onnx" -> "my-model"); nil when nothing is left.
+function util.id_from_name(name)
+  local id = util.strip_ext(name):gsub("[^%w._-]+", "-"):gsub("^[^%w]+", ""):sub(1, 128)
+  return util.valid_id(id) and id or nil
+end
+
+-- The file in each installed model's folder where the store keeps its record of the model (its
+-- manifest): no file of a model may take that name (letter case aside, for file systems that ignore it).
+util.MANIFEST = ".modelget.json"
+function util.reserved_name(path)
+  return type(path) == "string" and path:lower() == util.MANIFEST
+end
+
+-- A name safe as one path component (file names from URLs).
 function util.safe_component(name)
   if type(name) ~= "string" or name == "" or name == "." or name == ".." or name:find("[/%z\n\r]") then
     return nil
