@@ -81,6 +81,8 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     { { "-x", "0", "ls" }, "bad value for %-x: '0'" },
     { { "-j", "x", "ls" }, "bad value for %-j: 'x'" },
     { { "ls", "--jobs", "0" }, "bad value for %-%-jobs" },
+    { { "-j", "257", "ls" }, "bad value for %-j: '257' %(a whole number from 1 to 256%)" },
+    { { "-x", "17", "ls" }, "bad value for %-x: '17' %(a whole number from 1 to 16%)" },
     { { "--limit-rate", "5Q", "ls" }, "bad value for %-%-limit%-rate: '5Q'" },
     { { "--retries", "-1", "ls" }, "bad value for %-%-retries" },
     { { "--stall-timeout", "0", "ls" }, "bad value for %-%-stall%-timeout" },

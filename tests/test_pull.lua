@@ -256,6 +256,10 @@ test("several downloads at once", function()
   pull_several("file%d", 6, 300000, "-j", "3", "-q")
 end)
 
+test("the most jobs with the most connections each: the transfers past the session's bound wait their turn", function()
+  pull_several("most%d", 3, 300000, "-j", "256", "-x", "16", "-q")
+end)
+
 test("many URLs in one pull: all installed, and only a bounded number of pulls under way at once", function()
   local r, store = pull_several("m%02d", 80, 20000, "-j", "2", "--json")
   local open, most = {}, 0

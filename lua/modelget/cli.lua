@@ -5,6 +5,7 @@
 local core = require "modelget.core"
 local progress = require "modelget.progress"
 local util = require "modelget.util"
+local download = require "modelget.download"
 
 local M = {}
 local PROG = "modelget"
@@ -31,10 +32,11 @@ local HINTS = {
 }
 
 -- Numbers -------------------------------------------------------------------------------------------
-local function whole(min)
+local function whole(min, max)
   return function(s)
     local n = math.tointeger(tonumber(s))
-    if n and n >= min then return n end
+    if n and n >= min and n <= (max or math.maxinteger) then return n end
+    if max then return nil, string.format("a whole number from %d to %d", min, max) end
     return nil, string.format("a whole number, %d or more", min)
   end
 end
@@ -75,8 +77,8 @@ local OPTIONS = {
     help = "CA bundle (default $MODELGET_CA_BUNDLE, $SSL_CERT_FILE, $CURL_CA_BUNDLE, else the system's)" },
   { long = "json", global = true, help = "machine-readable output: one JSON object a line on stdout" },
   { long = "quiet", short = "q", global = true, help = "no progress output" },
-  { long = "jobs", short = "j", arg = "N", global = true, check = whole(1), help = "concurrent downloads (default 4)" },
-  { long = "connections", short = "x", arg = "N", global = true, check = whole(1),
+  { long = "jobs", short = "j", arg = "N", global = true, check = whole(1, download.JOBS_MAX), help = "concurrent downloads (default 4)" },
+  { long = "connections", short = "x", arg = "N", global = true, check = whole(1, download.CONNECTIONS_MAX),
     help = "connections per file: a big file from a server that serves ranges comes in N segments at once (default 1)" },
   { long = "limit-rate", arg = "RATE", global = true, check = rate, help = "total bandwidth cap: 500K, 20M, 1.5G or bytes/s" },
   { long = "stall-timeout", arg = "S", global = true, check = seconds(1), -- the engine's least: a second without a byte

@@ -41,8 +41,23 @@ local function save_split(split)
   split.saved_at = core.now()
 end
 
+-- Bounds of jobs (models at once) and connections (per file); a session runs at most SESSION_MAX
+-- transfers at once, and the others wait their turn.
+download.JOBS_MAX, download.CONNECTIONS_MAX, download.SESSION_MAX = 256, 16, 1024
+
+local function bounded(opts, name, max, default)
+  local v = opts[name]
+  if v == nil then return default end
+  if math.tointeger(v) == nil or v < 1 or v > max then
+    error(string.format("%s: expected a whole number from 1 to %d, got %s", name, max, tostring(v)), 3)
+  end
+  return math.tointeger(v)
+end
+
 function download.scheduler(opts)
   opts = opts or {}
+  local jobs = bounded(opts, "jobs", download.JOBS_MAX, 4)
+  local connections = bounded(opts, "connections", download.CONNECTIONS_MAX, 1)
   local rate = 0
   if opts.limit_rate then
     rate = util.parse_size(opts.limit_rate)
@@ -50,7 +65,7 @@ function download.scheduler(opts)
   end
   -- A download split over several connections takes a transfer place per connection.
   local session = core.session {
-    jobs = (opts.jobs or 4) * math.max(1, opts.connections or 1), limit_rate = rate, cacert = opts.cacert,
+    jobs = math.min(download.SESSION_MAX, jobs * connections), limit_rate = rate, cacert = opts.cacert,
     user_agent = "modelget/0.1", connect_timeout = opts.connect_timeout or 30,
   }
   return setmetatable({
