@@ -491,6 +491,21 @@ test("a download that fails part-way says how much is kept for the next pull", f
   t.eq(fx.requests("/f/partway.bin")[1].headers.range, "bytes=400000-", "resumed")
 end)
 
+test("a side file whose every URL fails: the network's exit 3, naming the required file; nothing installed", function()
+  local fx = servers.fixture()
+  local main = fx.put("sided/main.bin", t.bytes(300000, 18))
+  local side = fx.put("sided/vocab.bpe", t.bytes(5000, 19))
+  fx.script("sided/vocab.bpe", { { status = 503, ["repeat"] = true } })
+  local recipe = t.tmpdir("sided-recipe") .. "/r.lua"
+  t.write(recipe, string.format('model "sided" { framework = "other", url = %q, files = { { name = "vocab.bpe", url = %q } } }',
+    main, side))
+  local store = store_dir("sided")
+  local r = t.status(pull(store, { "sided", "--registry", recipe, "--retries", "1", "-q" }), 3, "pull")
+  t.match(r.stderr, "sided: required file vocab%.bpe could not be fetched: .*HTTP 503", "names the file and the cause")
+  t.nomatch(r.stderr, "%-%-framework", "no advice about the framework")
+  no_model(store, "other", "sided")
+end)
+
 test("an untrusted certificate: exit 3, and the hint names --cacert", function()
   local url = servers.nginx().put("untrusted/model.bin", "x")
   local store = store_dir("untrusted")

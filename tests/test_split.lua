@@ -115,6 +115,16 @@ local function segment_bytes(store, id)
   return n
 end
 
+test("a split that fails part-way says what its segments hold, not its file's length", function()
+  -- The HEAD, then two segments cut 600000 bytes in; then every request fails.
+  local fx, _, url, store = served("splitfail", 5000000, 95)
+  fx.script("splitfail.bin", { { method = "HEAD" }, { cut = 600000 }, { cut = 600000 }, { status = 503, ["repeat"] = true } })
+  local r = t.status(pull(store, { url, "-x", "4", "--retries", "2", "-q" }), 3, "pull")
+  local held = segment_bytes(store, "splitfail")
+  t.ok(held >= 1200000 and held < 5000000, "the plan holds the two cut segments' bytes: " .. held)
+  t.match(r.stderr, "; " .. require("modelget.util").human(held):gsub("%.", "%%.") .. " kept: the same pull again resumes", "says what is kept")
+end)
+
 -- Starts pull URL -x 3 (1 MB/s) and kills it (-9) once its segments hold more than 1 MiB; returns
 -- what the plan says they hold.
 local function kill_split_part_way(url, store, id)

@@ -311,12 +311,16 @@ function pull.run(sched, entry, ctx)
         end
         if f.optional and fcode ~= "ESPACE" then
           emit { event = "skip", id = entry.id, file = f.path, reason = ferr }
-        elseif f.side and fcode ~= "EAUTH" and fcode ~= "ESPACE" then
-          return util.fail("EFORMAT", "%s: required file %s could not be fetched: %s", entry.id, f.path, ferr)
         else
-          local kept = (core.stat(partial_path(pdir, f.path)) or {}).size or 0
-          if kept > 0 and fcode == "ENET" then
-            ferr = string.format("%s; %s kept: the same pull again resumes", ferr, util.human(kept))
+          -- A side file's failure is the model's, with its own cause (a dead URL is a network failure).
+          if f.side then ferr = string.format("%s: required file %s could not be fetched: %s", entry.id, f.path, ferr) end
+          if fcode == "ENET" then
+            -- What is kept, as status counts it (a split's bytes from its plan, not its file's length).
+            local kept = 0
+            for _, p in ipairs((store.partial(root, entry.framework, entry.id) or {}).files or {}) do
+              if p.path == f.path then kept = p.bytes end
+            end
+            if kept > 0 then ferr = string.format("%s; %s kept: the same pull again resumes", ferr, util.human(kept)) end
           end
           return nil, ferr, fcode
         end
