@@ -594,6 +594,15 @@ return 3
   t.status(t.modelget { "run", t.write(dir .. "/nil.lua", "local x = 1") }, 0, "no return value")
   r = t.status(t.modelget { "run", dir .. "/missing.lua" }, 2, "missing script")
   one_error_line(r, "cannot open")
+  local tabled = t.write(dir .. "/table.lua", "error({ code = 1 })")
+  r = t.status(t.modelget { "run", tabled }, 9, "an error that is a table")
+  t.eq(r.stderr, "modelget: " .. tabled .. ": (an error object that is a table, with no message)\n", "said so")
+  r = t.status(t.modelget { "run", t.write(dir .. "/coded.lua", "error({ code = 'EAUTH', message = 'no token' })") }, 6,
+    "an error of the facade's shape keeps its code")
+  t.match(r.stderr, "coded%.lua: no token\n$", "and its message")
+  local big = t.write(dir .. "/big.lua", "return 300")
+  r = t.status(t.modelget { "run", big }, 9, "a status past 255")
+  t.eq(r.stderr, "modelget: " .. big .. " returned 300: an exit status is 0 to 255\n", "said so")
 end)
 
 test("scripts/pull_many.lua pulls several models from coroutines with its own progress", function()

@@ -915,12 +915,18 @@ command("run", {
     end, table.unpack(args))
     if not ok then
       if type(res) == "table" then
-        local code = res.code or "EINPUT"
-        return res.exit or ctx:fail(res.message or tostring(res), code, { hint = false })
+        -- An error table of the facade's shape ({message=, code=}) keeps its code; any other is
+        -- a script error like the rest.
+        local code = type(res.code) == "string" and util.exit_status(res.code) ~= 1 and res.code or "EINPUT"
+        local msg = type(res.message) == "string" and res.message or "(an error object that is a table, with no message)"
+        return ctx:fail(script .. ": " .. msg, code, { hint = false })
       end
       return ctx:fail(res, "EINPUT", { hint = false })
     end
-    if math.type(res) == "integer" then return res end
+    if math.type(res) == "integer" then
+      if res >= 0 and res <= 255 then return res end
+      return ctx:fail(string.format("%s returned %d: an exit status is 0 to 255", script, res), "EINPUT", { hint = false })
+    end
     if res == false then return 1 end
     return 0
   end,
