@@ -185,6 +185,19 @@ test("add refuses a taken id and a bad field; remove knows its ids", function()
   t.eq(added.name, "Model-Q4.gguf", "name defaults to the file name")
 end)
 
+test("urls add run by many processes at once: each waits its turn, and every entry is kept", function()
+  local store, out = t.tmpdir("concurrent"), t.tmpdir("concurrent-status")
+  -- Twelve started together by one shell, each one's status and stderr kept.
+  t.sh(string.format("for i in $(seq 12); do (%s --store %s urls add --id p$i --name p$i.gguf --url https://example.com/p$i.gguf"
+    .. " 2>%s/err$i; echo $? > %s/status$i) & done; wait", t.shquote(t.bin), t.shquote(store), out, out))
+  for i = 1, 12 do
+    t.eq(t.read(out .. "/status" .. i), "0\n", "add " .. i .. " (" .. (t.read(out .. "/err" .. i) or "") .. ")")
+  end
+  local ids = {}
+  for _, e in ipairs(assert(custom.list(store))) do ids[#ids + 1] = e.id end
+  t.eq(#ids, 12, "every entry kept: " .. table.concat(ids, " "))
+end)
+
 test("a store without custom.json has no custom URLs", function()
   local store = t.tmpdir("empty")
   t.eq(#assert(custom.list(store)), 0, "empty list")

@@ -192,7 +192,8 @@ local function update(store, change)
   local dir = store .. "/registry"
   local ok, err, code = core.mkdirs(dir)
   if not ok then return nil, err, code end
-  local lock, lerr, lcode = core.lock(dir .. "/.custom.lock")
+  -- Another process's change is a read and a write: waited for.
+  local lock, lerr, lcode = require("modelget.store").wait_lock(dir .. "/.custom.lock", nil, 10)
   if not lock then return nil, lerr, lcode end
   local function finish(...)
     lock:close()

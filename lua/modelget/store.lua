@@ -32,17 +32,22 @@ function store.registry_dir(root) return root .. "/registry" end
 -- Held for the whole pull of one id; rm refuses while it is held. wait: seconds to keep trying
 -- (someone looking, like `status`, holds it only for an instant). Every id's lock is a key of the
 -- one file partial/.locks: no file to create per model.
+-- core.lock(path, key), tried again for up to wait seconds while another process holds it.
+function store.wait_lock(path, key, wait)
+  local lock, lerr, lcode = core.lock(path, key)
+  local deadline = core.now() + (wait or 0)
+  while not lock and lcode == "EBUSY" and core.now() < deadline do
+    core.sleep(0.02)
+    lock, lerr, lcode = core.lock(path, key)
+  end
+  return lock, lerr, lcode
+end
+
 function store.lock(root, id, wait)
   local dir = root .. "/partial"
   local ok, err, code = core.mkdirs(dir)
   if not ok then return nil, err, code end
-  local path = dir .. "/.locks"
-  local lock, lerr, lcode = core.lock(path, id)
-  local deadline = core.now() + (wait or 0)
-  while not lock and lcode == "EBUSY" and core.now() < deadline do
-    core.sleep(0.02)
-    lock, lerr, lcode = core.lock(path, id)
-  end
+  local lock, lerr, lcode = store.wait_lock(dir .. "/.locks", id, wait)
   if not lock then
     if lcode == "EBUSY" then return util.fail("EBUSY", "model '%s' is being downloaded by another modelget process", id) end
     return nil, lerr, lcode
