@@ -213,6 +213,9 @@ test("modelget urls import of a bad file exits 9 and changes nothing", function(
   local r = t.status(t.modelget { "urls", "import", file, "--store", store }, 9, "bad import")
   t.match(r.stderr, 'entry 1 %("x"%): field \'url\': must be https://', "message")
   t.eq(t.read(store .. "/registry/custom.json"), before, "unchanged")
+  local missing = t.tmpdir("bad") .. "/missing.json"
+  r = t.status(t.modelget { "urls", "import", missing, "--store", store }, 1, "a file that is not there")
+  t.eq(r.stderr, "modelget: " .. missing .. ": No such file or directory\n", "named once, no advice about fixing it")
   local good = t.write(t.tmpdir("good") .. "/good.json", assert(custom.export(store)))
   t.status(t.modelget { "urls", "import", good, "--store", t.tmpdir("fresh") }, 0, "good import")
 end)

@@ -148,6 +148,11 @@ test("404 and 503 fall back to the alternative URL", function()
   t.eq(fallbacks, 2, "two fallbacks")
   t.eq(#fx.requests("/f/gone.onnx"), 1, "404 is not retried")
   t.eq(#fx.requests("/f/busy.onnx"), 2, "503 is retried --retries times")
+  -- Each line blames the URL that failed, not the one tried next.
+  r = t.status(pull(store, { dead, "--id", "m2", "--framework", "other", "--alt", busy, "--alt", good,
+    "--retries", "1" }), 0, "the same, with its lines")
+  t.match(r.stdout, "gone%.onnx %([^)]*404[^)]*%) failed; trying " .. busy:gsub("%p", "%%%0"), "the 404 is the first URL's")
+  t.match(r.stdout, "busy%.onnx %([^)]*503[^)]*%) failed; trying " .. good:gsub("%p", "%%%0"), "the 503 the second's")
 end)
 
 test("every URL dead: exit 3, the URLs tried named, nothing installed", function()

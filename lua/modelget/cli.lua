@@ -840,6 +840,7 @@ local URLS_ARGS = { list = { 1, 1 }, add = { 1, 1 }, rm = { 2, 2 }, export = { 1
 
 command("urls", {
   usage = "urls list|add|rm ID|export [FILE]|import FILE",
+  needs = "a subcommand: list, add, rm, export or import",
   summary = "custom model URLs (the JSON schema of the guide)",
   detail = "add takes --id ID --name FILE --url URL [--sha256 HEX] [--framework F] [--unzip] [--auth] [--alt URL]…",
   options = {
@@ -1002,7 +1003,7 @@ end
 -- Main ----------------------------------------------------------------------------------------------
 local function check_arity(c, args)
   if c.min and #args < c.min then
-    local what = c.usage:match("^%S+%s+(%S+)") or "an argument"
+    local what = c.needs or c.usage:match("^%S+%s+(%S+)") or "an argument"
     return string.format("%s needs %s", c.name, what)
   end
   if c.max and #args > c.max then

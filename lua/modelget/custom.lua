@@ -286,8 +286,8 @@ end
 -- file's entry (importing a configuration applies it). The file is validated whole first.
 -- An id a recipe defines (taken, as for add) refuses the file. Returns {added={ids}, replaced={ids}, count=}.
 function custom.import(store, file, taken)
-  local text, err = util.read_file(file)
-  if not text then return einput("%s: %s", file, tostring(err)) end
+  local text, err, code = util.read_file(file)
+  if not text then return nil, err, code end -- io.open's message names the file
   local doc, derr, dcode = decode(text, file)
   if not doc then return nil, derr, dcode end
   local incoming, verr, vcode = custom.validate(doc, file)

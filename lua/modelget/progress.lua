@@ -81,8 +81,9 @@ function Reporter:sentence(ev)
     local attempt = ev.attempt and string.format(" (attempt %d)", ev.attempt) or ""
     return self:paint("yellow", label(ev) .. (ev.reason and (": " .. ev.reason) or "") .. "; " .. wait .. attempt)
   elseif kind == "fallback" then
-    return self:paint("yellow", label(ev) .. ": trying " .. (ev.to or "the next URL")
-      .. (ev.reason and (" (" .. ev.reason .. ")") or ""))
+    -- The reason is the failure of the URL left (from), not of the one tried next.
+    local left = (ev.from or "the URL") .. (ev.reason and (" (" .. ev.reason .. ")") or "")
+    return self:paint("yellow", label(ev) .. ": " .. left .. " failed; trying " .. (ev.to or "the next URL"))
   elseif kind == "verify" then
     if ev.ok == false then return nil end
     local sum = ev.sha256 and ev.sha256:sub(1, 16) .. "…" or "?"
