@@ -97,6 +97,8 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     { { "pull", "https://127.0.0.1:1/m.bin", "--framework", "nope" }, "unknown framework 'nope'" },
     { { "urls", "frob" }, "unknown urls command 'frob'" },
     { { "urls" }, "urls needs a subcommand: list, add, rm, export or import" },
+    { { "pull", "https://127.0.0.1:1/a b.bin", "--framework", "other" },
+      "not a URL: 'https://127%.0%.0%.1:1/a b%.bin' %(a space or control character must be percent%-encoded" },
     { { "urls", "add", "--id", "x", "--name", "x.gguf" }, "urls add needs %-%-url" },
     { { "urls", "list", "--id", "x" }, "%-%-id applies to urls add only" },
     { { "import", "/tmp", "--id", "x" }, "import needs %-%-framework" },

@@ -59,6 +59,10 @@ end
 -- SPEC "Network policy": https only; plain http only to loopback hosts.
 function util.check_url(url)
   if type(url) ~= "string" then return util.fail("EPOLICY", "not a URL: %s", tostring(url)) end
+  if url:find("[%s%c]") then
+    return util.fail("EUSAGE", "not a URL: '%s' (a space or control character must be percent-encoded: %%20 for a space)",
+      (url:gsub("%c", "?")))
+  end
   local u = util.parse_url(url)
   if not u then return util.fail("EPOLICY", "not a URL: %s", url) end
   if u.scheme == "https" then return u end
