@@ -44,3 +44,29 @@ test("pull --detach of an unknown id fails in the foreground with exit 2", funct
   t.match(r.stderr, "unknown model id 'no%-such%-model'", "says why")
   t.ok(not t.exists(store .. "/logs"), "no background process, no log")
 end)
+
+test("pull --detach says in the foreground what a pull would refuse before any download", function()
+  local fx = servers.fixture()
+  local url = fx.put("nofw.bin", t.bytes(1000, 52))
+  local store = t.tmpdir("store-detach-refused")
+  local base = { "--detach", "--store", store, "--cacert", servers.ca().cert }
+  local function pull(args)
+    local argv = { "pull" }
+    for _, a in ipairs(args) do argv[#argv + 1] = a end
+    for _, a in ipairs(base) do argv[#argv + 1] = a end
+    return t.modelget(argv)
+  end
+  local r = t.status(pull { url }, 2, "a URL whose framework cannot be told")
+  t.match(r.stderr, "cannot tell the framework of 'nofw%.bin'", "says why")
+  r = t.status(pull { url, "--framework", "other", "--id", "a b" }, 2, "a bad id")
+  t.match(r.stderr, "not a valid model id", "says why")
+  -- A model another process is pulling.
+  local core = require "modelget.core"
+  core.mkdirs(store .. "/partial")
+  local held = assert(core.lock(store .. "/partial/.locks", "nofw"))
+  r = t.status(pull { url, "--framework", "other" }, 1, "a model being pulled elsewhere")
+  held:close()
+  t.match(r.stderr, "model 'nofw' is being downloaded by another modelget process", "says why")
+  t.ok(not t.exists(store .. "/logs"), "no background process, no log")
+  t.eq(#fx.requests("/f/nofw.bin"), 0, "nothing asked of the server")
+end)

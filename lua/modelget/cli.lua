@@ -489,24 +489,28 @@ local function pull_failed(ctx, reporter, target, err, code)
   return ctx:fail(err, code, { id = target, event_sent = reporter.failed[err] })
 end
 
--- pull --detach: unknown ids are said here; then the pull goes on in a background process whose
--- output goes to a log in the store. Returns the exit status in the foreground, nil in the child.
+-- pull --detach: what a pull would refuse before any download is said here (an unknown id, a URL
+-- whose framework cannot be told, a bad option, a model another process is pulling); then the pull
+-- goes on in a background process whose output goes to a log in the store. Returns the exit status
+-- in the foreground, nil in the child.
 local function detach(ctx, mg)
   local catalog
+  local opts = pull_options(ctx)
+  local root = mg.store_root(ctx.opts)
   for _, target in ipairs(ctx.args) do
-    if not util.is_url(target) then
-      if not catalog then
-        local status
-        catalog, status = ctx:catalog()
-        if not catalog then return status end
-      end
-      if not catalog:get(target) then
-        local _, err, code = catalog:unknown(target)
-        return ctx:fail(err, code, { hint = false })
-      end
+    if not util.is_url(target) and not catalog then
+      local status
+      catalog, status = ctx:catalog()
+      if not catalog then return status end
     end
+    local entry, err, code = require("modelget.pull").resolve(target, opts, catalog)
+    if not entry then return ctx:fail(err, code) end
+    local lock
+    lock, err, code = require("modelget.store").lock(root, entry.id)
+    if not lock then return ctx:fail(err, code) end
+    lock:close()
   end
-  local dir = mg.store_root(ctx.opts) .. "/logs"
+  local dir = root .. "/logs"
   local ok, err, code = core.mkdirs(dir)
   if not ok then return ctx:fail(err, code) end
   -- Named by time and a random tag, not a pid: the pid printed is the background process's.
@@ -526,6 +530,7 @@ local function detach(ctx, mg)
   ctx.color = false
   ctx.log = log
   printf("modelget pull %s (pid %d, started %s)", table.concat(ctx.args, " "), core.getpid(), os.date("!%Y-%m-%d %H:%M:%SZ"))
+  io.stdout:flush() -- before any error line the pull writes to stderr, in the same log
 end
 
 -- The pull itself: the targets downloaded, each reported; the exit status.
