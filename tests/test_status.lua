@@ -41,11 +41,14 @@ test("status shows a running pull, then the stopped one; rm drops its partial da
     return out:find("stopped", 1, true) and out
   end, 10) or status(store).stdout
   t.match(stopped, "partly%s+other%s+stopped%s+[%d.]+ [KM]B of 2%.1 MB %(%d+%%%)", "the table says stopped, how far")
-  t.match(stopped, "the same pull again %(the ID, or the URL it was pulled from%) resumes it",
-    "how to resume a download started from a URL")
+  t.match(stopped, "the same pull again resumes it %(the same ID or URL, and options%)", "how to resume it")
+  -- Its id is not a catalog id: a pull of it says which command resumes it.
+  local r = t.status(t.modelget({ "pull", "partly", "--store", store }), 2, "pull of the id")
+  t.match(r.stderr, "'partly' is not a catalog id: its partial download came from a URL; 'modelget pull "
+    .. url:gsub("%p", "%%%0") .. " %-%-framework other' resumes it", "names the command that resumes it")
 
   -- rm drops the partial data of a stopped download.
-  local r = t.status(t.modelget({ "rm", "partly", "--store", store }), 0, "rm of a partial")
+  r = t.status(t.modelget({ "rm", "partly", "--store", store }), 0, "rm of a partial")
   t.match(r.stdout, "removed partly", "says so")
   t.ok(not t.exists(partial), "partial data gone")
   t.match(status(store).stdout, "no downloads in progress", "nothing left")

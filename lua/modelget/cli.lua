@@ -710,7 +710,7 @@ command("status", {
     local stopped = false
     for _, p in ipairs(list) do stopped = stopped or not p.active end
     if stopped then
-      printf("stopped: the same pull again (the ID, or the URL it was pulled from) resumes it; "
+      printf("stopped: the same pull again resumes it (the same ID or URL, and options); "
         .. "'modelget rm ID' drops its partial data")
     end
     if next(pid_of) then printf("downloading: 'modelget stop ID' stops it, its partial data kept") end

@@ -39,6 +39,19 @@ local function entry_for_url(url, opts)
            unzip = opts.unzip and true or false, source = "command line" }
 end
 
+-- A model pulled from a URL and stopped part-way is not a catalog id: the URL its partial download
+-- records (resume state or split plan) is what resumes it. The command that does, or nil.
+local function resume_hint(target, opts)
+  if not util.valid_id(target) then return nil end
+  for _, p in ipairs(store.partials(store.root(opts))) do
+    local f = p.id == target and #p.files == 1 and p.files[1]
+    if f and f.url then
+      local implied = rules.framework_for_name(f.path) == p.framework
+      return string.format("modelget pull %s%s", f.url, implied and "" or (" --framework " .. p.framework))
+    end
+  end
+end
+
 -- Resolves an id or URL into an entry, with the pull's options laid over it.
 function pull.resolve(target, opts, catalog)
   local entry, err, code
@@ -48,6 +61,11 @@ function pull.resolve(target, opts, catalog)
   else
     local found = catalog and catalog:get(target)
     if not found then
+      local resume = resume_hint(target, opts)
+      if resume then
+        return util.fail("EUNKNOWN", "'%s' is not a catalog id: its partial download came from a URL; '%s' resumes it",
+          target, resume)
+      end
       if catalog then return catalog:unknown(target) end
       return util.fail("EUNKNOWN", "unknown model id '%s': see 'modelget list' or 'modelget search WORDS'", target)
     end

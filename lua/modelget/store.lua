@@ -120,8 +120,8 @@ function store.pull_ended(root, pid)
   return code ~= "EBUSY"
 end
 
--- Partial downloads: {{id=, framework=, path=, bytes=, total=|nil, files={{path=, bytes=, total=}…}}…}
--- (total from each file's resume state, when it has one).
+-- Partial downloads: {{id=, framework=, path=, bytes=, total=|nil, files={{path=, bytes=, total=, url=}…}}…}
+-- (total and url from each file's resume state or split plan, when it has one).
 -- One model's partial download (partial_dir(root, framework, id)), as store.partials lists them,
 -- or nil when it holds no partial file.
 function store.partial(root, framework, id)
@@ -132,14 +132,16 @@ function store.partial(root, framework, id)
       local bytes = (core.stat(dir .. "/" .. f) or {}).size or 0
       local state = util.read_file(dir .. "/" .. f .. ".state") or ""
       local total = tonumber(state:match("\ntotal (%d+)\n"))
+      local url = state:match("\nurl (%S+)\n")
       -- A download split over connections: its ranges are in place, their progress in the plan.
       local plan = util.read_file(dir .. "/" .. f .. ".split")
       plan = plan and util.json_decode(plan, f .. ".split")
       if type(plan) == "table" and type(plan.ranges) == "table" then
-        bytes, total = 0, math.tointeger(plan.total)
+        bytes, total, url = 0, math.tointeger(plan.total), type(plan.url) == "string" and plan.url or url
         for _, r in ipairs(plan.ranges) do bytes = bytes + (math.tointeger(r[3]) or 0) end
       end
-      entry.files[#entry.files + 1] = { path = f:gsub("%.part$", ""):gsub("%%2F", "/"), bytes = bytes, total = total }
+      entry.files[#entry.files + 1] = { path = f:gsub("%.part$", ""):gsub("%%2F", "/"), bytes = bytes, total = total,
+                                        url = url }
       entry.bytes = entry.bytes + bytes
       entry.total = total and entry.total and entry.total + total or nil
     end
