@@ -854,19 +854,49 @@ static int device_of(const char *path, dev_t *dev) {
   return 0;
 }
 
-/* What the session's other running downloads to t's file system still have to write (each one's
- * factor × its total less what it has), and how many they are. */
-static double promised_elsewhere(const Transfer *t, int *count) {
+/* What the session's running downloads to file system dev (other than skip) still have to write
+ * (each one's factor × its total less what it has), and how many they are. */
+static double promised_on(const Session *s, const Transfer *skip, dev_t dev, int *count) {
   double sum = 0;
   *count = 0;
-  if (!t->session) return 0;
-  for (const Transfer *o = t->session->first; o; o = o->next) {
-    if (o == t || o->state != ST_RUNNING || !o->space_checked || o->space_dev != t->space_dev) continue;
+  if (!s) return 0;
+  for (const Transfer *o = s->first; o; o = o->next) {
+    if (o == skip || o->state != ST_RUNNING || !o->space_checked || o->space_dev != dev) continue;
     if (o->resp != RESP_BODY || o->total < 0 || (uint64_t)o->total <= o->offset) continue;
     sum += o->space_factor * (double)((uint64_t)o->total - o->offset);
     (*count)++;
   }
   return sum;
+}
+
+/* The storage check, before a single body byte is written: need bytes (factor × what is still to
+ * come) against the free space of where's file system, counting what the session's other downloads
+ * to it still have to write. Returns 1 and says why in msg when they do not fit. *dev and *checked
+ * say which file system it was (for the other downloads' checks while this one runs). */
+static int space_refused(const Session *s, const Transfer *self, const char *where, double need, dev_t *dev,
+                         int *checked, char *msg, size_t msgsz) {
+  uint64_t avail = 0;
+  *checked = device_of(where, dev) == 0;
+  int others = 0;
+  double promised = *checked ? promised_on(s, self, *dev, &others) : 0;
+  if (mg_free_space(where, &avail) != 0 || need + promised <= (double)avail) return 0;
+  char needs[32], frees[32], owed[32];
+  human((uint64_t)need, needs, sizeof needs);
+  human(avail, frees, sizeof frees);
+  human((uint64_t)promised, owed, sizeof owed);
+  if (others > 0)
+    snprintf(msg, msgsz, "need %s, %s free on %s, of which %s is still to come for %d other download%s", needs,
+             frees, where, owed, others, others == 1 ? "" : "s");
+  else
+    snprintf(msg, msgsz, "need %s, %s free on %s", needs, frees, where);
+  return 1;
+}
+
+/* Where a download's space is checked: space_path, else the partial file's folder. */
+static const char *space_where(const char *space_path, const char *partial, char *folder, size_t foldersz) {
+  if (space_path) return space_path;
+  mg_parent_of(partial, folder, foldersz);
+  return folder;
 }
 
 /* A final 2xx response for a partial file: choose append or restart, check space, open the file. */
@@ -907,23 +937,11 @@ static int accept_file_response(Transfer *t) {
   uint64_t base = append ? t->kept : 0;
   if (expect >= 0 && (uint64_t)expect > base) {
     char folder[PATH_MAX];
-    const char *where = t->space_path;
-    if (!where) { mg_parent_of(t->partial, folder, sizeof folder); where = folder; }
-    uint64_t avail = 0;
+    const char *where = space_where(t->space_path, t->partial, folder, sizeof folder);
     double need = t->space_factor * (double)((uint64_t)expect - base);
-    if (device_of(where, &t->space_dev) == 0) t->space_checked = 1;
-    int others = 0;
-    double promised = t->space_checked ? promised_elsewhere(t, &others) : 0;
-    if (mg_free_space(where, &avail) == 0 && need + promised > (double)avail) {
-      char needs[32], frees[32], owed[32];
-      human((uint64_t)need, needs, sizeof needs);
-      human(avail, frees, sizeof frees);
-      human((uint64_t)promised, owed, sizeof owed);
-      if (others > 0)
-        fail(t, "ESPACE", 0, "need %s, %s free on %s, of which %s is still to come for %d other download%s",
-             needs, frees, where, owed, others, others == 1 ? "" : "s");
-      else
-        fail(t, "ESPACE", 0, "need %s, %s free on %s", needs, frees, where);
+    char why[sizeof t->fail_msg];
+    if (space_refused(t->session, t, where, need, &t->space_dev, &t->space_checked, why, sizeof why)) {
+      fail(t, "ESPACE", 0, "%s", why);
       return 0;
     }
   }
@@ -1661,17 +1679,21 @@ static double opt_number(lua_State *L, int idx, const char *name, double def) {
   return v;
 }
 
-/* A copy (malloc) of a string option, or NULL. */
-static char *opt_string(lua_State *L, int idx, const char *name) {
-  char *v = NULL;
+/* A string option as the table holds it (valid while the table does), or NULL. */
+static const char *opt_borrowed(lua_State *L, int idx, const char *name) {
   int type = lua_getfield(L, idx, name);
-  if (type != LUA_TNIL) {
-    if (type != LUA_TSTRING) luaL_error(L, "option '%s': string expected, got %s", name, luaL_typename(L, -1));
-    v = strdup(lua_tostring(L, -1));
-    if (!v) luaL_error(L, "out of memory");
-  }
+  if (type != LUA_TNIL && type != LUA_TSTRING)
+    luaL_error(L, "option '%s': string expected, got %s", name, luaL_typename(L, -1));
+  const char *v = lua_tostring(L, -1);
   lua_pop(L, 1);
   return v;
+}
+/* A copy (malloc) of a string option, or NULL. */
+static char *opt_string(lua_State *L, int idx, const char *name) {
+  const char *v = opt_borrowed(L, idx, name);
+  char *copy = v ? strdup(v) : NULL;
+  if (v && !copy) luaL_error(L, "out of memory");
+  return copy;
 }
 
 static int opt_boolean(lua_State *L, int idx, const char *name, int def) {
@@ -1902,6 +1924,27 @@ static int session_add(lua_State *L) {
   } else {
     t->state = ST_QUEUED;
   }
+  return 1;
+}
+
+/* session:check_space{bytes=, partial=, space_path=, space_factor=}: the storage check a download
+ * makes at its first body byte, for a download split in ranges: made once, before any range starts,
+ * for all the bytes still to come across them. true, or nil, message, "ESPACE". */
+static int session_check_space(lua_State *L) {
+  Session *s = checksession(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_Integer bytes = opt_integer(L, 2, "bytes", -1);
+  luaL_argcheck(L, bytes >= 0, 2, "option 'bytes': a count of bytes is required");
+  double factor = opt_number(L, 2, "space_factor", 1);
+  const char *space_path = opt_borrowed(L, 2, "space_path"), *partial = opt_borrowed(L, 2, "partial");
+  if (!space_path && !partial) return luaL_error(L, "one of 'space_path' or 'partial' is required");
+  char folder[PATH_MAX], why[512];
+  const char *where = space_where(space_path, partial, folder, sizeof folder);
+  dev_t dev;
+  int checked;
+  if (bytes > 0 && space_refused(s, NULL, where, factor * (double)bytes, &dev, &checked, why, sizeof why))
+    return mg_fail(L, "ESPACE", "%s", why);
+  lua_pushboolean(L, 1);
   return 1;
 }
 
@@ -2159,6 +2202,7 @@ void mg_open_transfer(lua_State *L) {
   static const luaL_Reg session_methods[] = {
     {"active", session_active},
     {"add", session_add},
+    {"check_space", session_check_space},
     {"close", session_close},
     {"finished", session_finished},
     {"perform", session_perform},

@@ -317,22 +317,13 @@ test("a partial folder left by an earlier pull: only the model's files are insta
   t.ok(not t.exists(pdir), "the partial folder became the model")
 end)
 
--- The environment that loads the disk-fault shim (tests/fixtures/diskfault.c) with its variables.
-local function fault_env(vars)
-  local asan = os.getenv("ASAN_OPTIONS")
-  local env = { LD_PRELOAD = t.so_dir .. "/diskfault.so",
-                ASAN_OPTIONS = (asan and asan ~= "" and (asan .. ":") or "") .. "verify_asan_link_order=0" }
-  for k, v in pairs(vars) do env[k] = v end
-  return env
-end
-
 test("a disk that fills while the bytes are written: exit 5, the file named, nothing installed", function()
   local ng = servers.nginx()
   -- A small file (written off the event loop at its end) and one past the first MiB (by the ring's writer).
   for _, case in ipairs { { name = "fullsmall", size = 100000 }, { name = "fullbig", size = 3 * MiB } } do
     local url = ng.put("full/" .. case.name .. ".bin", t.bytes(case.size, 61))
     local store = store_dir(case.name)
-    local r = t.status(pull(store, { url, "--framework", "other", "-q" }, { env = fault_env { DISKFULL_SUFFIX = ".part" } }),
+    local r = t.status(pull(store, { url, "--framework", "other", "-q" }, { env = t.fault_env { DISKFULL_SUFFIX = ".part" } }),
       5, case.name .. ": pull onto a full disk")
     t.match(r.stderr, "cannot write [^\n]*" .. case.name .. "%.bin%.part[^\n]*No space left on device", case.name .. ": the message")
     no_model(store, "other", case.name)
@@ -346,7 +337,7 @@ test("a file system that refuses direct writes: the writer goes on through the p
   local store = store_dir("nodirect")
   local log = t.tmpdir("nodirect-log") .. "/refused"
   -- The shim refuses every pwrite on an O_DIRECT descriptor (tests/fixtures/diskfault.c, NODIRECT_LOG).
-  local env = fault_env { NODIRECT_LOG = log }
+  local env = t.fault_env { NODIRECT_LOG = log }
   t.status(pull(store, { url, "--framework", "other", "--sha256", t.sha256(data), "-q" }, { env = env }), 0, "pull")
   t.eq(t.sha256_file(installed(store, "other", "nd", "nd.bin")), t.sha256(data), "installed bytes")
   local refused = t.read(log) or ""

@@ -312,3 +312,21 @@ test("the split's server fails: the alternative URL brings the file, and no segm
   t.ok(to_alt, "a fallback event names the alternative")
   t.eq(model_files(store, "splitdead"), ".modelget.json splitdead.bin", "the model folder holds the file and its manifest")
 end)
+
+test("a split pull onto a disk too small for the whole file: exit 5 before any segment, the whole size named", function()
+  local fx, _, url, store = served("splitfull", 5000000, 97)
+  local partial = store .. "/partial/other--splitfull/splitfull.bin.part"
+  -- 3 MB free (tests/fixtures/diskfault.c): room for a segment of 1.25 MB, not for the 5 MB file.
+  local env = t.fault_env { FREE_BYTES = "3000000" }
+  fx.clear_log()
+  local split = t.status(pull(store, { url, "-x", "4", "-q" }, { env = env }), 5, "pull -x 4")
+  t.match(split.stderr, "need 5 MB, 3 MB free on ", "the whole file's size against what is free")
+  for _, r in ipairs(fx.requests("^/f/splitfull%.bin$")) do
+    t.eq(r.method, "HEAD", "no segment was asked for, only the HEAD that planned the split")
+  end
+  local st = require("modelget.core").stat(partial)
+  t.ok(st == nil or st.size == 0, "no body byte written")
+  t.ok(not t.exists(installed(store, "splitfull")), "nothing installed")
+  local whole = t.status(pull(store, { url, "-q" }, { env = env }), 5, "pull on one connection")
+  t.eq(split.stderr, whole.stderr, "the same message as on one connection")
+end)

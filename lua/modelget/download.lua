@@ -560,6 +560,13 @@ function Scheduler:fetch_split(spec)
     if self:interrupted() then return util.fail("EINTR", "interrupted") end
     return nil
   end
+  -- Storage: what is still to come across all the ranges, checked once before any of them starts
+  -- (each range alone would look small, and a disk too full for the file would fill part-way).
+  local left = 0
+  for _, range in ipairs(plan.ranges) do left = left + (range[2] - range[1] + 1 - range[3]) end
+  local fits, serr, scode = self.session:check_space { bytes = left, partial = spec.partial,
+    space_path = spec.space_path, space_factor = spec.space_factor }
+  if not fits then return nil, serr, scode end
   local split = { plan = plan, path = spec.partial .. ".split", done = 0 } -- done: finished ranges' bytes
   local jobs = {}
   for i, range in ipairs(plan.ranges) do

@@ -160,6 +160,16 @@ function t.modelget(args, opts)
   return t.sh(table.concat(words, " "), opts)
 end
 
+-- The environment (opts.env) that loads the disk-fault shim (tests/fixtures/diskfault.c) with its
+-- variables.
+function t.fault_env(vars)
+  local asan = os.getenv("ASAN_OPTIONS")
+  local env = { LD_PRELOAD = t.so_dir .. "/diskfault.so",
+                ASAN_OPTIONS = (asan and asan ~= "" and (asan .. ":") or "") .. "verify_asan_link_order=0" }
+  for k, v in pairs(vars) do env[k] = v end
+  return env
+end
+
 -- Fails with the command's output when the status is not the one expected.
 function t.status(r, want, what)
   if r.status ~= want then
