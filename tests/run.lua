@@ -64,13 +64,14 @@ for _, file in ipairs(files) do
   end
 end
 
--- The fixture server's own failures (a traceback on its stderr) over the whole run, not just
--- until the file that happens to check it.
-local fixture = package.loaded.servers and package.loaded.servers.fixture_started
-if fixture and fixture.errors() ~= "" then
-  failed = failed + 1
-  failures[#failures + 1] = "the fixture server reported errors:\n" .. fixture.errors()
-  print("FAIL the fixture server reported errors of its own")
+-- The fixture servers' own failures (a traceback on their stderr) over the whole run, not just
+-- until the file that happens to check them.
+for _, fixture in ipairs(package.loaded.servers and package.loaded.servers.fixtures_started or {}) do
+  if fixture.errors() ~= "" then
+    failed = failed + 1
+    failures[#failures + 1] = "the fixture server reported errors:\n" .. fixture.errors()
+    print("FAIL the fixture server reported errors of its own")
+  end
 end
 
 t.shutdown()

@@ -11,6 +11,7 @@
 --   log() -> { {method=, path=, status=, range= (nil when none), bytes=, protocol=, host=}… } oldest first
 --
 -- servers.fixture() -> tests/fixtures/server.py: Range and validators, scripted faults, a fixture Hub.
+--   (servers.other_fixture() -> a second one, the same in every way but its ports and root.)
 --   url = "https://127.0.0.1:P", url_localhost = "https://localhost:P" (another host to clients),
 --   url6 = "https://[::1]:P", http_url = "http://127.0.0.1:P2", port, http_port, root, pid,
 --   put(name, data) -> url .. "/f/" .. name        (ROOT/files/<name>)
@@ -165,9 +166,12 @@ local function script_file(root, path)
   return root .. "/scripts/" .. quoted .. ".json"
 end
 
-servers.fixture = once(function()
+-- The fixture servers started, for the runner: it asks each for errors once every test has run.
+servers.fixtures_started = {}
+
+local function start_fixture(name)
   local ca = servers.ca()
-  local root = t.tmpdir("fixture")
+  local root = t.tmpdir(name)
   local ports_file = root .. "/ports.json"
   local cmd = string.format("python3 %s %s --port-file %s --tls-cert %s --tls-key %s --watch-pid %d",
     q(FIXTURES .. "/server.py"), q(root), q(ports_file), q(ca.server_cert), q(ca.server_key), core.getpid())
@@ -219,7 +223,7 @@ servers.fixture = once(function()
 
   -- What the server wrote to stderr: empty unless the server itself has a bug.
   function s.errors() return t.read(root .. "/server.err") or "" end
-  servers.fixture_started = s -- the runner asks it for errors once every test has run
+  servers.fixtures_started[#servers.fixtures_started + 1] = s
 
   function s.hub_put(repo, path, data) return put_file(root .. "/hub/" .. repo .. "/" .. path, data) end
 
@@ -238,6 +242,10 @@ servers.fixture = once(function()
     if lie == false then os.remove(file) else t.write(file, "lie") end
   end
   return s
-end)
+end
+
+servers.fixture = once(function() return start_fixture("fixture") end)
+-- A second fixture server, on ports of its own: the same host (127.0.0.1) at another origin.
+servers.other_fixture = once(function() return start_fixture("other-fixture") end)
 
 return servers
