@@ -8,7 +8,7 @@
  * partial makes every download resumable across runs and crashes.
  *
  * Redirects are followed here, not by libcurl, so that every hop is checked against the policy
- * before any connection is made and the credential header is rebuilt for each hop's host. */
+ * before any connection is made and the credential header is rebuilt for each hop's origin. */
 #include "core.h"
 
 #include <errno.h>
@@ -102,6 +102,8 @@ struct Transfer {
   char errbuf[CURL_ERROR_SIZE];
   /* options */
   char *url, *cur_url, *partial, *state_path, *space_path, *auth_header, *auth_host;
+  char auth_scheme[16];       /* with auth_host and auth_port: the origin the credential is for */
+  long auth_port;
   int resume, head, memory;
   /* a ranged transfer: bytes range_from..range_to (inclusive) of the file, into a partial of their
    * own, on a connection of their own, asked for with If-Range: validator (one segment of a
@@ -204,8 +206,18 @@ static void human(uint64_t n, char *out, size_t outsz) {
   snprintf(out + len, outsz - len, " %s", units[i]);
 }
 
-/* scheme, host (brackets removed) and a printable form (no credentials, no query) of a URL. */
-typedef struct { char scheme[16]; char host[256]; char shown[1024]; } UrlParts;
+/* scheme (lower-case), host (brackets removed), port (the scheme's default when the URL gives none;
+ * 0 for a scheme without one) and a printable form (no credentials, no query) of a URL: scheme, host
+ * and port make the URL's origin, which a credential is given for. */
+typedef struct { char scheme[16]; char host[256]; long port; char shown[1024]; } UrlParts;
+
+static void lower_ascii(char *s) {
+  for (; *s; s++) *s = (char)(*s >= 'A' && *s <= 'Z' ? *s + 32 : *s);
+}
+
+static long default_port(const char *scheme) {
+  return strcmp(scheme, "https") == 0 ? 443 : strcmp(scheme, "http") == 0 ? 80 : 0;
+}
 
 static int url_parts(const char *url, UrlParts *p) {
   memset(p, 0, sizeof *p);
@@ -219,13 +231,14 @@ static int url_parts(const char *url, UrlParts *p) {
     curl_url_get(u, CURLUPART_PORT, &port, 0);
     curl_url_get(u, CURLUPART_PATH, &path, 0);
     snprintf(p->scheme, sizeof p->scheme, "%s", scheme);
-    for (char *c = p->scheme; *c; c++) *c = (char)(*c >= 'A' && *c <= 'Z' ? *c + 32 : *c);
+    lower_ascii(p->scheme);
     const char *h = host;
     size_t n = strlen(h);
     if (n >= 2 && h[0] == '[' && h[n - 1] == ']') { h++; n -= 2; }
     if (n >= sizeof p->host) n = sizeof p->host - 1;
     memcpy(p->host, h, n);
     p->host[n] = '\0';
+    p->port = port ? strtol(port, NULL, 10) : default_port(p->scheme);
     snprintf(p->shown, sizeof p->shown, "%s://%s%s%s%s", p->scheme, host, port ? ":" : "", port ? port : "",
              path ? path : "/");
     rc = 0;
@@ -1131,17 +1144,15 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
 static void finish(Session *s, Transfer *t);
 
 /* Builds the request headers for the current hop: the caller's, the credential only when this
- * hop's host is the credential's host, Range/If-Range when resuming. */
+ * hop's origin (scheme, host and port) is the credential's, Range/If-Range when resuming. */
 static int set_request_headers(Transfer *t) {
   struct curl_slist *list = NULL, *n;
   for (n = t->user_headers; n; n = n->next)
     if (!(list = curl_slist_append(list, n->data))) return -1;
   if (t->auth_header) {
     UrlParts p;
-    const char *want = t->auth_host;
-    size_t wlen = strlen(want);
-    if (wlen >= 2 && want[0] == '[' && want[wlen - 1] == ']') { want++; wlen -= 2; }
-    if (url_parts(t->cur_url, &p) == 0 && strlen(p.host) == wlen && strncasecmp(p.host, want, wlen) == 0)
+    if (url_parts(t->cur_url, &p) == 0 && strcmp(p.scheme, t->auth_scheme) == 0 &&
+        strcasecmp(p.host, t->auth_host) == 0 && p.port == t->auth_port)
       if (!(list = curl_slist_append(list, t->auth_header))) return -1;
   }
   if (t->ranged || t->kept > 0) {
@@ -1887,6 +1898,22 @@ static int session_add(lua_State *L) {
     t->auth_header = opt_string(L, top, "header");
     t->auth_host = opt_string(L, top, "host");
     if (!t->auth_header || !t->auth_host) return luaL_error(L, "option 'auth' needs 'header' and 'host'");
+    size_t n = strlen(t->auth_host);
+    if (n >= 2 && t->auth_host[0] == '[' && t->auth_host[n - 1] == ']') {
+      memmove(t->auth_host, t->auth_host + 1, n - 2);
+      t->auth_host[n - 2] = '\0';
+    }
+    /* Scheme and port not given are the URL's (a scheme given alone: its default port): the
+     * credential is for the origin it is first sent to. A URL that does not parse gives none (and
+     * is refused by the policy). */
+    UrlParts u;
+    if (url_parts(t->url, &u) != 0) memset(&u, 0, sizeof u);
+    const char *scheme = opt_borrowed(L, top, "scheme");
+    snprintf(t->auth_scheme, sizeof t->auth_scheme, "%s", scheme ? scheme : u.scheme);
+    lower_ascii(t->auth_scheme);
+    lua_Integer port = opt_integer(L, top, "port", 0);
+    luaL_argcheck(L, port >= 0 && port <= 65535, 2, "option 'auth': port must be 1 to 65535");
+    t->auth_port = port > 0 ? (long)port : scheme ? default_port(t->auth_scheme) : u.port;
   }
   lua_pop(L, 1);
   t->cur_url = strdup(t->url);

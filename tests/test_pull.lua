@@ -217,6 +217,37 @@ test("a redirect to another host does not carry the Hub token", function()
   t.eq(second.headers.authorization, nil, "the other host gets no token")
 end)
 
+test("a redirect to the Hub's host on another port, or to plain http://, does not carry the Hub token", function()
+  local fx, other = servers.fixture(), servers.other_fixture()
+  local data = t.bytes(200000, 17)
+  -- The same host name (127.0.0.1) at two other origins: the other fixture server's https port,
+  -- and this one's plain http port.
+  local cases = {
+    { name = "port", server = other, target = other.put("moved-port.bin", data), scheme = "https", port = other.port },
+    { name = "http", server = fx, target = fx.http_url .. "/f/moved-http.bin", scheme = "http", port = fx.http_port },
+  }
+  fx.put("moved-http.bin", data)
+  for _, c in ipairs(cases) do
+    local id = "moved-" .. c.name
+    local path = "^/f/" .. id:gsub("%p", "%%%0")
+    fx.put(id .. ".gguf", "GGUF")
+    fx.script(id .. ".gguf", { { status = 302, redirect = c.target } })
+    fx.clear_log()
+    other.clear_log()
+    local store = store_dir("redirect-" .. c.name)
+    t.status(pull(store, { fx.url .. "/f/" .. id .. ".gguf", "--framework", "other", "-q" },
+      { env = { HF_ENDPOINT = fx.url, HF_TOKEN = "hf_secret_token_123" } }), 0, c.name .. ": pull")
+    t.eq(fx.requests(path .. "%.gguf$")[1].headers.authorization, "Bearer hf_secret_token_123",
+      c.name .. ": the Hub's origin gets the token")
+    local second = c.server.requests(path .. "%.bin$")[1]
+    t.ok(second, c.name .. ": the redirect was followed")
+    t.eq(second.host, "127.0.0.1:" .. c.port, c.name .. ": the same host name, on another port")
+    t.eq(second.scheme, c.scheme, c.name .. ": the scheme")
+    t.eq(second.headers.authorization, nil, c.name .. ": the other origin gets no token")
+    t.eq(t.sha256_file(installed(store, "other", id, id .. ".gguf")), t.sha256(data), c.name .. ": the redirected bytes")
+  end
+end)
+
 test("plain http:// to a non-loopback host is refused with 2 before any connection", function()
   local store = store_dir("policy")
   local r = t.status(pull(store, { "http://example.invalid/model.gguf", "-q" }), 2, "pull")

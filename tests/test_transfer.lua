@@ -526,6 +526,30 @@ test("the credential goes to its host only: dropped on a redirect to the other h
   t.match(c.host, "^localhost:", "the other host")
 end)
 
+test("the credential goes to its origin only: dropped on a redirect to its host on another port or scheme", function()
+  local fx, other = servers.fixture(), servers.other_fixture()
+  local data = t.bytes(70000, 24)
+  -- https://127.0.0.1:P (the credential's) -> http://127.0.0.1:P2 -> https://127.0.0.1:Q (another server)
+  local url = fx.put("origin-a.bin", "first")
+  fx.put("origin-b.bin", "second")
+  local last = other.put("origin-c.bin", data)
+  fx.script("origin-a.bin", { { redirect = fx.http_url .. "/f/origin-b.bin", status = 302 } })
+  fx.script("origin-b.bin", { { redirect = last, status = 307 } })
+  fx.clear_log()
+  other.clear_log()
+  local r = fetch { url = url, partial = t.tmpdir("origin") .. "/c.bin",
+    auth = { header = "Authorization: Bearer hf_secret", scheme = "https", host = "127.0.0.1", port = fx.port } }
+  t.eq(r.ok, true, "ok")
+  t.eq(r.sha256, t.sha256(data), "the redirected content")
+  t.eq(r.effective_url, last, "effective url")
+  local a, b, c = fx.requests("^/f/origin%-a")[1], fx.requests("^/f/origin%-b")[1], other.requests("^/f/origin%-c")[1]
+  t.eq(a.headers.authorization, "Bearer hf_secret", "its origin got it")
+  t.eq(b.scheme .. " " .. b.host, "http 127.0.0.1:" .. fx.http_port, "the second hop: plain http, another port")
+  t.eq(b.headers.authorization, nil, "plain http:// to the same host did not")
+  t.eq(c.scheme .. " " .. c.host, "https 127.0.0.1:" .. other.port, "the third hop: https, another port")
+  t.eq(c.headers.authorization, nil, "the same host on another port did not")
+end)
+
 test("too many redirects is final", function()
   local fx = servers.fixture()
   local url = fx.put("loop.bin", "x")

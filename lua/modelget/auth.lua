@@ -1,6 +1,7 @@
--- Credentials per host: the Hub's token as "Authorization: Bearer", only to the Hub's host; a Kaggle key
--- as Basic, only to kaggle.com. The engine drops the header on a redirect to any other host. No message
--- here ever holds a credential: they name the variable or file to set, never its content.
+-- Credentials per origin: the Hub's token as "Authorization: Bearer", only to the Hub endpoint's scheme,
+-- host and port; a Kaggle key as Basic, only to kaggle.com over https. The engine drops the header on a
+-- redirect to any other origin (another host, port or scheme). No message here ever holds a credential:
+-- they name the variable or file to set, never its content.
 local util = require "modelget.util"
 local hub = require "modelget.hub"
 
@@ -78,28 +79,32 @@ end
 function auth.service(url, env)
   local u = util.parse_url(url)
   if not u then return nil end
-  local hub_host, hub_port = hub.host(env)
-  if u.host == hub_host and (u.port or (u.scheme == "http" and 80 or 443)) == hub_port then return "hf", u end
+  local scheme, host, port = util.origin(u)
+  local hub_host, hub_port, hub_scheme = hub.host(env)
+  if host == hub_host and port == hub_port and scheme == hub_scheme then return "hf", u end
   if u.scheme == "https" and is_kaggle(u.host) then return "kaggle", u end
   return nil, u
 end
 
--- The credential to send with a request to url: {header=, host=, port=} (the engine sends it only while
--- the request stays on that host), or nil when none applies or none is set.
+-- The credential to send with a request to url: {header=, scheme=, host=, port=} (the engine sends it
+-- only while the request stays on that origin: a redirect to another host, port or scheme drops it),
+-- or nil when none applies or none is set.
 function auth.for_url(url, env)
   local service, u = auth.service(url, env)
+  local header
   if service == "hf" then
     local token = auth.hf_token(env)
     if not token then return nil end
-    local host, port = hub.host(env)
-    return { header = "Authorization: Bearer " .. token, host = host, port = port, service = "hf" }
+    header = "Authorization: Bearer " .. token
   elseif service == "kaggle" then
     local user, key = auth.kaggle_key(env)
     if not user then return nil end
-    return { header = "Authorization: Basic " .. base64(user .. ":" .. key), host = u.host,
-             port = u.port or 443, service = "kaggle" }
+    header = "Authorization: Basic " .. base64(user .. ":" .. key)
+  else
+    return nil
   end
-  return nil
+  local scheme, host, port = util.origin(u)
+  return { header = header, scheme = scheme, host = host, port = port, service = service }
 end
 
 -- How to provide the credential a service needs, for messages.

@@ -392,7 +392,7 @@ end
 -- Fetches one file through its URLs in order, each tried `retries` times; over several connections
 -- when the scheduler has `connections` > 1 and the server allows it (see fetch_split).
 -- spec: {id=, file=, urls={…}, partial=path | memory=bytes, head=, size=, space_factor=, space_path=,
---        auth_for=function(url) -> {header=, host=}|nil}
+--        auth_for=function(url) -> {header=, scheme=, host=, port=}|nil (auth.for_url)}
 -- Returns the engine's result table (ok) or nil, message, code.
 -- With connections > 1 the session has jobs × connections transfer places; `jobs` files at most
 -- download at once all the same (a split file's segments share its place), so many small files are

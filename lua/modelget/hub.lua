@@ -29,11 +29,12 @@ function hub.rewrite(url, env)
   return url
 end
 
--- The host (lower-case, no port) and port of the Hub endpoint: credentials go there only.
+-- The host (lower-case, no port), port and scheme of the Hub endpoint: credentials go there only.
 function hub.host(env)
   local u = util.parse_url(hub.endpoint(env))
   if not u then return nil end
-  return u.host, u.port or (u.scheme == "http" and 80 or 443)
+  local scheme, host, port = util.origin(u)
+  return host, port, scheme
 end
 
 local function encode_segment(s)

@@ -51,6 +51,12 @@ function parse_url(url)
            path = path ~= "" and path or "/" }
 end
 
+-- The origin a credential is given for (as curl has it): a parsed URL's scheme, host and port, the
+-- scheme's default port filled in.
+function util.origin(u)
+  return u.scheme, u.host, u.port or (u.scheme == "http" and 80 or 443)
+end
+
 function util.is_loopback(host)
   host = host and host:lower()
   return host == "localhost" or host == "::1" or (host ~= nil and host:match("^127%.%d+%.%d+%.%d+$") ~= nil)
