@@ -257,11 +257,31 @@ static int is_loopback(const char *host) {
   return 0;
 }
 
+/* A URL that does not parse, shown: no user:password@ part, no query or fragment, control
+ * characters as '?', at most 200 bytes. */
+static void show_raw(const char *url, char *out, size_t outsz) {
+  const char *sep = strstr(url, "://");
+  size_t n = 0;
+  if (sep) {
+    const char *auth = sep + 3, *end = auth + strcspn(auth, "/?#"), *at = NULL;
+    for (const char *c = auth; c < end; c++) if (*c == '@') at = c;
+    if (at) { /* scheme://, then what follows the credentials */
+      for (const char *c = url; c < auth && n + 1 < outsz; c++) out[n++] = *c;
+      url = at + 1;
+    }
+  }
+  for (const char *c = url; *c && *c != '?' && *c != '#' && n + 1 < outsz && n < 200; c++)
+    out[n++] = (unsigned char)*c < 0x20 || *c == 0x7f ? '?' : *c;
+  out[n] = '\0';
+}
+
 /* 0 when the policy allows url; else fills why (naming the URL without credentials). */
 static int policy_refuses(const char *url, char *why, size_t whysz) {
   UrlParts p;
   if (url_parts(url, &p) != 0) {
-    snprintf(why, whysz, "refused a malformed URL");
+    char shown[256];
+    show_raw(url, shown, sizeof shown);
+    snprintf(why, whysz, "refused %s: not an https:// URL with a host", shown);
     return 1;
   }
   if (strcmp(p.scheme, "https") == 0) return 0;
@@ -1310,7 +1330,8 @@ static int follow(Session *s, Transfer *t) {
   }
   char why[1200];
   if (policy_refuses(loc, why, sizeof why)) {
-    fail(t, "EPOLICY", 0, "redirect %s", why);
+    UrlParts from;
+    fail(t, "EPOLICY", 0, "redirect from %s %s", url_parts(t->cur_url, &from) == 0 ? from.shown : "?", why);
     return 0;
   }
   char *next = strdup(loc);

@@ -494,15 +494,22 @@ test("plain http:// is allowed to exactly the loopback hosts", function()
   end
 end)
 
-test("a redirect to plain http:// off loopback is refused, credentials never shown", function()
+test("a redirect the policy refuses: EPOLICY naming where from and where to, credentials and query never shown", function()
   local fx = servers.fixture()
-  local url = fx.put("hop.bin", "x")
-  fx.script("hop.bin", { { redirect = "http://user:pw@example.com/next?sig=secret" } })
-  local r = fetch { url = url, memory = 100 }
-  t.eq(r.code, "EPOLICY", "code")
-  t.match(r.message, "http://example%.com/next", "names the refused URL")
-  t.nomatch(r.message, "pw", "no password")
-  t.nomatch(r.message, "secret", "no query")
+  local cases = {
+    { "hop.bin", "http://user:pw@example.com/next?sig=secret",
+      "refused http://example%.com/next: plain http:// is allowed only to loopback hosts" },
+    { "hop-file.bin", "file://user:pw@/etc/passwd?sig=secret", "refused file:///etc/passwd: not an https:// URL with a host$" },
+  }
+  for _, c in ipairs(cases) do
+    local url = fx.put(c[1], "x")
+    fx.script(c[1], { { redirect = c[2] } })
+    local r = fetch { url = url, memory = 100 }
+    t.eq(r.code, "EPOLICY", "code for " .. c[2])
+    t.match(r.message, "^redirect from " .. url:gsub("%p", "%%%0") .. " " .. c[3], "names both ends: " .. c[2])
+    t.nomatch(r.message, "pw", "no password")
+    t.nomatch(r.message, "secret", "no query")
+  end
 end)
 
 test("the credential goes to its host only: dropped on a redirect to the other host name", function()
