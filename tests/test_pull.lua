@@ -184,6 +184,31 @@ test("a wrong SHA-256: exit 4, nothing installed, the partial removed", function
   end
 end)
 
+test("a URL that serves other bytes than the SHA-256 stated: the alternative URLs are tried, the right file installed", function()
+  local ng = servers.nginx()
+  local good = t.bytes(300000, 43)
+  local stale = ng.put("mirrors/a/m.bin", t.bytes(300000, 44))
+  local broken = ng.put("mirrors/b/m.bin", t.bytes(1000, 45))
+  local right = ng.put("mirrors/c/m.bin", good)
+  local store = store_dir("mirrors")
+  local r = t.status(pull(store, { stale, "--framework", "other", "--sha256", t.sha256(good), "--alt", broken,
+    "--alt", right, "--json" }), 0, "pull")
+  t.eq(t.sha256_file(installed(store, "other", "m", "m.bin")), t.sha256(good), "the right bytes installed")
+  local from = {}
+  for _, ev in ipairs(events(r.stdout)) do
+    if ev.event == "fallback" then from[#from + 1] = ev.from .. " " .. ev.reason end
+  end
+  t.eq(#from, 2, "two fallbacks: " .. table.concat(from, "; "))
+  t.match(from[1], "^" .. stale:gsub("%p", "%%%0") .. " verification failed for m%.bin: SHA%-256", "the stale one's hash")
+  t.match(from[2], "^" .. broken:gsub("%p", "%%%0") .. " verification failed for m%.bin: SHA%-256", "the broken one's")
+  -- Every URL serving bad bytes: exit 4, nothing installed, nothing kept.
+  store = store_dir("mirrors-bad")
+  r = t.status(pull(store, { stale, "--framework", "other", "--sha256", t.sha256(good), "--alt", broken, "-q" }), 4, "all bad")
+  t.match(r.stderr, "verification failed for m%.bin", "says so")
+  no_model(store, "other", "m")
+  for _, f in ipairs(t.tree(store .. "/partial")) do t.nomatch(f, "%.part$", "no partial left: " .. f) end
+end)
+
 test("429 with Retry-After is honoured", function()
   local fx = servers.fixture()
   local data = t.bytes(100000, 10)

@@ -299,20 +299,28 @@ function pull.run(sched, entry, ctx)
     emit { event = "start", id = entry.id, framework = entry.framework, files = #files,
            url = files[1].urls[1], total = entry.size }
 
-    local jobs = {}
-    for i, f in ipairs(files) do
-      jobs[i] = function()
-        return sched:fetch {
-          id = entry.id, file = f.path, urls = f.urls, partial = partial_path(pdir, f.path), size = f.size,
-          sha256 = f.sha256 or f.listed_sha256, -- to be checked after: a complete split needs no HEAD
-          space_factor = f.archive and 2 or 1, space_path = pdir,
-          fresh = not earlier, -- a partial folder this pull made holds no plan or state of an earlier one
-          fsync = false, -- made durable with the rest of the model at its install, off the event loop
-          auth_for = fctx.auth_for, auth_hint = fctx.auth_hint,
-        }
-      end
+    -- One file's download from urls (its own, or those left after one served bad bytes).
+    local function fetch(f, urls)
+      return sched:fetch {
+        id = entry.id, file = f.path, urls = urls, partial = partial_path(pdir, f.path), size = f.size,
+        sha256 = f.sha256 or f.listed_sha256, -- to be checked after: a complete split needs no HEAD
+        space_factor = f.archive and 2 or 1, space_path = pdir,
+        fresh = not earlier, -- a partial folder this pull made holds no plan or state of an earlier one
+        fsync = false, -- made durable with the rest of the model at its install, off the event loop
+        auth_for = fctx.auth_for, auth_hint = fctx.auth_hint,
+      }
     end
+    local jobs = {}
+    for i, f in ipairs(files) do jobs[i] = function() return fetch(f, f.urls) end end
     local results = sched:all(jobs)
+
+    -- The URLs of a file after the one that served it (none when that is unknown or the last).
+    local function after(urls, served)
+      for k, u in ipairs(urls) do
+        if u == served then return { table.unpack(urls, k + 1) } end
+      end
+      return {}
+    end
 
     -- Every file verified before anything is assembled.
     local fetched = {}
@@ -344,6 +352,18 @@ function pull.run(sched, entry, ctx)
         end
       else
         local vok, verr, vcode = verify_file(f, r, emit, entry.id)
+        -- Bytes that are not the file stated: the bad download goes, and the next URL is tried
+        -- (a stale or broken mirror), until one serves the file or none is left.
+        local left = after(f.urls, r.url)
+        while not vok and (vcode == "EHASH" or vcode == "ESIZE") and #left > 0 do
+          remove_partial(partial_path(pdir, f.path))
+          emit { event = "fallback", id = entry.id, file = f.path, from = r.url, to = left[1], reason = verr }
+          local again, aerr, acode = fetch(f, left)
+          if not again then return nil, aerr, acode end
+          r = again
+          vok, verr, vcode = verify_file(f, r, emit, entry.id)
+          left = after(left, r.url)
+        end
         if not vok then
           remove_partial(partial_path(pdir, f.path))
           return nil, verr, vcode
