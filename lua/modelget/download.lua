@@ -305,7 +305,8 @@ function Scheduler:progress_tick()
   end
 end
 
--- Drives every task to its end.
+-- Drives every task to its end. self.on_tick(self), when set, runs at each progress tick and once
+-- at the end (the facade's hook: stop requests from other processes).
 function Scheduler:run()
   local last_tick = 0
   while self.tasks > 0 do
@@ -344,8 +345,10 @@ function Scheduler:run()
     if now - last_tick >= TICK then
       last_tick = now
       self:progress_tick()
+      if self.on_tick then self.on_tick(self) end
     end
   end
+  if self.on_tick then self.on_tick(self) end -- what the last tasks' ends changed is said too
 end
 
 -- The download manager's controls, for every transfer of one model id (any task may call them,
@@ -446,6 +449,8 @@ function Scheduler:fetch_whole(spec)
         reason = last and last.message }
     end
     for attempt = 1, retries do
+      -- A cancel may come while the previous attempt waited out its backoff.
+      if self.cancelled[spec.id] then return cancelled(spec) end
       local r = self:transfer({
         url = url, partial = spec.partial, memory = spec.memory, head = spec.head, fsync = spec.fsync,
         range = spec.range, whole_size = spec.whole_size, validator = spec.validator,
@@ -467,9 +472,7 @@ function Scheduler:fetch_whole(spec)
       if self:interrupted() then
         return util.fail("EINTR", "interrupted")
       end
-      if self.cancelled[spec.id] then
-        return util.fail("ECANCEL", "%s: cancelled; partial data kept, pull again to resume", spec.id or spec.file)
-      end
+      if self.cancelled[spec.id] then return cancelled(spec) end
       last = r
       if r.code == "EAUTH" then saw_auth = r end
       if r.code == "EPOLICY" then refused = refused + 1 end
