@@ -120,3 +120,42 @@ test("stop ID stops a pull running elsewhere: exit 130 there, partial data kept;
   t.eq(registrations(), 0, "the dead registration removed, its half-written successor too")
   os.execute("kill " .. other)
 end)
+
+test("stop ID of one of several models a pull is downloading stops only that one; the others complete", function()
+  local fx = servers.fixture()
+  local data, urls = {}, {}
+  for i = 1, 3 do
+    data[i] = t.bytes(2 * 1024 * 1024, 70 + i)
+    urls[i] = fx.put("m" .. i .. ".bin", data[i])
+  end
+  local store = t.tmpdir("store-stop-one")
+  local bg = t.spawn { "pull", urls[1], urls[2], urls[3], "--store", store, "--cacert", servers.ca().cert,
+                       "--framework", "other", "-q", "--limit-rate", "1M" }
+  local partial = store .. "/partial/other--m2/m2.bin.part"
+  t.ok(t.wait(function() local st = core.stat(partial); return st and st.size > 100000 end, 20), "under way")
+
+  local r = t.status(t.modelget { "stop", "m2", "--store", store }, 0, "stop m2")
+  t.match(r.stdout, "^stopped m2 %(pid " .. bg.pid .. "%): its partial data is kept", "says it stopped m2 only")
+  t.nomatch(r.stdout, "%f[%w]m[13]%f[%W]", "and not the others")
+  local now = status(store).stdout
+  t.match(now, "m2%s+other%s+stopped", "status: m2 stopped")
+  t.match(now, "m1%s+other%s+downloading %(pid " .. bg.pid .. "%)", "m1 still downloading")
+  t.match(now, "m3%s+other%s+downloading %(pid " .. bg.pid .. "%)", "m3 still downloading")
+
+  t.eq(t.wait(bg.status, 30), 130, "the pull ends as interrupted: one of its models was")
+  for _, i in ipairs { 1, 3 } do
+    t.eq(t.sha256_file(store .. "/models/other/m" .. i .. "/m" .. i .. ".bin"), t.sha256(data[i]), "m" .. i .. " installed")
+  end
+  t.ok(not t.exists(store .. "/models/other/m2"), "m2 not installed")
+  local kept = core.stat(partial)
+  t.ok(kept and kept.size > 0 and kept.size < #data[2], "m2's partial data kept")
+  local err = t.read(bg.stderr)
+  t.match(err, "modelget: m2: stopped by modelget stop: [%d.]+ [KM]B of partial data kept", "the pull says m2 was stopped")
+  t.nomatch(err, "%f[%w]m[13]%f[%W]", "and nothing went wrong with the others")
+
+  fx.clear_log()
+  t.status(t.modelget { "pull", urls[2], "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q" },
+    0, "the same pull of m2 resumes")
+  t.eq(t.sha256_file(store .. "/models/other/m2/m2.bin"), t.sha256(data[2]), "m2's bytes")
+  t.match(fx.requests("/f/m2.bin")[1].headers.range or "", "^bytes=[1-9]%d*%-$", "resumed where it stopped, with Range")
+end)

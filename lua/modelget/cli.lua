@@ -731,9 +731,14 @@ command("stop", {
     for _, p in ipairs(stopped) do
       local ids = table.concat(type(p.ids) == "table" and p.ids or {}, " ")
       if ctx.json then
-        json_line({ event = "stopped", pid = p.pid, ids = p.ids, ended = p.ended })
+        json_line({ event = "stopped", pid = p.pid, ids = p.ids, ended = p.ended, finished = p.finished })
       elseif p.ended then
-        printf("stopped %s (pid %d): its partial data is kept; the same pull again resumes it", ids, p.pid)
+        if #p.ids > 0 then
+          printf("stopped %s (pid %d): its partial data is kept; the same pull again resumes it", ids, p.pid)
+        end
+        if p.finished then
+          printf("%s (pid %d) had ended before the stop reached it", table.concat(p.finished, " "), p.pid)
+        end
       end
       if not p.ended then
         status = ctx:fail(string.format("pid %d (%s) was asked to stop and has not ended yet", p.pid, ids), "EIO",

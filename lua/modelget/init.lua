@@ -56,6 +56,15 @@ function modelget.scheduler(opts)
     retries = opts.retries,
     retry_wait = opts.retry_wait, stall_timeout = opts.stall_timeout, emit = emit,
   }
+  -- Stop requests from other processes (modelget stop of some of the ids this process registered
+  -- as pulling): looked for at each tick; those pulls are cancelled, their partial data kept.
+  local root = store.root(opts)
+  sched.on_tick = function(self)
+    local reg = store.registration(root)
+    if not reg then return end
+    for _, id in ipairs(reg.requested()) do self:cancel(id) end
+    reg.flush()
+  end
   local catalog
   function sched.pull(self, target, popts)
     if type(target) ~= "string" then error("bad argument #1 to 'pull': expected an id or URL", 2) end
@@ -73,6 +82,19 @@ function modelget.scheduler(opts)
     local result
     if entry then
       result, err, code = pull.run(self, entry, { root = store.root(merged), opts = merged, emit = emit })
+    end
+    local reg = store.registration(store.root(merged))
+    if reg then
+      local id = entry and entry.id or modelget.target_id(target, merged)
+      local stopped = code == "ECANCEL" and reg.asked(id)
+      if stopped then
+        -- Stopped from another process: for this pull, as if by Ctrl-C (exit 130 on the command line).
+        local kept = entry and store.partial(store.root(merged), entry.framework, entry.id)
+        err, code = kept and string.format("%s: stopped by modelget stop: %s of partial data kept in %s; "
+          .. "run the same pull again to resume", id, util.human(kept.bytes), kept.path)
+          or string.format("%s: stopped by modelget stop before any data arrived", id), "EINTR"
+      end
+      reg.ended(id, stopped)
     end
     if result then
       emit { event = "done", id = result.id, path = result.path, sha256 = result.sha256, bytes = result.bytes,
@@ -123,37 +145,80 @@ function modelget.running(opts)
   return store.running_pulls(store.root(options(opts)))
 end
 
--- Stops the pulls of ids (all of them when ids is nil or empty) running in other processes: each
--- gets SIGTERM, which it takes as Ctrl-C (partial data kept, exit 130), and is waited for (up to
--- opts.wait seconds, default 10). -> {{pid=, ids=, ended=bool}…} | nil, err, code (an id that no
--- pull is running: EUNKNOWN, nothing stopped).
+-- Stops the pulls of ids (all of them when ids is nil or empty) running in other processes. A
+-- process asked to stop everything it is still pulling gets SIGTERM, which it takes as Ctrl-C
+-- (partial data kept, exit 130). One asked to stop some of its ids only is sent a stop request
+-- (store.request_stop): it cancels those pulls as Ctrl-C would, their partial data kept, and goes
+-- on with the others. Each is waited for (up to opts.wait seconds, default 10): the process to end,
+-- or the ids to end in it. -> {{pid=, ids=, ended=bool, finished={…}|nil}…}: ids, those stopped;
+-- finished, those named that ended otherwise before the request reached them (installed, or
+-- failed). An id that no pull is running: nil, err, "EUNKNOWN", nothing stopped.
 function modelget.stop(ids, opts)
   if ids ~= nil and type(ids) ~= "table" then error("bad argument #1 to 'stop': expected a list of ids or nil", 2) end
   opts = options(opts)
   local root = store.root(opts)
-  local running, chosen, found = store.running_pulls(root), {}, {}
-  for _, p in ipairs(running) do
-    local hit = not ids or #ids == 0
+  local every = not ids or #ids == 0
+  local chosen, found = {}, {}
+  for _, p in ipairs(store.running_pulls(root)) do
+    local named, pulling, whole = {}, {}, every
+    for _, id in ipairs(p.ids) do pulling[id] = true end
     for _, id in ipairs(ids or {}) do
-      for _, pid_id in ipairs(type(p.ids) == "table" and p.ids or {}) do
-        if pid_id == id then hit, found[id] = true, true end
+      if pulling[id] then
+        if found[id] ~= p then named[#named + 1] = id end
+        found[id] = p
       end
     end
-    if hit and p.pid ~= core.getpid() then chosen[#chosen + 1] = p end
+    if #named > 0 then
+      whole = true -- unless it pulls an id not named
+      for _, id in ipairs(p.ids) do
+        local hit = false
+        for _, n in ipairs(named) do hit = hit or n == id end
+        whole = whole and hit
+      end
+    end
+    if (whole or #named > 0) and p.pid ~= core.getpid() then
+      chosen[#chosen + 1] = { pid = p.pid, ids = whole and p.ids or named, whole = whole }
+    end
   end
   for _, id in ipairs(ids or {}) do
     if not found[id] then return util.fail("EUNKNOWN", "no pull of '%s' is running: see 'modelget status'", id) end
   end
   for _, p in ipairs(chosen) do
-    local ok, err, code = core.terminate(p.pid)
+    local ok, err, code
+    if p.whole then
+      ok, err, code = core.terminate(p.pid)
+    else
+      ok, err, code = store.request_stop(root, p.pid, p.ids)
+    end
     if ok == nil then return nil, err, code end -- false: it ended meanwhile
   end
   local deadline = core.now() + (opts.wait or 10)
   for _, p in ipairs(chosen) do
+    local seen -- the last state of a process asked to stop some ids: how each of them ended
     repeat
-      p.ended = store.pull_ended(root, p.pid)
+      if p.whole then
+        p.ended = store.pull_ended(root, p.pid)
+      else
+        local state = store.pull_state(root, p.pid) -- nil once the process has ended
+        seen = state or seen
+        p.ended = true
+        for _, id in ipairs(state and state.ids or {}) do
+          for _, named in ipairs(p.ids) do p.ended = p.ended and id ~= named end
+        end
+      end
       if not p.ended then core.sleep(0.05) end
     until p.ended or core.now() > deadline
+    if p.ended and seen then
+      -- Stopped, unless that process said the pull ended otherwise; one still listed when the
+      -- process ended was stopped with it.
+      local was_stopped = {}
+      for _, id in ipairs(seen.ids) do was_stopped[id] = true end
+      for _, id in ipairs(seen.stopped) do was_stopped[id] = true end
+      local stopped, finished = {}, {}
+      for _, id in ipairs(p.ids) do table.insert(was_stopped[id] and stopped or finished, id) end
+      p.ids, p.finished = stopped, #finished > 0 and finished or nil
+    end
+    p.whole = nil
   end
   return chosen
 end

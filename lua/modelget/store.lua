@@ -56,12 +56,37 @@ function store.lock(root, id, wait)
 end
 
 -- Pull processes (the command line's): partial/.pull-<pid>, locked for the process's life, and
--- partial/.pull-<pid>.json, {"pid":, "ids": [...], "started":, "log":}. A file whose lock can be had
--- belongs to a process that is gone (killed): it is removed, and never taken for a live one (a pid
--- is reused; a lock is not).
+-- partial/.pull-<pid>.json, {"pid":, "ids": [...], "started":, "log":, "stopped": [...]}: ids are
+-- those it is still pulling (each goes when its pull ends), stopped those of them a stop request
+-- ended. A file whose lock can be had belongs to a process that is gone (killed): it is removed, and
+-- never taken for a live one (a pid is reused; a lock is not).
+-- partial/.pull-<pid>.stop, {"ids": [...]}: ids other processes asked it to stop (modelget stop of
+-- some of its ids); only stoppers write it, each adding its ids under a lock, whole (temp + rename).
 local function running_dir(root) return root .. "/partial" end
 
--- Registers this process as pulling ids; a handle whose close() unregisters, or nil, err, code.
+-- Writes a small file whole as tmp and renames it to path (a reader never sees half of it); not
+-- synced: these files only live as long as the process does.
+local function replace(path, tmp, text)
+  local f, err = io.open(tmp, "w")
+  local ok = f and f:write(text)
+  ok = f and f:close() and ok
+  if ok then ok, err = os.rename(tmp, path) end
+  if not ok then
+    os.remove(tmp)
+    return nil, tostring(err)
+  end
+  return true
+end
+
+local registrations = {} -- root -> this process's registration there
+
+-- Registers this process as pulling ids; a handle, or nil, err, code. The handle:
+--   close()             unregisters
+--   requested() -> ids  the ids other processes asked to stop since the last call (of those it pulls)
+--   asked(id) -> bool   whether a stop of id was asked
+--   ended(id, stopped)  the pull of id ended (stopped: by a stop request); said at the next flush,
+--                       at once for an id asked to stop (a stop is waiting for it)
+--   flush()             rewrites the registration when ids ended since the last
 function store.register_pull(root, ids, log)
   local dir = running_dir(root)
   local ok, err, code = core.mkdirs(dir)
@@ -69,44 +94,126 @@ function store.register_pull(root, ids, log)
   local path = dir .. "/.pull-" .. core.getpid()
   local lock, lerr, lcode = core.lock(path)
   if not lock then return nil, lerr, lcode end
-  -- Written whole and renamed (a reader never sees half of it); not synced: it only lives as long as
-  -- the process does.
-  local text = util.json_encode { pid = core.getpid(), ids = ids, started = os.time(), log = log }
-  local f, ferr = io.open(path .. ".tmp", "w")
-  local wok = f and f:write(text) and f:close() and os.rename(path .. ".tmp", path .. ".json")
+  os.remove(path .. ".stop") -- a request to a process gone that had this pid
+  local doc = { pid = core.getpid(), ids = {}, started = os.time(), log = log, stopped = {} }
+  for i, id in ipairs(ids) do doc.ids[i] = id end
+  local wok, werr = replace(path .. ".json", path .. ".tmp", util.json_encode(doc))
   if not wok then
-    os.remove(path .. ".tmp")
     lock:close()
     os.remove(path)
-    return util.fail("EIO", "cannot register the pull in %s: %s", dir, tostring(ferr))
+    return util.fail("EIO", "cannot register the pull in %s: %s", dir, werr)
   end
-  return { close = function()
+  local asked, dirty, closed = {}, false, false
+  local handle = {}
+  function handle.flush()
+    if not dirty or closed then return end
+    dirty = false
+    replace(path .. ".json", path .. ".tmp", util.json_encode(doc))
+  end
+  function handle.requested()
+    local text = util.read_file(path .. ".stop")
+    if closed or not text then return {} end
+    local req = util.json_decode(text, path .. ".stop")
+    local new, pulling = {}, {}
+    for _, id in ipairs(doc.ids) do pulling[id] = true end
+    for _, id in ipairs(type(req) == "table" and type(req.ids) == "table" and req.ids or {}) do
+      if type(id) == "string" and pulling[id] and not asked[id] then
+        asked[id] = true
+        new[#new + 1] = id
+      end
+    end
+    return new
+  end
+  function handle.asked(id) return asked[id] == true end
+  function handle.ended(id, stopped)
+    local left = {}
+    for _, other in ipairs(doc.ids) do
+      if other ~= id then left[#left + 1] = other end
+    end
+    if #left == #doc.ids then return end
+    doc.ids = left
+    if stopped then doc.stopped[#doc.stopped + 1] = id end
+    dirty = true
+    if asked[id] then handle.flush() end
+  end
+  function handle.close()
+    if closed then return end
+    closed = true
+    if registrations[root] == handle then registrations[root] = nil end
     os.remove(path .. ".json")
+    os.remove(path .. ".stop")
     os.remove(path)
     lock:close()
-  end }
+  end
+  registrations[root] = handle
+  return handle
 end
 
--- The pull processes running now: {{pid=, ids={…}, started=, log=}…}; entries of dead ones removed.
+-- This process's registration in the store at root (store.register_pull's handle), or nil.
+function store.registration(root) return registrations[root] end
+
+local function live(path)
+  local lock, _, code = core.lock(path, nil, "shared")
+  if lock then lock:close() end
+  return code == "EBUSY", lock ~= nil
+end
+
+-- A live pull process's registration: {pid=, ids=, started=, log=, stopped=}, or nil once it ended.
+function store.pull_state(root, pid)
+  local path = running_dir(root) .. "/.pull-" .. pid
+  if not live(path) then return nil end
+  local doc = util.json_decode(util.read_file(path .. ".json") or "", path .. ".json")
+  if type(doc) ~= "table" or math.tointeger(doc.pid) ~= math.tointeger(pid) then return nil end
+  doc.pid = math.tointeger(doc.pid)
+  if type(doc.ids) ~= "table" then doc.ids = {} end
+  if type(doc.stopped) ~= "table" then doc.stopped = {} end
+  return doc
+end
+
+-- Asks the pull process pid to stop the pulls of ids (the others go on): adds them to its request
+-- file. Stoppers at once each add theirs: one at a time, under a lock. true, or nil, err, code.
+function store.request_stop(root, pid, ids)
+  local path = running_dir(root) .. "/.pull-" .. pid .. ".stop"
+  local lock, err, code = store.lock(root, ".pull-" .. pid .. ".stop", 5)
+  if not lock then return nil, err, code end
+  local req = util.json_decode(util.read_file(path) or "", path)
+  local all, seen = {}, {}
+  for _, id in ipairs(type(req) == "table" and type(req.ids) == "table" and req.ids or {}) do
+    if type(id) == "string" and not seen[id] then all[#all + 1], seen[id] = id, true end
+  end
+  for _, id in ipairs(ids) do
+    if not seen[id] then all[#all + 1], seen[id] = id, true end
+  end
+  local ok, werr = replace(path, path .. ".tmp", util.json_encode { ids = all })
+  lock:close()
+  if not ok then return util.fail("EIO", "cannot ask pid %d to stop: %s", pid, werr) end
+  return true
+end
+
+-- The pull processes running now: {{pid=, ids={…}, started=, log=, stopped={…}}…}; entries of dead
+-- ones removed.
 function store.running_pulls(root)
   local dir, out = running_dir(root), {}
-  for _, name in ipairs(core.listdir(dir) or {}) do
+  local names = core.listdir(dir) or {}
+  local present = {}
+  for _, name in ipairs(names) do present[name] = true end
+  for _, name in ipairs(names) do
     local pid = name:match("^%.pull%-(%d+)$")
+    -- A stop request left for a process that had already gone (its registration removed meanwhile).
+    local orphan = name:match("^(%.pull%-%d+)%.stop$") or name:match("^(%.pull%-%d+)%.stop%.tmp$")
+    if orphan and not present[orphan] then os.remove(dir .. "/" .. name) end
     if pid then
       local path = dir .. "/" .. name
       -- Live only while its pull holds it exclusively (a probe is shared: probes never see each other).
-      local lock, _, code = core.lock(path, nil, "shared")
-      if lock then -- nobody holds it: that process is gone (killed while registering, perhaps)
+      local alive, gone = live(path)
+      if gone then -- nobody holds it: that process is gone (killed while registering, perhaps)
         os.remove(path .. ".json")
         os.remove(path .. ".tmp")
+        os.remove(path .. ".stop")
+        os.remove(path .. ".stop.tmp")
         os.remove(path)
-        lock:close()
-      elseif code == "EBUSY" then
-        local doc = util.json_decode(util.read_file(path .. ".json") or "", path .. ".json")
-        if type(doc) == "table" and math.tointeger(doc.pid) == math.tointeger(tonumber(pid)) then
-          doc.pid = math.tointeger(doc.pid)
-          out[#out + 1] = doc
-        end
+      elseif alive then
+        out[#out + 1] = store.pull_state(root, tonumber(pid))
       end
     end
   end
