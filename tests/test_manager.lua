@@ -53,3 +53,23 @@ test("pause holds a model's download, resume completes it, cancel keeps its part
   t.eq(t.sha256_file(r.path .. "/cancelled.bin"), t.sha256(b_data), "bytes after resume")
   t.match(fx.requests("/f/cancelled.bin")[1].headers.range or "", "^bytes=%d+%-$", "resumed with Range")
 end)
+
+test("options of the wrong kind are misuse: an error naming the option, nothing done", function()
+  local store = t.tmpdir("store-bad-options")
+  local cases = {
+    { { store = 5 }, "bad option 'store': expected a string, got number" },
+    { { store = store, jobs = "many" }, "bad option 'jobs': expected an integer, got string" },
+    { { store = store, sha256 = true }, "bad option 'sha256': expected a string, got boolean" },
+    { { store = store, alt = { 1 } }, "bad option 'alt': expected a string or a list of strings, got table" },
+    { { store = store, on_event = "print" }, "bad option 'on_event': expected a function, got string" },
+  }
+  for _, c in ipairs(cases) do
+    local ok, err = pcall(modelget.pull, "https://127.0.0.1:1/x.bin", c[1])
+    t.eq(ok, false, "raised: " .. c[2])
+    t.match(err, c[2]:gsub("%p", "%%%0"), "says which option")
+  end
+  t.ok(not t.exists(store .. "/models"), "nothing done")
+  -- One registry path is a list of one.
+  local recipe = t.write(t.tmpdir("one-registry") .. "/r.lua", 'model "one-path" { framework = "other", url = "https://127.0.0.1:1/o.bin" }')
+  t.eq(modelget.info("one-path", { store = store, registry = recipe }).id, "one-path", "registry = PATH")
+end)

@@ -13,10 +13,44 @@ local function custom() return require "modelget.custom" end
 
 local modelget = { core = core, version = "0.1.0" }
 
+-- The options the facade reads, by kind: a wrong kind is misuse (an error), not a value to ignore.
+local OPTION_KINDS = {
+  store = "string", cacert = "string", framework = "string", sha256 = "string", id = "string", name = "string",
+  url = "string", limit_rate = "rate", registry = "list", alt = "list", jobs = "integer", connections = "integer",
+  retries = "integer", stall_timeout = "number", retry_wait = "number", connect_timeout = "number",
+  json = "boolean", quiet = "boolean", unzip = "boolean", auth = "boolean", force = "boolean",
+  on_event = "function", on_progress = "function",
+}
+
+local function list_of_strings(v)
+  if type(v) ~= "table" then return false end
+  for _, x in ipairs(v) do if type(x) ~= "string" then return false end end
+  return true
+end
+
 local function options(opts, level)
   if opts == nil then return {} end
   if type(opts) ~= "table" then error("bad argument: options must be a table, got " .. type(opts), level or 3) end
-  return opts
+  local copy
+  for key, kind in pairs(OPTION_KINDS) do
+    local v = opts[key]
+    if v ~= nil then
+      local ok
+      if kind == "list" and type(v) == "string" then -- one path or URL: a list of one
+        copy = copy or setmetatable({}, { __index = opts })
+        copy[key], ok = { v }, true
+      elseif kind == "list" then ok = list_of_strings(v)
+      elseif kind == "rate" then ok = type(v) == "string" or type(v) == "number"
+      elseif kind == "integer" then ok = math.tointeger(v) ~= nil
+      else ok = type(v) == kind end
+      if not ok then
+        local want = kind == "list" and "a string or a list of strings" or kind == "rate" and "a rate (500K, 20M, bytes/s)"
+          or ("a" .. (kind == "integer" and "n " or " ") .. kind)
+        error(string.format("bad option '%s': expected %s, got %s", key, want, type(v)), level or 3)
+      end
+    end
+  end
+  return copy or opts
 end
 
 local function emitter(opts)
