@@ -266,6 +266,24 @@ local function normalize(id, fields, default_framework)
   end
   if util.reserved_name(e.file) then bad("file", "%q is the name of the store's record of a model; give file=", e.file) end
 
+  -- Every file of the model has a place of its own: no two with one name (letter case aside, for
+  -- the file systems that ignore it), and none where another's name needs a folder.
+  local names, order = {}, {}
+  if e.file then names[e.file:lower()] = "the main file"; order[1] = { "file", e.file } end
+  for i, f in ipairs(e.files) do
+    local field, key = ("files[%d].name"):format(i), f.name:lower()
+    if names[key] then bad(field, "%q is also the name of %s: every file needs a name of its own", f.name, names[key]) end
+    names[key] = ("files[%d]"):format(i)
+    order[#order + 1] = { field, f.name }
+  end
+  for _, o in ipairs(order) do
+    local dir = o[2]:lower():match("^(.*)/[^/]*$")
+    while dir do
+      if names[dir] then bad(o[1], "%q would be inside %s, which is a file", o[2], names[dir]) end
+      dir = dir:match("^(.*)/[^/]*$")
+    end
+  end
+
   local fw = fields.framework or default_framework
   if fw == nil then
     fw = rules.framework_for_name(e.file or "")
