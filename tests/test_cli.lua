@@ -355,6 +355,11 @@ test("list, info, search and frameworks; --json forms parse", function()
   for _, e in ipairs(events(r.stdout)) do seen[e.id] = e end
   t.eq(seen["cli-tiny"].installed, true, "installed in JSON")
   t.eq(seen["cli-onnx"].installed, false, "not installed in JSON")
+  -- The same id under another framework is another model: not the catalog entry installed.
+  local other = t.write(t.tmpdir("catalog-other") .. "/other.lua",
+    string.format('model "cli-tiny" { framework = "onnx", url = %q, file = "m.onnx" }', url))
+  r = t.status(mg(store, { "--registry", other, "list", "--installed", "--framework", "onnx" }), 0, "another framework")
+  t.eq(r.stdout, "no installed catalog entries (modelget ls lists every installed model)\n", "not taken for installed")
 
   r = t.status(run { "info", "cli-tiny" }, 0, "info")
   t.match(r.stdout, "framework: +llamacpp", "framework")
@@ -508,6 +513,10 @@ test("urls add, list, export, rm, import; the custom id pulls", function()
     "an id the built-in catalog has")
   one_error_line(r, "'tinyllama%-1%.1b%-gguf' is already a catalog model %(.*registry/llamacpp%.lua:%d+%)")
   t.eq(t.read(store .. "/registry/custom.json"), before, "nothing added")
+  -- Nor may a URL be pulled under a catalog model's id: a later pull of that model would find it.
+  r = t.status(mg(store, { "pull", url, "--id", "tinyllama-1.1b-gguf" }), 2, "pull URL --id CATALOG-ID")
+  one_error_line(r, "'tinyllama%-1%.1b%-gguf' is already a catalog model %(.*registry/llamacpp%.lua:%d+%): pull the URL under another %-%-id")
+  t.ok(not t.exists(store .. "/models/llamacpp/tinyllama-1.1b-gguf"), "nothing installed")
   -- A file-system failure is exit 1, and says what it could not do.
   r = t.status(mg(store, { "urls", "export", store .. "/no/such/folder/urls.json" }), 1, "export into a missing folder")
   t.nomatch(one_error_line(r, "no/such/folder/urls%.json"), "modelget list", "no hint about ids")

@@ -308,10 +308,12 @@ local function command(name, def)
   ORDER[#ORDER + 1] = name
 end
 
+-- The installed models, as a set of catalog entries: installed(e) is true when e's model is there
+-- under e's framework (an id installed under another framework is another model).
 local function installed_set(mg, opts)
   local set = {}
-  for _, m in ipairs(mg.installed(opts) or {}) do set[m.id] = m end
-  return set
+  for _, m in ipairs(mg.installed(opts) or {}) do set[m.framework .. "/" .. m.id] = true end
+  return function(e) return set[e.framework .. "/" .. e.id] == true end
 end
 
 local function size_of(entry)
@@ -336,7 +338,7 @@ function Ctx:show_entries(entries, installed)
   if self.json then
     for _, e in ipairs(entries) do
       local obj = progress.plain_data(e)
-      obj.installed = installed[e.id] ~= nil
+      obj.installed = installed(e)
       obj.event = "model"
       json_line(obj)
     end
@@ -353,8 +355,8 @@ function Ctx:show_entries(entries, installed)
       group = e.framework
       printf("%s%s (%s)", group == entries[1].framework and "" or "\n", title[group] or group, group)
     end
-    local mark = installed[e.id] and "*" or " "
-    any_installed = any_installed or installed[e.id] ~= nil
+    local mark = installed(e) and "*" or " "
+    any_installed = any_installed or installed(e)
     rows[#rows + 1] = { mark .. " " .. e.id, e.name or "", size_of(e), e.auth and "auth" or "" }
   end
   flush()
@@ -375,12 +377,13 @@ command("list", {
     local installed = installed_set(mg, ctx.opts)
     local shown = {}
     for _, e in ipairs(catalog:entries(ctx.opts.framework)) do
-      if not ctx.opts.installed or installed[e.id] then
+      if not ctx.opts.installed or installed(e) then
         shown[#shown + 1] = e
       end
     end
     if #shown == 0 and not ctx.json then
-      printf(ctx.opts.installed and "no installed entries" or "no entries")
+      -- Models pulled from a URL are no catalog entries: ls lists every installed model.
+      printf(ctx.opts.installed and "no installed catalog entries (modelget ls lists every installed model)" or "no entries")
       return 0
     end
     ctx:show_entries(shown, installed)
@@ -498,7 +501,7 @@ local function detach(ctx, mg)
   local opts = pull_options(ctx)
   local root = mg.store_root(ctx.opts)
   for _, target in ipairs(ctx.args) do
-    if not util.is_url(target) and not catalog then
+    if (not util.is_url(target) or opts.id) and not catalog then
       local status
       catalog, status = ctx:catalog()
       if not catalog then return status end

@@ -107,7 +107,9 @@ function modelget.scheduler(opts)
       if popts[k] ~= nil then return popts[k] end
       return opts[k]
     end })
-    if not util.is_url(target) and not catalog then
+    -- A URL pulled under an id of its choosing needs the catalog too: that id may not be a catalog
+    -- model's (a later pull of the catalog's would take this one for it).
+    if (not util.is_url(target) or merged.id) and not catalog then
       local problems
       catalog, problems = modelget.catalog(opts)
       for _, p in ipairs(problems or {}) do emit { event = "warning", message = p } end

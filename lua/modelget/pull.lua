@@ -58,6 +58,11 @@ function pull.resolve(target, opts, catalog)
   if util.is_url(target) then
     entry, err, code = entry_for_url(target, opts)
     if not entry then return nil, err, code end
+    local taken = opts.id and catalog and catalog:get(opts.id)
+    if taken then
+      return util.fail("EUSAGE", "'%s' is already a catalog model (%s): pull the URL under another --id", opts.id,
+        tostring(taken.source))
+    end
   else
     local found = catalog and catalog:get(target)
     if not found then
