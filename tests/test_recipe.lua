@@ -130,6 +130,9 @@ test("a runaway recipe is stopped, by instructions or by memory", function()
   t.match(problems[1], "^r/loop%.lua:2: recipe runs too long", "loop")
   _, problems = recipe.load_string('local s = "x"\nwhile true do s = s .. s end\n', "r/grow.lua")
   t.match(problems[1], "^r/grow%.lua:2: recipe uses too much memory", "memory")
+  -- Stopped inside a function of the recipes' own string view: still the recipe's line.
+  _, problems = recipe.load_string('local t = {}\nfor i = 1, 1e9 do\n  t[i] = ("x"):rep(3) .. i\nend\n', "r/busy.lua")
+  t.match(problems[1], "^r/busy%.lua:3: recipe runs too long", "the recipe's line, not modelget's")
   _, problems = recipe.load_string('local s = ("x"):rep(1 << 40)\n', "r/rep.lua")
   t.match(problems[1], "^r/rep%.lua:1: string%.rep: result too large", "rep through the string metatable")
   -- C functions the count hook cannot interrupt: their inputs are bounded.

@@ -380,6 +380,19 @@ local function make_env(chunkname, sink, problem)
   end
 end
 
+-- Raises msg at the recipe's line that is running (a limit can fire inside one of the views' own
+-- functions, whose place is none of the recipe writer's business).
+local function raise_in_recipe(msg)
+  for level = 3, 100 do
+    local info = getinfo(level, "Sl")
+    if not info then break end
+    if info.source == running_chunk and (info.currentline or 0) > 0 then
+      error(("%s:%d: %s"):format(running_chunk:sub(2), info.currentline, msg), 0)
+    end
+  end
+  error(msg, 0)
+end
+
 -- Runs fn() under the instruction and memory limits; returns pcall's results.
 local function bounded(fn)
   local old = table.pack(debug.gethook())
@@ -392,12 +405,12 @@ local function bounded(fn)
     budget = budget - HOOK_EVERY
     if budget < 0 then
       budget = HOOK_EVERY * 100 -- let the error unwind; the next check fires again if it is caught
-      error(("recipe runs too long (more than %d instructions)"):format(recipe.MAX_INSTRUCTIONS), 2)
+      raise_in_recipe(("recipe runs too long (more than %d instructions)"):format(recipe.MAX_INSTRUCTIONS))
     end
     if collectgarbage("count") * 1024 - base > recipe.MAX_MEMORY then
       collectgarbage()
       if collectgarbage("count") * 1024 - base > recipe.MAX_MEMORY then
-        error(("recipe uses too much memory (more than %d MB)"):format(recipe.MAX_MEMORY // (1024 * 1024)), 2)
+        raise_in_recipe(("recipe uses too much memory (more than %d MB)"):format(recipe.MAX_MEMORY // (1024 * 1024)))
       end
     end
   end, "", HOOK_EVERY)
