@@ -198,6 +198,19 @@ test("urls add run by many processes at once: each waits its turn, and every ent
   t.eq(#ids, 12, "every entry kept: " .. table.concat(ids, " "))
 end)
 
+test("urls list and info show a password in a URL as ***; export keeps the URL whole", function()
+  local store = t.tmpdir("secret-url")
+  local url = "https://me:s3cret@example.com/p.gguf"
+  t.status(t.modelget { "--store", store, "urls", "add", "--id", "p", "--name", "p.gguf", "--url", url,
+    "--alt", "https://me:s3cret@mirror.example.com/p.gguf" }, 0, "add")
+  for _, args in ipairs { { "urls", "list" }, { "info", "p" } } do
+    local r = t.status(t.modelget { "--store", store, table.unpack(args) }, 0, args[1])
+    t.match(r.stdout, "https://me:%*%*%*@example%.com/p%.gguf", args[1] .. " shows the URL")
+    t.nomatch(r.stdout, "s3cret", args[1] .. " hides the password")
+  end
+  t.match(assert(custom.export(store)), "https://me:s3cret@example%.com/p%.gguf", "export keeps it")
+end)
+
 test("a store without custom.json has no custom URLs", function()
   local store = t.tmpdir("empty")
   t.eq(#assert(custom.list(store)), 0, "empty list")

@@ -408,14 +408,14 @@ command("info", {
     end
     local rows = {
       { "id", e.id }, { "name", e.name or "" }, { "framework", e.framework or "" },
-      { "url", e.url or (e.hub and e.hub.repo and ("hub: " .. e.hub.repo)) or "" },
+      { "url", e.url and util.shown_url(e.url) or (e.hub and e.hub.repo and ("hub: " .. e.hub.repo)) or "" },
     }
-    for _, u in ipairs(e.alt or {}) do rows[#rows + 1] = { "alternative", u } end
+    for _, u in ipairs(e.alt or {}) do rows[#rows + 1] = { "alternative", util.shown_url(u) } end
     rows[#rows + 1] = { "size", size_of(e) }
     rows[#rows + 1] = { "sha256", e.sha256 or "not stated (verified only if the server states one)" }
     if e.unzip then rows[#rows + 1] = { "archive", "extracted after download" } end
     for _, f in ipairs(e.files or {}) do
-      rows[#rows + 1] = { "file", f.name .. (f.optional and " (optional)" or "") .. (f.url and ("  " .. f.url) or "") }
+      rows[#rows + 1] = { "file", f.name .. (f.optional and " (optional)" or "") .. (f.url and ("  " .. util.shown_url(f.url)) or "") }
     end
     rows[#rows + 1] = { "auth", e.auth and tostring(e.auth == true and "required" or e.auth) or "none" }
     if e.tags and #e.tags > 0 then rows[#rows + 1] = { "tags", table.concat(e.tags, ", ") } end
@@ -792,7 +792,7 @@ function URLS.list(ctx)
     if e.requiresAuth or e.auth then notes[#notes + 1] = "auth" end
     local alts = e.alternativeURLs or e.alt or {}
     if #alts > 0 then notes[#notes + 1] = #alts .. " alternative" .. (#alts == 1 and "" or "s") end
-    rows[#rows + 1] = { e.id, e.name or "", e.url or "", table.concat(notes, ", ") }
+    rows[#rows + 1] = { e.id, e.name or "", util.shown_url(e.url or ""), table.concat(notes, ", ") }
   end
   columns(rows)
   return 0

@@ -79,6 +79,12 @@ function util.check_url(url)
   return util.fail("EPOLICY", "refused %s: only https:// URLs are allowed", url)
 end
 
+-- A URL as shown to people: a password in it (user:password@) as ***.
+function util.shown_url(url)
+  if type(url) ~= "string" then return url end
+  return (url:gsub("^(%a[%w+.-]*://[^/?#@:]*):[^/?#@]*@", "%1:***@", 1))
+end
+
 -- Whether a pull target is a URL (scheme://…) rather than a catalog id.
 function util.is_url(s) return type(s) == "string" and s:match("^%a[%w+.-]*://") ~= nil end
 
