@@ -119,7 +119,8 @@ static int run_op(const FsOp *o, char *sha_out) {
   }
   case OP_MKDIRS: return mg_mkdirs(o->path, 0755);
   case OP_WRITE: {
-    int fd = open(o->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* Never through a symbolic link planted where the file goes (an archive's entry, say). */
+    int fd = open(o->path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
     if (fd < 0) return errno;
     int err = mg_write_all(fd, o->data, o->len, 0);
     if (!err && o->optional && fsync(fd) != 0) err = errno;

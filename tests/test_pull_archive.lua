@@ -67,17 +67,22 @@ test("a hostile archive: exit 7 naming the entry, nothing installed, nothing wri
   no_staging(store)
 end)
 
-test("an archive holding a file named like the store's record of a model: exit 7, nothing installed", function()
-  local url = serve_archive("tar.gz", "record.tar.gz", {
-    { path = "model.bin", data = t.bytes(5000, 33) },
-    { path = ".modelget.json", data = '{"files": []}' },
-  })
-  local store = t.tmpdir("store-record")
-  local r = t.status(pull(store, { url, "--framework", "other", "--unzip", "-q" }), 7, "pull")
-  t.match(r.stderr, "%.modelget%.json", "names the entry")
-  t.ok(not t.exists(store .. "/models/other/record"), "no model folder")
-  no_staging(store)
-  t.eq(#t.tree(store .. "/partial/other--record"), 0, "the unusable archive is not kept")
+test("an archive holding anything named like the store's record of a model: exit 7, nothing installed", function()
+  local model = t.bytes(5000, 33)
+  local cases = {
+    file = { { path = "model.bin", data = model }, { path = ".modelget.json", data = '{"files": []}' } },
+    link = { { path = "model.bin", data = model }, { path = ".modelget.json", type = "symlink", target = "model.bin" } },
+    folder = { { path = "model.bin", data = model }, { path = ".Modelget.json/x", data = "x" } },
+  }
+  for kind, entries in pairs(cases) do
+    local url = serve_archive("tar.gz", "record-" .. kind .. ".tar.gz", entries)
+    local store = t.tmpdir("store-record-" .. kind)
+    local r = t.status(pull(store, { url, "--framework", "other", "--unzip", "-q" }), 7, "pull, " .. kind)
+    t.match(r.stderr, "the archive holds '%.[Mm]odelget%.json'", "names the entry: " .. kind)
+    t.ok(not t.exists(store .. "/models/other/record-" .. kind), "no model folder: " .. kind)
+    no_staging(store)
+    t.eq(#t.tree(store .. "/partial/other--record-" .. kind), 0, "the unusable archive is not kept: " .. kind)
+  end
 end)
 
 test("a symlink planted to the outside: exit 7", function()

@@ -181,6 +181,8 @@ test("field checks name the file, line, model and field", function()
       "field 'file': \"%.modelget%.json\" is the name of the store's record of a model" },
     { 'model "m" { framework = "other", url = "https://h/x.bin", files = { { url = "https://h/.Modelget.json" } } }',
       "field 'files%[1%]': \"%.Modelget%.json\" is the name of the store's record of a model; give name=" },
+    { 'model "m" { framework = "other", url = "https://h/x.bin", files = { { name = ".modelget.json/x", url = "https://h/y" } } }',
+      "field 'files%[1%]%.name': \"%.modelget%.json/x\" is the name of the store's record of a model" },
     { 'model "../m" { framework = "other", url = "https://h/x" }', "model '%.%./m': the id must be" },
     { 'model "m"', "model 'm' has no fields" },
   }

@@ -439,7 +439,7 @@ function modelget.import_dir(dir, opts)
     local ok, merr, mcode = core.mkdirs(staging)
     if not ok then return nil, merr, mcode end
     local files, total = {}, 0
-    local skip = function(rel, name) return name == ".git" or rel == store.MANIFEST end
+    local skip = function(rel, name) return name == ".git" or util.reserved_name(rel) end
     for _, f in ipairs(store.walk(dir, skip)) do
       if f.type == "link" then
         -- A link to a file is that file (a Hugging Face cache snapshot links each file to its blob):

@@ -407,14 +407,15 @@ function pull.run(sched, entry, ctx)
           if xcode == "EARCHIVE" then remove_partial(src) end
           return fail_staged(nil, xerr, xcode)
         end
-        for _, x in ipairs(xr.files) do
-          if util.reserved_name(x.path) then
+        -- Whatever it is (a file, a folder, a symbolic link), nothing may take the manifest's place.
+        for _, name in ipairs(core.listdir(staging) or {}) do
+          if util.reserved_name(name) then
             remove_partial(src)
             return fail_staged(util.fail("EARCHIVE", "%s: the archive holds '%s', the name of the store's record of a model",
-              entry.id, x.path))
+              entry.id, name))
           end
-          known[x.path] = x.sha256
         end
+        for _, x in ipairs(xr.files) do known[x.path] = x.sha256 end
         main_sha = main_sha or r.sha256
       else
         local dest = staging .. "/" .. f.path

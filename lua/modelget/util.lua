@@ -125,7 +125,7 @@ end
 -- manifest): no file of a model may take that name (letter case aside, for file systems that ignore it).
 util.MANIFEST = ".modelget.json"
 function util.reserved_name(path)
-  return type(path) == "string" and path:lower() == util.MANIFEST
+  return type(path) == "string" and (path:match("^[^/]*") or ""):lower() == util.MANIFEST
 end
 
 -- A name safe as one path component (file names from URLs).
