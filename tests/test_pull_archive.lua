@@ -131,3 +131,17 @@ test("a pull killed during extraction leaves no model folder; the next pull comp
   t.eq(#core.listdir(dir .. "/shard"), 20000, "every file")
   no_staging(store)
 end)
+
+test("a URL named like an archive is extracted without --unzip; --no-unzip installs it as it is", function()
+  local url, local_path = serve_archive("tar.gz", "byname.tar.gz", good)
+  local store = t.tmpdir("store-byname")
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "pull, no --unzip")
+  local dir = store .. "/models/other/byname"
+  t.eq(t.sha256_file(dir .. "/model/weights/small.bin"), t.sha256(good[4].data), "extracted")
+  t.ok(not t.exists(dir .. "/byname.tar.gz"), "the archive itself is not kept")
+  local kept = t.tmpdir("store-kept")
+  t.status(pull(kept, { url, "--framework", "other", "--no-unzip", "-q" }), 0, "pull --no-unzip")
+  t.eq(t.sha256_file(kept .. "/models/other/byname/byname.tar.gz"), t.sha256_file(local_path), "the archive as it is")
+  local r = t.status(pull(t.tmpdir("store-both"), { url, "--framework", "other", "--unzip", "--no-unzip" }), 2, "both")
+  t.match(r.stderr, "%-%-unzip and %-%-no%-unzip: one or the other", "says so")
+end)

@@ -24,7 +24,7 @@ local HINTS = {
   ESPACE = "free space (see modelget ls, then modelget rm ID) or use another --store",
   EAUTH = "set HF_TOKEN (or $HF_HOME/token) for the Hugging Face Hub, KAGGLE_USERNAME and KAGGLE_KEY"
     .. " (or ~/.kaggle/kaggle.json) for Kaggle",
-  EARCHIVE = "nothing was installed; check that the URL is the right archive, or pull without --unzip",
+  EARCHIVE = "nothing was installed; check that the URL is the right archive, or pull it as it is with --no-unzip",
   EFORMAT = "nothing was installed; check --framework and that the URL is the model file itself",
   EINPUT = "fix the file named above and try again",
   EINTR = "the partial download is kept: the same pull again resumes it",
@@ -92,7 +92,7 @@ local OPTIONS = {
   -- Options of some commands (each command lists the ones it takes).
   { long = "framework", arg = "F" }, { long = "installed" },
   { long = "sha256", arg = "HEX", check = sha256_hex }, { long = "id", arg = "ID" }, { long = "name", arg = "FILE" },
-  { long = "url", arg = "URL" }, { long = "unzip" }, { long = "auth" }, { long = "alt", arg = "URL", multi = true },
+  { long = "url", arg = "URL" }, { long = "unzip" }, { long = "no-unzip" }, { long = "auth" }, { long = "alt", arg = "URL", multi = true },
   { long = "force" }, { long = "detach" },
 }
 local LONG, SHORT = {}, {}
@@ -565,14 +565,15 @@ local function pull_targets(ctx, mg)
 end
 
 command("pull", {
-  usage = "pull ID|URL… [--sha256 HEX] [--framework F] [--id ID] [--name FILE] [--unzip] [--alt URL]… [--force] [--detach]",
+  usage = "pull ID|URL… [--sha256 HEX] [--framework F] [--id ID] [--name FILE] [--unzip|--no-unzip] [--alt URL]… [--force] [--detach]",
   summary = "download, verify, extract, fetch side files, install",
   options = {
     sha256 = "the file's expected SHA-256 (a URL's; a recipe states its own)",
     framework = "the framework of a URL (default: from the extension)",
     id = "the id to install a URL under (default: the file name without extension)",
     name = "the file name to save a URL as",
-    unzip = "the URL is an archive: extract it",
+    unzip = "the URL is an archive: extract it (the default for a .zip, .tar.gz, … name)",
+    no_unzip = "install an archive as it is, not extracted",
     alt = "an alternative URL, tried when the first fails (repeatable)",
     force = "download again even when installed and verified",
     detach = "go on in the background, past the terminal's end; output to <store>/logs/",
@@ -580,6 +581,7 @@ command("pull", {
   min = 1, ids = true,
   run = function(ctx)
     local mg = ctx:facade()
+    if ctx.opts.unzip and ctx.opts.no_unzip then return ctx:usage("--unzip and --no-unzip: one or the other") end
     if #ctx.args > 1 then
       for _, k in ipairs(PULL_ONE_TARGET) do
         if ctx.opts[k] then return ctx:usage("--%s applies to one target; pull those one at a time", k) end

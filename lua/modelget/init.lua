@@ -18,7 +18,7 @@ local OPTION_KINDS = {
   store = "string", cacert = "string", framework = "string", sha256 = "string", id = "string", name = "string",
   url = "string", limit_rate = "rate", registry = "list", alt = "list", jobs = "integer", connections = "integer",
   retries = "integer", stall_timeout = "number", retry_wait = "number", connect_timeout = "number",
-  json = "boolean", quiet = "boolean", unzip = "boolean", auth = "boolean", force = "boolean",
+  json = "boolean", quiet = "boolean", unzip = "boolean", no_unzip = "boolean", auth = "boolean", force = "boolean",
   on_event = "function", on_progress = "function",
 }
 

@@ -35,8 +35,10 @@ local function entry_for_url(url, opts)
   end
   local id = opts.id or util.id_from_name(name)
   if not id then return util.fail("EUSAGE", "cannot make a model id of '%s': pass --id ID", name) end
+  -- An archive by its name is extracted, as a recipe's is, unless asked otherwise.
+  local unzip = opts.unzip and true or (not opts.no_unzip and util.is_archive(name))
   return { id = id, name = name, file = name, framework = framework, url = url, alt = {},
-           unzip = opts.unzip and true or false, source = "command line" }
+           unzip = unzip, source = "command line" }
 end
 
 -- A model pulled from a URL and stopped part-way is not a catalog id: the URL its partial download
@@ -78,6 +80,7 @@ function pull.resolve(target, opts, catalog)
     if opts.id then entry.id = opts.id end
     if opts.name then entry.file = opts.name end
     if opts.unzip then entry.unzip = true end
+    if opts.no_unzip then entry.unzip = false end
   end
   if opts.sha256 then
     if not util.is_sha256(opts.sha256) then

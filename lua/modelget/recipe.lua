@@ -115,14 +115,7 @@ local is_field = {}
 for _, f in ipairs(FIELDS) do is_field[f] = true end
 recipe.FIELDS = FIELDS
 
-local ARCHIVE = { "%.zip$", "%.tar$", "%.tar%.gz$", "%.tgz$", "%.tar%.xz$", "%.txz$", "%.tar%.zst$",
-  "%.tar%.bz2$", "%.tbz2?$" }
-
-local function is_archive(name)
-  local lower = name:lower()
-  for _, p in ipairs(ARCHIVE) do if lower:find(p) then return true end end
-  return false
-end
+local is_archive = util.is_archive
 recipe.is_archive = is_archive
 
 -- A field check raises {field=, msg=} through this; normalize() turns it into one problem line.

@@ -79,6 +79,15 @@ function util.check_url(url)
   return util.fail("EPOLICY", "refused %s: only https:// URLs are allowed", url)
 end
 
+-- Whether a file name is an archive's (.zip, .tar and the compressed tars).
+local ARCHIVE = { "%.zip$", "%.tar$", "%.tar%.gz$", "%.tgz$", "%.tar%.xz$", "%.txz$", "%.tar%.zst$",
+  "%.tar%.bz2$", "%.tbz2?$" }
+function util.is_archive(name)
+  local lower = name:lower()
+  for _, p in ipairs(ARCHIVE) do if lower:find(p) then return true end end
+  return false
+end
+
 -- A URL as shown to people: a password in it (user:password@) as ***.
 function util.shown_url(url)
   if type(url) ~= "string" then return url end
