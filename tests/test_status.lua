@@ -54,6 +54,17 @@ test("status shows a running pull, then the stopped one; rm drops its partial da
   t.match(status(store).stdout, "no downloads in progress", "nothing left")
 end)
 
+test("the command that resumes a URL's stopped pull gives back its --id, --name and --framework", function()
+  local store = t.tmpdir("store-hint")
+  local url = "https://127.0.0.1:9/files/big1.bin"
+  local dir = store .. "/partial/other--my.id"
+  t.write(dir .. "/weights.gguf.part", ("x"):rep(1000))
+  t.write(dir .. "/weights.gguf.part.state", "modelget-partial 1\nurl " .. url .. "\ntotal 5000\n")
+  local r = t.status(t.modelget({ "pull", "my.id", "--store", store }), 2, "pull of the id")
+  t.match(r.stderr, "'modelget pull " .. url:gsub("%p", "%%%0") .. " %-%-framework other %-%-name weights%.gguf %-%-id my%.id' resumes it",
+    "every option that made it")
+end)
+
 test("stop ID stops a pull running elsewhere: exit 130 there, partial data kept; status names its pid", function()
   local fx = servers.fixture()
   local data = t.bytes(2 * 1024 * 1024, 62)

@@ -48,8 +48,14 @@ local function resume_hint(target, opts)
   for _, p in ipairs(store.partials(store.root(opts))) do
     local f = p.id == target and #p.files == 1 and p.files[1]
     if f and f.url then
-      local implied = rules.framework_for_name(f.path) == p.framework
-      return string.format("modelget pull %s%s", f.url, implied and "" or (" --framework " .. p.framework))
+      -- The options that give the same model again: its framework, file name and id, each when the
+      -- URL alone would give another (an archive's extraction follows its name, as it did).
+      local words = { "modelget pull", util.shown_url(f.url) }
+      local name = util.url_filename(f.url) == f.path and f.path or nil
+      if rules.framework_for_name(f.path) ~= p.framework then words[#words + 1] = "--framework " .. p.framework end
+      if not name then words[#words + 1] = "--name " .. f.path end
+      if util.id_from_name(f.path) ~= target then words[#words + 1] = "--id " .. target end
+      return table.concat(words, " ")
     end
   end
 end
