@@ -60,6 +60,8 @@ test("pull --detach says in the foreground what a pull would refuse before any d
   t.match(r.stderr, "cannot tell the framework of 'nofw%.bin'", "says why")
   r = t.status(pull { url, "--framework", "other", "--id", "a b" }, 2, "a bad id")
   t.match(r.stderr, "not a valid model id", "says why")
+  r = t.status(pull { url, "--framework", "other", "--alt", "http://10.0.0.1/x.bin" }, 2, "an --alt the policy refuses")
+  t.match(r.stderr, "refused http://10%.0%.0%.1/x%.bin", "says why")
   -- A model another process is pulling.
   local core = require "modelget.core"
   core.mkdirs(store .. "/partial")

@@ -105,6 +105,10 @@ function pull.resolve(target, opts, catalog)
   local alts = {}
   for _, u in ipairs(entry.alt or {}) do alts[#alts + 1] = u end
   for _, u in ipairs(opts.alt or {}) do alts[#alts + 1] = u end
+  for _, u in ipairs(alts) do
+    local ok, err, code = util.check_url(hub.rewrite(u))
+    if not ok then return nil, err, code end
+  end
   entry.alt = alts
   return entry
 end
