@@ -612,3 +612,23 @@ test("a URL with an odd name pulls with --framework, checked by that framework's
   t.match(r.stderr, "notes%.bin", "names the file")
   no_model(store, "llamacpp", "notes")
 end)
+
+test("an id installed from a URL is not the catalog's model of that id: that one replaces it", function()
+  local ng = servers.nginx()
+  local mine, theirs = t.bytes(20000, 46), t.bytes(30000, 47)
+  local url_mine, url_theirs = ng.put("source/mine.bin", mine), ng.put("source/theirs.bin", theirs)
+  local store = store_dir("source")
+  t.status(pull(store, { url_mine, "--framework", "other", "--id", "later", "-q" }), 0, "a URL under an id")
+  -- A recipe added afterwards defines that id.
+  local recipe = t.write(t.tmpdir("source-recipe") .. "/r.lua",
+    string.format('model "later" { framework = "other", url = %q }', url_theirs))
+  local r = t.status(pull(store, { "later", "--registry", recipe, "--json" }), 0, "the catalog's")
+  local repair
+  for _, ev in ipairs(events(r.stdout)) do if ev.event == "repair" then repair = ev end end
+  t.eq(repair and repair.reason, "source", "said: another model was there")
+  t.eq(t.sha256_file(installed(store, "other", "later", "theirs.bin")), t.sha256(theirs), "the catalog's file installed")
+  t.ok(not t.exists(installed(store, "other", "later", "mine.bin")), "the URL's file replaced")
+  -- And another URL under the same id replaces it too, rather than passing for installed.
+  t.status(pull(store, { url_mine, "--framework", "other", "--id", "later", "-q" }), 0, "another URL, same id")
+  t.eq(t.sha256_file(installed(store, "other", "later", "mine.bin")), t.sha256(mine), "that URL's file installed")
+end)

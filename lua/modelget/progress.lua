@@ -103,6 +103,8 @@ function Reporter:sentence(ev)
   elseif kind == "repair" then
     if ev.reason == "version" then
       return self:paint("yellow", id .. ": the installed file's SHA-256 is not the one stated now; downloading that version")
+    elseif ev.reason == "source" then
+      return self:paint("yellow", id .. ": the installed model came from elsewhere; downloading this one to replace it")
     end
     return self:paint("yellow", id .. ": the installed files changed on disk; downloading again")
   elseif kind == "skip" then

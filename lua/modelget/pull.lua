@@ -243,6 +243,10 @@ local function installed_ok(root, entry)
   local m = store.read_manifest(dir)
   if not m then return nil end
   if entry.sha256 and m.sha256 and entry.sha256:lower() ~= m.sha256:lower() then return nil, dir, "version" end
+  -- Another model under the same id: one pulled from a URL where the catalog's is asked for (or the
+  -- other way round), or from another URL. Not "installed": the one asked for replaces it.
+  local by_url, was_by_url = entry.source == "command line", m.source == "command line"
+  if by_url ~= was_by_url or (by_url and m.url ~= entry.url) then return nil, dir, "source" end
   local bad = store.check(dir, m, true)
   if not bad then return nil, dir, "interrupted" end
   if #bad > 0 then return nil, dir, "changed" end
