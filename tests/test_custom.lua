@@ -198,17 +198,23 @@ test("urls add run by many processes at once: each waits its turn, and every ent
   t.eq(#ids, 12, "every entry kept: " .. table.concat(ids, " "))
 end)
 
-test("urls list and info show a password in a URL as ***; export keeps the URL whole", function()
+test("a password written in a URL is shown as *** by urls list, info and a pull's events and messages; export keeps it", function()
   local store = t.tmpdir("secret-url")
-  local url = "https://me:s3cret@example.com/p.gguf"
+  local url = "https://me:s3cret@127.0.0.1:9/p.gguf" -- nothing listens there
   t.status(t.modelget { "--store", store, "urls", "add", "--id", "p", "--name", "p.gguf", "--url", url,
-    "--alt", "https://me:s3cret@mirror.example.com/p.gguf" }, 0, "add")
-  for _, args in ipairs { { "urls", "list" }, { "info", "p" } } do
-    local r = t.status(t.modelget { "--store", store, table.unpack(args) }, 0, args[1])
-    t.match(r.stdout, "https://me:%*%*%*@example%.com/p%.gguf", args[1] .. " shows the URL")
-    t.nomatch(r.stdout, "s3cret", args[1] .. " hides the password")
+    "--alt", "https://me:s3cret@127.0.0.1:9/mirror/p.gguf" }, 0, "add")
+  for _, args in ipairs { { "urls", "list" }, { "info", "p" }, { "--json", "urls", "list" }, { "--json", "info", "p" } } do
+    local what = table.concat(args, " ")
+    local r = t.status(t.modelget { "--store", store, table.unpack(args) }, 0, what)
+    t.match(r.stdout, "https:\\?/\\?/me:%*%*%*@127%.0%.0%.1:9\\?/p%.gguf", what .. " shows the URL")
+    t.nomatch(r.stdout, "s3cret", what .. " hides the password")
   end
-  t.match(assert(custom.export(store)), "https://me:s3cret@example%.com/p%.gguf", "export keeps it")
+  -- Nor do a pull's events and messages show it.
+  local r = t.status(t.modelget { "--store", store, "--json", "pull", "p", "--retries", "1", "--retry-wait", "0.01" }, 3,
+    "a pull of it")
+  t.nomatch(r.stdout .. r.stderr, "s3cret", "the pull hides the password")
+  t.match(r.stderr, "me:%*%*%*@", "and says which URL")
+  t.match(assert(custom.export(store)), "https://me:s3cret@127%.0%.0%.1:9/p%.gguf", "export keeps it")
 end)
 
 test("a store without custom.json has no custom URLs", function()

@@ -187,6 +187,28 @@ local function json_line(obj)
 end
 
 -- One line per object, each marked with its kind (SPEC: every --json line has an "event").
+-- An entry as shown (text or JSON): its URLs without their credentials (urls export keeps them).
+local function shown_entry(e)
+  local function copy_of(t)
+    local c = {}
+    for k, v in pairs(t) do c[k] = v end
+    c.url = util.shown_url(t.url)
+    return c
+  end
+  local copy = copy_of(e)
+  for _, key in ipairs { "alt", "alternativeURLs" } do
+    if type(e[key]) == "table" then
+      copy[key] = {}
+      for i, u in ipairs(e[key]) do copy[key][i] = util.shown_url(u) end
+    end
+  end
+  if type(e.files) == "table" then
+    copy.files = {}
+    for i, f in ipairs(e.files) do copy.files[i] = type(f) == "table" and copy_of(f) or f end
+  end
+  return copy
+end
+
 local function json_lines(list, event)
   for _, obj in ipairs(list) do
     local line = progress.plain_data(obj)
@@ -403,7 +425,7 @@ command("info", {
     local e, err, code = mg.info(id, setmetatable({ catalog = catalog }, { __index = ctx.opts }))
     if not e then return ctx:fail(err, code, { id = id }) end
     if ctx.json then
-      json_lines({ e }, "model")
+      json_lines({ shown_entry(e) }, "model")
       return 0
     end
     local rows = {
@@ -782,7 +804,9 @@ function URLS.list(ctx)
   local list, err, code = ctx:facade().urls.list(ctx.opts)
   if not list then return ctx:fail(err, code) end
   if ctx.json then
-    json_lines(list, "custom")
+    local shown = {}
+    for i, e in ipairs(list) do shown[i] = shown_entry(e) end
+    json_lines(shown, "custom")
     return 0
   end
   if #list == 0 then printf("no custom URLs (add one with modelget urls add)") return 0 end

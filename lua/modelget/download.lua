@@ -484,7 +484,7 @@ function Scheduler:fetch_whole(spec)
       self:sleep(delay)
       if self:interrupted() then return util.fail("EINTR", "interrupted") end
     end
-    tried[#tried + 1] = string.format("%s (%s)", url, last and last.message or "?")
+    tried[#tried + 1] = string.format("%s (%s)", util.shown_url(url), last and last.message or "?")
   end
   -- Every URL refused by the policy (a Hub endpoint on plain http://, say) is the policy's failure.
   if refused == #spec.urls then return nil, last.message, "EPOLICY", last end

@@ -56,6 +56,10 @@ end
 local function emitter(opts)
   local on_event, on_progress = opts.on_event, opts.on_progress
   return function(ev)
+    -- What is said of a URL never holds its credentials.
+    for _, k in ipairs { "url", "from", "to" } do
+      if ev[k] then ev[k] = util.shown_url(ev[k]) end
+    end
     if on_event then on_event(ev) end
     if on_progress and ev.event == "progress" then on_progress(ev) end
   end

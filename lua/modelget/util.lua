@@ -70,13 +70,14 @@ function util.check_url(url)
       (url:gsub("%c", "?")))
   end
   local u = util.parse_url(url)
-  if not u then return util.fail("EPOLICY", "not a URL: %s", url) end
+  if not u then return util.fail("EPOLICY", "not a URL: %s", util.shown_url(url)) end
   if u.scheme == "https" then return u end
   if u.scheme == "http" and util.is_loopback(u.host) then return u end
   if u.scheme == "http" then
-    return util.fail("EPOLICY", "refused %s: plain http:// is allowed only to loopback hosts; use https://", url)
+    return util.fail("EPOLICY", "refused %s: plain http:// is allowed only to loopback hosts; use https://",
+      util.shown_url(url))
   end
-  return util.fail("EPOLICY", "refused %s: only https:// URLs are allowed", url)
+  return util.fail("EPOLICY", "refused %s: only https:// URLs are allowed", util.shown_url(url))
 end
 
 -- Whether a file name is an archive's (.zip, .tar and the compressed tars).
@@ -88,10 +89,16 @@ function util.is_archive(name)
   return false
 end
 
--- A URL as shown to people: a password in it (user:password@) as ***.
+-- A URL as shown to people (messages, events, listings): the credentials written in it as ***
+-- (user:password@ -> user:***@; a token alone, token@ -> ***@). The URL itself is kept for use.
 function util.shown_url(url)
   if type(url) ~= "string" then return url end
-  return (url:gsub("^(%a[%w+.-]*://[^/?#@:]*):[^/?#@]*@", "%1:***@", 1))
+  local head, authority, rest = url:match("^(%a[%w+.-]*://)([^/?#]*)(.*)$")
+  if not head then return url end
+  local userinfo, host = authority:match("^(.*)@([^@]*)$")
+  if not userinfo then return url end
+  local user = userinfo:match("^([^:]*):")
+  return head .. (user and (user .. ":***") or "***") .. "@" .. host .. rest
 end
 
 -- Whether a pull target is a URL (scheme://…) rather than a catalog id.
