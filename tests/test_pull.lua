@@ -205,6 +205,12 @@ test("a URL that serves other bytes than the SHA-256 stated: the alternative URL
   store = store_dir("mirrors-bad")
   r = t.status(pull(store, { stale, "--framework", "other", "--sha256", t.sha256(good), "--alt", broken, "-q" }), 4, "all bad")
   t.match(r.stderr, "verification failed for m%.bin", "says so")
+  -- Bad bytes, then a dead alternative: still the bad bytes' exit 4, and both URLs said.
+  local dead = ng.url .. "/mirrors/none/m.bin"
+  r = t.status(pull(store, { stale, "--framework", "other", "--sha256", t.sha256(good), "--alt", dead, "--retries", "1", "-q" }),
+    4, "bad, then dead")
+  t.match(r.stderr, "verification failed for m%.bin: SHA%-256 %x+, expected %x+ %(from the SHA%-256 given%) %(from "
+    .. stale:gsub("%p", "%%%0") .. "%); then download failed: m%.bin: tried " .. dead:gsub("%p", "%%%0") .. " %(.*404", "both said")
   no_model(store, "other", "m")
   for _, f in ipairs(t.tree(store .. "/partial")) do t.nomatch(f, "%.part$", "no partial left: " .. f) end
 end)

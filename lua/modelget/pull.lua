@@ -381,7 +381,12 @@ function pull.run(sched, entry, ctx)
           remove_partial(partial_path(pdir, f.path))
           emit { event = "fallback", id = entry.id, file = f.path, from = r.url, to = left[1], reason = verr }
           local again, aerr, acode = fetch(f, left)
-          if not again then return nil, aerr, acode end
+          if not again then
+            if acode == "EINTR" or acode == "ECANCEL" then return nil, aerr, acode end
+            -- Bad bytes first, then no file at all: the bad bytes are the failure, the rest said too.
+            remove_partial(partial_path(pdir, f.path))
+            return nil, string.format("%s (from %s); then %s", verr, util.shown_url(r.url), aerr), vcode
+          end
           r = again
           vok, verr, vcode = verify_file(f, r, emit, entry.id)
           left = after(left, r.url)
