@@ -101,6 +101,14 @@ model "single-onnx" { url = hf "org/single-onnx" "onnx/model.onnx" }
   t.eq(t.read(dir .. "/tokenizer.json"), '{"single":true}', "tokenizer bytes")
   t.eq(fx.requests("/org/single%-onnx/resolve/main/onnx/tokenizer_config%.json")[1].status, 404,
     "the optional tokenizer_config.json was asked for and is absent")
+  -- A repo with its ONNX files in onnx/ and its tokenizer at the root: found there.
+  fx.hub_put("org/root-tok", "onnx/model_quantized.onnx", model)
+  fx.hub_put("org/root-tok", "tokenizer.json", '{"root":true}')
+  local root_reg = recipe('model "root-tok" { framework = "onnx", url = hf "org/root-tok" "onnx/model_quantized.onnx" }')
+  t.status(pull(store, root_reg, "root-tok", { HF_ENDPOINT = fx.url }), 0, "a model in a folder")
+  dir = model_dir(store, "onnx", "root-tok")
+  t.eq(files_of(dir), "model_quantized.onnx,tokenizer.json", "the root's tokenizer came along")
+  t.eq(t.read(dir .. "/tokenizer.json"), '{"root":true}', "its bytes")
 end)
 
 test("the Hub's stated hash verifies a file; a lying Hub fails the pull with 4", function()

@@ -160,7 +160,13 @@ test("side files: MLX requires config and tokenizer, ONNX and Core ML take the r
   local e = { id = "o", framework = "onnx", url = "https://huggingface.co/org/m/resolve/v2/onnx/model.onnx" }
   side = onnx.side_files(e)
   t.eq(side[1].url, "https://huggingface.co/org/m/resolve/v2/onnx/tokenizer.json", "the model's folder and revision")
+  t.eq(table.concat(side[1].alt or {}, " "), "https://huggingface.co/org/m/resolve/v2/tokenizer.json", "then the repo's root")
   t.eq(side[1].optional, true, "optional")
+  e.url = "https://huggingface.co/org/m/resolve/v2/onnx/q/model.onnx"
+  t.eq(table.concat(onnx.side_files(e)[1].alt, " "), "https://huggingface.co/org/m/resolve/v2/onnx/tokenizer.json "
+    .. "https://huggingface.co/org/m/resolve/v2/tokenizer.json", "every folder above, up to the root")
+  e.url = "https://huggingface.co/org/m/resolve/v2/model.onnx"
+  t.eq(onnx.side_files(e)[1].alt, nil, "at the root: the root only")
   e.files = { { name = "tokenizer.json", url = "https://huggingface.co/org/m/resolve/main/tokenizer.json" } }
   t.eq(onnx.side_files(e)[1].name, "tokenizer_config.json", "tokenizer.json given by the recipe is not asked twice")
   t.eq(#onnx.side_files({ id = "o", framework = "onnx", url = "https://example.com/m.onnx" }), 0, "off the Hub: none")

@@ -72,17 +72,25 @@ local function provided(entry, name)
   return false
 end
 
--- Side files named `names`, from the entry's repo (the model's folder in it), as {name=, url=, optional=}:
--- those the entry does not already bring. Without a repo there is nowhere to fetch them from: they must
--- come with the model (inside its archive), and a required one missing fails the format check.
+-- Side files named `names`, from the entry's repo, as {name=, url=, alt=, optional=}: those the entry
+-- does not already bring. Each is looked for in the model's folder in the repo, then in each folder
+-- above it up to the root (a repo keeps its tokenizer at the root and its ONNX files in onnx/). Without
+-- a repo there is nowhere to fetch them from: they must come with the model (inside its archive), and
+-- a required one missing fails the format check.
 function rules.repo_files(entry, names, optional)
   local repo, rev, dir = rules.repo_of(entry)
   local out = {}
   if not repo then return out end
   for _, name in ipairs(names) do
     if not provided(entry, name) then
-      local url = hub.resolve_url(repo, rev, (dir and dir ~= "" and (dir .. "/") or "") .. name)
-      out[#out + 1] = { name = name, url = url, optional = optional or nil }
+      local urls, at = {}, dir ~= "" and dir or nil
+      while at do
+        urls[#urls + 1] = hub.resolve_url(repo, rev, at .. "/" .. name)
+        at = at:match("^(.*)/[^/]*$")
+      end
+      urls[#urls + 1] = hub.resolve_url(repo, rev, name)
+      out[#out + 1] = { name = name, url = urls[1], alt = #urls > 1 and { table.unpack(urls, 2) } or nil,
+                        optional = optional or nil }
     end
   end
   return out
