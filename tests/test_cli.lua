@@ -552,6 +552,15 @@ test("import adopts a local folder; a wrong format is exit 8", function()
   t.nomatch(one_error_line(r, "ONNX"), "URL", "the hint speaks of the folder")
   t.eq(core.stat(store .. "/partial/onnx--not-onnx"), nil, "a failed import leaves no partial folder")
 
+  -- A clone whose large files are still Git LFS pointers: said so, whatever the framework.
+  local lfs = t.tmpdir("lfs-clone")
+  t.write(lfs .. "/tokenizer.json", '{"version":"1.0"}')
+  t.write(lfs .. "/weights.bin", "version https://git-lfs.github.com/spec/v1\noid sha256:" .. ("ab"):rep(32)
+    .. "\nsize 90000000\n")
+  r = t.status(mg(store, { "import", lfs, "--id", "pointers", "--framework", "other" }), 8, "import of LFS pointers")
+  one_error_line(r, "weights%.bin is a Git LFS pointer, not the file: run 'git lfs pull' in the clone first")
+  t.eq(core.stat(store .. "/models/other/pointers"), nil, "nothing installed")
+
   -- A Hugging Face cache snapshot: every file a symbolic link to its blob, outside the folder.
   local cache = t.tmpdir("hf-cache")
   t.ok(core.mkdirs(cache .. "/blobs") and core.mkdirs(cache .. "/snapshots/abc"))

@@ -606,6 +606,16 @@ test("ids are letters, digits, '.', '_' and '-': a bad --id is refused, a URL's 
   t.eq(t.sha256_file(installed(store, "other", "my-model-v2", "my model+v2.bin")), t.sha256(data), "the file keeps its name")
 end)
 
+test("a URL that serves a Git LFS pointer instead of the file: exit 8, said so, nothing installed", function()
+  local ng = servers.nginx()
+  local url = ng.put("lfs/model.gguf", "version https://git-lfs.github.com/spec/v1\noid sha256:" .. ("cd"):rep(32)
+    .. "\nsize 4000000\n")
+  local store = store_dir("lfs")
+  local r = t.status(pull(store, { url, "-q" }), 8, "pull")
+  t.match(r.stderr, "model%.gguf is a Git LFS pointer, not the file: use the file's download URL", "says what it is")
+  no_model(store, "llamacpp", "model")
+end)
+
 test("a URL with an odd name pulls with --framework, checked by that framework's format", function()
   local ng = servers.nginx()
   local gguf = "GGUF" .. string.pack("<I4I8I8", 3, 0, 0) .. t.bytes(20000, 17)

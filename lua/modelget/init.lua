@@ -474,6 +474,12 @@ function modelget.import_dir(dir, opts)
         total = total + n
       end
     end
+    local pointer = rules.lfs_pointer(staging, files)
+    if pointer then
+      core.rmtree(staging)
+      return util.fail("EFORMAT", "%s: %s is a Git LFS pointer, not the file: run 'git lfs pull' in the clone first",
+        dir, pointer)
+    end
     local cok, cerr = rule.check(staging, entry)
     if not cok then
       core.rmtree(staging)

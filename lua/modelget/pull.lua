@@ -486,6 +486,12 @@ function pull.run(sched, entry, ctx)
       total = total + f.size
     end
 
+    local pointer = rules.lfs_pointer(staging, installed_files)
+    if pointer then
+      for _, item in ipairs(fetched) do remove_partial(partial_path(pdir, item.file.path)) end
+      return fail_staged(util.fail("EFORMAT", "%s: %s is a Git LFS pointer, not the file: use the file's download URL "
+        .. "(on the Hub, /resolve/ rather than /blob/ or /raw/)", entry.id, pointer))
+    end
     local cok, cerr = rule.check(staging, entry)
     if not cok then
       for _, item in ipairs(fetched) do remove_partial(partial_path(pdir, item.file.path)) end

@@ -98,6 +98,20 @@ end
 
 function rules.no_side_files() return {} end
 
+-- The first of files ({path=, size=}… in dir) that is a Git LFS pointer: the few lines a clone holds
+-- in a file's place until `git lfs pull` brings it (or a link to a repo's page serves). nil if none.
+local LFS_POINTER = "version https://git-lfs.github.com/spec/"
+function rules.lfs_pointer(dir, files)
+  for _, f in ipairs(files) do
+    if f.size and f.size < 1024 and f.size >= #LFS_POINTER then
+      local h = io.open(dir .. "/" .. f.path, "rb")
+      local head = h and h:read(#LFS_POINTER)
+      if h then h:close() end
+      if head == LFS_POINTER then return f.path end
+    end
+  end
+end
+
 local function flat_layout() return { strip_components = 0, bundle = false } end
 
 -- A rule table from its data: name, title, extensions, describe, formats (see check_path) and, when
