@@ -140,6 +140,9 @@ test("a gated repo: no token → 6 naming HF_TOKEN; a token → pulled, and not 
   t.match(r.stderr, "HF_TOKEN", "says what to set")
   r = t.status(pull(store, reg, "unmarked", { HF_ENDPOINT = fx.url, HOME = home, HF_TOKEN = "", HF_HOME = "" }), 6,
     "a 401 from the Hub")
+  local _, times = r.stderr:gsub("set HF_TOKEN", "")
+  t.eq(times, 1, "says it once: " .. r.stderr)
+  t.nomatch(r.stderr, "KAGGLE", "not a word of Kaggle for the Hub")
   r = t.status(pull(store, reg, "gated", { HF_ENDPOINT = fx.url, HF_TOKEN = "hf_wrong_token" }), 6, "a wrong token")
   t.nomatch(r.stderr .. r.stdout, "hf_wrong_token", "the token never appears")
   fx.clear_log()

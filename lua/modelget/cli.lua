@@ -248,7 +248,7 @@ end
 local function has_hint(message)
   message = tostring(message)
   return message:find("modelget %l") or message:find("see '") or message:find("; run ") or message:find("pass %-%-")
-    or message:find("; use ")
+    or message:find("; use ") or message:find("set HF_TOKEN", 1, true) or message:find("set KAGGLE_USERNAME", 1, true)
 end
 
 -- Reports a failure: one line on stderr (and an "error" event with --json); returns the status.

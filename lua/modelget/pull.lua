@@ -278,7 +278,7 @@ function pull.run(sched, entry, ctx)
     local fctx = {
       id = entry.id,
       auth_for = function(url) return auth.for_url(url) end,
-      auth_hint = auth.hint and auth.hint(entry.url or hub.endpoint()) or nil,
+      auth_hint = auth.hint(hub.rewrite(entry.url) or hub.endpoint()), -- the endpoint's host is the Hub's
     }
     local files, perr, pcode = plan_files(sched, entry, rule, fctx)
     if not files then return nil, perr, pcode end
