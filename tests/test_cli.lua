@@ -82,6 +82,7 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     { { "-j", "x", "ls" }, "bad value for %-j: 'x'" },
     { { "ls", "--jobs", "0" }, "bad value for %-%-jobs" },
     { { "-j", "257", "ls" }, "bad value for %-j: '257' %(a whole number from 1 to 256%)" },
+    { { "-j", "1e2", "ls" }, "bad value for %-j: '1e2' %(a whole number from 1 to 256%)" },
     { { "-x", "17", "ls" }, "bad value for %-x: '17' %(a whole number from 1 to 16%)" },
     { { "--limit-rate", "5Q", "ls" }, "bad value for %-%-limit%-rate: '5Q'" },
     { { "--retries", "-1", "ls" }, "bad value for %-%-retries" },
@@ -623,7 +624,16 @@ return 3
   t.match(r.stderr, "coded%.lua: no token\n$", "and its message")
   local big = t.write(dir .. "/big.lua", "return 300")
   r = t.status(t.modelget { "run", big }, 9, "a status past 255")
-  t.eq(r.stderr, "modelget: " .. big .. " returned 300: an exit status is 0 to 255\n", "said so")
+  t.eq(r.stderr, "modelget: " .. big .. " returned 300: an exit status is a whole number, 0 to 255\n", "said so")
+  t.status(t.modelget { "run", t.write(dir .. "/float.lua", "return 3.0") }, 3, "a whole float is that status")
+  r = t.status(t.modelget { "run", t.write(dir .. "/half.lua", "return 3.5") }, 9, "a fraction is refused")
+  t.match(r.stderr, "returned 3%.5: an exit status is a whole number", "said so")
+  local none = t.write(dir .. "/nil-error.lua", "error(nil)")
+  r = t.status(t.modelget { "run", none }, 9, "error(nil)")
+  t.eq(r.stderr, "modelget: " .. none .. ": (an error with no message: error(nil))\n", "names the script")
+  local shown = t.write(dir .. "/shown.lua", "error(setmetatable({}, { __tostring = function() return 'my failure' end }))")
+  r = t.status(t.modelget { "run", shown }, 9, "an error object with __tostring")
+  t.eq(r.stderr, "modelget: " .. shown .. ": my failure\n", "said by its __tostring")
 end)
 
 test("scripts/pull_many.lua pulls several models from coroutines with its own progress", function()

@@ -34,7 +34,7 @@ local HINTS = {
 -- Numbers -------------------------------------------------------------------------------------------
 local function whole(min, max)
   return function(s)
-    local n = math.tointeger(tonumber(s))
+    local n = tostring(s):match("^%d+$") and math.tointeger(tonumber(s))
     if n and n >= min and n <= (max or math.maxinteger) then return n end
     if max then return nil, string.format("a whole number from %d to %d", min, max) end
     return nil, string.format("a whole number, %d or more", min)
@@ -761,7 +761,8 @@ command("stop", {
         json_line({ event = "stopped", pid = p.pid, ids = p.ids, ended = p.ended, finished = p.finished })
       elseif p.ended then
         if #p.ids > 0 then
-          printf("stopped %s (pid %d): its partial data is kept; the same pull again resumes it", ids, p.pid)
+          printf("stopped %s (pid %d): %s partial data is kept; the same pull again resumes it", ids, p.pid,
+            #p.ids > 1 and "their" or "its")
         end
         if p.finished then
           printf("%s (pid %d) had ended before the stop reached it", table.concat(p.finished, " "), p.pid)
@@ -949,23 +950,29 @@ command("run", {
     _G.arg = args
     local debug_on = os.getenv("MODELGET_DEBUG")
     local ok, res = xpcall(chunk, function(e)
-      if type(e) == "table" then return e end
+      if type(e) == "table" or e == nil then return e end
       local msg = tostring(e)
       return debug_on and debug.traceback(msg, 2) or msg
     end, table.unpack(args))
     if not ok then
       if type(res) == "table" then
         -- An error table of the facade's shape ({message=, code=}) keeps its code; any other is
-        -- a script error like the rest.
+        -- a script error like the rest (said by its __tostring, when it has one).
         local code = type(res.code) == "string" and util.exit_status(res.code) ~= 1 and res.code or "EINPUT"
-        local msg = type(res.message) == "string" and res.message or "(an error object that is a table, with no message)"
+        local shown = getmetatable(res) and getmetatable(res).__tostring and tostring(res)
+        local msg = type(res.message) == "string" and res.message or shown
+          or "(an error object that is a table, with no message)"
         return ctx:fail(script .. ": " .. msg, code, { hint = false })
+      elseif res == nil then
+        return ctx:fail(script .. ": (an error with no message: error(nil))", "EINPUT", { hint = false })
       end
       return ctx:fail(res, "EINPUT", { hint = false })
     end
-    if math.type(res) == "integer" then
-      if res >= 0 and res <= 255 then return res end
-      return ctx:fail(string.format("%s returned %d: an exit status is 0 to 255", script, res), "EINPUT", { hint = false })
+    if type(res) == "number" then
+      local n = math.tointeger(res)
+      if n and n >= 0 and n <= 255 then return n end
+      return ctx:fail(string.format("%s returned %s: an exit status is a whole number, 0 to 255", script, tostring(res)),
+        "EINPUT", { hint = false })
     end
     if res == false then return 1 end
     return 0

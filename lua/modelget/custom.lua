@@ -265,7 +265,7 @@ function custom.remove(store, id)
     for i, e in ipairs(list) do
       if e.id == id then table.remove(list, i) return list end
     end
-    return util.fail("EUNKNOWN", "no custom URL '%s'", tostring(id))
+    return util.fail("EUNKNOWN", "no custom URL '%s': see 'modelget urls list'", tostring(id))
   end)
   if not list then return nil, err, code end
   return true
