@@ -35,6 +35,7 @@
 #define WBUF_SIZE ((size_t)256 << 10)        /* a small body's bytes gathered before one write */
 #define HASH_BATCH ((size_t)512 << 10)       /* the worker wakes for this much (or the end), not per frame */
 #define SPARE_WBUFS 16                       /* gather buffers a session keeps for reuse */
+#define RESERVATIONS 64                      /* splits whose space a session holds at once */
 #define INLINE_HASH_LIMIT ((uint64_t)1 << 20) /* a body up to this size is hashed inline */
 #define PREFIX_STEP ((uint64_t)16 << 20)      /* kept prefix re-hashed in steps (abort checks between) */
 #define STATE_EVERY_BYTES ((uint64_t)16 << 20)
@@ -120,6 +121,7 @@ struct Transfer {
   double space_factor;
   int space_checked;          /* its space was checked on the file system space_dev */
   dev_t space_dev;
+  int reservation;            /* a segment of a split whose space the session holds (its number), or 0 */
   int64_t expected_size;
   /* resume: the validators we hold (from the state file, then from the response) */
   char *etag, *last_modified;
@@ -179,6 +181,9 @@ struct Session {
   char *spare_wbufs[SPARE_WBUFS]; /* small bodies' buffers, kept for the next transfers */
   int spare_count;
   int finishing;                  /* transfers whose last bytes a worker writes (at most jobs) */
+  /* Space promised to downloads split in ranges (session:check_space): what they still have to
+   * write on file system dev, counted by every other check until released. */
+  struct { dev_t dev; double bytes; int live; } reserved[RESERVATIONS];
 };
 
 /* Small helpers ------------------------------------------------------------------------------- */
@@ -893,8 +898,13 @@ static double promised_on(const Session *s, const Transfer *skip, dev_t dev, int
   double sum = 0;
   *count = 0;
   if (!s) return 0;
+  for (int k = 0; k < RESERVATIONS; k++) {
+    if (!s->reserved[k].live || s->reserved[k].dev != dev || s->reserved[k].bytes <= 0) continue;
+    sum += s->reserved[k].bytes;
+    (*count)++;
+  }
   for (const Transfer *o = s->first; o; o = o->next) {
-    if (o == skip || o->state != ST_RUNNING || !o->space_checked || o->space_dev != dev) continue;
+    if (o == skip || o->state != ST_RUNNING || !o->space_checked || o->space_dev != dev || o->reservation) continue;
     if (o->resp != RESP_BODY || o->total < 0 || (uint64_t)o->total <= o->offset) continue;
     sum += o->space_factor * (double)((uint64_t)o->total - o->offset);
     (*count)++;
@@ -968,7 +978,8 @@ static int accept_file_response(Transfer *t) {
    * session's other downloads to the same file system still have to write. */
   int64_t expect = t->total >= 0 ? t->total : t->expected_size;
   uint64_t base = append ? t->kept : 0;
-  if (expect >= 0 && (uint64_t)expect > base) {
+  /* A segment of a split: the whole file's space was checked, and is held, before any range began. */
+  if (!t->reservation && expect >= 0 && (uint64_t)expect > base) {
     char folder[PATH_MAX];
     const char *where = space_where(t->space_path, t->partial, folder, sizeof folder);
     double need = t->space_factor * (double)((uint64_t)expect - base);
@@ -1524,6 +1535,12 @@ static void finish_tail(Session *s, Transfer *t) {
       fail(t, mg_errno_code(errno), 0, "cannot sync %s: %s", t->partial, strerror(errno));
   }
   t->ok = !t->fail_code;
+  /* A segment in: its bytes are written, no longer owed by its split's reservation. */
+  if (t->ok && t->reservation && s && t->reservation <= RESERVATIONS) {
+    double written = (double)(t->range_to - t->range_from + 1 - t->range_done);
+    double *left = &s->reserved[t->reservation - 1].bytes;
+    *left = *left > written ? *left - written : 0;
+  }
   if (t->ok) {
     t->code = NULL;
     t->retryable = 0;
@@ -1899,6 +1916,9 @@ static int session_add(lua_State *L) {
   luaL_argcheck(L, stall >= 1, 2, "stall_timeout must be at least 1 s");
   t->stall_timeout = (long)(stall + 0.5);
   t->space_factor = opt_number(L, 2, "space_factor", 1);
+  lua_Integer reservation = opt_integer(L, 2, "reservation", 0);
+  luaL_argcheck(L, reservation >= 0 && reservation <= RESERVATIONS, 2, "option 'reservation': not a reservation");
+  t->reservation = (int)reservation;
   lua_Integer expected = opt_integer(L, 2, "expected_size", -1);
   t->expected_size = expected >= 0 ? (int64_t)expected : -1;
   if (lua_getfield(L, 2, "headers") != LUA_TNIL) {
@@ -1992,8 +2012,28 @@ static int session_check_space(lua_State *L) {
   int checked;
   if (bytes > 0 && space_refused(s, NULL, where, factor * (double)bytes, &dev, &checked, why, sizeof why))
     return mg_fail(L, "ESPACE", "%s", why);
-  lua_pushboolean(L, 1);
+  /* Held for the split (its segments pass reservation = this number, and skip their own checks)
+   * until session:release_space: every other check counts it meanwhile. */
+  for (int k = 0; bytes > 0 && checked && k < RESERVATIONS; k++) {
+    if (s->reserved[k].live) continue;
+    s->reserved[k].live = 1;
+    s->reserved[k].dev = dev;
+    s->reserved[k].bytes = factor * (double)bytes;
+    lua_pushinteger(L, k + 1);
+    return 1;
+  }
+  lua_pushboolean(L, 1); /* nothing to hold (or no room to hold it: the segments check for themselves) */
   return 1;
+}
+
+/* session:release_space(n): the split that held reservation n has ended. */
+static int session_release_space(lua_State *L) {
+  Session *s = checksession(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n >= 1 && n <= RESERVATIONS, 2, "not a reservation");
+  s->reserved[n - 1].live = 0;
+  s->reserved[n - 1].bytes = 0;
+  return 0;
 }
 
 static int session_perform(lua_State *L) {
@@ -2251,6 +2291,7 @@ void mg_open_transfer(lua_State *L) {
     {"active", session_active},
     {"add", session_add},
     {"check_space", session_check_space},
+    {"release_space", session_release_space},
     {"close", session_close},
     {"finished", session_finished},
     {"perform", session_perform},

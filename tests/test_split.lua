@@ -330,3 +330,20 @@ test("a split pull onto a disk too small for the whole file: exit 5 before any s
   local whole = t.status(pull(store, { url, "-q" }, { env = env }), 5, "pull on one connection")
   t.eq(split.stderr, whole.stderr, "the same message as on one connection")
 end)
+
+test("two split pulls at once where only one fits: the second is refused before writing, counting the first", function()
+  local fx = servers.fixture()
+  local a, b = t.bytes(3000000, 98), t.bytes(3000000, 99)
+  local url_a, url_b = fx.put("splitpair-a.bin", a), fx.put("splitpair-b.bin", b)
+  local store = t.tmpdir("splitpair")
+  -- 5 MB "free" (the shim keeps saying so: what is written does not lower it): room for one 3 MB file.
+  local env = t.fault_env { FREE_BYTES = "5000000" }
+  local r = t.status(pull(store, { url_a, url_b, "-x", "4", "-j", "2", "--limit-rate", "4M", "-q" }, { env = env }), 5,
+    "pull of both, slowly enough to overlap")
+  t.match(r.stderr, "need 3 MB, 5 MB free on .*, of which 3 MB is still to come for 1 other download", "counts the other split")
+  local installed_n = 0
+  for _, id in ipairs { "splitpair-a", "splitpair-b" } do
+    if t.exists(installed(store, id)) then installed_n = installed_n + 1 end
+  end
+  t.eq(installed_n, 1, "one of them installed")
+end)

@@ -457,7 +457,7 @@ function Scheduler:fetch_whole(spec)
         shared = spec.shared, done = spec.done,
         auth = spec.auth_for and spec.auth_for(url) or nil,
         stall_timeout = opts.stall_timeout or 30, expected_size = spec.size,
-        space_factor = spec.space_factor, space_path = spec.space_path,
+        space_factor = spec.space_factor, space_path = spec.space_path, reservation = spec.reservation,
       }, spec)
       if spec.shared and r.on_disk then
         -- A segment in place: the next attempt (or pull) goes on from what this one left on disk.
@@ -570,6 +570,8 @@ function Scheduler:fetch_split(spec)
   local fits, serr, scode = self.session:check_space { bytes = left, partial = spec.partial,
     space_path = spec.space_path, space_factor = spec.space_factor }
   if not fits then return nil, serr, scode end
+  -- Held until the ranges end, so that the other downloads' checks count it meanwhile.
+  local reservation = math.type(fits) == "integer" and fits or nil
   local split = { plan = plan, path = spec.partial .. ".split", done = 0 } -- done: finished ranges' bytes
   local jobs = {}
   for i, range in ipairs(plan.ranges) do
@@ -579,7 +581,7 @@ function Scheduler:fetch_split(spec)
     else
       local seg = setmetatable({ partial = spec.partial, range = { from, to }, shared = true, done = done,
         whole_size = plan.total, validator = plan.validator, urls = { plan.url }, size = to - from + 1,
-        split = split, index = i, space_factor = 1 }, { __index = spec })
+        split = split, index = i, space_factor = 1, reservation = reservation }, { __index = spec })
       jobs[#jobs + 1] = function()
         local r, err, code, last = self:fetch_whole(seg)
         if r then split.done = split.done + r.bytes end
@@ -588,6 +590,7 @@ function Scheduler:fetch_split(spec)
     end
   end
   local results = self:all(jobs)
+  if reservation then self.session:release_space(reservation) end
   save_split(split)
   -- An interruption or a cancel speaks first: the segments are kept for the next pull.
   for _, res in ipairs(results) do
