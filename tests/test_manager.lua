@@ -62,6 +62,7 @@ test("options of the wrong kind are misuse: an error naming the option, nothing 
     { { store = store, sha256 = true }, "bad option 'sha256': expected a string, got boolean" },
     { { store = store, alt = { 1 } }, "bad option 'alt': expected a string or a list of strings, got table" },
     { { store = store, on_event = "print" }, "bad option 'on_event': expected a function, got string" },
+    { { store = store, sha = ("ab"):rep(32) }, "unknown option 'sha'" },
   }
   for _, c in ipairs(cases) do
     local ok, err = pcall(modelget.pull, "https://127.0.0.1:1/x.bin", c[1])

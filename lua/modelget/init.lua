@@ -21,6 +21,9 @@ local OPTION_KINDS = {
   json = "boolean", quiet = "boolean", unzip = "boolean", no_unzip = "boolean", auth = "boolean", force = "boolean",
   on_event = "function", on_progress = "function",
 }
+-- Options taken as they are (the command line's own, stop's wait, info's catalog): known, not checked.
+local OTHER_OPTIONS = { wait = true, catalog = true, no_color = true, installed = true, help = true, version = true,
+                        detach = true }
 
 local function list_of_strings(v)
   if type(v) ~= "table" then return false end
@@ -31,6 +34,11 @@ end
 local function options(opts, level)
   if opts == nil then return {} end
   if type(opts) ~= "table" then error("bad argument: options must be a table, got " .. type(opts), level or 3) end
+  for key in pairs(opts) do
+    if type(key) == "string" and not OPTION_KINDS[key] and not OTHER_OPTIONS[key] then
+      error(string.format("unknown option '%s'", key), level or 3)
+    end
+  end
   local copy
   for key, kind in pairs(OPTION_KINDS) do
     local v = opts[key]
