@@ -638,13 +638,35 @@ test("an id installed from a URL is not the catalog's model of that id: that one
   -- A recipe added afterwards defines that id.
   local recipe = t.write(t.tmpdir("source-recipe") .. "/r.lua",
     string.format('model "later" { framework = "other", url = %q }', url_theirs))
+  local listed = t.status(t.modelget { "--store", store, "--registry", recipe, "list", "--installed" }, 0, "list")
+  t.match(listed.stdout, "^no installed catalog entries", "the URL's model is not the entry's")
   local r = t.status(pull(store, { "later", "--registry", recipe, "--json" }), 0, "the catalog's")
   local repair
   for _, ev in ipairs(events(r.stdout)) do if ev.event == "repair" then repair = ev end end
   t.eq(repair and repair.reason, "source", "said: another model was there")
   t.eq(t.sha256_file(installed(store, "other", "later", "theirs.bin")), t.sha256(theirs), "the catalog's file installed")
   t.ok(not t.exists(installed(store, "other", "later", "mine.bin")), "the URL's file replaced")
-  -- And another URL under the same id replaces it too, rather than passing for installed.
-  t.status(pull(store, { url_mine, "--framework", "other", "--id", "later", "-q" }), 0, "another URL, same id")
-  t.eq(t.sha256_file(installed(store, "other", "later", "mine.bin")), t.sha256(mine), "that URL's file installed")
+  -- Another URL under an id a URL took replaces it too, rather than passing for installed.
+  t.status(pull(store, { url_mine, "--framework", "other", "--id", "twice", "-q" }), 0, "a URL under an id")
+  t.status(pull(store, { url_theirs, "--framework", "other", "--id", "twice", "-q" }), 0, "another URL, same id")
+  t.eq(t.sha256_file(installed(store, "other", "twice", "theirs.bin")), t.sha256(theirs), "that URL's file installed")
+  t.ok(not t.exists(installed(store, "other", "twice", "mine.bin")), "the first URL's replaced")
+end)
+
+test("a URL whose name gives the id of a model installed from the catalog: refused, forced or not; that model kept", function()
+  local ng = servers.nginx()
+  local theirs, mine = t.bytes(30000, 48), t.bytes(20000, 49)
+  local url_theirs, url_mine = ng.put("kept/theirs.bin", theirs), ng.put("kept/cat1.bin", mine)
+  local store = store_dir("kept")
+  local recipe = t.write(t.tmpdir("kept-recipe") .. "/r.lua",
+    string.format('model "cat1" { framework = "other", url = %q }', url_theirs))
+  t.status(pull(store, { "cat1", "--registry", recipe, "-q" }), 0, "the catalog's model")
+  for _, extra in ipairs { {}, { "--force" } } do
+    local r = t.status(pull(store, { url_mine, "--framework", "other", "-q", table.unpack(extra) }), 2,
+      "a URL named cat1.bin " .. table.concat(extra, " "))
+    t.match(r.stderr, "'cat1' is installed from .*r%.lua:1, not from a URL: pull the URL under another %-%-id", "says why")
+  end
+  t.eq(t.sha256_file(installed(store, "other", "cat1", "theirs.bin")), t.sha256(theirs), "the catalog's model kept")
+  local r = t.status(t.modelget { "--store", store, "--registry", recipe, "list", "--installed" }, 0, "list --installed")
+  t.match(r.stdout, "%* cat1", "the catalog's entry installed")
 end)

@@ -331,10 +331,13 @@ local function command(name, def)
 end
 
 -- The installed models, as a set of catalog entries: installed(e) is true when e's model is there
--- under e's framework (an id installed under another framework is another model).
+-- under e's framework (an id installed under another framework is another model), and came from the
+-- catalog (a URL pulled under the same id is not the entry's model).
 local function installed_set(mg, opts)
   local set = {}
-  for _, m in ipairs(mg.installed(opts) or {}) do set[m.framework .. "/" .. m.id] = true end
+  for _, m in ipairs(mg.installed(opts) or {}) do
+    if not require("modelget.store").from_url(m) then set[m.framework .. "/" .. m.id] = true end
+  end
   return function(e) return set[e.framework .. "/" .. e.id] == true end
 end
 

@@ -348,7 +348,10 @@ end
 
 function modelget.installed(opts)
   local list = store.installed(store.root(options(opts)))
-  for _, m in ipairs(list) do m.manifest = nil end
+  for _, m in ipairs(list) do
+    m.source, m.url = m.manifest.source, m.manifest.url -- where it came from: the catalog, a URL, an import
+    m.manifest = nil
+  end
   return list
 end
 

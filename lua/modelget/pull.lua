@@ -238,15 +238,16 @@ end
 -- Is the model already installed, intact, and the version asked for? Re-hashes its files against the
 -- manifest. nil, its folder, why not: "changed" (on disk) or "version" (a SHA-256 stated now that
 -- is not the installed main file's: the recipe, or --sha256, names another version).
-local function installed_ok(root, entry)
+local function installed_ok(root, entry, m)
   local dir = store.model_dir(root, entry.framework, entry.id)
-  local m = store.read_manifest(dir)
   if not m then return nil end
   if entry.sha256 and m.sha256 and entry.sha256:lower() ~= m.sha256:lower() then return nil, dir, "version" end
-  -- Another model under the same id: one pulled from a URL where the catalog's is asked for (or the
-  -- other way round), or from another URL. Not "installed": the one asked for replaces it.
-  local by_url, was_by_url = entry.source == "command line", m.source == "command line"
-  if by_url ~= was_by_url or (by_url and m.url ~= entry.url) then return nil, dir, "source" end
+  -- Another model under the same id: one pulled from a URL where the catalog's is asked for, or from
+  -- another URL. Not "installed": the one asked for replaces it. (A URL onto a model that did not
+  -- come from a URL is refused before: see pull.run.)
+  if store.from_url(m) ~= store.from_url(entry) or (store.from_url(entry) and m.url ~= entry.url) then
+    return nil, dir, "source"
+  end
   local bad = store.check(dir, m, true)
   if not bad then return nil, dir, "interrupted" end
   if #bad > 0 then return nil, dir, "changed" end
@@ -266,8 +267,15 @@ function pull.run(sched, entry, ctx)
   local result, err, code = (function()
     local free, ferr, fcode = store.id_free(root, entry.id, entry.framework)
     if not free then return nil, ferr, fcode end
+    -- A URL never replaces, forced or not, a model that came from the catalog or an import under the
+    -- same id (the id its file name gave): that model would be lost under its own name.
+    local m = store.read_manifest(store.model_dir(root, entry.framework, entry.id))
+    if m and store.from_url(entry) and not store.from_url(m) then
+      return util.fail("EUSAGE", "'%s' is installed from %s, not from a URL: pull the URL under another --id, "
+        .. "or 'modelget rm %s' first", entry.id, tostring(m.source), entry.id)
+    end
     if not opts.force then
-      local done, broken, why = installed_ok(root, entry)
+      local done, broken, why = installed_ok(root, entry, m)
       if done then return done end
       if why == "interrupted" then return util.fail("EINTR", "interrupted while checking the installed %s", entry.id) end
       if broken then emit { event = "repair", id = entry.id, path = broken, reason = why } end

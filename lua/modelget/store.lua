@@ -266,6 +266,10 @@ function store.partials(root)
   return out
 end
 
+-- Whether an entry (or an installed model's manifest) came from a URL given on the command line or to
+-- the facade, rather than from the catalog or an import.
+function store.from_url(e) return e.source == "command line" end
+
 function store.read_manifest(dir)
   local text = util.read_file(dir .. "/" .. store.MANIFEST)
   if not text then return nil end
