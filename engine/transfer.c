@@ -35,7 +35,7 @@
 #define WBUF_SIZE ((size_t)256 << 10)        /* a small body's bytes gathered before one write */
 #define HASH_BATCH ((size_t)512 << 10)       /* the worker wakes for this much (or the end), not per frame */
 #define SPARE_WBUFS 16                       /* gather buffers a session keeps for reuse */
-#define RESERVATIONS 64                      /* splits whose space a session holds at once */
+#define RESERVATIONS 256                     /* splits whose space a session holds at once (-j at most) */
 #define INLINE_HASH_LIMIT ((uint64_t)1 << 20) /* a body up to this size is hashed inline */
 #define PREFIX_STEP ((uint64_t)16 << 20)      /* kept prefix re-hashed in steps (abort checks between) */
 #define STATE_EVERY_BYTES ((uint64_t)16 << 20)
@@ -122,6 +122,7 @@ struct Transfer {
   int space_checked;          /* its space was checked on the file system space_dev */
   dev_t space_dev;
   int reservation;            /* a segment of a split whose space the session holds (its number), or 0 */
+  int reservation_settled;    /* what this attempt wrote is taken off that reservation */
   int64_t expected_size;
   /* resume: the validators we hold (from the state file, then from the response) */
   char *etag, *last_modified;
@@ -899,8 +900,16 @@ static double promised_on(const Session *s, const Transfer *skip, dev_t dev, int
   *count = 0;
   if (!s) return 0;
   for (int k = 0; k < RESERVATIONS; k++) {
-    if (!s->reserved[k].live || s->reserved[k].dev != dev || s->reserved[k].bytes <= 0) continue;
-    sum += s->reserved[k].bytes;
+    if (!s->reserved[k].live || s->reserved[k].dev != dev) continue;
+    /* What the split still owes: its reservation less what its running ranges have written since. */
+    double owed = s->reserved[k].bytes;
+    for (const Transfer *o = s->first; o; o = o->next) {
+      if (o->reservation != k + 1 || o->reservation_settled) continue;
+      uint64_t n = on_disk((Transfer *)o);
+      if (n > o->range_done) owed -= (double)(n - o->range_done);
+    }
+    if (owed <= 0) continue;
+    sum += owed;
     (*count)++;
   }
   for (const Transfer *o = s->first; o; o = o->next) {
@@ -1535,11 +1544,13 @@ static void finish_tail(Session *s, Transfer *t) {
       fail(t, mg_errno_code(errno), 0, "cannot sync %s: %s", t->partial, strerror(errno));
   }
   t->ok = !t->fail_code;
-  /* A segment in: its bytes are written, no longer owed by its split's reservation. */
-  if (t->ok && t->reservation && s && t->reservation <= RESERVATIONS) {
-    double written = (double)(t->range_to - t->range_from + 1 - t->range_done);
+  /* A range's attempt over (in or failed): what it wrote is no longer owed by its split's reservation. */
+  if (t->reservation && !t->reservation_settled && s && t->reservation <= RESERVATIONS) {
+    uint64_t n = on_disk(t);
+    double written = n > t->range_done ? (double)(n - t->range_done) : 0;
     double *left = &s->reserved[t->reservation - 1].bytes;
     *left = *left > written ? *left - written : 0;
+    t->reservation_settled = 1;
   }
   if (t->ok) {
     t->code = NULL;

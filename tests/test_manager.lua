@@ -59,6 +59,7 @@ test("options of the wrong kind are misuse: an error naming the option, nothing 
   local cases = {
     { { store = 5 }, "bad option 'store': expected a string, got number" },
     { { store = store, jobs = "many" }, "bad option 'jobs': expected an integer, got string" },
+    { { store = store, connections = "2" }, "bad option 'connections': expected an integer, got string" },
     { { store = store, sha256 = true }, "bad option 'sha256': expected a string, got boolean" },
     { { store = store, alt = { 1 } }, "bad option 'alt': expected a string or a list of strings, got table" },
     { { store = store, on_event = "print" }, "bad option 'on_event': expected a function, got string" },

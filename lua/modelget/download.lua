@@ -48,7 +48,7 @@ download.JOBS_MAX, download.CONNECTIONS_MAX, download.SESSION_MAX = 256, 16, 102
 local function bounded(opts, name, max, default)
   local v = opts[name]
   if v == nil then return default end
-  if math.tointeger(v) == nil or v < 1 or v > max then
+  if math.type(v) == nil or math.tointeger(v) == nil or v < 1 or v > max then
     error(string.format("%s: expected a whole number from 1 to %d, got %s", name, max, tostring(v)), 3)
   end
   return math.tointeger(v)
@@ -589,8 +589,9 @@ function Scheduler:fetch_split(spec)
       end
     end
   end
-  local results = self:all(jobs)
+  local done, results = pcall(self.all, self, jobs) -- the space is given back however the ranges end
   if reservation then self.session:release_space(reservation) end
+  if not done then error(results, 0) end
   save_split(split)
   -- An interruption or a cancel speaks first: the segments are kept for the next pull.
   for _, res in ipairs(results) do

@@ -49,7 +49,7 @@ local function options(opts, level)
         copy[key], ok = { v }, true
       elseif kind == "list" then ok = list_of_strings(v)
       elseif kind == "rate" then ok = type(v) == "string" or type(v) == "number"
-      elseif kind == "integer" then ok = math.tointeger(v) ~= nil
+      elseif kind == "integer" then ok = math.type(v) ~= nil and math.tointeger(v) ~= nil
       else ok = type(v) == kind end
       if not ok then
         local want = kind == "list" and "a string or a list of strings" or kind == "rate" and "a rate (500K, 20M, bytes/s)"
