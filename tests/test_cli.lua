@@ -447,6 +447,22 @@ test("verify after a flipped byte: exit 4 naming the model and the file; ls and 
   t.match(t.status(mg(store, { "ls" }), 0, "ls empty").stdout, "no models installed", "ls after rm")
 end)
 
+test("rm killed part-way leaves no half model in the store, and the next rm clears what it left", function()
+  local dir = t.tmpdir("rm-clone")
+  t.write(dir .. "/model.gguf", gguf(64 * KiB))
+  for i = 1, 5 do t.write(dir .. "/side" .. i .. ".json", "{}") end
+  local store = t.tmpdir("rm-killed")
+  t.status(mg(store, { "import", dir, "--id", "half", "--framework", "llamacpp" }), 0, "import half")
+  t.status(mg(store, { "import", dir, "--id", "other", "--framework", "llamacpp" }), 0, "import other")
+  -- Killed (SIGKILL, tests/fixtures/diskfault.c) at its third file deleted.
+  local r = mg(store, { "rm", "half" }, { env = t.fault_env { KILL_AT_UNLINK = "3" } })
+  t.ok(r.status ~= 0, "rm was killed")
+  t.ok(not t.exists(store .. "/models/llamacpp/half"), "the model left models/ whole, in one step")
+  t.eq(t.status(mg(store, { "verify" }), 0, "verify").stdout:match("half"), nil, "nothing of it verified or failed")
+  t.status(mg(store, { "rm", "other" }), 0, "another rm")
+  t.eq(#t.tree(store .. "/partial/.trash"), 0, "what the killed rm left is cleared")
+end)
+
 test("rm refuses a model that is being downloaded (exit 1), and says why", function()
   local ng = servers.nginx()
   local data = gguf(3 * MiB)

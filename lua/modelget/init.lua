@@ -413,14 +413,16 @@ function modelget.remove(id, opts)
     if code == "EBUSY" then return util.fail("EBUSY", "model '%s' is being downloaded", id) end
     return nil, err, code
   end
-  -- Every folder of the id goes (an id is one model; a store from before that rule may hold two).
+  -- Every folder of the id goes (an id is one model; a store from before that rule may hold two):
+  -- first out of models/ in one rename, then deleted, so that a crash meanwhile leaves no half model.
   local ok, rerr, rcode = true, nil, nil
   for _, fw in ipairs(store.installed_as(root, id)) do
-    local rok, e, c = core.rmtree(store.model_dir(root, fw, id))
+    local rok, e, c = store.discard(root, store.model_dir(root, fw, id), fw .. "--" .. id)
     if not rok and ok then ok, rerr, rcode = rok, e, c end
   end
   core.rmtree(store.partial_dir(root, m.framework, m.id))
   lock:close()
+  store.sweep_discarded(root)
   if not ok then return nil, rerr, rcode end
   return true
 end

@@ -266,6 +266,31 @@ function store.partials(root)
   return out
 end
 
+-- Removes a folder of the store as one step: renamed out of the way (under partial/.trash/, named
+-- after what it was, key) and then deleted, so that a crash meanwhile leaves nothing half-removed
+-- where it was. true, or nil, err, code.
+function store.discard(root, dir, key)
+  local trash = root .. "/partial/.trash"
+  local ok = core.mkdirs(trash)
+  local away = trash .. "/" .. key .. "." .. core.getpid()
+  if ok and core.rename(dir, away) then dir = away end
+  return core.rmtree(dir)
+end
+
+-- What a killed removal left under partial/.trash/ goes, but for a model whose lock another process
+-- holds (its removal may be under way).
+function store.sweep_discarded(root)
+  local trash = root .. "/partial/.trash"
+  for _, name in ipairs(core.listdir(trash) or {}) do
+    local id = name:match("^.-%-%-(.+)%.%d+$")
+    local lock = id and core.lock(root .. "/partial/.locks", id)
+    if lock then
+      core.rmtree(trash .. "/" .. name)
+      lock:close()
+    end
+  end
+end
+
 -- Whether an entry (or an installed model's manifest) came from a URL given on the command line or to
 -- the facade, rather than from the catalog or an import.
 function store.from_url(e) return e.source == "command line" end
