@@ -98,6 +98,7 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     { { "pull", "https://127.0.0.1:1/m.bin", "--framework", "nope" }, "unknown framework 'nope'" },
     { { "urls", "frob" }, "unknown urls command 'frob'" },
     { { "urls" }, "urls needs a subcommand: list, add, rm, export or import" },
+    { { "pull", "https://u:s3cret@127.0.0.1:9/a b.bin", "--framework", "other" }, "not a URL: 'https://u:%*%*%*@127" },
     { { "pull", "https://127.0.0.1:1/a b.bin", "--framework", "other" },
       "not a URL: 'https://127%.0%.0%.1:1/a b%.bin' %(a space or control character must be percent%-encoded" },
     { { "urls", "add", "--id", "x", "--name", "x.gguf" }, "urls add needs %-%-url" },
@@ -114,8 +115,12 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     t.match(line, "see modelget", "hint in: " .. line)
     t.eq(r.stdout, "", "stdout of " .. table.concat(c[1], " "))
   end
+  -- A URL's credentials are never said.
+  local r = t.status(t.modelget { "--store", store, "pull", "https://u:s3cret@127.0.0.1:9/", "--framework", "other" }, 2,
+    "a URL with no file name")
+  one_error_line(r, "cannot name a file after https://u:%*%*%*@127%.0%.0%.1:9/: pass %-%-name FILE")
   -- With --json, the error is also an event on stdout.
-  local r = t.status(t.modelget { "--json", "info" }, 2, "--json info")
+  r = t.status(t.modelget { "--json", "info" }, 2, "--json info")
   local evs = events(r.stdout)
   t.eq(#evs, 1, "one event")
   t.eq(evs[1].event, "error", "error event")

@@ -44,8 +44,8 @@ test("status shows a running pull, then the stopped one; rm drops its partial da
   t.match(stopped, "the same pull again resumes it %(the same ID or URL, and options%)", "how to resume it")
   -- Its id is not a catalog id: a pull of it says which command resumes it.
   local r = t.status(t.modelget({ "pull", "partly", "--store", store }), 2, "pull of the id")
-  t.match(r.stderr, "'partly' is not a catalog id: its partial download came from a URL; 'modelget pull "
-    .. url:gsub("%p", "%%%0") .. " %-%-framework other' resumes it", "names the command that resumes it")
+  t.match(r.stderr, "'partly' is not a catalog id: its partial download came from a URL; modelget pull "
+    .. url:gsub("%p", "%%%0") .. " %-%-framework other resumes it", "names the command that resumes it")
 
   -- rm drops the partial data of a stopped download.
   r = t.status(t.modelget({ "rm", "partly", "--store", store }), 0, "rm of a partial")
@@ -61,8 +61,17 @@ test("the command that resumes a URL's stopped pull gives back its --id, --name 
   t.write(dir .. "/weights.gguf.part", ("x"):rep(1000))
   t.write(dir .. "/weights.gguf.part.state", "modelget-partial 1\nurl " .. url .. "\ntotal 5000\n")
   local r = t.status(t.modelget({ "pull", "my.id", "--store", store }), 2, "pull of the id")
-  t.match(r.stderr, "'modelget pull " .. url:gsub("%p", "%%%0") .. " %-%-framework other %-%-name weights%.gguf %-%-id my%.id' resumes it",
+  t.match(r.stderr, "; modelget pull " .. url:gsub("%p", "%%%0") .. " %-%-framework other %-%-name weights%.gguf %-%-id my%.id resumes it",
     "every option that made it")
+  -- A URL the shell would cut is quoted; one with credentials is said without them, and so.
+  local signed = "https://me:s3cret@127.0.0.1:9/f/m.gguf?a=1&b=2"
+  dir = store .. "/partial/llamacpp--m"
+  t.write(dir .. "/m.gguf.part", ("x"):rep(1000))
+  t.write(dir .. "/m.gguf.part.state", "modelget-partial 1\nurl " .. signed .. "\ntotal 5000\n")
+  r = t.status(t.modelget({ "pull", "m", "--store", store }), 2, "pull of the other id")
+  t.match(r.stderr, "; modelget pull 'https://me:%*%*%*@127%.0%.0%.1:9/f/m%.gguf%?a=1&b=2' resumes it "
+    .. "%(with the URL's credentials, not shown here%)", "quoted, and without the password")
+  t.nomatch(r.stderr, "s3cret", "no password")
 end)
 
 test("stop ID stops a pull running elsewhere: exit 130 there, partial data kept; status names its pid", function()

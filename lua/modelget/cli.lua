@@ -557,7 +557,9 @@ local function detach(ctx, mg)
   end
   ctx.color = false
   ctx.log = log
-  printf("modelget pull %s (pid %d, started %s)", table.concat(ctx.args, " "), core.getpid(), os.date("!%Y-%m-%d %H:%M:%SZ"))
+  local shown = {}
+  for i, a in ipairs(ctx.args) do shown[i] = util.shown_url(a) end
+  printf("modelget pull %s (pid %d, started %s)", table.concat(shown, " "), core.getpid(), os.date("!%Y-%m-%d %H:%M:%SZ"))
   io.stdout:flush() -- before any error line the pull writes to stderr, in the same log
 end
 

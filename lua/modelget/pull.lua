@@ -24,7 +24,7 @@ local function entry_for_url(url, opts)
   if opts.name and not util.safe_component(name) then
     return util.fail("EUSAGE", "--name: '%s' is not a file name (no folders)", name)
   elseif not util.safe_component(name) then
-    return util.fail("EUSAGE", "cannot name a file after %s: pass --name FILE", url)
+    return util.fail("EUSAGE", "cannot name a file after %s: pass --name FILE", util.shown_url(url))
   elseif util.reserved_name(name) then
     return util.fail("EUSAGE", "'%s' is the name of the store's record of a model: pass --name FILE", name)
   end
@@ -50,12 +50,12 @@ local function resume_hint(target, opts)
     if f and f.url then
       -- The options that give the same model again: its framework, file name and id, each when the
       -- URL alone would give another (an archive's extraction follows its name, as it did).
-      local words = { "modelget pull", util.shown_url(f.url) }
+      local words = { "modelget pull", util.shell_quote(util.shown_url(f.url)) }
       local name = util.url_filename(f.url) == f.path and f.path or nil
       if rules.framework_for_name(f.path) ~= p.framework then words[#words + 1] = "--framework " .. p.framework end
-      if not name then words[#words + 1] = "--name " .. f.path end
+      if not name then words[#words + 1] = "--name " .. util.shell_quote(f.path) end
       if util.id_from_name(f.path) ~= target then words[#words + 1] = "--id " .. target end
-      return table.concat(words, " ")
+      return table.concat(words, " "), util.shown_url(f.url) ~= f.url
     end
   end
 end
@@ -74,10 +74,10 @@ function pull.resolve(target, opts, catalog)
   else
     local found = catalog and catalog:get(target)
     if not found then
-      local resume = resume_hint(target, opts)
+      local resume, hidden = resume_hint(target, opts)
       if resume then
-        return util.fail("EUNKNOWN", "'%s' is not a catalog id: its partial download came from a URL; '%s' resumes it",
-          target, resume)
+        return util.fail("EUNKNOWN", "'%s' is not a catalog id: its partial download came from a URL; %s resumes it%s",
+          target, resume, hidden and " (with the URL's credentials, not shown here)" or "")
       end
       if catalog then return catalog:unknown(target) end
       return util.fail("EUNKNOWN", "unknown model id '%s': see 'modelget list' or 'modelget search WORDS'", target)

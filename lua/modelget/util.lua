@@ -67,7 +67,7 @@ function util.check_url(url)
   if type(url) ~= "string" then return util.fail("EPOLICY", "not a URL: %s", tostring(url)) end
   if url:find("[%s%c]") then
     return util.fail("EUSAGE", "not a URL: '%s' (a space or control character must be percent-encoded: %%20 for a space)",
-      (url:gsub("%c", "?")))
+      (util.shown_url(url):gsub("%c", "?")))
   end
   local u = util.parse_url(url)
   if not u then return util.fail("EPOLICY", "not a URL: %s", util.shown_url(url)) end
@@ -99,6 +99,12 @@ function util.shown_url(url)
   if not userinfo then return url end
   local user = userinfo:match("^([^:]*):")
   return head .. (user and (user .. ":***") or "***") .. "@" .. host .. rest
+end
+
+-- A word as a shell reads it back: as it is when plain, else in single quotes.
+function util.shell_quote(s)
+  if s:match("^[%w%-%._~:/%%+@,=]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
 -- Whether a pull target is a URL (scheme://…) rather than a catalog id.
