@@ -643,6 +643,8 @@ return 3
   r = t.status(t.modelget { "run", t.write(dir .. "/coded.lua", "error({ code = 'EAUTH', message = 'no token' })") }, 6,
     "an error of the facade's shape keeps its code")
   t.match(r.stderr, "coded%.lua: no token\n$", "and its message")
+  t.status(t.modelget { "run", t.write(dir .. "/busy.lua", "error({ code = 'EBUSY', message = 'in use' })") }, 1,
+    "EBUSY keeps its status 1")
   local big = t.write(dir .. "/big.lua", "return 300")
   r = t.status(t.modelget { "run", big }, 9, "a status past 255")
   t.eq(r.stderr, "modelget: " .. big .. " returned 300: an exit status is a whole number, 0 to 255\n", "said so")

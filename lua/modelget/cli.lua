@@ -963,7 +963,7 @@ command("run", {
       if type(res) == "table" then
         -- An error table of the facade's shape ({message=, code=}) keeps its code; any other is
         -- a script error like the rest (said by its __tostring, when it has one).
-        local code = type(res.code) == "string" and util.exit_status(res.code) ~= 1 and res.code or "EINPUT"
+        local code = type(res.code) == "string" and res.code:match("^E%u+$") and res.code or "EINPUT"
         local shown = getmetatable(res) and getmetatable(res).__tostring and tostring(res)
         local msg = type(res.message) == "string" and res.message or shown
           or "(an error object that is a table, with no message)"
