@@ -265,6 +265,13 @@ function modelget.stop(ids, opts)
       local stopped, finished = {}, {}
       for _, id in ipairs(p.ids) do table.insert(was_stopped[id] and stopped or finished, id) end
       p.ids, p.finished = stopped, #finished > 0 and finished or nil
+    elseif p.ended and not p.whole then
+      -- The process ended before it was seen at all: a pull it stopped kept its partial data.
+      local kept = {}
+      for _, part in ipairs(store.partials(root)) do kept[part.id] = true end
+      local stopped, finished = {}, {}
+      for _, id in ipairs(p.ids) do table.insert(kept[id] and stopped or finished, id) end
+      p.ids, p.finished = stopped, #finished > 0 and finished or nil
     end
     p.whole = nil
   end

@@ -174,8 +174,11 @@ end
 -- file. Stoppers at once each add theirs: one at a time, under a lock. true, or nil, err, code.
 function store.request_stop(root, pid, ids)
   local path = running_dir(root) .. "/.pull-" .. pid .. ".stop"
-  local lock, err, code = store.lock(root, ".pull-" .. pid .. ".stop", 5)
-  if not lock then return nil, err, code end
+  local lock, err, code = store.wait_lock(running_dir(root) .. "/.locks", ".pull-" .. pid .. ".stop", 5)
+  if not lock then
+    if code == "EBUSY" then return util.fail("EBUSY", "another stop of pid %d is still writing its request", pid) end
+    return nil, err, code
+  end
   local req = util.json_decode(util.read_file(path) or "", path)
   local all, seen = {}, {}
   for _, id in ipairs(type(req) == "table" and type(req.ids) == "table" and req.ids or {}) do
