@@ -323,7 +323,7 @@ test("several downloads at once", function()
   pull_several("file%d", 6, 300000, "-j", "3", "-q")
 end)
 
-test("the most jobs with the most connections each: the transfers past the session's bound wait their turn", function()
+test("the most jobs with the most connections each: a session is made for them, and the pulls complete", function()
   pull_several("most%d", 3, 300000, "-j", "256", "-x", "16", "-q")
 end)
 
