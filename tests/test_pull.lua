@@ -670,3 +670,28 @@ test("a URL whose name gives the id of a model installed from the catalog: refus
   local r = t.status(t.modelget { "--store", store, "--registry", recipe, "list", "--installed" }, 0, "list --installed")
   t.match(r.stdout, "%* cat1", "the catalog's entry installed")
 end)
+
+test("a pull killed after assembling the model, before moving it in place: the next pull installs it, nothing fetched", function()
+  local fx = servers.fixture()
+  local data = t.bytes(400000, 50)
+  local url = fx.put("assembled.bin", data)
+  local store = store_dir("assembled")
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "a first pull")
+  -- What a kill between the manifest's write and the rename leaves: the model folder under partial/.
+  local core = require "modelget.core"
+  assert(core.rename(store .. "/models/other/assembled", store .. "/partial/other--assembled"))
+  fx.clear_log()
+  local r = t.status(pull(store, { url, "--framework", "other", "--json" }), 0, "the next pull")
+  t.eq(#fx.requests("/f/assembled%.bin"), 0, "nothing asked of the server")
+  t.eq(events(r.stdout)[#events(r.stdout)].already, nil, "installed now, not 'already installed'")
+  t.eq(t.sha256_file(installed(store, "other", "assembled", "assembled.bin")), t.sha256(data), "the bytes in place")
+  t.ok(not t.exists(store .. "/partial/other--assembled"), "nothing left under partial/")
+  -- A damaged one is not taken: downloaded again.
+  assert(core.rename(store .. "/models/other/assembled", store .. "/partial/other--assembled"))
+  local f = assert(io.open(store .. "/partial/other--assembled/assembled.bin", "r+b"))
+  f:write("X")
+  f:close()
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "a pull over a damaged one")
+  t.eq(#fx.requests("/f/assembled%.bin"), 1, "fetched again")
+  t.eq(t.sha256_file(installed(store, "other", "assembled", "assembled.bin")), t.sha256(data), "the right bytes")
+end)

@@ -238,8 +238,8 @@ end
 -- Is the model already installed, intact, and the version asked for? Re-hashes its files against the
 -- manifest. nil, its folder, why not: "changed" (on disk) or "version" (a SHA-256 stated now that
 -- is not the installed main file's: the recipe, or --sha256, names another version).
-local function installed_ok(root, entry, m)
-  local dir = store.model_dir(root, entry.framework, entry.id)
+local function installed_ok(root, entry, m, dir)
+  dir = dir or store.model_dir(root, entry.framework, entry.id)
   if not m then return nil end
   if entry.sha256 and m.sha256 and entry.sha256:lower() ~= m.sha256:lower() then return nil, dir, "version" end
   -- Another model under the same id: one pulled from a URL where the catalog's is asked for, or from
@@ -279,6 +279,25 @@ function pull.run(sched, entry, ctx)
       if done then return done end
       if why == "interrupted" then return util.fail("EINTR", "interrupted while checking the installed %s", entry.id) end
       if broken then emit { event = "repair", id = entry.id, path = broken, reason = why } end
+      -- A pull killed after its manifest was written, before the rename into place, left the model
+      -- assembled under partial/: checked like an installed one, it is put in place, nothing fetched.
+      local pdir = store.partial_dir(root, entry.framework, entry.id)
+      local places = { pdir }
+      for _, name in ipairs(core.listdir(pdir) or {}) do
+        if name:match("^staging%.%d+$") then places[#places + 1] = pdir .. "/" .. name end
+      end
+      for _, dir in ipairs(places) do
+        local am = store.read_manifest(dir)
+        local ready = am and am.id == entry.id and am.framework == entry.framework and installed_ok(root, entry, am, dir)
+        if ready then
+          local dest, ierr, icode = store.install(root, dir, entry, am.files,
+            { sha256 = am.sha256, run = function(ops) return sched:fs(ops) end })
+          if not dest then return nil, ierr, icode end
+          core.rmtree(pdir)
+          ready.path, ready.already = dest, nil
+          return ready
+        end
+      end
     end
     local aok, aerr, acode = auth.require(entry, entry.url or (entry.hub and hub.endpoint()))
     if not aok then return nil, aerr, acode end
