@@ -54,6 +54,24 @@ test("status shows a running pull, then the stopped one; rm drops its partial da
   t.match(status(store).stdout, "no downloads in progress", "nothing left")
 end)
 
+test("status says of a stopped download what a pull resumes from: what its state vouches for", function()
+  local store = t.tmpdir("store-vouched")
+  local dir = store .. "/partial/other--killed"
+  -- Killed between two checkpoints: 900 KB on disk, the state saved at 300 KB.
+  t.write(dir .. "/killed.bin.part", ("x"):rep(900000))
+  t.write(dir .. "/killed.bin.part.state", "modelget-partial 1\nurl https://127.0.0.1:9/killed.bin\netag \"v1\"\n"
+    .. "total 2000000\nrange 0 2000000 300000\n")
+  -- Killed before its first checkpoint: nothing to resume from.
+  t.write(store .. "/partial/other--early/early.bin.part", ("x"):rep(100000))
+  local r = status(store)
+  t.match(r.stdout, "killed +other +stopped +300 KB of 2%.0 MB %(15%%%)", "the vouched bytes")
+  t.match(r.stdout, "early +other +stopped +0 B", "none for the early one")
+  local by = {}
+  for _, ev in ipairs(t.events(status(store, true).stdout)) do by[ev.id] = ev end
+  t.eq(by.killed.kept, 300000, "kept in JSON")
+  t.eq(by.killed.completed, 900000, "completed: what is on disk")
+end)
+
 test("the command that resumes a URL's stopped pull gives back its --id, --name and --framework", function()
   local store = t.tmpdir("store-hint")
   local url = "https://127.0.0.1:9/files/big1.bin"

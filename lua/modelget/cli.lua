@@ -719,7 +719,7 @@ command("status", {
     end
     if ctx.json then
       for _, p in ipairs(list) do
-        json_line({ event = "partial", id = p.id, framework = p.framework, completed = p.bytes, total = p.total,
+        json_line({ event = "partial", id = p.id, framework = p.framework, completed = p.bytes, kept = p.kept, total = p.total,
                     active = p.active, path = p.path, pid = p.active and pid_of[p.id] or nil })
       end
       return 0
@@ -730,9 +730,11 @@ command("status", {
     end
     local rows = { { "ID", "FRAMEWORK", "STATE", "DOWNLOADED" } }
     for _, p in ipairs(list) do
-      local done = progress.bytes(p.bytes)
+      -- A running download shows what it has; a stopped one what a pull resumes from.
+      local n = p.active and p.bytes or p.kept
+      local done = progress.bytes(n)
       if p.total and p.total > 0 then
-        done = string.format("%s of %s (%d%%)", done, progress.bytes(p.total), math.floor(100 * p.bytes / p.total))
+        done = string.format("%s of %s (%d%%)", done, progress.bytes(p.total), math.floor(100 * n / p.total))
       end
       local state = p.active and (pid_of[p.id] and string.format("downloading (pid %d)", pid_of[p.id]) or "downloading")
         or "stopped"

@@ -139,7 +139,7 @@ function modelget.scheduler(opts)
         -- Stopped from another process: for this pull, as if by Ctrl-C (exit 130 on the command line).
         local kept = entry and store.partial(store.root(merged), entry.framework, entry.id)
         err, code = kept and string.format("%s: stopped by modelget stop: %s of partial data kept in %s; "
-          .. "run the same pull again to resume", id, util.human(kept.bytes), kept.path)
+          .. "run the same pull again to resume", id, util.human(kept.kept), kept.path)
           or string.format("%s: stopped by modelget stop before any data arrived", id), "EINTR"
       end
       reg.ended(id, stopped)

@@ -379,7 +379,7 @@ function pull.run(sched, entry, ctx)
         if fcode == "ECANCEL" then return nil, ferr, fcode end
         if fcode == "EINTR" then
           -- What is kept, as status counts it (a split's bytes from its plan, not its file's length).
-          local kept = (store.partial(root, entry.framework, entry.id) or {}).bytes or 0
+          local kept = (store.partial(root, entry.framework, entry.id) or {}).kept or 0
           if kept == 0 then return util.fail("EINTR", "interrupted before any data arrived; run the same pull again") end
           return util.fail("EINTR", "interrupted: %s of partial data kept in %s; run the same pull again to resume",
             util.human(kept), pdir)
@@ -393,7 +393,7 @@ function pull.run(sched, entry, ctx)
             -- What is kept, as status counts it (a split's bytes from its plan, not its file's length).
             local kept = 0
             for _, p in ipairs((store.partial(root, entry.framework, entry.id) or {}).files or {}) do
-              if p.path == f.path then kept = p.bytes end
+              if p.path == f.path then kept = p.kept end
             end
             if kept > 0 then ferr = string.format("%s; %s kept: the same pull again resumes", ferr, util.human(kept)) end
           end

@@ -230,29 +230,34 @@ function store.pull_ended(root, pid)
   return code ~= "EBUSY"
 end
 
--- Partial downloads: {{id=, framework=, path=, bytes=, total=|nil, files={{path=, bytes=, total=, url=}…}}…}
--- (total and url from each file's resume state or split plan, when it has one).
+-- Partial downloads: {{id=, framework=, path=, bytes=, kept=, total=|nil, files={{path=, bytes=, kept=, total=,
+-- url=}…}}…} (bytes: on disk; kept: what a pull resumes from; total and url from each file's resume
+-- state or split plan, when it has one).
 -- One model's partial download (partial_dir(root, framework, id)), as store.partials lists them,
 -- or nil when it holds no partial file.
 function store.partial(root, framework, id)
   local dir = store.partial_dir(root, framework, id)
-  local entry = { id = id, framework = framework, path = dir, bytes = 0, total = 0, files = {} }
+  local entry = { id = id, framework = framework, path = dir, bytes = 0, kept = 0, total = 0, files = {} }
   for _, f in ipairs(core.listdir(dir) or {}) do
     if f:match("%.part$") then
       local bytes = (core.stat(dir .. "/" .. f) or {}).size or 0
       local state = util.read_file(dir .. "/" .. f .. ".state") or ""
       local total = tonumber(state:match("\ntotal (%d+)\n"))
       local url = state:match("\nurl (%S+)\n")
+      -- What a pull resumes from: what the state vouches for (a file killed between two checkpoints
+      -- holds more, fetched again), nothing without a state.
+      local kept = math.min(bytes, math.tointeger(tonumber(state:match("\nrange 0 %S+ (%d+)\n") or "0")) or 0)
       -- A download split over connections: its ranges are in place, their progress in the plan.
       local plan = util.read_file(dir .. "/" .. f .. ".split")
       plan = plan and util.json_decode(plan, f .. ".split")
       if type(plan) == "table" and type(plan.ranges) == "table" then
         bytes, total, url = 0, math.tointeger(plan.total), type(plan.url) == "string" and plan.url or url
         for _, r in ipairs(plan.ranges) do bytes = bytes + (math.tointeger(r[3]) or 0) end
+        kept = bytes
       end
       entry.files[#entry.files + 1] = { path = f:gsub("%.part$", ""):gsub("%%2F", "/"), bytes = bytes, total = total,
-                                        url = url }
-      entry.bytes = entry.bytes + bytes
+                                        url = url, kept = kept }
+      entry.bytes, entry.kept = entry.bytes + bytes, entry.kept + kept
       entry.total = total and entry.total and entry.total + total or nil
     end
   end
