@@ -274,6 +274,9 @@ function pull.run(sched, entry, ctx)
       return util.fail("EUSAGE", "'%s' is installed from %s, not from a URL: pull the URL under another --id, "
         .. "or 'modelget rm %s' first", entry.id, tostring(m.source), entry.id)
     end
+    local pdir = store.partial_dir(root, entry.framework, entry.id)
+    -- A partial folder from an earlier pull (none for most pulls: nothing more to look at then).
+    local earlier = core.stat(pdir) ~= nil
     if not opts.force then
       local done, broken, why = installed_ok(root, entry, m)
       if done then return done end
@@ -281,9 +284,8 @@ function pull.run(sched, entry, ctx)
       if broken then emit { event = "repair", id = entry.id, path = broken, reason = why } end
       -- A pull killed after its manifest was written, before the rename into place, left the model
       -- assembled under partial/: checked like an installed one, it is put in place, nothing fetched.
-      local pdir = store.partial_dir(root, entry.framework, entry.id)
-      local places = { pdir }
-      for _, name in ipairs(core.listdir(pdir) or {}) do
+      local places = earlier and { pdir } or {}
+      for _, name in ipairs(earlier and core.listdir(pdir) or {}) do
         if name:match("^staging%.%d+$") then places[#places + 1] = pdir .. "/" .. name end
       end
       for _, dir in ipairs(places) do
@@ -310,10 +312,8 @@ function pull.run(sched, entry, ctx)
     local files, perr, pcode = plan_files(sched, entry, rule, fctx)
     if not files then return nil, perr, pcode end
 
-    local pdir = store.partial_dir(root, entry.framework, entry.id)
     -- A partial folder from an earlier pull may hold a staging folder left by a pull that was
     -- killed: ours to clear, we hold the lock. A new one holds nothing but what this pull writes.
-    local earlier = core.stat(pdir) ~= nil
     local ok, merr, mcode = true, nil, nil
     if earlier then
       -- Only resumable data is kept: partial files, their states and split plans. Anything else (a
