@@ -2008,7 +2008,8 @@ static int session_add(lua_State *L) {
 
 /* session:check_space{bytes=, partial=, space_path=, space_factor=}: the storage check a download
  * makes at its first body byte, for a download split in ranges: made once, before any range starts,
- * for all the bytes still to come across them. true, or nil, message, "ESPACE". */
+ * for all the bytes still to come across them. n (the reservation that holds the space until
+ * session:release_space(n)), true (nothing held), or nil, message, "ESPACE". */
 static int session_check_space(lua_State *L) {
   Session *s = checksession(L, 1);
   luaL_checktype(L, 2, LUA_TTABLE);

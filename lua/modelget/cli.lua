@@ -186,7 +186,6 @@ local function json_line(obj)
   io.stdout:write(progress.json_line(obj), "\n")
 end
 
--- One line per object, each marked with its kind (SPEC: every --json line has an "event").
 -- An entry as shown (text or JSON): its URLs without their credentials (urls export keeps them).
 local function shown_entry(e)
   local function copy_of(t)
@@ -209,6 +208,7 @@ local function shown_entry(e)
   return copy
 end
 
+-- One line per object, each marked with its kind (SPEC: every --json line has an "event").
 local function json_lines(list, event)
   for _, obj in ipairs(list) do
     local line = progress.plain_data(obj)
@@ -334,9 +334,9 @@ end
 -- under e's framework (an id installed under another framework is another model), and came from the
 -- catalog (a URL pulled under the same id is not the entry's model).
 local function installed_set(mg, opts)
-  local set = {}
+  local set, from_url = {}, require("modelget.store").from_url
   for _, m in ipairs(mg.installed(opts) or {}) do
-    if not require("modelget.store").from_url(m) then set[m.framework .. "/" .. m.id] = true end
+    if not from_url(m) then set[m.framework .. "/" .. m.id] = true end
   end
   return function(e) return set[e.framework .. "/" .. e.id] == true end
 end

@@ -208,22 +208,18 @@ function modelget.stop(ids, opts)
   local every = not ids or #ids == 0
   local chosen, found = {}, {}
   for _, p in ipairs(store.running_pulls(root)) do
-    local named, pulling, whole = {}, {}, every
-    for _, id in ipairs(p.ids) do pulling[id] = true end
+    local named, pulling, pulled = {}, {}, 0
+    for _, id in ipairs(p.ids) do
+      if not pulling[id] then pulling[id], pulled = true, pulled + 1 end
+    end
     for _, id in ipairs(ids or {}) do
       if pulling[id] then
         if found[id] ~= p then named[#named + 1] = id end
         found[id] = p
       end
     end
-    if #named > 0 then
-      whole = true -- unless it pulls an id not named
-      for _, id in ipairs(p.ids) do
-        local hit = false
-        for _, n in ipairs(named) do hit = hit or n == id end
-        whole = whole and hit
-      end
-    end
+    -- Stopped whole (SIGTERM) when every id it pulls is named (named holds each of them once).
+    local whole = every or (#named > 0 and #named == pulled)
     if (whole or #named > 0) and p.pid ~= core.getpid() then
       chosen[#chosen + 1] = { pid = p.pid, ids = whole and p.ids or named, whole = whole }
     end

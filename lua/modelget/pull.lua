@@ -257,6 +257,17 @@ local function installed_ok(root, entry, m, dir)
            sha256 = m.sha256, already = true }
 end
 
+-- What a pull of entry would resume from, as status counts it (a split's bytes from its plan, not
+-- its file's length): the file at path's, or the whole model's.
+local function kept(root, entry, path)
+  local p = store.partial(root, entry.framework, entry.id) or { kept = 0, files = {} }
+  if not path then return p.kept end
+  for _, f in ipairs(p.files) do
+    if f.path == path then return f.kept end
+  end
+  return 0
+end
+
 -- The pull itself, inside a scheduler task. ctx: {root=, opts=, emit=}
 function pull.run(sched, entry, ctx)
   local root, opts, emit = ctx.root, ctx.opts, ctx.emit
@@ -378,25 +389,18 @@ function pull.run(sched, entry, ctx)
       if not r then
         if fcode == "ECANCEL" then return nil, ferr, fcode end
         if fcode == "EINTR" then
-          -- What is kept, as status counts it (a split's bytes from its plan, not its file's length).
-          local kept = (store.partial(root, entry.framework, entry.id) or {}).kept or 0
-          if kept == 0 then return util.fail("EINTR", "interrupted before any data arrived; run the same pull again") end
+          local have = kept(root, entry)
+          if have == 0 then return util.fail("EINTR", "interrupted before any data arrived; run the same pull again") end
           return util.fail("EINTR", "interrupted: %s of partial data kept in %s; run the same pull again to resume",
-            util.human(kept), pdir)
+            util.human(have), pdir)
         end
         if f.optional and fcode ~= "ESPACE" then
           emit { event = "skip", id = entry.id, file = f.path, reason = ferr }
         else
           -- A side file's failure is the model's, with its own cause (a dead URL is a network failure).
           if f.side then ferr = string.format("%s: required file %s could not be fetched: %s", entry.id, f.path, ferr) end
-          if fcode == "ENET" then
-            -- What is kept, as status counts it (a split's bytes from its plan, not its file's length).
-            local kept = 0
-            for _, p in ipairs((store.partial(root, entry.framework, entry.id) or {}).files or {}) do
-              if p.path == f.path then kept = p.kept end
-            end
-            if kept > 0 then ferr = string.format("%s; %s kept: the same pull again resumes", ferr, util.human(kept)) end
-          end
+          local have = fcode == "ENET" and kept(root, entry, f.path) or 0
+          if have > 0 then ferr = string.format("%s; %s kept: the same pull again resumes", ferr, util.human(have)) end
           return nil, ferr, fcode
         end
       else

@@ -115,8 +115,6 @@ local is_field = {}
 for _, f in ipairs(FIELDS) do is_field[f] = true end
 recipe.FIELDS = FIELDS
 
-local is_archive = util.is_archive
-recipe.is_archive = is_archive
 
 -- A field check raises {field=, msg=} through this; normalize() turns it into one problem line.
 local function bad(field, fmt, ...)
@@ -287,7 +285,7 @@ local function normalize(id, fields, default_framework)
   e.framework = fw
 
   if fields.unzip ~= nil then e.unzip = check_bool("unzip", fields.unzip)
-  else e.unzip = e.file ~= nil and is_archive(e.file) end
+  else e.unzip = e.file ~= nil and util.is_archive(e.file) end
   return e
 end
 recipe.normalize = normalize

@@ -291,7 +291,7 @@ function store.sweep_discarded(root)
   local trash = root .. "/partial/.trash"
   for _, name in ipairs(core.listdir(trash) or {}) do
     local id = name:match("^.-%-%-(.+)%.%d+$")
-    local lock = id and core.lock(root .. "/partial/.locks", id)
+    local lock = id and store.lock(root, id)
     if lock then
       core.rmtree(trash .. "/" .. name)
       lock:close()
