@@ -2303,10 +2303,10 @@ void mg_open_transfer(lua_State *L) {
     {"active", session_active},
     {"add", session_add},
     {"check_space", session_check_space},
-    {"release_space", session_release_space},
     {"close", session_close},
     {"finished", session_finished},
     {"perform", session_perform},
+    {"release_space", session_release_space},
     {NULL, NULL}
   };
   static const luaL_Reg transfer_methods[] = {
