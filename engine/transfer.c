@@ -116,6 +116,7 @@ struct Transfer {
   int64_t whole_size;
   char *validator;
   int sync;                   /* fdatasync at success (off when the caller syncs the file itself) */
+  int writeback;              /* a small body's write-back started at its end (it waits for others) */
   uint64_t memory_max;
   long stall_timeout;
   double space_factor;
@@ -1474,7 +1475,7 @@ static void write_tail(void *arg) {
   Transfer *t = arg;
   size_t n = t->wlen;
   int err = mg_write_all(t->fd, t->wbuf, n, file_base_of(t) + t->offset - n);
-  if (!err) start_writeback(t->fd, 0, 0); /* the whole small file, on its way to the disk */
+  if (!err && t->writeback) start_writeback(t->fd, 0, 0); /* the whole small file, on its way to the disk */
   if (!err) EVP_DigestUpdate(t->ctx, t->wbuf, n);
   t->tail_err = err;
   __atomic_store_n(&t->tail_done, 1, __ATOMIC_RELEASE);
@@ -1923,6 +1924,7 @@ static int session_add(lua_State *L) {
   t->whole_size = whole >= 0 ? (int64_t)whole : -1;
   t->validator = opt_string(L, 2, "validator");
   t->sync = opt_boolean(L, 2, "fsync", 1);
+  t->writeback = opt_boolean(L, 2, "writeback", 0);
   double stall = opt_number(L, 2, "stall_timeout", 30);
   luaL_argcheck(L, stall >= 1, 2, "stall_timeout must be at least 1 s");
   t->stall_timeout = (long)(stall + 0.5);

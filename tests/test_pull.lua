@@ -407,6 +407,31 @@ test("a file system that refuses direct writes: the writer goes on through the p
   t.eq(select(2, refused:gsub("\n", "")), 1, "once: the writer stays with the page cache after that")
 end)
 
+test("a model's files that wait for one another go on their way to the disk at their ends; a lone file does not", function()
+  local ng = servers.nginx()
+  local main, side, lone = t.bytes(100000, 61), t.bytes(60000, 62), t.bytes(100000, 63)
+  local main_url, side_url = ng.put("wb/pair.bin", main), ng.put("wb/vocab.json", side)
+  local lone_url = ng.put("wb/lone.bin", lone)
+  local recipe = t.tmpdir("wb-recipe") .. "/r.lua"
+  t.write(recipe, string.format('model "pair" { framework = "other", url = %q, files = { { name = "vocab.json", url = %q } } }',
+    main_url, side_url))
+  local store = store_dir("writeback")
+  local log = t.tmpdir("wb-log") .. "/writeback"
+  -- The shim logs the file of each write-back started (tests/fixtures/diskfault.c, WRITEBACK_LOG).
+  local env = t.fault_env { WRITEBACK_LOG = log }
+  t.status(pull(store, { "pair", "--registry", recipe, "-q" }, { env = env }), 0, "pull the model of two files")
+  t.eq(t.sha256_file(installed(store, "other", "pair", "pair.bin")), t.sha256(main), "main file installed")
+  t.eq(t.sha256_file(installed(store, "other", "pair", "vocab.json")), t.sha256(side), "side file installed")
+  local started = {}
+  for line in (t.read(log) or ""):gmatch("[^\n]+") do started[#started + 1] = line:match("[^/]+$") end
+  table.sort(started)
+  t.eq(table.concat(started, " "), "pair.bin.part vocab.json.part", "each file's write-back started at its end, once")
+  os.remove(log)
+  t.status(pull(store, { lone_url, "--framework", "other", "-q" }, { env = env }), 0, "pull one file")
+  t.eq(t.sha256_file(installed(store, "other", "lone", "lone.bin")), t.sha256(lone), "lone file installed")
+  t.eq(t.read(log), nil, "no write-back started for a model of one file: its install syncs it at once")
+end)
+
 -- A rate-limited pull in the background.
 local function background_pull(store, url)
   return t.spawn { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q",

@@ -453,7 +453,7 @@ function Scheduler:fetch_whole(spec)
       if self.cancelled[spec.id] then return cancelled(spec) end
       local r = self:transfer({
         url = url, partial = spec.partial, memory = spec.memory, head = spec.head, fsync = spec.fsync,
-        range = spec.range, whole_size = spec.whole_size, validator = spec.validator,
+        writeback = spec.writeback, range = spec.range, whole_size = spec.whole_size, validator = spec.validator,
         shared = spec.shared, done = spec.done,
         auth = spec.auth_for and spec.auth_for(url) or nil,
         stall_timeout = opts.stall_timeout or 30, expected_size = spec.size,

@@ -367,6 +367,9 @@ function pull.run(sched, entry, ctx)
         space_factor = f.archive and 2 or 1, space_path = pdir,
         fresh = not earlier, -- a partial folder this pull made holds no plan or state of an earlier one
         fsync = false, -- made durable with the rest of the model at its install, off the event loop
+        -- A file that waits for others of its model goes on its way to the disk at its end, so the
+        -- install's sync finds it written; a model of one file is synced right after it anyway.
+        writeback = #files > 1,
         auth_for = fctx.auth_for, auth_hint = fctx.auth_hint,
       }
     end
