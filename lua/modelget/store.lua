@@ -104,18 +104,25 @@ function store.register_pull(root, ids, log)
     return util.fail("EIO", "cannot register the pull in %s: %s", dir, werr)
   end
   local asked, dirty, closed = {}, false, false
+  -- The ids still pulling as a set: an id's end is one step, the file's list is made at a flush.
+  local order, pulling = doc.ids, {}
+  for _, id in ipairs(order) do pulling[id] = true end
   local handle = {}
   function handle.flush()
     if not dirty or closed then return end
     dirty = false
+    local left = {}
+    for _, id in ipairs(order) do
+      if pulling[id] then left[#left + 1] = id end
+    end
+    doc.ids = left
     replace(path .. ".json", path .. ".tmp", util.json_encode(doc))
   end
   function handle.requested()
     local text = util.read_file(path .. ".stop")
     if closed or not text then return {} end
     local req = util.json_decode(text, path .. ".stop")
-    local new, pulling = {}, {}
-    for _, id in ipairs(doc.ids) do pulling[id] = true end
+    local new = {}
     for _, id in ipairs(type(req) == "table" and type(req.ids) == "table" and req.ids or {}) do
       if type(id) == "string" and pulling[id] and not asked[id] then
         asked[id] = true
@@ -126,12 +133,8 @@ function store.register_pull(root, ids, log)
   end
   function handle.asked(id) return asked[id] == true end
   function handle.ended(id, stopped)
-    local left = {}
-    for _, other in ipairs(doc.ids) do
-      if other ~= id then left[#left + 1] = other end
-    end
-    if #left == #doc.ids then return end
-    doc.ids = left
+    if not pulling[id] then return end
+    pulling[id] = nil
     if stopped then doc.stopped[#doc.stopped + 1] = id end
     dirty = true
     if asked[id] then handle.flush() end
