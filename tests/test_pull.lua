@@ -589,6 +589,64 @@ test("a side file whose every URL fails: the network's exit 3, naming the requir
   no_model(store, "other", "sided")
 end)
 
+-- A file on the fixture server behind a Basic login, and a home folder with no credentials in it.
+local function behind_login(name, login, seed)
+  local fx = servers.fixture()
+  local data = t.bytes(40000, seed)
+  local url = fx.put(name, data)
+  fx.script(name, { { login = login, ["repeat"] = true } })
+  local home = t.tmpdir(name .. "-home")
+  return fx, data, url, home, store_dir(name)
+end
+
+test("a server that asks for a login: exit 6 naming ~/.netrc; the login ~/.netrc gives for the host is sent there only", function()
+  local fx, data, url, home, store = behind_login("login.bin", "ann:s3cret pass", 71)
+  local env = { HOME = home, NETRC = false, HF_TOKEN = false }
+  local r = t.status(pull(store, { url, "--framework", "other", "--retries", "1", "-q" }, { env = env }), 6, "no login")
+  t.match(r.stderr, "asks for a login: add 'machine 127%.0%.0%.1 login NAME password SECRET' to "
+    .. home:gsub("%p", "%%%0") .. "/%.netrc", "names the file and the line to add")
+  t.nomatch(r.stderr, "HF_TOKEN", "not a word of the Hub")
+  no_model(store, "other", "login")
+  -- A netrc: another host's entry first, a macro, then the host's own with a quoted password.
+  t.write(home .. "/.netrc", 'machine example.org login eve password wrong\n'
+    .. 'macdef init\nmachine 127.0.0.1 login mallory password macro\n\n'
+    .. 'machine 127.0.0.1\n  login ann\n  password "s3cret pass"\n')
+  fx.clear_log()
+  t.status(pull(store, { url, "--framework", "other", "-q" }, { env = env }), 0, "with the login in ~/.netrc")
+  t.eq(t.sha256_file(installed(store, "other", "login", "login.bin")), t.sha256(data), "installed bytes")
+  local sent = fx.requests("/f/login%.bin")
+  t.ok(#sent > 0, "requests were made")
+  for _, q in ipairs(sent) do t.eq(q.headers.authorization, "Basic YW5uOnMzY3JldCBwYXNz", "the host's own login") end
+  -- NETRC names another file; a wrong login there is said as such, never shown.
+  local other = t.tmpdir("login-netrc") .. "/creds"
+  t.write(other, "machine 127.0.0.1 login ann password nope\n")
+  r = t.status(pull(store_dir("login-wrong"), { url, "--framework", "other", "--retries", "1", "-q" },
+    { env = { HOME = home, NETRC = other } }), 6, "a wrong login")
+  t.match(r.stderr, "the login " .. other:gsub("%p", "%%%0") .. " gives for 127%.0%.0%.1 was refused", "says which")
+  t.nomatch(r.stderr, "nope", "the password never appears")
+end)
+
+test("a netrc login is not sent past a redirect to another host, nor from a 'default' entry", function()
+  local fx, data, url, home, store = behind_login("moved.bin", "ann:pw", 72)
+  fx.script("moved.bin", { { redirect = fx.url_localhost .. "/f/elsewhere.bin", ["repeat"] = true } })
+  fx.put("elsewhere.bin", data)
+  t.write(home .. "/.netrc", "machine 127.0.0.1 login ann password pw\n")
+  local env = { HOME = home, NETRC = false }
+  fx.clear_log()
+  t.status(pull(store, { url, "--framework", "other", "-q" }, { env = env }), 0, "pull through the redirect")
+  t.eq(t.sha256_file(installed(store, "other", "moved", "moved.bin")), t.sha256(data), "installed bytes")
+  t.eq(fx.requests("/f/moved%.bin")[1].headers.authorization, "Basic YW5uOnB3", "sent to the host named")
+  local there = fx.requests("/f/elsewhere%.bin")
+  t.ok(#there > 0, "the download went on to the other host")
+  for _, q in ipairs(there) do t.eq(q.headers.authorization, nil, "no login after the cross-host redirect") end
+  -- A "default" entry would send one password to every host: it is not used.
+  local url2 = fx.put("plain.bin", data)
+  t.write(home .. "/.netrc", "default login ann password pw\n")
+  fx.clear_log()
+  t.status(pull(store, { url2, "--framework", "other", "-q" }, { env = env }), 0, "pull an open file")
+  for _, q in ipairs(fx.requests("/f/plain%.bin")) do t.eq(q.headers.authorization, nil, "no login from 'default'") end
+end)
+
 test("an untrusted certificate: exit 3, and the hint names --cacert", function()
   local url = servers.nginx().put("untrusted/model.bin", "x")
   local store = store_dir("untrusted")

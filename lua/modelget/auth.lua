@@ -1,7 +1,9 @@
 -- Credentials per origin: the Hub's token as "Authorization: Bearer", only to the Hub endpoint's scheme,
--- host and port; a Kaggle key as Basic, only to kaggle.com over https. The engine drops the header on a
--- redirect to any other origin (another host, port or scheme). No message here ever holds a credential:
--- they name the variable or file to set, never its content.
+-- host and port; a Kaggle key as Basic, only to kaggle.com over https; for any other host, the login
+-- ~/.netrc gives for it by name (as curl, wget and aria2c read it), as Basic, only to the URL's origin.
+-- The engine drops the header on a redirect to any other origin (another host, port or scheme). No
+-- message here ever holds a credential: they name the variable or file to set, never its content.
+local core = require "modelget.core"
 local util = require "modelget.util"
 local hub = require "modelget.hub"
 
@@ -71,6 +73,80 @@ local function base64(s)
 end
 auth.base64 = base64
 
+-- ~/.netrc (NETRC names another file): "machine HOST login NAME password SECRET" entries, as ftp,
+-- curl, wget and aria2c read them. Tokens are separated by white space; a token may be "quoted" (with
+-- \" and \\ inside); a macdef's lines, up to an empty line, are passed over.
+function auth.netrc_file(env) return getenv(env, "NETRC") or (home(env) .. "/.netrc") end
+
+local function netrc_tokens(text)
+  local tokens, i, n = {}, 1, #text
+  while true do
+    i = text:find("%S", i)
+    if not i then return tokens end
+    local token
+    if text:sub(i, i) == '"' then
+      local buf, j = {}, i + 1
+      while j <= n and text:sub(j, j) ~= '"' do
+        if text:sub(j, j) == "\\" and j < n then j = j + 1 end
+        buf[#buf + 1] = text:sub(j, j)
+        j = j + 1
+      end
+      token, i = table.concat(buf), j + 1
+    else
+      local _, e = text:find("^%S+", i)
+      token, i = text:sub(i, e), e + 1
+    end
+    if token == "macdef" then -- its name, then its body up to an empty line
+      local eol = text:find("\n", i)
+      local blank = eol and text:find("\n[ \t]*\n", eol)
+      if not blank then return tokens end
+      i = blank + 1
+    else
+      tokens[#tokens + 1] = token
+    end
+  end
+end
+
+-- login, password that the netrc file gives for host (its first "machine" entry of that name, letter
+-- case aside), or nil. A "default" entry is never used: it would send one password to every host a
+-- model is pulled from.
+local netrc_read = {} -- path -> {stamp=, tokens=}: read again only when the file changes
+function auth.netrc_login(host, env)
+  local path = auth.netrc_file(env)
+  local st = host and core.stat(path)
+  if not st then return nil end
+  local stamp = st.size .. ":" .. st.mtime
+  local cached = netrc_read[path]
+  if not cached or cached.stamp ~= stamp then
+    local f = io.open(path, "rb")
+    if not f then return nil end
+    local text = f:read(1024 * 1024) or ""
+    f:close()
+    cached = { stamp = stamp, tokens = netrc_tokens(text) }
+    netrc_read[path] = cached
+  end
+  local tokens, k, entry = cached.tokens, 1, nil
+  host = host:lower()
+  while tokens[k] do
+    local word, value = tokens[k], tokens[k + 1]
+    if word == "machine" then
+      if entry then break end
+      if value and value:lower() == host then entry = {} end
+      k = k + 2
+    elseif word == "default" then
+      if entry then break end
+      k = k + 1
+    elseif word == "login" or word == "password" or word == "account" then
+      if entry and value then entry[word] = value end
+      k = k + 2
+    else
+      k = k + 1
+    end
+  end
+  if entry and entry.login and entry.password then return entry.login, entry.password end
+  return nil
+end
+
 local function is_kaggle(host)
   return host == "kaggle.com" or (host:sub(-11) == ".kaggle.com")
 end
@@ -101,7 +177,9 @@ function auth.for_url(url, env)
     if not user then return nil end
     header = "Authorization: Basic " .. base64(user .. ":" .. key)
   else
-    return nil
+    local user, password = auth.netrc_login(u and u.host, env)
+    if not user then return nil end
+    header, service = "Authorization: Basic " .. base64(user .. ":" .. password), "netrc"
   end
   local scheme, host, port = util.origin(u)
   return { header = header, scheme = scheme, host = host, port = port, service = service }
@@ -120,8 +198,15 @@ end
 -- What to tell a user whose request to url was refused (401/403), or nil when no credential of ours
 -- applies to that host.
 function auth.hint(url, env)
-  local service = auth.service(url or "", env)
-  if not service then return nil end
+  local service, u = auth.service(url or "", env)
+  if not service then
+    if not u then return nil end
+    if auth.netrc_login(u.host, env) then
+      return string.format("the login %s gives for %s was refused: check it", auth.netrc_file(env), u.host)
+    end
+    return string.format("the server asks for a login: add 'machine %s login NAME password SECRET' to %s",
+      u.host, auth.netrc_file(env))
+  end
   local have
   if service == "hf" then have = auth.hf_token(env) else have = auth.kaggle_key(env) end
   if have then

@@ -23,7 +23,8 @@ local HINTS = {
   ESIZE = "the bad download was discarded; pull again, or check the size if the model changed upstream",
   ESPACE = "free space (see modelget ls, then modelget rm ID) or use another --store",
   EAUTH = "set HF_TOKEN (or $HF_HOME/token) for the Hugging Face Hub, KAGGLE_USERNAME and KAGGLE_KEY"
-    .. " (or ~/.kaggle/kaggle.json) for Kaggle",
+    .. " (or ~/.kaggle/kaggle.json) for Kaggle, a 'machine HOST login NAME password SECRET' line in ~/.netrc"
+    .. " for another host",
   EARCHIVE = "nothing was installed; check that the URL is the right archive, or pull it as it is with --no-unzip",
   EFORMAT = "nothing was installed; check --framework and that the URL is the model file itself",
   EINPUT = "fix the file named above and try again",
@@ -249,6 +250,7 @@ local function has_hint(message)
   message = tostring(message)
   return message:find("modelget %l") or message:find("see '") or message:find("; run ") or message:find("pass %-%-")
     or message:find("; use ") or message:find("set HF_TOKEN", 1, true) or message:find("set KAGGLE_USERNAME", 1, true)
+    or message:find("asks for a login: add", 1, true) or message:find(" was refused: check it", 1, true)
 end
 
 -- Reports a failure: one line on stderr (and an "error" event with --json); returns the status.
