@@ -248,3 +248,26 @@ model "chk-gated" { url = hf "chk/gated" "x.gguf", auth = "hf" }
   t.match(r.stdout, "ok%s+chk%-good%s+200", "a line per URL")
   t.match(r.stdout, "1 model checked, 0 problems", "summary")
 end)
+
+test("a recipe's side file named like a file of its Hub repo takes its place: the recipe's URL and SHA-256", function()
+  local fx = servers.fixture()
+  local repo = "me/pinned-mlx"
+  fx.hub_put(repo, "config.json", '{"model_type":"llama"}')
+  fx.hub_put(repo, "tokenizer.json", '{"version":"1.0","model":{}}')
+  fx.hub_put(repo, "model.safetensors", safetensors())
+  local pinned = '{"version":"1.0","model":{"pinned":true}}'
+  local url = fx.put("pinned-tokenizer.json", pinned)
+  local function write(sha)
+    return recipe(string.format([[
+model "pinned" { framework = "mlx", hub = { repo = "me/pinned-mlx", include = { "*.json", "*.safetensors" } },
+  files = { { name = "tokenizer.json", url = %q, sha256 = %q } } }
+]], url, sha))
+  end
+  local store = t.tmpdir("store")
+  local r = t.status(pull(store, write(string.rep("0", 64)), "pinned", { HF_ENDPOINT = fx.url }), 4, "a wrong SHA-256 stated")
+  t.match(r.stderr, "tokenizer%.json", "names the file")
+  t.ok(not t.exists(model_dir(store, "mlx", "pinned")), "nothing installed")
+  t.status(pull(store, write(t.sha256(pinned)), "pinned", { HF_ENDPOINT = fx.url }), 0, "the right one")
+  t.eq(t.read(model_dir(store, "mlx", "pinned") .. "/tokenizer.json"), pinned, "the recipe's file, not the repo's")
+  t.eq(#fx.requests("/me/pinned%-mlx/resolve/main/tokenizer%.json"), 0, "the repo's file was not fetched")
+end)

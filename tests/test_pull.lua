@@ -778,3 +778,32 @@ test("a pull killed after assembling the model, before moving it in place: the n
   t.eq(#fx.requests("/f/assembled%.bin"), 1, "fetched again")
   t.eq(t.sha256_file(installed(store, "other", "assembled", "assembled.bin")), t.sha256(data), "the right bytes")
 end)
+
+test("a recipe that now states another side file: pull brings that version and verify says so; a side file added too", function()
+  local ng = servers.nginx()
+  local main, v1, v2, extra = t.bytes(30000, 81), "one\n", "two\n", "added\n"
+  local main_url = ng.put("sidever/m.bin", main)
+  local v1_url, v2_url, extra_url = ng.put("sidever/v1.txt", v1), ng.put("sidever/v2.txt", v2), ng.put("sidever/extra.txt", extra)
+  local recipe = t.tmpdir("sidever-recipe") .. "/r.lua"
+  local function write(side_url, side_sha, more)
+    t.write(recipe, string.format('model "sidever" { framework = "other", url = %q, files = { { name = "notes.txt", url = %q, sha256 = %q }%s } }',
+      main_url, side_url, side_sha, more or ""))
+  end
+  local store = store_dir("sidever")
+  local function mg(args) local a = { "--store", store, "--registry", recipe, "--cacert", servers.ca().cert }
+    for _, x in ipairs(args) do a[#a + 1] = x end
+    return t.modelget(a)
+  end
+  write(v1_url, t.sha256(v1))
+  t.status(mg { "pull", "sidever", "-q" }, 0, "first version")
+  write(v2_url, t.sha256(v2))
+  local r = t.status(mg { "verify", "sidever" }, 0, "verify")
+  t.match(r.stdout, "the catalog now states another version", "verify says the recipe moved on")
+  t.status(mg { "pull", "sidever", "-q" }, 0, "pull again")
+  t.eq(t.read(installed(store, "other", "sidever", "notes.txt")), v2, "the side file's new version")
+  write(v2_url, t.sha256(v2), string.format(', { name = "extra.txt", url = %q }', extra_url))
+  t.status(mg { "pull", "sidever", "-q" }, 0, "pull with a side file added")
+  t.eq(t.read(installed(store, "other", "sidever", "extra.txt")), extra, "the added side file")
+  r = t.status(mg { "pull", "sidever" }, 0, "once more")
+  t.match(r.stdout .. r.stderr, "already installed", "nothing more to do")
+end)

@@ -380,7 +380,7 @@ function modelget.verify(ids, opts)
       if not bad then return nil, berr, bcode end -- Ctrl-C: no verdict on the rest
       -- Intact, but not the version the catalog states now (a recipe updated since): outdated.
       local e = catalog and catalog:get(m.id)
-      local outdated = e and e.sha256 and m.manifest.sha256 and e.sha256:lower() ~= m.manifest.sha256:lower() or nil
+      local outdated = e and pull.outdated(e, m.manifest) or nil
       out[#out + 1] = { id = m.id, framework = m.framework, path = m.path, ok = #bad == 0, bad = bad,
                         outdated = outdated }
     end

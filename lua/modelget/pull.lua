@@ -148,25 +148,28 @@ local function plan_files(sched, entry, rule, ctx)
     end
     for _, f in ipairs(listed) do
       files[#files + 1] = { path = f.path, urls = { hub.rewrite(f.url) }, listed_sha256 = f.sha256, size = f.size,
-                            main = not entry.url and #files == 0 }
+                            main = not entry.url and #files == 0, from_hub = true }
     end
   end
-  local seen = {}
-  for _, f in ipairs(files) do seen[f.path] = true end
-  local extra = {}
-  for _, f in ipairs(entry.files or {}) do extra[#extra + 1] = f end
-  for _, f in ipairs(rule.side_files and rule.side_files(entry) or {}) do extra[#extra + 1] = f end
-  for _, f in ipairs(extra) do
+  -- The recipe's own side files, then the framework's (a name taken already is passed over). A
+  -- recipe's file named like one of its Hub repo's takes that file's place: its URL and SHA-256 are
+  -- the ones the recipe states.
+  local at = {}
+  for i, f in ipairs(files) do at[f.path] = i end
+  local function side(f, from_recipe)
     local path = f.path or f.name
-    if not seen[path] then
-      seen[path] = true
-      local urls = { hub.rewrite(f.url) }
-      for _, u in ipairs(rewrite_all(f.alt or {})) do urls[#urls + 1] = u end
-      files[#files + 1] = { path = path, urls = urls, sha256 = f.sha256,
-                            size = f.size_exact and f.size or nil, estimate = util.parse_size(f.size),
-                            optional = f.optional, side = true }
-    end
+    local i = at[path]
+    if i and not (from_recipe and files[i].from_hub) then return end
+    local urls = { hub.rewrite(f.url) }
+    for _, u in ipairs(rewrite_all(f.alt or {})) do urls[#urls + 1] = u end
+    local main = i and files[i].main
+    i = i or #files + 1
+    at[path] = i
+    files[i] = { path = path, urls = urls, sha256 = f.sha256, size = f.size_exact and f.size or nil,
+                 estimate = util.parse_size(f.size), optional = f.optional, side = not main, main = main }
   end
+  for _, f in ipairs(entry.files or {}) do side(f, true) end
+  for _, f in ipairs(rule.side_files and rule.side_files(entry) or {}) do side(f, false) end
   if #files == 0 then return util.fail("EINPUT", "%s: the entry has no url, hub repo or files", entry.id) end
   for _, f in ipairs(files) do
     if not util.safe_relpath(f.path) then
@@ -235,13 +238,29 @@ local function extract(archive, staging, entry, rule, emit, archive_size)
   return r
 end
 
+-- Whether what entry states now is not the installed model m (its manifest): a SHA-256 of the main
+-- file that is not the installed one's, a side file the recipe states another SHA-256 of, or one
+-- it now lists that the model lacks (an optional one aside).
+function pull.outdated(entry, m)
+  if entry.sha256 and m.sha256 and entry.sha256:lower() ~= m.sha256:lower() then return true end
+  local have = {}
+  for _, f in ipairs(m.files or {}) do have[f.path] = f end
+  for _, f in ipairs(entry.files or {}) do
+    local got = have[f.path or f.name]
+    if got and f.sha256 and got.sha256 and f.sha256:lower() ~= got.sha256:lower() then return true end
+    if not got and not f.optional then return true end
+  end
+  return false
+end
+
 -- Is the model already installed, intact, and the version asked for? Re-hashes its files against the
--- manifest. nil, its folder, why not: "changed" (on disk) or "version" (a SHA-256 stated now that
--- is not the installed main file's: the recipe, or --sha256, names another version).
+-- manifest. nil, its folder, why not: "changed" (on disk) or "version" (pull.outdated: a SHA-256
+-- stated now that is not the installed file's, or a side file it lacks: the recipe, or --sha256,
+-- names another version).
 local function installed_ok(root, entry, m, dir)
   dir = dir or store.model_dir(root, entry.framework, entry.id)
   if not m then return nil end
-  if entry.sha256 and m.sha256 and entry.sha256:lower() ~= m.sha256:lower() then return nil, dir, "version" end
+  if pull.outdated(entry, m) then return nil, dir, "version" end
   -- Another model under the same id: one pulled from a URL where the catalog's is asked for, or from
   -- another URL. Not "installed": the one asked for replaces it. (A URL onto a model that did not
   -- come from a URL is refused before: see pull.run.)
