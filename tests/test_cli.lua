@@ -158,6 +158,12 @@ test("an id missing because a recipe file did not load is exit 9: the file and l
     t.match(ls[2], "^modelget: unknown model id 'in%-broken%-file', and the catalog has 1 problem %(.*mine%.lua:3: ",
       cmd .. ": the failure says why")
   end
+  -- Of several problems, the failure quotes the one about the model asked for, not another's.
+  local two = t.write(t.tmpdir("badrecipe-two") .. "/two.lua", 'framework "other"\nmodel "first" { url = 42 }\n'
+    .. 'model "second" { url = "https://example.com/v.bin", sha256 = "xyz" }\n')
+  local r2 = t.status(t.modelget { "--store", store, "--registry", two, "pull", "second" }, 9, "pull second")
+  t.match(r2.stderr, "unknown model id 'second', and the catalog has 2 problems %(.*two%.lua:3: model 'second'",
+    "the problem of the model asked for")
   -- A Hub repo whose endpoint the policy refuses (plain http:// to another host) is exit 2, as a URL is.
   local hub = t.write(t.tmpdir("badrecipe-hub") .. "/hub.lua", 'framework "mlx"\nmodel "hub-model" { hub = { repo = "o/r" } }\n')
   local r = t.status(t.modelget({ "--store", store, "--registry", hub, "pull", "hub-model" },

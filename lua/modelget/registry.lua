@@ -78,8 +78,17 @@ function Catalog:unknown(id)
     if not p:find(" is already defined at ", 1, true) then lost[#lost + 1] = p end
   end
   if #lost > 0 then
+    -- The problem most likely to be why: one naming this model, else one that cost a whole file (it
+    -- names no model), else the first.
+    local shown
+    for _, p in ipairs(lost) do
+      if p:find("model '" .. id .. "'", 1, true) then shown = p break end
+    end
+    for _, p in ipairs(shown and {} or lost) do
+      if not p:find("model '", 1, true) then shown = p break end
+    end
     return util.fail("EINPUT", "unknown model id '%s', and the catalog has %d problem%s (%s%s): fix the recipe, "
-      .. "or see 'modelget list'", id, #lost, #lost == 1 and "" or "s", lost[1], #lost > 1 and "; …" or "")
+      .. "or see 'modelget list'", id, #lost, #lost == 1 and "" or "s", shown or lost[1], #lost > 1 and "; …" or "")
   end
   return util.fail("EUNKNOWN", "unknown model id '%s': see 'modelget list' or 'modelget search WORDS'", id)
 end
