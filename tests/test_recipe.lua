@@ -143,11 +143,25 @@ test("a runaway recipe is stopped, by instructions or by memory", function()
   _, problems = recipe.load_string('local big, list = ("x"):rep(1 << 20), {}\nfor i = 1, 200 do list[i] = big end\n'
     .. 'local all = table.concat(list)\n', "r/concat.lua")
   t.match(problems[1], "^r/concat%.lua:3: table%.concat: result too large", "a huge table.concat")
+  -- gsub's replacements and string.format's arguments multiply what they are given.
+  local before = collectgarbage("count")
+  _, problems = recipe.load_string('local s, r = ("x"):rep(1024), ("y"):rep(1 << 20)\nlocal a = s:gsub("x", r)\n', "r/gsub.lua")
+  t.match(problems[1], "^r/gsub%.lua:2: string%.gsub: result too large", "a replacement string times each match")
+  _, problems = recipe.load_string('local s, r = ("x"):rep(1024), ("y"):rep(1 << 20)\n'
+    .. 'local a = s:gsub("x", function() return r end)\n', "r/gsubf.lua")
+  t.match(problems[1], "^r/gsubf%.lua:2: string%.gsub: result too large", "what a function gives, counted")
+  _, problems = recipe.load_string('local r = ("y"):rep(1 << 20)\nlocal a = ("x"):rep(1000):gsub(".", { x = r })\n', "r/gsubt.lua")
+  t.match(problems[1], "^r/gsubt%.lua:2: string%.gsub: result too large", "what a table gives, counted")
+  _, problems = recipe.load_string('local r, t = ("y"):rep(1 << 20), {}\nfor i = 1, 100 do t[i] = r end\n'
+    .. 'local a = string.format(("%s"):rep(100), table.unpack(t))\n', "r/format.lua")
+  t.match(problems[1], "^r/format%.lua:3: string%.format: result too large", "format's arguments")
+  t.ok(collectgarbage("count") - before < 64 * 1024, "stopped before the memory was taken")
   local entries
   entries, problems = recipe.load_string('local q = ("Q4_K_M"):gsub("_", "-")\n'
-    .. 'model ("m-" .. q:lower()) { framework = "other", url = "https://h/" .. table.concat({ "a", "b" }, "/") }\n', "r/ok.lua")
+    .. 'local v = ("v%d"):format(2) .. ("a.b"):gsub("%.", { ["."] = "-" }) .. ("x"):gsub("x", function(c) return c:upper() end)\n'
+    .. 'model ("m-" .. q:lower() .. "-" .. v) { framework = "other", url = "https://h/" .. table.concat({ "a", "b" }, "/") }\n', "r/ok.lua")
   t.eq(#problems, 0, "ordinary string and table use still works: " .. table.concat(problems, "; "))
-  t.eq(entries[1].id, "m-q4-k-m", "the id built with gsub")
+  t.eq(entries[1].id, "m-q4-k-m-v2a-bX", "the id built with gsub and format")
   t.eq(("ab"):rep(3), "ababab", "the program's string.rep is back")
   t.eq(debug.gethook(), nil, "no hook left behind")
 end)

@@ -47,23 +47,78 @@ local MAX_SUBJECT, MAX_QUANTIFIERS, MAX_MOVE = 1024, 2, 100000
 local gsub, getinfo = string.gsub, debug.getinfo
 local running_chunk -- "@file" of the recipe being run: only its own calls are bounded (the program's
                     -- code run meanwhile reaches the same view through the string metatable)
+-- Raises msg at the recipe's line that is running (a limit can fire inside one of the views' own
+-- functions, whose place is none of the recipe writer's business).
+local function raise_in_recipe(msg)
+  for level = 3, 100 do
+    local info = getinfo(level, "Sl")
+    if not info then break end
+    if info.source == running_chunk and (info.currentline or 0) > 0 then
+      error(("%s:%d: %s"):format(running_chunk:sub(2), info.currentline, msg), 0)
+    end
+  end
+  error(msg, 0)
+end
+local function from_recipe() return getinfo(3, "S").source == running_chunk end -- the caller's caller
+local function check_pattern(fname, s, pattern)
+  local q = select(2, gsub(gsub(pattern, "%%.", ""), "[%*%+%-]", ""))
+  if #tostring(s) > MAX_SUBJECT or q > MAX_QUANTIFIERS then
+    error(("string.%s: a pattern over more than %d characters, or with more than %d repetitions, "
+      .. "is not for recipes"):format(fname, MAX_SUBJECT, MAX_QUANTIFIERS), 3)
+  end
+end
 local function bounded_pattern(fname, fn)
   return function(s, pattern, ...)
     local plain = fname == "find" and select(2, ...)
-    if not plain and type(pattern) == "string" and getinfo(2, "S").source == running_chunk then
-      local q = select(2, gsub(gsub(pattern, "%%.", ""), "[%*%+%-]", ""))
-      if #tostring(s) > MAX_SUBJECT or q > MAX_QUANTIFIERS then
-        error(("string.%s: a pattern over more than %d characters, or with more than %d repetitions, "
-          .. "is not for recipes"):format(fname, MAX_SUBJECT, MAX_QUANTIFIERS), 2)
-      end
-    end
+    if not plain and type(pattern) == "string" and from_recipe() then check_pattern(fname, s, pattern) end
     return fn(s, pattern, ...)
   end
 end
 for k, v in pairs(string) do
   if k ~= "dump" and k ~= "rep" then string_view[k] = v end
 end
-for _, k in ipairs { "find", "match", "gmatch", "gsub" } do string_view[k] = bounded_pattern(k, string[k]) end
+for _, k in ipairs { "find", "match", "gmatch" } do string_view[k] = bounded_pattern(k, string[k]) end
+
+local function too_large(fname, len)
+  if len > MAX_REP then raise_in_recipe(("string.%s: result too large for a recipe (over %d bytes)"):format(fname, MAX_REP)) end
+end
+-- gsub's replacements are a C function's work too: a string one is bounded before (each match at
+-- most the replacement with its captures, %0 to %9, each at most the subject); what a function or
+-- table gives is counted as it comes.
+function string_view.gsub(s, pattern, repl, n)
+  if not from_recipe() then return gsub(s, pattern, repl, n) end
+  if type(pattern) == "string" then check_pattern("gsub", s, pattern) end
+  local len = #tostring(s)
+  local matches = math.min(len + 1, math.tointeger(n) or len + 1)
+  if type(repl) == "string" or type(repl) == "number" then
+    repl = tostring(repl)
+    too_large("gsub", len + matches * (#repl + select(2, gsub(repl, "%%%d", "")) * len))
+  elseif type(repl) == "table" or type(repl) == "function" then
+    local given, total = repl, 0
+    repl = function(...)
+      local v
+      if type(given) == "table" then v = given[(...)] else v = given(...) end
+      if type(v) == "string" or type(v) == "number" then
+        total = total + #tostring(v)
+        too_large("gsub", total)
+      end
+      return v
+    end
+  end
+  return gsub(s, pattern, repl, n)
+end
+-- string.format's result is at most its format and each argument quoted (%q doubles), with its width.
+function string_view.format(fmt, ...)
+  if from_recipe() then
+    local len = #tostring(fmt)
+    for i = 1, select("#", ...) do
+      local v = select(i, ...)
+      len = len + 2 * ((type(v) == "string" or type(v) == "number") and #tostring(v) or 0) + 128
+    end
+    too_large("format", len)
+  end
+  return string.format(fmt, ...)
+end
 local safe_string = readonly("string", string_view)
 
 local table_view = {}
@@ -371,18 +426,6 @@ local function make_env(chunkname, sink, problem)
   end
 end
 
--- Raises msg at the recipe's line that is running (a limit can fire inside one of the views' own
--- functions, whose place is none of the recipe writer's business).
-local function raise_in_recipe(msg)
-  for level = 3, 100 do
-    local info = getinfo(level, "Sl")
-    if not info then break end
-    if info.source == running_chunk and (info.currentline or 0) > 0 then
-      error(("%s:%d: %s"):format(running_chunk:sub(2), info.currentline, msg), 0)
-    end
-  end
-  error(msg, 0)
-end
 
 -- Runs fn() under the instruction and memory limits; returns pcall's results.
 local function bounded(fn)
