@@ -979,6 +979,15 @@ static int accept_file_response(Transfer *t) {
       t->fail_drop = 1;
       return 0;
     }
+    /* The same validator for a file of another size (a server that reuses its ETag): another file,
+     * whose tail would be spliced onto the kept bytes of the one before. */
+    if (t->total >= 0 && total >= 0 && total != t->total) {
+      snprintf(what, sizeof what, "the file changed on the server (%lld bytes now, %lld before); starting over",
+               (long long)total, (long long)t->total);
+      fail_host(t, "ENET", 1, what);
+      t->fail_drop = 1;
+      return 0;
+    }
     t->total = total >= 0 ? total : (clen >= 0 ? (int64_t)t->kept + clen : -1);
     append = t->kept > 0; /* a 206 for bytes=0- is a whole body */
   } else {
