@@ -257,6 +257,23 @@ test("a kept plan with every range in and a SHA-256 to check: no request, the ha
   t.ok(not t.exists(store .. "/models/other/whole"), "nothing installed")
 end)
 
+test("killed at the end of a split, between the file's rename and the plan's removal: the next pull installs the file", function()
+  for _, args in ipairs { {}, { "--sha256", "SHA" } } do
+    local fx, data, url, store = served("splitend", 3 * MiB, 99)
+    for i, a in ipairs(args) do if a == "SHA" then args[i] = t.sha256(data) end end
+    -- The shim kills the process at its first removal of a file: the plan's, once the file is whole.
+    local argv = { url, "-x", "3", "-q" }
+    for _, a in ipairs(args) do argv[#argv + 1] = a end
+    local r = pull(store, argv, { env = t.fault_env { KILL_AT_UNLINK = "1" } })
+    t.eq(r.status, 137, "killed")
+    t.ok(t.exists(store .. "/partial/other--splitend/splitend.bin.part.split"), "the plan was left behind")
+    t.status(pull(store, argv), 0, "the next pull " .. table.concat(args, " "))
+    t.eq(t.sha256_file(installed(store, "splitend")), t.sha256(data), "installed bytes")
+    t.ok(not t.exists(store .. "/partial/other--splitend"), "nothing of it left in partial/")
+    fx.clear_log()
+  end
+end)
+
 test("-j 2 -x 4 with many small files: two files at a time, not eight", function()
   local fx = servers.fixture()
   local store = t.tmpdir("places")

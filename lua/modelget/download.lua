@@ -504,12 +504,18 @@ function Scheduler:split_plan(spec)
     local plan = util.json_decode(text, path)
     local good = type(plan) == "table" and plan.url == url and type(plan.ranges) == "table" and #plan.ranges >= 2
       and math.tointeger(plan.total)
+    -- Bytes the plan says are in must be in its file: a plan left without it (a pull killed once
+    -- the file was whole and renamed, before the plan went) vouches for nothing.
+    local written = 0
     for _, r in ipairs(good and plan.ranges or {}) do
       local from, to, done = math.tointeger(r[1]), math.tointeger(r[2]), math.tointeger(r[3])
       if not (from and to and done and from <= to and to < plan.total and done >= 0 and done <= to - from + 1) then
         good = false
+      elseif done > 0 then
+        written = math.max(written, from + done)
       end
     end
+    if good and written > 0 and ((core.stat(spec.partial) or {}).size or 0) < written then good = false end
     if good then
       local left = false
       for _, r in ipairs(plan.ranges) do left = left or r[3] < r[2] - r[1] + 1 end
