@@ -212,5 +212,7 @@ test("auth.require names what to set, and never the credential", function()
   t.match(hint, "token was refused", "hint with a token")
   t.nomatch(hint, "SECRET", "no credential in the hint")
   t.match(auth.hint("https://huggingface.co/x", { HOME = home }), "set HF_TOKEN", "hint without")
-  t.eq(auth.hint("https://example.com/x", { HF_TOKEN = "x" }), nil, "no hint for other hosts")
+  t.match(auth.hint("https://example.com/x", { HF_TOKEN = "x" }),
+    "^the server asks for a login: add 'machine example%.com login NAME password SECRET' to ~/%.netrc$",
+    "another host: no word of the Hub token, the netrc line to add")
 end)
