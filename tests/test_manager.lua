@@ -75,3 +75,81 @@ test("options of the wrong kind are misuse: an error naming the option, nothing 
   local recipe = t.write(t.tmpdir("one-registry") .. "/r.lua", 'model "one-path" { framework = "other", url = "https://127.0.0.1:1/o.bin" }')
   t.eq(modelget.info("one-path", { store = store, registry = recipe }).id, "one-path", "registry = PATH")
 end)
+
+test("an error raised during a pull lets go of the model: the next pull of it is not refused as busy", function()
+  local ng = servers.nginx()
+  local data = t.bytes(300000, 43)
+  local url = ng.put("manager/raised.bin", data)
+  local opts = { store = t.tmpdir("store-raised"), cacert = servers.ca().cert, framework = "other", limit_rate = "400K" }
+  local ok, err = pcall(modelget.pull, url, setmetatable({ on_progress = function() error("a bug in the app") end },
+    { __index = opts }))
+  t.ok(not ok, "the callback's error is raised")
+  t.match(tostring(err), "a bug in the app", "that error")
+  local r, perr, code = modelget.pull(url, opts)
+  t.ok(r, "pulled at once, no collectgarbage needed: " .. tostring(perr) .. " " .. tostring(code))
+  t.eq(t.sha256_file(r.path .. "/raised.bin"), t.sha256(data), "bytes")
+end)
+
+test("a callback that yields inside a pull is an error naming the rule, not a hang", function()
+  local ng = servers.nginx()
+  local url = ng.put("manager/yields.bin", t.bytes(50000, 44))
+  local store = t.tmpdir("store-yields")
+  local co = coroutine.create(function()
+    return modelget.pull(url, { store = store, cacert = servers.ca().cert, framework = "other",
+      on_event = function(ev) coroutine.yield(ev.event) end })
+  end)
+  local ok, err = coroutine.resume(co)
+  t.ok(not ok, "the pull fails at the yield")
+  t.match(tostring(err), "callbacks such as on_event must not yield", "says why")
+  t.eq(coroutine.status(co), "dead", "nothing left suspended")
+  local r = modelget.pull(url, { store = store, cacert = servers.ca().cert, framework = "other" })
+  t.ok(r, "the model is free for the next pull")
+  local sched = modelget.scheduler { store = store, cacert = servers.ca().cert, framework = "other", force = true }
+  local sok, serr = pcall(sched.pull, sched, url)
+  t.ok(not sok, "a pull outside a task is misuse")
+  t.match(tostring(serr), "call it from a task %(sched:spawn%)", "says where it belongs")
+  sched:close()
+  t.ok(not pcall(sched.spawn, sched, function() end), "a closed scheduler takes no task")
+end)
+
+test("a cancel stops the pulls running then: a later pull of the id in the same scheduler starts afresh, a backoff ends at once", function()
+  local fx = servers.fixture()
+  local data = t.bytes(2 * MiB, 45)
+  local url = fx.put("recancel.bin", data)
+  local down = fx.put("backoff.bin", t.bytes(1000, 46))
+  fx.script("backoff.bin", { { status = 503, ["repeat"] = true } })
+  local store = t.tmpdir("store-recancel")
+  local sched = modelget.scheduler { store = store, cacert = servers.ca().cert, framework = "other",
+                                     limit_rate = "800K", retry_wait = 8 }
+  local part = store .. "/partial/other--recancel/recancel.bin.part"
+  local first, second, waited, backoff = nil, nil, nil, nil
+  t.eq(sched:cancel("recancel"), 0, "a cancel with nothing running touches nothing")
+  sched:spawn(function() first = table.pack(sched:pull(url)) end)
+  sched:spawn(function()
+    local deadline = core.now() + 30
+    while size(part) < 200000 do
+      if core.now() > deadline then error("the download did not start") end
+      sched:sleep(0.05)
+    end
+    sched:cancel("recancel")
+    while not first do sched:sleep(0.05) end
+    second = table.pack(sched:pull(url))
+  end)
+  sched:spawn(function()
+    local started = core.now()
+    backoff = table.pack(sched:pull(down))
+    waited = core.now() - started
+  end)
+  sched:spawn(function()
+    sched:sleep(1)
+    sched:cancel("backoff")
+  end)
+  sched:run()
+  sched:close()
+  t.eq(first[3], "ECANCEL", "the pull running at the cancel stops")
+  t.ok(second[1], "the pull after it, in the same scheduler, completes: " .. tostring(second[2]))
+  t.eq(t.sha256_file(second[1].path .. "/recancel.bin"), t.sha256(data), "bytes")
+  t.eq(backoff[3], "ECANCEL", "a pull waiting out its backoff is cancelled")
+  t.ok(waited < 4, "at once, not after the 8 s backoff: " .. waited)
+  t.match(backoff[2], "cancelled before any data arrived", "and says nothing was kept")
+end)

@@ -197,3 +197,29 @@ test("stop ID of one of several models a pull is downloading stops only that one
   t.eq(t.sha256_file(store .. "/models/other/m2/m2.bin"), t.sha256(data[2]), "m2's bytes")
   t.match(fx.requests("/f/m2.bin")[1].headers.range or "", "^bytes=[1-9]%d*%-$", "resumed where it stopped, with Range")
 end)
+
+test("stop of pulls whose process ends before it says how: one that installed its model had ended, one that kept data was stopped", function()
+  local ng = servers.nginx()
+  local store = t.tmpdir("store-stop-evidence")
+  local url = ng.put("evidence/done1.bin", t.bytes(20000, 77))
+  t.status(t.modelget { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q" },
+    0, "done1 installed")
+  t.write(store .. "/partial/other--part1/part1.bin.part", t.bytes(5000, 78))
+  -- A process pulling done1, part1 and other1 that ends as soon as a stop is asked of it, without a
+  -- word: as one whose pulls ended just then (done1 installing, part1 cut short) would.
+  local script = t.write(t.tmpdir("evidence-script") .. "/pretend.lua", [[
+local modelget, core = require "modelget", require "modelget.core"
+local store = arg[1]
+modelget.register_pull({ "done1", "part1", "other1" }, nil, { store = store })
+local stop = store .. "/partial/.pull-" .. core.getpid() .. ".stop"
+local deadline = core.now() + 20
+while not core.stat(stop) and core.now() < deadline do core.sleep(0.02) end
+os.exit(0)
+]])
+  local bg = t.spawn { "run", script, store }
+  t.ok(t.wait(function() return t.exists(store .. "/partial/.pull-" .. bg.pid .. ".json") end, 10), "registered")
+  local r = t.status(t.modelget { "stop", "done1", "part1", "--store", store }, 0, "stop done1 part1")
+  t.match(r.stdout, "stopped part1 %(pid " .. bg.pid .. "%)", "the one with kept data was stopped")
+  t.match(r.stdout, "done1 %(pid " .. bg.pid .. "%) had ended before the stop reached it", "the installed one had ended")
+  t.nomatch(r.stdout, "stopped done1", "not said to be stopped")
+end)

@@ -17,6 +17,7 @@ local TICK = 0.25 -- seconds between progress events
 local SYNCFS_MIN = 8
 -- Batches with a barrier running at once: while one waits for the disk, the next gathers and syncs.
 local BATCHES = 2
+local LONG_WAIT = 30 -- seconds of Retry-After beyond which an alternative URL is tried instead
 
 -- Split downloads -------------------------------------------------------------------------------
 -- A big file from a server that serves ranges is fetched over `connections` connections at once:
@@ -80,6 +81,8 @@ function download.scheduler(opts)
     place_waiters = {}, -- coroutines waiting for one of those places
     paused = {},    -- model id -> true: its transfers start paused
     cancelled = {}, -- model id -> true: its fetches stop
+    pulling = {},   -- model id -> pulls of it running (the facade's): a cancel lasts while one does
+    live = {},      -- the tasks not ended (closed with the scheduler: their locks and files go)
     tasks = 0,
     emit = opts.emit or function() end,
   }, Scheduler)
@@ -87,30 +90,53 @@ end
 
 -- Runs fn(...) as a task; it may call the yielding methods below.
 function Scheduler:spawn(fn, ...)
+  if not self.session then error("the scheduler is closed", 2) end
   local co = coroutine.create(fn)
   self.tasks = self.tasks + 1
+  self.live[co] = true
   self:wake(co, ...)
   return co
 end
 
+-- Suspends the running task until the scheduler wakes it (every wait below goes through here).
+function Scheduler:park()
+  local co = coroutine.running()
+  if not self.live[co] then error("this waits for the scheduler: call it from a task (sched:spawn)", 3) end
+  self.parked = co
+  return coroutine.yield()
+end
+
+-- A task that ends, or fails, is closed: what it holds to be closed (a model's lock) is let go.
+local function ended(self, co)
+  self.tasks = self.tasks - 1
+  self.live[co] = nil
+  coroutine.close(co)
+end
+
 function Scheduler:wake(co, ...)
+  self.parked = nil
   local ok, err = coroutine.resume(co, ...)
   if not ok then
-    self.tasks = self.tasks - 1
-    error(debug.traceback(co, err), 0)
+    local trace = debug.traceback(co, err)
+    ended(self, co)
+    error(trace, 0)
   end
   if coroutine.status(co) == "dead" then
-    self.tasks = self.tasks - 1
+    ended(self, co)
     if self.on_task_end then self.on_task_end(co) end
+  elseif self.parked ~= co then
+    -- Suspended by a yield of its own (a callback, on_event say, that yields): nothing would wake it.
+    ended(self, co)
+    error("a task yielded outside the scheduler's waits (callbacks such as on_event must not yield)", 0)
   end
 end
 
 function Scheduler:interrupted() return self.was_interrupted or core.interrupted() end
 
--- Yields until the seconds pass (or Ctrl-C).
-function Scheduler:sleep(seconds)
-  self.sleepers[#self.sleepers + 1] = { at = core.now() + seconds, co = coroutine.running() }
-  coroutine.yield()
+-- Yields until the seconds pass (or Ctrl-C, or a cancel of id when given).
+function Scheduler:sleep(seconds, id)
+  self.sleepers[#self.sleepers + 1] = { at = core.now() + seconds, co = coroutine.running(), id = id }
+  self:park()
 end
 
 -- Runs every function in fns as its own task and yields until all have finished; returns their
@@ -127,7 +153,7 @@ function Scheduler:all(fns)
       if left == 0 then self.ready[#self.ready + 1] = me end
     end)
   end
-  coroutine.yield()
+  self:park()
   return results
 end
 
@@ -205,11 +231,11 @@ function Scheduler:fs(ops)
   for _, op in ipairs(ops) do
     if op[1] == "sha256" then -- a digest is a job's own: not batched
       self:start_job({ req }, false)
-      return coroutine.yield()
+      return self:park()
     end
   end
   self.fs_queue[#self.fs_queue + 1] = req
-  return coroutine.yield()
+  return self:park()
 end
 
 -- Starts one job for requests {ops=, co=}…, each woken with its own outcome when the job ends.
@@ -250,7 +276,7 @@ function Scheduler:transfer(opts, info)
   local t = self.session:add(opts)
   if info and self.paused[info.id] then t:pause() end
   self.waiting[t] = { co = coroutine.running(), info = info }
-  coroutine.yield()
+  self:park()
   local r = t:result()
   t:close()
   return r
@@ -371,14 +397,24 @@ function Scheduler:resume(id)
   return each_transfer(self, id, function(t) t:resume() end)
 end
 
--- Stops a model's downloads (partial data kept for a later pull): its pull returns ECANCEL.
+-- Stops a model's downloads (partial data kept for a later pull): its pull returns ECANCEL, at once
+-- when it waits out a retry's backoff. A later pull of the id starts afresh (see the facade's pull).
 function Scheduler:cancel(id)
   self.cancelled[id] = true
+  for _, s in ipairs(self.sleepers) do
+    if s.id == id then s.at = 0 end
+  end
   return each_transfer(self, id, function(t) t:cancel() end)
 end
 
+-- Closes the session and every task not ended (a task left waiting when run() failed, say):
+-- their locks are let go now, not whenever the garbage collector gets to them.
 function Scheduler:close()
   if self.session then self.session:close(); self.session = nil end
+  for co in pairs(self.live) do
+    self.live[co] = nil
+    coroutine.close(co)
+  end
 end
 
 -- Backoff before attempt n+1: exponential from the base, capped, with jitter; Retry-After wins.
@@ -389,6 +425,8 @@ local function backoff(base, attempt, retry_after)
 end
 
 local function cancelled(spec)
+  local st = spec.partial and core.stat(spec.partial)
+  if not (st and st.size > 0) then return util.fail("ECANCEL", "%s: cancelled before any data arrived", spec.id or spec.file) end
   return util.fail("ECANCEL", "%s: cancelled; partial data kept, pull again to resume", spec.id or spec.file)
 end
 
@@ -406,7 +444,7 @@ function Scheduler:fetch(spec)
     self.places = self.places - 1
   else
     self.place_waiters[#self.place_waiters + 1] = coroutine.running()
-    coroutine.yield() -- handed a place by a file that ended
+    self:park() -- handed a place by a file that ended
   end
   local r, err, code = self:fetch_file(spec)
   local next_one = table.remove(self.place_waiters, 1)
@@ -478,10 +516,12 @@ function Scheduler:fetch_whole(spec)
       if r.code == "EPOLICY" then refused = refused + 1 end
       if r.code == "ESPACE" then return nil, r.message, r.code end
       if not r.retryable or attempt == retries then break end
+      -- A server that asks for a long wait (Retry-After) while another URL may serve: that one now.
+      if r.retry_after and r.retry_after > LONG_WAIT and ui < #spec.urls then break end
       local delay = backoff(base, attempt, r.retry_after)
       self.emit { event = "retry", id = spec.id, file = spec.file, url = url, attempt = attempt + 1,
         delay = delay, reason = r.message }
-      self:sleep(delay)
+      self:sleep(delay, spec.id)
       if self:interrupted() then return util.fail("EINTR", "interrupted") end
     end
     tried[#tried + 1] = string.format("%s (%s)", util.shown_url(url), last and last.message or "?")

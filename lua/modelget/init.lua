@@ -105,6 +105,7 @@ function modelget.scheduler(opts)
   -- Stop requests from other processes (modelget stop of some of the ids this process registered
   -- as pulling): looked for at each tick; those pulls are cancelled, their partial data kept.
   local root = store.root(opts)
+  store.sweep_discarded(root) -- what a killed rm or forced pull left behind
   sched.on_tick = function(self)
     local reg = store.registration(root)
     if not reg then return end
@@ -129,7 +130,13 @@ function modelget.scheduler(opts)
     local entry, err, code = pull.resolve(target, merged, catalog)
     local result
     if entry then
+      -- A cancel is of the pulls of an id running then: one that begins later starts afresh.
+      local id, pulling = entry.id, self.pulling
+      if not pulling[id] then self.cancelled[id] = nil end
+      pulling[id] = (pulling[id] or 0) + 1
       result, err, code = pull.run(self, entry, { root = store.root(merged), opts = merged, emit = emit })
+      pulling[id] = pulling[id] > 1 and pulling[id] - 1 or nil
+      if not pulling[id] then self.cancelled[id] = nil end
     end
     local reg = store.registration(store.root(merged))
     if reg then
@@ -252,21 +259,26 @@ function modelget.stop(ids, opts)
       end
       if not p.ended then core.sleep(0.05) end
     until p.ended or core.now() > deadline
-    if p.ended and seen then
-      -- Stopped, unless that process said the pull ended otherwise; one still listed when the
-      -- process ended was stopped with it.
-      local was_stopped = {}
-      for _, id in ipairs(seen.ids) do was_stopped[id] = true end
-      for _, id in ipairs(seen.stopped) do was_stopped[id] = true end
+    if p.ended then
+      -- How each pull ended: as the process said, when it said. One it still listed when last seen,
+      -- the process having ended since (or one stopped whole, or never seen), is judged by what is
+      -- left: a pull that ended installed its model and left no partial data; one stopped did not.
+      local said, open = {}, {}
+      for _, id in ipairs(seen and seen.stopped or {}) do said[id] = true end
+      for _, id in ipairs(seen and seen.ids or {}) do open[id] = true end
+      local kept
       local stopped, finished = {}, {}
-      for _, id in ipairs(p.ids) do table.insert(was_stopped[id] and stopped or finished, id) end
-      p.ids, p.finished = stopped, #finished > 0 and finished or nil
-    elseif p.ended and not p.whole then
-      -- The process ended before it was seen at all: a pull it stopped kept its partial data.
-      local kept = {}
-      for _, part in ipairs(store.partials(root)) do kept[part.id] = true end
-      local stopped, finished = {}, {}
-      for _, id in ipairs(p.ids) do table.insert(kept[id] and stopped or finished, id) end
+      for _, id in ipairs(p.ids) do
+        local was = said[id]
+        if not was and (p.whole or open[id] or not seen) then
+          if not kept then
+            kept = {}
+            for _, part in ipairs(store.partials(root)) do kept[part.id] = true end
+          end
+          was = kept[id] or not store.find(root, id)
+        end
+        table.insert(was and stopped or finished, id)
+      end
       p.ids, p.finished = stopped, #finished > 0 and finished or nil
     end
     p.whole = nil
@@ -422,6 +434,7 @@ function modelget.remove(id, opts)
   for _, fw in ipairs(store.installed_as(root, id)) do
     local rok, e, c = store.discard(root, store.model_dir(root, fw, id), fw .. "--" .. id)
     if not rok and ok then ok, rerr, rcode = rok, e, c end
+    core.rmtree(root .. "/partial/.old/" .. fw .. "--" .. id) -- a copy a killed forced pull moved aside
   end
   core.rmtree(store.partial_dir(root, m.framework, m.id))
   lock:close()

@@ -291,7 +291,8 @@ end
 function pull.run(sched, entry, ctx)
   local root, opts, emit = ctx.root, ctx.opts, ctx.emit
   local rule = rules.get(entry.framework)
-  local lock, lerr, lcode = store.lock(root, entry.id, 0.5)
+  -- Let go however the pull ends: returned, failed, or its task closed part-way.
+  local lock <close>, lerr, lcode = store.lock(root, entry.id, 0.5)
   if not lock then return nil, lerr, lcode end
 
   local result, err, code = (function()
@@ -309,7 +310,12 @@ function pull.run(sched, entry, ctx)
     local earlier = core.stat(pdir) ~= nil
     if not opts.force then
       local done, broken, why = installed_ok(root, entry, m)
-      if done then return done end
+      if done then
+        -- Partial data beside an installed, intact model is nobody's (a pull killed after its
+        -- install, or a forced one given up): it goes, rather than wait to be resumed.
+        if earlier then core.rmtree(pdir) end
+        return done
+      end
       if why == "interrupted" then return util.fail("EINTR", "interrupted while checking the installed %s", entry.id) end
       if broken then emit { event = "repair", id = entry.id, path = broken, reason = why } end
       -- A pull killed after its manifest was written, before the rename into place, left the model
@@ -572,7 +578,6 @@ function pull.run(sched, entry, ctx)
     end
     if names and left == 0 then os.remove(pdir) end
   end
-  lock:close()
   return result, err, code
 end
 

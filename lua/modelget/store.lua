@@ -290,6 +290,17 @@ end
 
 -- What a killed removal left under partial/.trash/ goes, but for a model whose lock another process
 -- holds (its removal may be under way).
+-- An installed model a forced re-pull moved aside (partial/.old/<fw>--<id>) and that pull killed
+-- before it ended: removed when the new one is in place, else put back. Under the id's lock.
+function store.settle_old(root, framework, id)
+  local old = root .. "/partial/.old/" .. framework .. "--" .. id
+  if not core.stat(old) then return end
+  local dest = store.model_dir(root, framework, id)
+  if core.stat(dest) then core.rmtree(old) else core.rename(old, dest) end
+end
+
+-- What killed processes left behind: models being deleted (partial/.trash), models moved aside
+-- (partial/.old). Each under its id's lock; one a pull holds is left for later.
 function store.sweep_discarded(root)
   local trash = root .. "/partial/.trash"
   for _, name in ipairs(core.listdir(trash) or {}) do
@@ -297,6 +308,14 @@ function store.sweep_discarded(root)
     local lock = id and store.lock(root, id)
     if lock then
       core.rmtree(trash .. "/" .. name)
+      lock:close()
+    end
+  end
+  for _, name in ipairs(core.listdir(root .. "/partial/.old") or {}) do
+    local fw, id = name:match("^(.-)%-%-(.+)$")
+    local lock = id and store.lock(root, id)
+    if lock then
+      store.settle_old(root, fw, id)
       lock:close()
     end
   end
@@ -437,9 +456,7 @@ function store.install(root, staging, entry, files, opts)
   -- An installed model replaced (a forced re-pull) is moved aside to a place no pull uses, and
   -- removed after. One left there by a pull killed in between goes back first, if its place is empty.
   local old = root .. "/partial/.old/" .. entry.framework .. "--" .. entry.id
-  if core.stat(old) then
-    if core.stat(dest) then core.rmtree(old) else core.rename(old, dest) end
-  end
+  store.settle_old(root, entry.framework, entry.id)
   if core.stat(dest) then
     ops[#ops + 1] = { "mkdirs", util.dirname(old) }
     ops[#ops + 1] = { "rename", dest, old }
