@@ -385,6 +385,13 @@ static int fs_interrupted(lua_State *L) {
   return 1;
 }
 
+/* An app that goes on after a Ctrl-C (a long-running embedding) clears the flag before its next
+ * pull; the handlers stay. Read and reset in one step: no signal can land between the two and be lost. */
+static int fs_clear_interrupt(lua_State *L) {
+  lua_pushboolean(L, __atomic_exchange_n(&mg_interrupt_flag, 0, __ATOMIC_SEQ_CST));
+  return 1;
+}
+
 /* Goes on in the background: forks; the parent gets the child's pid, the child gets 0 and carries
  * on in a session of its own, its output appended to logpath, deaf to the terminal's hang-up.
  * Call it before any transfer starts: a fork keeps only the calling thread. */
@@ -432,6 +439,7 @@ void mg_open_fs(lua_State *L) {
   };
   static const luaL_Reg funcs[] = {
     {"catch_interrupt", fs_catch_interrupt},
+    {"clear_interrupt", fs_clear_interrupt},
     {"detach", fs_detach},
     {"free_space", fs_free_space},
     {"fsync", fs_fsync},
