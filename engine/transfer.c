@@ -1766,6 +1766,14 @@ static char *opt_string(lua_State *L, int idx, const char *name) {
   return copy;
 }
 
+/* Whether the string at idx is one header line: a CR or LF would let it add headers of its own (or
+ * start the body), a NUL would cut it short. */
+static int one_header_line(lua_State *L, int idx) {
+  size_t n;
+  const char *s = lua_tolstring(L, idx, &n);
+  return strcspn(s, "\r\n") == n;
+}
+
 static int opt_boolean(lua_State *L, int idx, const char *name, int def) {
   int v = def;
   if (lua_getfield(L, idx, name) != LUA_TNIL) v = lua_toboolean(L, -1);
@@ -1948,6 +1956,8 @@ static int session_add(lua_State *L) {
     lua_Integer n = luaL_len(L, -1);
     for (lua_Integer i = 1; i <= n; i++) {
       if (lua_geti(L, -1, i) != LUA_TSTRING) return luaL_error(L, "option 'headers': strings expected");
+      if (!one_header_line(L, -1))
+        return luaL_error(L, "option 'headers': entry %I holds CR, LF or NUL (one header a line)", i);
       struct curl_slist *grown = curl_slist_append(t->user_headers, lua_tostring(L, -1));
       if (!grown) return luaL_error(L, "out of memory");
       t->user_headers = grown;
@@ -1961,6 +1971,9 @@ static int session_add(lua_State *L) {
     t->auth_header = opt_string(L, top, "header");
     t->auth_host = opt_string(L, top, "host");
     if (!t->auth_header || !t->auth_host) return luaL_error(L, "option 'auth' needs 'header' and 'host'");
+    lua_getfield(L, top, "header");
+    if (!one_header_line(L, -1)) return luaL_error(L, "option 'auth': 'header' holds CR, LF or NUL (one header a line)");
+    lua_pop(L, 1);
     size_t n = strlen(t->auth_host);
     if (n >= 2 && t->auth_host[0] == '[' && t->auth_host[n - 1] == ']') {
       memmove(t->auth_host, t->auth_host + 1, n - 2);

@@ -557,6 +557,36 @@ test("the credential goes to its origin only: dropped on a redirect to its host 
   t.eq(c.headers.authorization, nil, "the same host on another port did not")
 end)
 
+test("a header with CR, LF or NUL in it is misuse: raised, naming the option and entry; nothing is sent", function()
+  local fx = servers.fixture()
+  local data = t.bytes(5000, 27)
+  local url = fx.put("inject.bin", data)
+  fx.clear_log()
+  local s = session()
+  local partial = t.tmpdir("inject") .. "/x.bin"
+  for _, case in ipairs { { "CRLF", "\r\n" }, { "LF", "\n" }, { "CR", "\r" }, { "NUL", "\0" } } do
+    local name, cut = case[1], case[2]
+    local line = "X-A: b" .. cut .. "X-Injected: yes"
+    local ok, err = pcall(s.add, s, { url = url, partial = partial, headers = { "X-Probe: 1", line } })
+    t.eq(ok, false, name .. " in a header raised")
+    t.eq(err, "option 'headers': entry 2 holds CR, LF or NUL (one header a line)", name .. ": message")
+    ok, err = pcall(s.add, s, { url = url, partial = partial,
+      auth = { header = "Authorization: Bearer x" .. cut .. "X-Injected: yes", host = "127.0.0.1" } })
+    t.eq(ok, false, name .. " in the credential raised")
+    t.eq(err, "option 'auth': 'header' holds CR, LF or NUL (one header a line)", name .. ": message")
+  end
+  t.eq(s:active(), 0, "nothing queued")
+  s:perform(0.2)
+  t.eq(#fx.requests("^/f/inject"), 0, "no request was sent")
+  -- The same headers, one a line, go out as given.
+  local r = fetch { url = url, partial = partial, headers = { "X-Probe: 1", "X-A: b" } }
+  t.eq(r.sha256, t.sha256(data), "fetched")
+  local sent = fx.requests("^/f/inject")
+  t.eq(#sent, 1, "one request")
+  t.eq(sent[1].headers["x-a"], "b", "the header as given")
+  t.eq(sent[1].headers["x-injected"], nil, "nothing added")
+end)
+
 test("too many redirects is final", function()
   local fx = servers.fixture()
   local url = fx.put("loop.bin", "x")
