@@ -174,6 +174,9 @@ test("the Hub token file: HF_TOKEN_PATH, $HF_HOME/token, else ~/.cache/huggingfa
   local path = t.write(t.tmpdir("tp") .. "/tok", "hf_path")
   t.eq(auth.for_url("https://huggingface.co/x", { HOME = home, HF_TOKEN_PATH = path }).header,
     "Authorization: Bearer hf_path", "HF_TOKEN_PATH")
+  t.write(path, "hf_pa\r\nsted\n")
+  t.eq(auth.for_url("https://huggingface.co/x", { HOME = home, HF_TOKEN_PATH = path }).header,
+    "Authorization: Bearer hf_pasted", "a token pasted across lines: one header line")
   t.eq(auth.for_url("https://huggingface.co/x", { HOME = t.tmpdir("nohome") }), nil, "no file, no token")
 end)
 

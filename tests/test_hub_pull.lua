@@ -153,6 +153,13 @@ test("a gated repo: no token → 6 naming HF_TOKEN; a token → pulled, and not 
   local cdn = fx.requests("^/cdn/")
   t.ok(#cdn > 0, "the download went on to the other host")
   for _, c in ipairs(cdn) do t.eq(c.headers.authorization, nil, "no token after the cross-host redirect") end
+  -- A token with a line break inside (pasted across lines): sent without it, as huggingface_hub
+  -- does; never a header of its own.
+  fx.clear_log()
+  t.status(pull(store, reg, "gated", { HF_ENDPOINT = fx.url, HF_TOKEN = "hf_right\r\n_token" }, { "--force" }), 0,
+    "a token with a line break")
+  hubreq = fx.requests("/meta/gated/resolve/main/g%.gguf")[1]
+  t.eq(hubreq.headers.authorization, "Bearer hf_right_token", "the token without its line break")
 end)
 
 test("a gated Hub file split over connections: ranges through the redirect, the stated hash, no token past the Hub", function()

@@ -38,8 +38,12 @@ function auth.hf_token_file(env)
   return (xdg or (home(env) .. "/.cache")) .. "/huggingface/token"
 end
 
+-- A token pasted across lines loses its line breaks (and any other control character), as
+-- huggingface_hub reads it: it goes out as one header line, never as headers of its own.
 function auth.hf_token(env)
-  return getenv(env, "HF_TOKEN") or read_trimmed(auth.hf_token_file(env))
+  local token = getenv(env, "HF_TOKEN") or read_trimmed(auth.hf_token_file(env))
+  token = token and token:gsub("%c", "")
+  return token ~= "" and token or nil
 end
 
 function auth.kaggle_file(env)
