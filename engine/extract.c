@@ -456,7 +456,11 @@ static int stream_open(Reader *r, const char *name, Failure *f) {
  * this machine), not the rest of libarchive's formats. */
 static int reader_open(Reader *r, const char *path, const char *name, Failure *f) {
   r->archive_fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (r->archive_fd < 0) return failf(f, mg_errno_code(errno), "%s: %s", path, strerror(errno));
+  int err = r->archive_fd < 0 ? errno : 0;
+  /* A folder opens like a file; only its reads fail, and libarchive would call it damaged. */
+  struct stat st;
+  if (!err && fstat(r->archive_fd, &st) == 0 && S_ISDIR(st.st_mode)) err = EISDIR;
+  if (err) return failf(f, mg_errno_code(err), "%s: %s", path, strerror(err));
   utf8_names(r, 1);
   const char *missing = libarchive_missing();
   if (missing) return failf(f, "EIO", "%s: %s", name, missing);

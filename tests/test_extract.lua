@@ -539,6 +539,28 @@ test("only archives of files are accepted", function()
   t.match(msg, "missing%.zip", "message names the file")
 end)
 
+test("a folder, or nothing, where the archive should be is said to be that, as sha256_file says it", function()
+  local dir = t.tmpdir("notafile")
+  local folder, missing = dir .. "/model.tar.gz", dir .. "/missing.zip"
+  t.ok(core.mkdirs(folder .. "/inside"), "a folder named like an archive")
+  for _, case in ipairs { { "folder", folder, folder .. ": Is a directory", "EIO" },
+                          { "missing", missing, missing .. ": No such file or directory", "ENOENT" } } do
+    local what, path, msg, code = case[1], case[2], case[3], case[4]
+    t.eq(select(2, core.sha256_file(path)), msg, what .. ": sha256_file's message")
+    for _, answer in ipairs {
+      { "list", core.archive_list(path) },
+      { "extract", core.extract(path, dir .. "/out") },
+      { "extract, strip auto", core.extract(path, dir .. "/out", { strip = "auto" }) },
+    } do
+      local how = what .. ", " .. answer[1]
+      t.eq(answer[2], nil, how)
+      t.eq(answer[3], msg, how .. ": message")
+      t.eq(answer[4], code, how .. ": code")
+    end
+    t.eq(core.stat(dir .. "/out"), nil, what .. ": nothing created")
+  end
+end)
+
 test("on_progress is called between entries; an error in it aborts and cleans up", function()
   local dir = t.tmpdir("progress")
   local entries = {}
