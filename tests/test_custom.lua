@@ -238,3 +238,35 @@ test("modelget urls import of a bad file exits 9 and changes nothing", function(
   local good = t.write(t.tmpdir("good") .. "/good.json", assert(custom.export(store)))
   t.status(t.modelget { "urls", "import", good, "--store", t.tmpdir("fresh") }, 0, "good import")
 end)
+
+test("urls import says which ids it replaced (text and --json), and the file's entry is what the store then holds", function()
+  local store = t.tmpdir("import-replaced")
+  t.status(t.modelget { "--store", store, "urls", "add", "--id", "a", "--name", "a.gguf", "--url", "https://example.com/a.gguf",
+    "--sha256", SHA, "--alt", "https://mirror.example/a.gguf" }, 0, "add a")
+  t.status(t.modelget { "--store", store, "urls", "add", "--id", "b", "--name", "b.gguf", "--url", "https://example.com/b.gguf" },
+    0, "add b")
+  local file = t.write(t.tmpdir("in") .. "/urls.json", [[
+{"custom": [
+  {"id": "a", "name": "a.gguf", "url": "https://example.com/a2.gguf"},
+  {"id": "new", "name": "n.gguf", "url": "https://example.com/n.gguf"},
+  {"id": "b", "name": "b.gguf", "url": "https://example.com/b2.gguf"}
+]}]])
+  local r = t.status(t.modelget { "--store", store, "urls", "import", file }, 0, "import")
+  t.eq(r.stdout, "imported 3 custom URLs from " .. file .. " (replaced: a, b)\n", "the replaced ids are named")
+  local a = assert(custom.list(store))[1]
+  t.eq(a.url, "https://example.com/a2.gguf", "a is the file's entry")
+  t.eq(a.sha256, nil, "with no sha256, as the file has it")
+  t.eq(#a.alternativeURLs, 0, "and no alternatives")
+
+  local ev = t.events(t.status(t.modelget { "--store", store, "--json", "urls", "import", file }, 0, "import --json").stdout)
+  t.eq(#ev, 1, "one line")
+  t.eq(ev[1].event, "imported", "event")
+  t.eq(ev[1].count, 3, "count")
+  t.eq(table.concat(ev[1].replaced, ","), "a,new,b", "every id replaced the second time")
+  t.eq(#ev[1].added, 0, "none added")
+  r = t.status(t.modelget { "--store", t.tmpdir("fresh"), "--json", "urls", "import", file }, 0, "import into an empty store")
+  t.match(r.stdout, '"replaced":%[%]', "nothing replaced: an empty list")
+  t.match(r.stdout, '"added":%["a","new","b"%]', "all added")
+  r = t.status(t.modelget { "--store", t.tmpdir("fresh"), "urls", "import", file }, 0, "import, text")
+  t.eq(r.stdout, "imported 3 custom URLs from " .. file .. "\n", "no word of replacing when nothing was")
+end)

@@ -879,9 +879,13 @@ function URLS.import(ctx)
   local file = ctx.args[2]
   local res, err, code = ctx:facade().urls.import(file, ctx.opts)
   if not res then return ctx:fail(err, code) end
-  local n = type(res) == "table" and (res.count or res.imported or #res) or nil
-  if ctx.json then json_line({ event = "imported", file = file, count = n })
-  else printf("imported %s from %s", n and (n .. " custom URL" .. (n == 1 and "" or "s")) or "custom URLs", file) end
+  -- An entry of an id already there is replaced whole by the file's: said, not done silently.
+  if ctx.json then
+    json_line({ event = "imported", file = file, count = res.count, added = res.added, replaced = res.replaced })
+  else
+    printf("imported %d custom URL%s from %s%s", res.count, res.count == 1 and "" or "s", file,
+      #res.replaced > 0 and (" (replaced: " .. table.concat(res.replaced, ", ") .. ")") or "")
+  end
   return 0
 end
 

@@ -262,7 +262,7 @@ end
 -- Events --------------------------------------------------------------------------------------------
 -- The fields that hold lists: empty, they are written [] (an empty Lua table could be either).
 local LIST_FIELDS = { alt = true, alternativeURLs = true, files = true, tags = true, extensions = true,
-                      include = true, exclude = true, bad = true, urls = true }
+                      include = true, exclude = true, bad = true, urls = true, added = true, replaced = true }
 -- Stands for [] until the line is encoded: a marker no data of this process can hold by chance.
 local EMPTY_LIST = string.format("\0modelget:empty-list:%08x%08x\0", math.random(0, 0x7fffffff),
   math.random(0, 0x7fffffff))
