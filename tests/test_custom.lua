@@ -270,3 +270,53 @@ test("urls import says which ids it replaced (text and --json), and the file's e
   r = t.status(t.modelget { "--store", t.tmpdir("fresh"), "urls", "import", file }, 0, "import, text")
   t.eq(r.stdout, "imported 3 custom URLs from " .. file .. "\n", "no word of replacing when nothing was")
 end)
+
+-- A failure a person reads: exactly one line on stderr, "modelget: …", nothing on stdout.
+local function one_error_line(r, pattern, what)
+  t.eq(r.stdout, "", what .. ": nothing on stdout")
+  local line = r.stderr:match("^(modelget: [^\n]*)\n$")
+  t.ok(line, what .. ": one line on stderr, got " .. r.stderr)
+  t.match(line, pattern, what)
+  return line
+end
+
+local function quoted(s) return (s:gsub("%p", "%%%0")) end
+
+test("a name with a folder in it: urls add exits 2, urls import 9, pull ID --name 2; each names the field and changes nothing", function()
+  local store = t.tmpdir("name-folders")
+  local path = store .. "/registry/custom.json"
+  t.status(t.modelget { "--store", store, "urls", "add", "--id", "ok", "--name", "ok.gguf", "--url", "https://127.0.0.1:9/ok.gguf" },
+    0, "a good entry")
+  local before = t.read(path)
+  for _, name in ipairs { "../x.gguf", "sub/dir/a.gguf", "..", "." } do
+    local r = t.status(t.modelget { "--store", store, "urls", "add", "--id", "n", "--name", name, "--url", "https://example.com/a.gguf",
+      "--framework", "llamacpp" }, 2, "urls add --name " .. name)
+    one_error_line(r, '^modelget: custom URL "n": field \'name\': "' .. quoted(name) .. '" is not a file name %(no folders%)',
+      "urls add --name " .. name)
+    t.eq(t.read(path), before, name .. ": nothing written")
+  end
+  local file = t.write(t.tmpdir("in") .. "/urls.json", [[
+{"custom": [
+  {"id": "fine", "name": "fine.gguf", "url": "https://example.com/fine.gguf"},
+  {"id": "pathy", "name": "sub/dir/a.gguf", "url": "https://example.com/a.gguf"}
+]}]])
+  local r = t.status(t.modelget { "--store", store, "urls", "import", file }, 9, "import of a name with a folder")
+  one_error_line(r, "^modelget: " .. quoted(file) .. ': entry 2 %("pathy"%): field \'name\': "sub/dir/a%.gguf" is not a file name %(no folders%)',
+    "import")
+  t.eq(t.read(path), before, "import: nothing written")
+  -- A name that is a title rather than a file name (the app's JSON uses "name" loosely) still imports.
+  file = t.write(t.tmpdir("in") .. "/titles.json",
+    '{"custom": [{"id": "titled", "name": "TinyLlama 1.1B (Q4)", "url": "https://example.com/tiny.gguf"}]}')
+  t.status(t.modelget { "--store", store, "urls", "import", file }, 0, "import of a title for a name")
+  -- A store written before the rule, holding such a name, still loads.
+  local old = t.tmpdir("old-store")
+  t.write(old .. "/registry/custom.json",
+    '{"custom": [{"id": "pathy", "name": "sub/dir/a.gguf", "url": "https://example.com/a.gguf"}]}')
+  t.match(t.status(t.modelget { "--store", old, "urls", "list" }, 0, "an old store's list").stdout, "pathy", "listed")
+  -- pull of an id with --name: the same rule as for a URL, whatever the target.
+  before = t.read(path)
+  r = t.status(t.modelget { "--store", store, "pull", "ok", "--name", "../y.gguf" }, 2, "pull ID --name ../y.gguf")
+  one_error_line(r, "^modelget: %-%-name: '%.%./y%.gguf' is not a file name %(no folders%)", "pull ID --name")
+  t.eq(t.exists(store .. "/models"), false, "nothing installed")
+  for _, f in ipairs(t.tree(store .. "/partial")) do t.nomatch(f, "llamacpp%-%-ok", "no partial download: " .. f) end
+end)

@@ -111,6 +111,16 @@ local function check_entry(raw, where)
   return e
 end
 
+-- A new entry's name (urls add, urls import) must be one a file can take: the download is saved
+-- under it. A name that is a title ("TinyLlama 1.1B (Q4)") can; one with a folder in it, "." or ".."
+-- cannot: the pull would name the file after the URL instead, not as asked. An entry already in the
+-- store keeps loading (to_entry names its file after the URL), so that a store written before the
+-- rule still works. -> "field 'name': …" or nil.
+local function new_name_problem(e)
+  local problem = util.file_name_problem(e.name)
+  return problem and ("field 'name': %s %s"):format(enc(e.name), problem)
+end
+
 -- The framework of a custom entry: its own field, else the name's extension, else the URL's file name.
 function custom.framework_of(e)
   return e.framework or rules.framework_for_name(e.name) or rules.framework_for_name(util.url_filename(e.url))
@@ -242,6 +252,8 @@ function custom.add(store, fields, taken)
   end
   local ok, added = pcall(check_entry, raw, where)
   if not ok then return util.fail("EUSAGE", "%s", added) end
+  local name_bad = new_name_problem(added)
+  if name_bad then return util.fail("EUSAGE", "%s: %s", where, name_bad) end
   local place = taken and taken(added.id)
   if place then
     return util.fail("EUSAGE", "%s: field 'id': '%s' is already a catalog model (%s); choose another id", where,
@@ -284,7 +296,7 @@ end
 
 -- Merges a file's entries by id: a new id is added, an id already in the store is replaced by the
 -- file's entry (importing a configuration applies it). The file is validated whole first.
--- An id a recipe defines (taken, as for add) refuses the file. Returns {added={ids}, replaced={ids}, count=}.
+-- An id a recipe defines (taken, as for add), or a name with a folder in it, refuses the file. Returns {added={ids}, replaced={ids}, count=}.
 function custom.import(store, file, taken)
   local text, err, code = util.read_file(file)
   if not text then return nil, err, code end -- io.open's message names the file
@@ -292,10 +304,13 @@ function custom.import(store, file, taken)
   if not doc then return nil, derr, dcode end
   local incoming, verr, vcode = custom.validate(doc, file)
   if not incoming then return nil, verr, vcode end
-  for i, e in ipairs(taken and incoming or {}) do
-    local place = taken(e.id)
+  for i, e in ipairs(incoming) do
+    local where = ("%s: entry %d (%s)"):format(file, i, enc(e.id))
+    local name_bad = new_name_problem(e)
+    if name_bad then return einput("%s: %s", where, name_bad) end
+    local place = taken and taken(e.id)
     if place then
-      return einput("%s: entry %d (%s): field 'id': '%s' is already a catalog model (%s)", file, i, enc(e.id), e.id, place)
+      return einput("%s: field 'id': '%s' is already a catalog model (%s)", where, e.id, place)
     end
   end
   local report = { added = {}, replaced = {} }
@@ -323,6 +338,7 @@ end
 
 -- A canonical custom entry as a catalog entry (docs/DESIGN.md's shape).
 function custom.to_entry(e, source)
+  -- A name no file can take (in an entry stored before new names were checked): the URL's file name.
   local file = util.safe_component(e.name) and e.name or util.url_filename(e.url)
   return {
     id = e.id, name = e.name, framework = custom.framework_of(e), url = e.url, file = file,

@@ -21,9 +21,7 @@ local function entry_for_url(url, opts)
   local ok, err, code = util.check_url(url)
   if not ok then return nil, err, code end
   local name = opts.name or util.url_filename(url)
-  if opts.name and not util.safe_component(name) then
-    return util.fail("EUSAGE", "--name: '%s' is not a file name (no folders)", name)
-  elseif not util.safe_component(name) then
+  if not util.safe_component(name) then -- a --name given is checked already (pull.resolve)
     return util.fail("EUSAGE", "cannot name a file after %s: pass --name FILE", util.shown_url(url))
   elseif util.reserved_name(name) then
     return util.fail("EUSAGE", "'%s' is the name of the store's record of a model: pass --name FILE", name)
@@ -63,6 +61,8 @@ end
 -- Resolves an id or URL into an entry, with the pull's options laid over it.
 function pull.resolve(target, opts, catalog)
   local entry, err, code
+  local problem = opts.name and util.file_name_problem(opts.name)
+  if problem then return util.fail("EUSAGE", "--name: '%s' %s", opts.name, problem) end
   if util.is_url(target) then
     entry, err, code = entry_for_url(target, opts)
     if not entry then return nil, err, code end

@@ -158,6 +158,12 @@ function util.safe_component(name)
   return name
 end
 
+-- What keeps a name from being the name of one file in a model's folder (the name --name or a
+-- custom URL gives the download), as a phrase to follow the name; nil when it can be.
+function util.file_name_problem(name)
+  if not util.safe_component(name) then return "is not a file name (no folders)" end
+end
+
 -- A relative path with no empty, "." or ".." parts.
 function util.safe_relpath(path)
   if type(path) ~= "string" or path == "" or path:sub(1, 1) == "/" or path:find("[%z\n\r\\]") then return nil end
