@@ -320,3 +320,47 @@ test("a name with a folder in it: urls add exits 2, urls import 9, pull ID --nam
   t.eq(t.exists(store .. "/models"), false, "nothing installed")
   for _, f in ipairs(t.tree(store .. "/partial")) do t.nomatch(f, "llamacpp%-%-ok", "no partial download: " .. f) end
 end)
+
+test("urls add of an archive's name records requiresUnzip, and pull of the id extracts it; --no-unzip and an import's false stay", function()
+  local servers, archives, cjson = require "servers", require "archives", require "cjson"
+  local onnx = assert(t.read("/usr/share/libonnx-testdata/data/node/test_add/model.onnx"), "libonnx-testdata is installed")
+  local archive = archives.make("tar.gz", t.tmpdir("onnx-archive") .. "/onnx.tar.gz", { { path = "model.onnx", data = onnx } })
+  local url = servers.nginx().put("custom/onnx.tar.gz", t.read(archive))
+  local store = t.tmpdir("archive-store")
+  local function mg(args)
+    return t.modelget { "--store", store, "--cacert", servers.ca().cert, "--retry-wait", "0.05", table.unpack(args) }
+  end
+  local function stored(id)
+    for _, e in ipairs(cjson.decode(t.read(store .. "/registry/custom.json")).custom) do
+      if e.id == id then return e end
+    end
+  end
+  t.status(mg { "urls", "add", "--id", "cz1", "--name", "onnx.tar.gz", "--url", url, "--framework", "onnx" }, 0, "urls add")
+  t.eq(stored("cz1").requiresUnzip, true, "an archive's name: requiresUnzip recorded")
+  t.status(mg { "pull", "cz1", "-q" }, 0, "pull cz1")
+  t.eq(t.sha256_file(store .. "/models/onnx/cz1/model.onnx"), t.sha256(onnx), "the extracted model installed")
+  t.eq(t.exists(store .. "/models/onnx/cz1/onnx.tar.gz"), false, "the archive itself is not kept")
+
+  t.status(mg { "urls", "add", "--id", "cz2", "--name", "onnx.tar.gz", "--url", url, "--framework", "other", "--no-unzip" },
+    0, "urls add --no-unzip")
+  t.eq(stored("cz2").requiresUnzip, false, "--no-unzip recorded")
+  t.status(mg { "pull", "cz2", "-q" }, 0, "pull cz2")
+  t.eq(t.sha256_file(store .. "/models/other/cz2/onnx.tar.gz"), t.sha256_file(archive), "installed as it is")
+  local before = t.read(store .. "/registry/custom.json")
+  local r = t.status(mg { "urls", "add", "--id", "cz3", "--name", "onnx.tar.gz", "--url", url, "--unzip", "--no-unzip" }, 2,
+    "both")
+  t.match(r.stderr, "^modelget: %-%-unzip and %-%-no%-unzip: one or the other", "one or the other")
+  t.eq(t.read(store .. "/registry/custom.json"), before, "nothing written")
+
+  -- An import: "requiresUnzip": false is the file's choice; left out, the name decides.
+  local file = t.write(t.tmpdir("in") .. "/urls.json", string.format([[
+{"custom": [
+  {"id": "kept", "name": "a.tar.gz", "url": %q, "framework": "other", "requiresUnzip": false},
+  {"id": "unsaid", "name": "b.zip", "url": %q, "framework": "other"},
+  {"id": "plain", "name": "c.gguf", "url": %q}
+]}]], url, url, url))
+  t.status(mg { "urls", "import", file }, 0, "import")
+  t.eq(stored("kept").requiresUnzip, false, "an explicit false is kept")
+  t.eq(stored("unsaid").requiresUnzip, true, "left out, for an archive's name: true")
+  t.eq(stored("plain").requiresUnzip, false, "left out, for another name: false")
+end)

@@ -610,7 +610,6 @@ command("pull", {
   min = 1, ids = true,
   run = function(ctx)
     local mg = ctx:facade()
-    if ctx.opts.unzip and ctx.opts.no_unzip then return ctx:usage("--unzip and --no-unzip: one or the other") end
     if #ctx.args > 1 then
       for _, k in ipairs(PULL_ONE_TARGET) do
         if ctx.opts[k] then return ctx:usage("--%s applies to one target; pull those one at a time", k) end
@@ -840,9 +839,12 @@ function URLS.add(ctx)
   end
   local ok, ferr = ctx:check_framework(ctx.opts.framework)
   if not ok then return ctx:usage("%s", ferr) end
+  -- Neither --unzip nor --no-unzip: the name decides (an archive's is extracted), as for a pull.
+  local unzip
+  if ctx.opts.unzip then unzip = true elseif ctx.opts.no_unzip then unzip = false end
   local fields = {
     id = ctx.opts.id, name = ctx.opts.name, url = ctx.opts.url, sha256 = ctx.opts.sha256,
-    framework = ctx.opts.framework, requiresUnzip = ctx.opts.unzip or false,
+    framework = ctx.opts.framework, requiresUnzip = unzip,
     requiresAuth = ctx.opts.auth or false, alternativeURLs = ctx.opts.alt or {},
   }
   local res, err, code = ctx:facade().urls.add(fields, ctx.opts)
@@ -895,11 +897,12 @@ command("urls", {
   usage = "urls list|add|rm ID|export [FILE]|import FILE",
   needs = "a subcommand: list, add, rm, export or import",
   summary = "custom model URLs (the JSON schema of the guide)",
-  detail = "add takes --id ID --name FILE --url URL [--sha256 HEX] [--framework F] [--unzip] [--auth] [--alt URL]…",
+  detail = "add takes --id ID --name FILE --url URL [--sha256 HEX] [--framework F] [--unzip|--no-unzip] [--auth] [--alt URL]…",
   options = {
     id = "add: the entry's id", name = "add: the file name (with its extension)", url = "add: the download URL",
     sha256 = "add: the file's expected SHA-256", framework = "add: the framework (default: from the extension)",
-    unzip = "add: the URL is an archive to extract", auth = "add: the URL needs credentials",
+    unzip = "add: the URL is an archive to extract (the default for a .zip, .tar.gz, … name)",
+    no_unzip = "add: install an archive as it is, not extracted", auth = "add: the URL needs credentials",
     alt = "add: an alternative URL (repeatable)",
   },
   min = 1, max = 2,
@@ -1101,6 +1104,7 @@ function M.main(argv)
       return ctx:usage("--%s does not apply to %s", o.long, c.name)
     end
   end
+  if p.opts.unzip and p.opts.no_unzip then return ctx:usage("--unzip and --no-unzip: one or the other") end
   local bad = check_arity(c, p.args)
   if bad then return ctx:fail(bad, "EUSAGE") end
   if c.name ~= "run" then core.catch_interrupt() end

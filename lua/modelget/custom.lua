@@ -62,9 +62,9 @@ local function check_entry(raw, where)
     if required and v == "" then bad(field, "must not be empty") end
     return v
   end
-  local function bool(field)
+  local function bool(field, default)
     local v = raw[field]
-    if is_null(v) then return false end
+    if is_null(v) then return default or false end
     if type(v) ~= "boolean" then bad(field, "expected true or false, got %s", type(v)) end
     return v
   end
@@ -85,7 +85,8 @@ local function check_entry(raw, where)
   local sha = str("sha256")
   if sha and not util.is_sha256(sha) then bad("sha256", "expected 64 hex digits or null, got %s", enc(sha)) end
   e.sha256 = sha and sha:lower()
-  e.requiresUnzip = bool("requiresUnzip")
+  -- Not stated: an archive's name is extracted, as a pull of the URL would (a stated false is kept).
+  e.requiresUnzip = bool("requiresUnzip", util.is_archive(custom.file_of(e)))
   e.requiresAuth = bool("requiresAuth")
   local alts = raw.alternativeURLs
   e.alternativeURLs = {}
@@ -222,7 +223,7 @@ end
 
 -- Adds one entry. fields take the schema's names or the command line's: id, name, url, sha256,
 -- unzip|requiresUnzip, auth|requiresAuth, alt|alternativeURLs, framework. name defaults to the URL's
--- file name and id to that name without its extension. The fields are arguments, not a file: a bad
+-- file name and id to that name without its extension; unzip, to whether the name is an archive's. The fields are arguments, not a file: a bad
 -- one is EUSAGE, a URL the policy refuses EPOLICY. An id already there is refused (EUSAGE), and so is
 -- one a recipe defines (taken: id -> the recipe's place, or nil): the catalog's would win.
 function custom.add(store, fields, taken)
@@ -336,10 +337,15 @@ end
 
 -- Catalog entries --------------------------------------------------------------------------------
 
+-- The name an entry's download is saved under: its name; one no file can take (in an entry stored
+-- before new names were checked), the URL's file name.
+function custom.file_of(e)
+  return util.safe_component(e.name) and e.name or util.url_filename(e.url)
+end
+
 -- A canonical custom entry as a catalog entry (docs/DESIGN.md's shape).
 function custom.to_entry(e, source)
-  -- A name no file can take (in an entry stored before new names were checked): the URL's file name.
-  local file = util.safe_component(e.name) and e.name or util.url_filename(e.url)
+  local file = custom.file_of(e)
   return {
     id = e.id, name = e.name, framework = custom.framework_of(e), url = e.url, file = file,
     alt = e.alternativeURLs or {}, sha256 = e.sha256, unzip = e.requiresUnzip,
