@@ -282,11 +282,16 @@ end
 
 local function quoted(s) return (s:gsub("%p", "%%%0")) end
 
-test("a name with a folder in it: urls add exits 2, urls import 9, pull ID --name 2; each names the field and changes nothing", function()
-  local store = t.tmpdir("name-folders")
-  local path = store .. "/registry/custom.json"
+-- A store holding one custom URL, "ok" (nothing listens at its URL); its custom.json's path.
+local function store_with_ok(name)
+  local store = t.tmpdir(name)
   t.status(t.modelget { "--store", store, "urls", "add", "--id", "ok", "--name", "ok.gguf", "--url", "https://127.0.0.1:9/ok.gguf" },
     0, "a good entry")
+  return store, store .. "/registry/custom.json"
+end
+
+test("a name with a folder in it: urls add exits 2, urls import 9, pull ID --name 2; each names the field and changes nothing", function()
+  local store, path = store_with_ok("name-folders")
   local before = t.read(path)
   for _, name in ipairs { "../x.gguf", "sub/dir/a.gguf", "..", "." } do
     local r = t.status(t.modelget { "--store", store, "urls", "add", "--id", "n", "--name", name, "--url", "https://example.com/a.gguf",
@@ -363,4 +368,54 @@ test("urls add of an archive's name records requiresUnzip, and pull of the id ex
   t.eq(stored("kept").requiresUnzip, false, "an explicit false is kept")
   t.eq(stored("unsaid").requiresUnzip, true, "left out, for an archive's name: true")
   t.eq(stored("plain").requiresUnzip, false, "left out, for another name: false")
+end)
+
+test("ids over 128 bytes and names over 200: the message states the length rule; urls add and pull --name exit 2, import 9; nothing written", function()
+  local store, path = store_with_ok("long")
+  local before = t.read(path)
+  local long_id = ("a"):rep(300)
+  local r = t.status(t.modelget { "--store", store, "urls", "add", "--id", long_id, "--name", "x.gguf",
+    "--url", "https://example.com/x.gguf" }, 2, "urls add --id <300 letters>")
+  local line = one_error_line(r, "field 'id': \"a+…\" must be at most 128 bytes long, not 300", "a long id")
+  t.nomatch(line, "letters, digits", "not the characters' rule: those are fine")
+  t.ok(#line < 300, "the id is not quoted whole: " .. #line .. " bytes")
+  t.eq(t.read(path), before, "a long id: nothing written")
+  r = t.status(t.modelget { "--store", store, "pull", "https://127.0.0.1:9/x.gguf", "--id", long_id }, 2, "pull --id <300 letters>")
+  one_error_line(r, "^modelget: not a valid model id: 'a+…' %(at most 128 bytes long, not 300%)", "pull --id")
+  -- 128 is fine.
+  t.status(t.modelget { "--store", store, "urls", "add", "--id", ("b"):rep(128), "--name", "b.gguf",
+    "--url", "https://example.com/b.gguf" }, 0, "an id of 128 bytes")
+  before = t.read(path)
+
+  local long_name = ("a"):rep(300) .. ".gguf"
+  r = t.status(t.modelget { "--store", store, "urls", "add", "--id", "n", "--name", long_name, "--url", "https://example.com/n.gguf" },
+    2, "urls add --name <305 bytes>")
+  one_error_line(r, '^modelget: custom URL "n": field \'name\': "a+…" is 305 bytes long, more than the 200 a file name may have',
+    "urls add, a long name")
+  t.eq(t.read(path), before, "a long name: nothing written")
+  r = t.status(t.modelget { "--store", store, "pull", "https://127.0.0.1:9/n.gguf", "--name", long_name }, 2, "pull --name <305 bytes>")
+  one_error_line(r, "^modelget: %-%-name: 'a+…' is 305 bytes long, more than the 200 a file name may have", "pull --name")
+  r = t.status(t.modelget { "--store", store, "pull", "https://127.0.0.1:9/" .. long_name }, 2, "pull of a URL whose name is long")
+  one_error_line(r, "^modelget: cannot name a file after https://127%.0%.0%.1:9/a+…: its name is 305 bytes long, more than the 200 a file name may have; pass %-%-name FILE",
+    "a URL's long name")
+  t.eq(t.exists(store .. "/partial/llamacpp--n"), false, "no partial download")
+  -- 200 is fine.
+  t.status(t.modelget { "--store", store, "urls", "add", "--id", "c", "--name", ("c"):rep(195) .. ".gguf",
+    "--url", "https://example.com/c.gguf" }, 0, "a name of 200 bytes")
+  before = t.read(path)
+
+  local file = t.write(t.tmpdir("in") .. "/urls.json", string.format([[
+{"custom": [
+  {"id": "fine", "name": "fine.gguf", "url": "https://example.com/fine.gguf"},
+  {"id": "long-name", "name": %q, "url": "https://example.com/l.gguf"}
+]}]], long_name))
+  r = t.status(t.modelget { "--store", store, "urls", "import", file }, 9, "import of a long name")
+  one_error_line(r, "^modelget: " .. quoted(file) .. ': entry 2 %("long%-name"%): field \'name\': "a+…" is 305 bytes long, more than the 200',
+    "import, a long name")
+  file = t.write(t.tmpdir("in") .. "/ids.json", string.format(
+    '{"custom": [{"id": %q, "name": "l.gguf", "url": "https://example.com/l.gguf"}]}', long_id))
+  r = t.status(t.modelget { "--store", store, "urls", "import", file }, 9, "import of a long id")
+  one_error_line(r, "^modelget: " .. quoted(file) .. ': entry 1 %("a+…"%): field \'id\': "a+…" must be at most 128 bytes long, not 300',
+    "import, a long id")
+  t.eq(t.read(path), before, "imports: nothing written")
 end)

@@ -25,6 +25,9 @@ local function einput(fmt, ...) return util.fail("EINPUT", fmt, ...) end
 
 local function is_null(v) return v == nil or v == cjson.null end
 
+-- A value as a message quotes it: JSON, a long one cut short.
+local function shown(v) return enc(type(v) == "string" and util.abbrev(v) or v) end
+
 -- "… at character 57" → "… at character 57 (line 3, column 12)"
 local function with_position(msg, text)
   local at = tonumber(msg:match("at character (%d+)"))
@@ -76,9 +79,8 @@ local function check_entry(raw, where)
   end
   local e = {}
   e.id = str("id", true)
-  if not util.valid_id(e.id) then
-    bad("id", "%s must be %s", enc(e.id), util.ID_RULE)
-  end
+  local id_bad = util.id_problem(e.id)
+  if id_bad then bad("id", "%s must be %s", shown(e.id), id_bad) end
   e.name = str("name", true)
   if util.reserved_name(e.name) then bad("name", "%s is the name of the store's record of a model", enc(e.name)) end
   e.url = url("url", str("url", true))
@@ -119,7 +121,7 @@ end
 -- rule still works. -> "field 'name': …" or nil.
 local function new_name_problem(e)
   local problem = util.file_name_problem(e.name)
-  return problem and ("field 'name': %s %s"):format(enc(e.name), problem)
+  return problem and ("field 'name': %s %s"):format(shown(e.name), problem)
 end
 
 -- The framework of a custom entry: its own field, else the name's extension, else the URL's file name.
@@ -143,7 +145,7 @@ function custom.validate(doc, source)
   local out, first = {}, {}
   for i, raw in ipairs(list) do
     local id = type(raw) == "table" and type(raw.id) == "string" and raw.id or nil
-    local where = id and ("entry %d (%s)"):format(i, enc(id)) or ("entry " .. i)
+    local where = id and ("entry %d (%s)"):format(i, shown(id)) or ("entry " .. i)
     local ok, e = pcall(check_entry, raw, where)
     if not ok then return einput("%s: %s", source, tostring(e)) end
     if first[e.id] then
@@ -240,7 +242,7 @@ function custom.add(store, fields, taken)
   }
   if fields.unzip ~= nil then raw.requiresUnzip = fields.unzip and true or false end
   if fields.auth ~= nil then raw.requiresAuth = fields.auth and true or false end
-  local where = type(raw.id) == "string" and ("custom URL " .. enc(raw.id)) or "custom URL"
+  local where = type(raw.id) == "string" and ("custom URL " .. shown(raw.id)) or "custom URL"
   local urls = { { "url", url } }
   for _, u in ipairs(type(raw.alternativeURLs) == "table" and raw.alternativeURLs or {}) do
     urls[#urls + 1] = { "alternativeURLs", u }
@@ -297,7 +299,8 @@ end
 
 -- Merges a file's entries by id: a new id is added, an id already in the store is replaced by the
 -- file's entry (importing a configuration applies it). The file is validated whole first.
--- An id a recipe defines (taken, as for add), or a name with a folder in it, refuses the file. Returns {added={ids}, replaced={ids}, count=}.
+-- An id a recipe defines (taken, as for add), or a name no file can take (a folder in it, too long),
+-- refuses the file. Returns {added={ids}, replaced={ids}, count=}.
 function custom.import(store, file, taken)
   local text, err, code = util.read_file(file)
   if not text then return nil, err, code end -- io.open's message names the file
@@ -306,7 +309,7 @@ function custom.import(store, file, taken)
   local incoming, verr, vcode = custom.validate(doc, file)
   if not incoming then return nil, verr, vcode end
   for i, e in ipairs(incoming) do
-    local where = ("%s: entry %d (%s)"):format(file, i, enc(e.id))
+    local where = ("%s: entry %d (%s)"):format(file, i, shown(e.id))
     local name_bad = new_name_problem(e)
     if name_bad then return einput("%s: %s", where, name_bad) end
     local place = taken and taken(e.id)
@@ -340,7 +343,7 @@ end
 -- The name an entry's download is saved under: its name; one no file can take (in an entry stored
 -- before new names were checked), the URL's file name.
 function custom.file_of(e)
-  return util.safe_component(e.name) and e.name or util.url_filename(e.url)
+  return not util.file_name_problem(e.name) and e.name or util.url_filename(e.url)
 end
 
 -- A canonical custom entry as a catalog entry (docs/DESIGN.md's shape).

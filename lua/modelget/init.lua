@@ -448,7 +448,8 @@ function modelget.import_dir(dir, opts)
   if type(dir) ~= "string" then error("bad argument #1 to 'import_dir': expected a folder path", 2) end
   opts = options(opts)
   if not opts.id or not opts.framework then return util.fail("EUSAGE", "import needs --id ID and --framework F") end
-  if not util.valid_id(opts.id) then return util.fail("EUSAGE", "not a valid model id: '%s' (%s)", opts.id, util.ID_RULE) end
+  local id_bad = util.id_problem(opts.id)
+  if id_bad then return util.fail("EUSAGE", "not a valid model id: '%s' (%s)", util.abbrev(opts.id), id_bad) end
   local rule = rules.get(opts.framework)
   if not rule then return util.fail("EUSAGE", "unknown framework '%s'", opts.framework) end
   local st = core.stat(dir)

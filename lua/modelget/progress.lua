@@ -37,13 +37,8 @@ local function width_of(s) return utf8.len(s) or #s end
 
 -- Cuts s to at most n characters (an ellipsis marks the cut) and pads it to n.
 local function fit(s, n)
-  local w = width_of(s)
-  if w > n then
-    if n < 2 then return s:sub(1, n) end
-    s = s:sub(1, utf8.offset(s, n) - 1) .. "…"
-    w = n
-  end
-  return s .. string.rep(" ", n - w)
+  s = util.abbrev(s, n)
+  return s .. string.rep(" ", n - width_of(s))
 end
 
 local function percent(completed, total)

@@ -21,8 +21,12 @@ local function entry_for_url(url, opts)
   local ok, err, code = util.check_url(url)
   if not ok then return nil, err, code end
   local name = opts.name or util.url_filename(url)
-  if not util.safe_component(name) then -- a --name given is checked already (pull.resolve)
+  local problem = not opts.name and util.file_name_problem(name) -- a --name given is checked already
+  if problem and not util.safe_component(name) then
     return util.fail("EUSAGE", "cannot name a file after %s: pass --name FILE", util.shown_url(url))
+  elseif problem then
+    return util.fail("EUSAGE", "cannot name a file after %s: its name %s; pass --name FILE",
+      util.abbrev(util.shown_url(url)), problem)
   elseif util.reserved_name(name) then
     return util.fail("EUSAGE", "'%s' is the name of the store's record of a model: pass --name FILE", name)
   end
@@ -62,7 +66,7 @@ end
 function pull.resolve(target, opts, catalog)
   local entry, err, code
   local problem = opts.name and util.file_name_problem(opts.name)
-  if problem then return util.fail("EUSAGE", "--name: '%s' %s", opts.name, problem) end
+  if problem then return util.fail("EUSAGE", "--name: '%s' %s", util.abbrev(opts.name), problem) end
   if util.is_url(target) then
     entry, err, code = entry_for_url(target, opts)
     if not entry then return nil, err, code end
@@ -99,8 +103,9 @@ function pull.resolve(target, opts, catalog)
   if not rules.get(entry.framework) then
     return util.fail("EUSAGE", "unknown framework '%s' (known: %s)", entry.framework, framework_names())
   end
-  if not util.valid_id(entry.id) then
-    return util.fail("EUSAGE", "not a valid model id: '%s' (%s)", tostring(entry.id), util.ID_RULE)
+  local id_bad = util.id_problem(entry.id)
+  if id_bad then
+    return util.fail("EUSAGE", "not a valid model id: '%s' (%s)", util.abbrev(tostring(entry.id)), id_bad)
   end
   local alts = {}
   for _, u in ipairs(entry.alt or {}) do alts[#alts + 1] = u end

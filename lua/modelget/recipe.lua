@@ -463,8 +463,9 @@ function recipe.load_string(src, chunkname)
   end
   local function sink(id, fields, line, framework)
     if type(id) ~= "string" then problem(line, "model: expected an id string, got " .. type(id)) return end
-    if not util.valid_id(id) then
-      problem(line, ("model '%s': the id must be %s"):format(id, util.ID_RULE))
+    local id_bad = util.id_problem(id)
+    if id_bad then
+      problem(line, ("model '%s': the id must be %s"):format(util.abbrev(id), id_bad))
       return
     end
     local ok, e = pcall(normalize, id, fields, framework)

@@ -107,6 +107,15 @@ function util.shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
+-- s cut to at most n characters, an ellipsis marking the cut: a name in a column, or a long value
+-- quoted in a message (n defaults to 60 for those: the line stays readable).
+function util.abbrev(s, n)
+  n = n or 60
+  if (utf8.len(s) or #s) <= n then return s end
+  if n < 2 then return s:sub(1, n) end
+  return s:sub(1, utf8.offset(s, n) - 1) .. "…"
+end
+
 -- Whether a pull target is a URL (scheme://…) rather than a catalog id.
 function util.is_url(s) return type(s) == "string" and s:match("^%a[%w+.-]*://") ~= nil end
 
@@ -130,16 +139,21 @@ function util.strip_ext(name)
   return (base:match("^(.+)%.[^.]+$") or base)
 end
 
--- A model id: letters, digits, '.', '_' or '-', starting with a letter or digit, at most 128 bytes.
-function util.valid_id(id)
-  return type(id) == "string" and #id <= 128 and id:find("^[%w][%w._-]*$") ~= nil
-end
+-- A model id: letters, digits, '.', '_' or '-', starting with a letter or digit, at most ID_MAX bytes.
+util.ID_MAX = 128
 util.ID_RULE = "letters, digits, '.', '_' or '-', starting with a letter or digit"
+-- The part of that rule an id breaks, as what it "must be" (the characters' rule, or the length's);
+-- nil for a valid id.
+function util.id_problem(id)
+  if type(id) ~= "string" or not id:find("^[%w][%w._-]*$") then return util.ID_RULE end
+  if #id > util.ID_MAX then return string.format("at most %d bytes long, not %d", util.ID_MAX, #id) end
+end
+function util.valid_id(id) return util.id_problem(id) == nil end
 
 -- The id a file name gives (a URL's, when no id is given): the name without its extension, each run
 -- of other characters made one '-' ("my model.onnx" -> "my-model"); nil when nothing is left.
 function util.id_from_name(name)
-  local id = util.strip_ext(name):gsub("[^%w._-]+", "-"):gsub("^[^%w]+", ""):sub(1, 128)
+  local id = util.strip_ext(name):gsub("[^%w._-]+", "-"):gsub("^[^%w]+", ""):sub(1, util.ID_MAX)
   return util.valid_id(id) and id or nil
 end
 
@@ -159,9 +173,15 @@ function util.safe_component(name)
 end
 
 -- What keeps a name from being the name of one file in a model's folder (the name --name or a
--- custom URL gives the download), as a phrase to follow the name; nil when it can be.
+-- custom URL gives the download), as a phrase to follow the name; nil when it can be. NAME_MAX leaves
+-- room under the file systems' 255 bytes for what the store adds to a partial download's name
+-- (".part.state", ".part.split.tmp", a write's ".tmp.<pid>").
+util.NAME_MAX = 200
 function util.file_name_problem(name)
   if not util.safe_component(name) then return "is not a file name (no folders)" end
+  if #name > util.NAME_MAX then
+    return string.format("is %d bytes long, more than the %d a file name may have", #name, util.NAME_MAX)
+  end
 end
 
 -- A relative path with no empty, "." or ".." parts.
