@@ -419,3 +419,24 @@ test("ids over 128 bytes and names over 200: the message states the length rule;
     "import, a long id")
   t.eq(t.read(path), before, "imports: nothing written")
 end)
+
+test("modelget.urls.add with a field of no known name raises naming it, at the caller's line; nothing written", function()
+  local modelget = require "modelget"
+  local store = t.tmpdir("api-fields")
+  local ok, err = pcall(modelget.urls.add, { id = "x", name = "x.gguf", url = "https://example.com/x.gguf", bogus = 1 },
+    { store = store })
+  t.eq(ok, false, "raised")
+  t.match(err, "unknown field 'bogus'", "names the field")
+  t.match(err, "fields: id, name, url, sha256, requiresUnzip, requiresAuth, alternativeURLs, framework, unzip, auth, alt",
+    "lists the fields it takes")
+  t.eq(t.exists(store .. "/registry/custom.json"), false, "nothing written")
+  -- The same from a script: exit 9, one line at the script's own line.
+  local script = t.write(t.tmpdir("api-script") .. "/add.lua", 'local modelget = require "modelget"\n'
+    .. 'modelget.urls.add({ id = "x", url = "https://example.com/x.gguf", sha = "ab" }, { store = arg[1] })\n')
+  local r = t.status(t.modelget { "run", script, store }, 9, "a script")
+  one_error_line(r, "^modelget: " .. quoted(script) .. ":2: unknown field 'sha'", "the script's line")
+  t.eq(t.exists(store .. "/registry/custom.json"), false, "nothing written by the script")
+  -- Known fields in either naming still work.
+  t.ok(modelget.urls.add({ id = "y", url = "https://example.com/y.gguf", alt = { "https://m.example/y.gguf" }, unzip = false },
+    { store = store }), "schema and command-line names")
+end)

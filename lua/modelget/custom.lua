@@ -18,6 +18,9 @@ local enc = util.json_encode
 local ORDER = { "id", "name", "url", "sha256", "requiresUnzip", "requiresAuth", "alternativeURLs", "framework" }
 local KNOWN = {}
 for _, k in ipairs(ORDER) do KNOWN[k] = true end
+-- custom.add takes the command line's names too.
+local ADD_NAMES = { unzip = true, auth = true, alt = true }
+local ADD_LIST = table.concat(ORDER, ", ") .. ", unzip, auth, alt"
 
 function custom.path(store) return store .. "/registry/custom.json" end
 
@@ -223,12 +226,23 @@ local function update(store, change)
   return finish(checked)
 end
 
+-- A field custom.add does not take is misuse, as an unknown option is the facade's: the message
+-- that names it, or nil.
+function custom.unknown_field(fields)
+  for k in pairs(fields) do
+    if not KNOWN[k] and not ADD_NAMES[k] then return ("unknown field '%s' (fields: %s)"):format(tostring(k), ADD_LIST) end
+  end
+end
+
 -- Adds one entry. fields take the schema's names or the command line's: id, name, url, sha256,
--- unzip|requiresUnzip, auth|requiresAuth, alt|alternativeURLs, framework. name defaults to the URL's
--- file name and id to that name without its extension; unzip, to whether the name is an archive's. The fields are arguments, not a file: a bad
--- one is EUSAGE, a URL the policy refuses EPOLICY. An id already there is refused (EUSAGE), and so is
--- one a recipe defines (taken: id -> the recipe's place, or nil): the catalog's would win.
+-- unzip|requiresUnzip, auth|requiresAuth, alt|alternativeURLs, framework; a field of another name
+-- raises. name defaults to the URL's file name, id to that name without its extension, unzip to
+-- whether the name is an archive's. The fields are arguments, not a file: a bad one is EUSAGE, a URL
+-- the policy refuses EPOLICY. An id already there is refused (EUSAGE), and so is one a recipe
+-- defines (taken: id -> the recipe's place, or nil): the catalog's would win.
 function custom.add(store, fields, taken)
+  local unknown = custom.unknown_field(fields)
+  if unknown then error(unknown, 2) end
   local url = fields.url
   local name = fields.name or (type(url) == "string" and util.url_filename(url) ~= "" and util.url_filename(url)) or nil
   local raw = {

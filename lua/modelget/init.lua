@@ -540,6 +540,8 @@ modelget.urls = {
   list = function(opts) return custom().list(store.root(options(opts))) end,
   add = function(fields, opts)
     if type(fields) ~= "table" then error("bad argument #1 to 'urls.add': expected a table", 2) end
+    local unknown = custom().unknown_field(fields)
+    if unknown then error(unknown, 2) end -- said at the caller's line, as options() does
     opts = options(opts)
     return custom().add(store.root(opts), fields, recipe_ids(opts))
   end,
