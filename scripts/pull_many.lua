@@ -8,6 +8,9 @@
 local modelget = require "modelget"
 local core = require "modelget.core"
 
+-- The exit status, under `modelget run` and a stock lua5.4 alike (the latter ignores a chunk's return).
+local function exit(status) os.exit(status, true) end
+
 local opts, targets = {}, {}
 local i = 1
 while i <= #arg do
@@ -16,7 +19,7 @@ while i <= #arg do
                  ["--limit-rate"] = "limit_rate" })[a]
   if key then
     local value = arg[i + 1]
-    if not value then io.stderr:write("pull_many: ", a, " needs a value\n") return 2 end
+    if not value then io.stderr:write("pull_many: ", a, " needs a value\n") exit(2) end
     if key == "registry" then
       opts.registry = opts.registry or {}
       table.insert(opts.registry, value)
@@ -31,7 +34,7 @@ while i <= #arg do
 end
 if #targets == 0 then
   io.stderr:write("usage: modelget run scripts/pull_many.lua [--store DIR] [--jobs N] ID|URL…\n")
-  return 2
+  exit(2)
 end
 
 -- Progress: a line per file each time it passes another quarter, and when a model is done.
@@ -72,5 +75,4 @@ sched:close()
 for _, f in ipairs(failures) do
   io.stderr:write(string.format("pull_many: %s: %s (%s)\n", f.target, f.err, f.code))
 end
-if #failures > 0 then return require("modelget.util").exit_status(failures[1].code) end
-return 0
+exit(#failures > 0 and require("modelget.util").exit_status(failures[1].code) or 0)

@@ -86,6 +86,22 @@ print(res.path, core.sha256_file(res.path .. "/stock.bin"))
   t.eq(lines[2], store .. "/models/other/stock\t" .. t.sha256(data), "pulled through the embedded API")
 end)
 
+test("the installed example scripts/pull_many.lua under a stock lua5.4: its exit status is the pull's", function()
+  local p = installed()
+  local env = {
+    LUA_PATH = p .. "/share/lua/5.4/?.lua;" .. p .. "/share/lua/5.4/?/init.lua;;",
+    LUA_CPATH = p .. "/lib/lua/5.4/?.so;;",
+  }
+  local script = q(p .. "/share/modelget/scripts/pull_many.lua")
+  local ng = servers.nginx()
+  local store = t.tmpdir("stock-many-store")
+  local missing = ng.url .. "/install/no-such-file.gguf"
+  local r = outside("lua5.4 " .. script .. " --store " .. q(store) .. " --cacert " .. q(servers.ca().cert) .. " " .. q(missing), env)
+  t.eq(r.status, 3, "a dead URL: the network's exit status")
+  t.match(r.stderr, "no%-such%-file", "named")
+  t.eq(outside("lua5.4 " .. script, env).status, 2, "no target: a usage error")
+end)
+
 test("a stock lua5.4 finds the installed built-in catalog by itself", function()
   local p = installed()
   local script = t.write(t.tmpdir("stock-catalog") .. "/catalog.lua", [[
