@@ -153,3 +153,19 @@ test("a cancel stops the pulls running then: a later pull of the id in the same 
   t.ok(waited < 4, "at once, not after the 8 s backoff: " .. waited)
   t.match(backoff[2], "cancelled before any data arrived", "and says nothing was kept")
 end)
+
+test("sizes read back from the store are whole numbers, as they were written", function()
+  local ng = servers.nginx()
+  local data = t.bytes(7746, 47)
+  local url = ng.put("manager/whole.bin", data)
+  local opts = { store = t.tmpdir("store-whole"), cacert = servers.ca().cert, framework = "other" }
+  t.ok(modelget.pull(url, opts), "pulled")
+  local again = modelget.pull(url, opts)
+  t.ok(again and again.already, "already installed")
+  t.eq(math.type(again.bytes), "integer", "bytes of an installed model")
+  t.eq(math.type(again.files[1].size), "integer", "a file's size")
+  t.eq(tostring(again.bytes), "7746", "shown as written")
+  local listed = modelget.installed(opts)[1]
+  t.eq(math.type(listed.bytes), "integer", "installed(): bytes")
+  t.eq(math.type(modelget.info("whole", opts).installed_bytes), "integer", "info(): installed_bytes")
+end)

@@ -238,12 +238,27 @@ local function json()
   return cjson
 end
 
+-- cjson gives every number as a float: a whole one is made an integer again (a size read back from a
+-- manifest is 7746, as it was written, not 7746.0).
+local function whole_numbers(v)
+  for k, x in pairs(v) do
+    if math.type(x) == "float" then
+      local n = math.tointeger(x)
+      if n then v[k] = n end
+    elseif type(x) == "table" then
+      whole_numbers(x)
+    end
+  end
+  return v
+end
+
 function util.json_decode(text, source)
   local ok, v = pcall(json().decode, text)
   if not ok then
     return util.fail("EINPUT", "%s: not valid JSON: %s", source or "input", tostring(v):gsub("^.-: ", ""))
   end
-  return v
+  if type(v) == "table" then return whole_numbers(v) end
+  return math.type(v) == "float" and math.tointeger(v) or v
 end
 
 -- JSON text; slashes left unescaped (cjson escapes every "/", and "\\" stays "\\\\", so
