@@ -278,6 +278,7 @@ test("sources load in order: built-in, the store's, --registry paths, MODELGET_R
   local store = t.tmpdir("store")
   t.write(store .. "/registry/user.lua", 'model "user-model" { framework = "onnx", url = "https://h/u.onnx" }\n')
   t.write(store .. "/registry/custom.json", '{"custom":[{"id":"custom-1","name":"C.gguf","url":"https://h/c.gguf"}]}')
+  t.write(store .. "/registry/notes.lua/readme.txt", "a folder named like a recipe is none\n")
   local extra = t.tmpdir("extra")
   t.write(extra .. "/one.lua", 'model "extra-file" { framework = "onnx", url = "https://h/e.onnx" }\n')
   local envdir = t.tmpdir("envpath")

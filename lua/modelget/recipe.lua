@@ -500,7 +500,7 @@ end
 
 function recipe.load_file(path, display)
   local src, err = util.read_file(path)
-  if not src then return {}, { (display or path) .. ": " .. tostring(err) } end
+  if not src then return {}, { (display or path) .. ": " .. tostring(err):gsub("^.-: ", "") } end -- its own name, once
   return recipe.load_string(src, display or path)
 end
 

@@ -43,7 +43,9 @@ local function lua_files(dir)
   local names = core.listdir(dir) or {}
   local out = {}
   for _, n in ipairs(names) do
-    if n:match("%.lua$") and n:sub(1, 1) ~= "." then out[#out + 1] = dir .. "/" .. n end
+    local path = dir .. "/" .. n
+    -- A folder named like a recipe is none: passed over.
+    if n:match("%.lua$") and n:sub(1, 1) ~= "." and (core.stat(path) or {}).type ~= "dir" then out[#out + 1] = path end
   end
   return out
 end

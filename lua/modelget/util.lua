@@ -224,8 +224,9 @@ function util.is_sha256(s) return type(s) == "string" and #s == 64 and s:match("
 function util.read_file(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, err, "EIO" end
-  local data = f:read("a")
+  local data, rerr = f:read("a")
   f:close()
+  if not data then return nil, string.format("%s: %s", path, tostring(rerr):gsub("^.-: ", "")), "EIO" end
   return data
 end
 
