@@ -208,6 +208,11 @@ test("auth.require names what to set, and never the credential", function()
     .. home:gsub("%p", "%%%0") .. "/%.cache/huggingface/token", "message")
   t.eq(auth.require(entry, entry.url, { HOME = home, HF_TOKEN = "hf_SECRET" }), true, "with a token")
   t.eq(auth.require({ id = "open" }, "https://huggingface.co/x", {}), true, "an open model needs nothing")
+  -- A token is only ever sent to the Hub: "hf" on another host's URL asks for none.
+  t.eq(auth.require({ id = "elsewhere", auth = "hf", url = "https://example.com/m.gguf" }, nil, { HOME = home }), true,
+    "auth = \"hf\" on another host")
+  ok, _, code = auth.require(entry, entry.url, { HOME = home, HF_ENDPOINT = "https://hf-mirror.example" })
+  t.eq(code, "EAUTH", "a Hub URL under a mirror endpoint still needs the token")
   ok, msg, code = auth.require({ id = "k", auth = true }, "https://www.kaggle.com/m", { HOME = home })
   t.eq(code, "EAUTH", "kaggle code")
   t.match(msg, "needs a Kaggle API key: set KAGGLE_USERNAME and KAGGLE_KEY, or write .*/%.kaggle/kaggle%.json", "kaggle")

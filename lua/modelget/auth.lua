@@ -224,8 +224,11 @@ end
 -- nil, "model 'x' needs …: set …", "EAUTH". Otherwise true.
 function auth.require(entry, url, env)
   if not entry or not entry.auth then return true end
-  local service = entry.auth
-  if service == true then service = auth.service(url or entry.url or "", env) or (entry.hub and "hf") end
+  -- The service whose credential would be sent: the URL's (a recipe's auth = "hf" on another host's
+  -- URL asks for a token that would never go there: that host's own login is looked for instead).
+  url = url or entry.url
+  local service = url and auth.service(hub.rewrite(url, env) or url, env) or (entry.hub and "hf") or nil
+  if entry.auth ~= true and entry.auth ~= service then service = nil end
   if service ~= "hf" and service ~= "kaggle" then return true end -- a credential we cannot supply
   local have
   if service == "hf" then have = auth.hf_token(env) else have = auth.kaggle_key(env) end
