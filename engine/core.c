@@ -20,6 +20,7 @@ const char *mg_errno_code(int err) {
   switch (err) {
   case ENOSPC: case EDQUOT: return "ESPACE";
   case ENOENT: return "ENOENT";
+  case EACCES: case EPERM: case EROFS: return "EACCES";
   case EINTR: return "EINTR";
   default: return "EIO";
   }

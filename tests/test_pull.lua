@@ -664,6 +664,15 @@ test("a netrc login is not sent past a redirect to another host, nor from a 'def
   for _, q in ipairs(fx.requests("/f/plain%.bin")) do t.eq(q.headers.authorization, nil, "no login from 'default'") end
 end)
 
+test("a store on a read-only file system: exit 1, the folder named, and what to do", function()
+  local url = servers.nginx().put("readonly/ro.bin", t.bytes(1000, 87))
+  local store = store_dir("readonly")
+  local r = t.status(pull(store, { url, "--framework", "other", "-q" }, { env = t.fault_env { READONLY_UNDER = store } }),
+    1, "pull")
+  t.match(r.stderr, "^modelget: cannot create folder " .. store:gsub("%p", "%%%0") .. "/partial: Read%-only file system; "
+    .. "check the permissions of the path named %(a read%-only store: use another with %-%-store%)\n$", "one line, what to do")
+end)
+
 test("an untrusted certificate: exit 3, and the hint names --cacert", function()
   local url = servers.nginx().put("untrusted/model.bin", "x")
   local store = store_dir("untrusted")

@@ -30,6 +30,7 @@ local HINTS = {
   EINPUT = "fix the file named above and try again",
   EINTR = "the partial download is kept: the same pull again resumes it",
   EBUSY = "wait for that pull to end, or stop it first",
+  EACCES = "check the permissions of the path named (a read-only store: use another with --store)",
 }
 
 -- Numbers -------------------------------------------------------------------------------------------
@@ -246,9 +247,19 @@ function Ctx:facade()
 end
 
 -- Messages from the facade that already say what to do get no second hint.
+local COMMANDS, ORDER = {}, {} -- filled by command() below
+
+-- Whether a message says what to do itself (a command to run, a variable to set…): then the code's
+-- hint is not added. "modelget X" counts when X is a command ("another modelget process" is not).
+local function names_command(message)
+  for word in message:gmatch("modelget (%l+)") do
+    if COMMANDS[word] then return true end
+  end
+  return false
+end
 local function has_hint(message)
   message = tostring(message)
-  return message:find("modelget %l") or message:find("see '") or message:find("; run ") or message:find("pass %-%-")
+  return names_command(message) or message:find("see '") or message:find("; run ") or message:find("pass %-%-")
     or message:find("; use ") or message:find("set HF_TOKEN", 1, true) or message:find("set KAGGLE_USERNAME", 1, true)
     or message:find("asks for a login: add", 1, true) or message:find(" was refused: check it", 1, true)
 end
@@ -324,7 +335,6 @@ function Ctx:check_framework(name)
 end
 
 -- Commands ------------------------------------------------------------------------------------------
-local COMMANDS, ORDER = {}, {}
 local function command(name, def)
   def.name = name
   def.options = def.options or {}
