@@ -274,6 +274,28 @@ test("killed at the end of a split, between the file's rename and the plan's rem
   end
 end)
 
+test("a file that grows on the server, its ETag kept, while its segments come: said as changed, fetched whole", function()
+  local fx, _, url, store = served("grows", 3 * MiB, 100)
+  local v2 = t.bytes(4 * MiB, 101)
+  fx.put("grows-v2.bin", v2)
+  fx.script("grows.bin", { { method = "HEAD", etag = '"E"' }, { cut = 100000, etag = '"E"' },
+                           { content = "grows-v2.bin", etag = '"E"', ["repeat"] = true } })
+  local r = t.status(pull(store, { url, "-x", "3", "--json" }), 0, "pull")
+  t.eq(t.sha256_file(installed(store, "grows")), t.sha256(v2), "the file as it is now, whole")
+  local fb = t.last_event(t.events(r.stdout), "fallback")
+  t.ok(fb, "the split was given up")
+  t.match(fb.reason, "the file changed on the server since its segments began", "said as a change, not as ranges refused")
+  -- The line a person reads: the same URL is not said to fail and then be tried.
+  local _, _, url2, store2 = served("grows2", 3 * MiB, 102)
+  fx.put("grows2-v2.bin", v2)
+  fx.script("grows2.bin", { { method = "HEAD", etag = '"F"' }, { cut = 100000, etag = '"F"' },
+                            { content = "grows2-v2.bin", etag = '"F"', ["repeat"] = true } })
+  r = t.status(pull(store2, { url2, "-x", "3" }), 0, "pull, as a person sees it")
+  t.match(r.stdout, "grows2: grows2%.bin: the file changed on the server since its segments began: all of it again, on one connection %("
+    .. url2:gsub("%p", "%%%0") .. "%)", "one line saying what happens")
+  t.nomatch(r.stdout, "failed; trying", "no failure of the URL it goes on with")
+end)
+
 test("-j 2 -x 4 with many small files: two files at a time, not eight", function()
   local fx = servers.fixture()
   local store = t.tmpdir("places")

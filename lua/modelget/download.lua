@@ -648,8 +648,9 @@ function Scheduler:fetch_split(spec)
     if not r then
       if last and last.range_refused then
         remove_split(spec)
-        -- A whole answer to If-Range with another validator: the file changed since the plan.
-        local changed = last.etag and last.etag:sub(1, 1) == '"' and last.etag ~= plan.validator
+        -- A whole answer to If-Range with another validator, or a range of a file of another size:
+        -- the file changed since the plan.
+        local changed = (last.etag and last.etag:sub(1, 1) == '"' and last.etag ~= plan.validator) or last.status == 206
         self.emit { event = "fallback", id = spec.id, file = spec.file, from = plan.url, to = plan.url,
           reason = changed and "the file changed on the server since its segments began: all of it again, on one connection"
             or "the server would not serve ranges of it: on one connection" }

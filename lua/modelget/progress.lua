@@ -76,6 +76,10 @@ function Reporter:sentence(ev)
     local attempt = ev.attempt and string.format(" (attempt %d)", ev.attempt) or ""
     return self:paint("yellow", label(ev) .. (ev.reason and (": " .. ev.reason) or "") .. "; " .. wait .. attempt)
   elseif kind == "fallback" then
+    -- The same URL again: a split download given up for one connection (the reason says why).
+    if ev.from and ev.from == ev.to then
+      return self:paint("yellow", label(ev) .. ": " .. (ev.reason or "the split was given up") .. " (" .. ev.to .. ")")
+    end
     -- The reason is the failure of the URL left (from), not of the one tried next.
     local left = (ev.from or "the URL") .. (ev.reason and (" (" .. ev.reason .. ")") or "")
     return self:paint("yellow", label(ev) .. ": " .. left .. " failed; trying " .. (ev.to or "the next URL"))
