@@ -138,11 +138,12 @@ test("options may come after the command, and -jN / --opt=value forms work", fun
   t.eq(t.sha256_file(store .. "/models/llamacpp/late/late.gguf"), t.sha256(data), "installed bytes")
 end)
 
-test("an unknown id is exit 2 for info, pull, verify and rm", function()
-  local store = t.tmpdir("unknown")
+test("an unknown id is exit 2 for info, pull, verify and rm, and leaves no store behind", function()
+  local store = t.tmpdir("unknown") .. "/store"
   for _, cmd in ipairs { "info", "pull", "verify", "rm" } do
     local r = t.status(t.modelget { "--store", store, cmd, "no-such-model" }, 2, cmd .. " no-such-model")
     one_error_line(r, "no%-such%-model", cmd)
+    t.ok(not t.exists(store), cmd .. ": no store made for it")
   end
 end)
 

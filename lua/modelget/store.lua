@@ -89,6 +89,11 @@ local registrations = {} -- root -> this process's registration there
 --   flush()             rewrites the registration when ids ended since the last
 function store.register_pull(root, ids, log)
   local dir = running_dir(root)
+  -- Folders made only to register go with the registration when nothing else came into them (a
+  -- pull of an unknown id leaves no store behind).
+  local made = {} -- innermost first
+  if not core.stat(dir) then made[#made + 1] = dir end
+  if not core.stat(root) then made[#made + 1] = root end
   local ok, err, code = core.mkdirs(dir)
   if not ok then return nil, err, code end
   local path = dir .. "/.pull-" .. core.getpid()
@@ -147,6 +152,7 @@ function store.register_pull(root, ids, log)
     os.remove(path .. ".stop")
     os.remove(path)
     lock:close()
+    for _, folder in ipairs(made) do os.remove(folder) end -- only when empty
   end
   registrations[root] = handle
   return handle
