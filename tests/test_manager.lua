@@ -64,11 +64,20 @@ test("options of the wrong kind are misuse: an error naming the option, nothing 
     { { store = store, alt = { 1 } }, "bad option 'alt': expected a string or a list of strings, got table" },
     { { store = store, on_event = "print" }, "bad option 'on_event': expected a function, got string" },
     { { store = store, sha = ("ab"):rep(32) }, "unknown option 'sha'" },
+    -- Out of range, as the command line has them.
+    { { store = store, retries = -1 }, "bad option 'retries': expected a whole number 0 or more, got -1" },
+    { { store = store, retry_wait = -3 }, "bad option 'retry_wait': expected a number 0 or more, got -3" },
+    { { store = store, stall_timeout = 0 }, "bad option 'stall_timeout': expected a number 1 or more, got 0" },
+    { { store = store, connect_timeout = -1 }, "bad option 'connect_timeout': expected a number 1 or more, got -1" },
+    { { store = store, jobs = 0 }, "bad option 'jobs': expected a whole number 1 to 256, got 0" },
+    { { store = store, connections = 99 }, "bad option 'connections': expected a whole number 1 to 16, got 99" },
+    { { store = store, limit_rate = "abc" }, "bad option 'limit_rate': expected a rate (500K, 20M, bytes/s), got abc" },
   }
   for _, c in ipairs(cases) do
-    local ok, err = pcall(modelget.pull, "https://127.0.0.1:1/x.bin", c[1])
+    local ok, err = pcall(function() local r = modelget.pull("https://127.0.0.1:1/x.bin", c[1]); return r end)
     t.eq(ok, false, "raised: " .. c[2])
     t.match(err, c[2]:gsub("%p", "%%%0"), "says which option")
+    t.match(err, "^tests/test_manager%.lua:%d+: ", "at the caller's line: " .. err)
   end
   t.ok(not t.exists(store .. "/models"), "nothing done")
   -- One registry path is a list of one.

@@ -21,6 +21,9 @@ local OPTION_KINDS = {
   json = "boolean", quiet = "boolean", unzip = "boolean", no_unzip = "boolean", auth = "boolean", force = "boolean",
   on_event = "function", on_progress = "function",
 }
+-- The least (and most) a number option may be, as the command line's checks have it.
+local LIMITS = { jobs = { 1, download.JOBS_MAX }, connections = { 1, download.CONNECTIONS_MAX }, retries = { 0 },
+                 stall_timeout = { 1 }, retry_wait = { 0 }, connect_timeout = { 1 } }
 -- Options taken as they are (the command line's own, stop's wait, info's catalog): known, not checked.
 local OTHER_OPTIONS = { wait = true, catalog = true, no_color = true, installed = true, help = true, version = true,
                         detach = true }
@@ -55,6 +58,14 @@ local function options(opts, level)
         local want = kind == "list" and "a string or a list of strings" or kind == "rate" and "a rate (500K, 20M, bytes/s)"
           or ("a" .. (kind == "integer" and "n " or " ") .. kind)
         error(string.format("bad option '%s': expected %s, got %s", key, want, type(v)), level or 3)
+      end
+      local range = LIMITS[key]
+      if range and (v ~= v or v < range[1] or (range[2] and v > range[2])) then
+        error(string.format("bad option '%s': expected %s %d%s, got %s", key, kind == "integer" and "a whole number" or "a number",
+          range[1], range[2] and (" to " .. range[2]) or " or more", tostring(v)), level or 3)
+      end
+      if kind == "rate" and not util.parse_size(v) then
+        error(string.format("bad option '%s': expected a rate (500K, 20M, bytes/s), got %s", key, tostring(v)), level or 3)
       end
     end
   end
