@@ -622,6 +622,26 @@ test("import adopts a local folder; a wrong format is exit 8", function()
   t.eq(core.stat(store .. "/models/onnx/local-gguf"), nil, "both copies removed")
 end)
 
+local ONNX_MODEL = "/usr/share/libonnx-testdata/data/node/test_add/model.onnx"
+
+test("import leaves out .git/ and the .cache/ huggingface-cli download --local-dir keeps; other dot-files stay", function()
+  local onnx = assert(t.read(ONNX_MODEL), "libonnx-testdata is installed")
+  local dir = t.tmpdir("hf-local-dir")
+  t.write(dir .. "/model.onnx", onnx)
+  t.write(dir .. "/.gitattributes", "*.onnx filter=lfs diff=lfs merge=lfs -text\n")
+  t.write(dir .. "/.git/HEAD", "ref: refs/heads/main\n")
+  t.write(dir .. "/.cache/huggingface/.gitignore", "*\n")
+  t.write(dir .. "/.cache/huggingface/download/model.onnx.metadata", ("ab"):rep(20) .. "\n" .. ("cd"):rep(32) .. "\n")
+  local store = t.tmpdir("import-skips")
+  local r = t.status(mg(store, { "import", dir, "--id", "local-dir", "--framework", "onnx" }), 0, "import")
+  local kept = #onnx + #t.read(dir .. "/.gitattributes")
+  t.match(r.stdout, "^imported local%-dir %(" .. kept .. " B%)", "the size of the files kept")
+  t.eq(table.concat(t.tree(store .. "/models/onnx/local-dir"), " "), ".gitattributes .modelget.json model.onnx",
+    "the model's files and .gitattributes; no .cache/, no .git/")
+  t.eq(t.sha256_file(store .. "/models/onnx/local-dir/model.onnx"), t.sha256(onnx), "the model's bytes")
+  t.match(t.status(mg(store, { "verify", "local-dir" }), 0, "verify").stdout, "ok +local%-dir", "intact")
+end)
+
 -- run -----------------------------------------------------------------------------------------------------
 test("run: arguments reach the script untouched, its return value is the status; errors are 9 with file:line", function()
   local dir = t.tmpdir("run")

@@ -454,6 +454,13 @@ function modelget.remove(id, opts)
   return true
 end
 
+-- What an import leaves out of the folder: Git's own folder (at any depth), the metadata that
+-- `huggingface-cli download --local-dir` keeps at its top (.cache/huggingface/: no file of the
+-- model), and a file named like the store's manifest.
+local function import_skips(rel, name)
+  return name == ".git" or rel == ".cache" or util.reserved_name(rel)
+end
+
 -- Adopts a local folder (a git clone of a model repo, say): checks it, copies it into the store.
 function modelget.import_dir(dir, opts)
   if type(dir) ~= "string" then error("bad argument #1 to 'import_dir': expected a folder path", 2) end
@@ -484,8 +491,7 @@ function modelget.import_dir(dir, opts)
     local ok, merr, mcode = core.mkdirs(staging)
     if not ok then return nil, merr, mcode end
     local files, total = {}, 0
-    local skip = function(rel, name) return name == ".git" or util.reserved_name(rel) end
-    for _, f in ipairs(store.walk(dir, skip)) do
+    for _, f in ipairs(store.walk(dir, import_skips)) do
       if f.type == "link" then
         -- A link to a file is that file (a Hugging Face cache snapshot links each file to its blob):
         -- its bytes are copied. A link to a folder, or to nothing, is refused by name.

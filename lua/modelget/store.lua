@@ -385,7 +385,8 @@ function store.find(root, id, framework)
   end
 end
 
--- Files under dir (relative, sorted), skipping the manifest and, for local imports, .git.
+-- Files under dir (relative, sorted), leaving out what skip(rel, name) picks (an import's .git, say):
+-- a folder picked is not walked into.
 function store.walk(dir, skip)
   local out = {}
   local function walk(rel)
