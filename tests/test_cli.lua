@@ -664,6 +664,34 @@ test("import of a folder with no file to import: exit 9 naming the folder, nothi
   t.match(t.status(mg(store, { "ls" }), 0, "ls").stdout, "1 model", "only the model that was there")
 end)
 
+test("import under a catalog id takes the catalog's framework; another is exit 2 naming it", function()
+  local onnx_clone = t.tmpdir("onnx-clone")
+  t.write(onnx_clone .. "/model.onnx", assert(t.read(ONNX_MODEL), "libonnx-testdata is installed"))
+  local gguf_clone = t.tmpdir("gguf-clone")
+  local data = gguf(64 * KiB)
+  t.write(gguf_clone .. "/tinyllama.gguf", data)
+  local store = t.tmpdir("import-catalog-id")
+  t.status(mg(store, { "urls", "add", "--id", "my-onnx", "--name", "m.onnx", "--url", "https://127.0.0.1:9/m.onnx" }), 0,
+    "a custom URL's id")
+  local before = table.concat(t.tree(store), "\n")
+  local r = t.status(mg(store, { "import", onnx_clone, "--id", "tinyllama-1.1b-gguf", "--framework", "onnx" }), 2,
+    "a catalog id under another framework")
+  one_error_line(r, "'tinyllama%-1%.1b%-gguf' is a catalog model for llamacpp %(.*registry/llamacpp%.lua:%d+%), not onnx; "
+    .. "use %-%-framework llamacpp, or another %-%-id$")
+  r = t.status(mg(store, { "import", gguf_clone, "--id", "my-onnx", "--framework", "other" }), 2,
+    "a custom URL's id under another framework")
+  one_error_line(r, "'my%-onnx' is a catalog model for onnx %(.*custom%.json %(entry 1%)%), not other")
+  t.eq(table.concat(t.tree(store), "\n"), before, "nothing installed, the store unchanged")
+
+  -- The catalog's own framework: the local clone is that catalog model, installed.
+  t.status(mg(store, { "import", gguf_clone, "--id", "tinyllama-1.1b-gguf", "--framework", "llamacpp" }), 0,
+    "a local clone of a catalog model")
+  t.match(t.status(mg(store, { "info", "tinyllama-1.1b-gguf" }), 0, "info").stdout,
+    "\ninstalled: +yes, in " .. (store .. "/models/llamacpp/tinyllama-1.1b-gguf"):gsub("%p", "%%%0"), "info: installed")
+  t.match(t.status(mg(store, { "list", "--installed" }), 0, "list --installed").stdout, "%* tinyllama%-1%.1b%-gguf",
+    "list: installed")
+end)
+
 -- run -----------------------------------------------------------------------------------------------------
 test("run: arguments reach the script untouched, its return value is the status; errors are 9 with file:line", function()
   local dir = t.tmpdir("run")

@@ -470,6 +470,9 @@ function modelget.import_dir(dir, opts)
   if id_bad then return util.fail("EUSAGE", "not a valid model id: '%s' (%s)", util.abbrev(opts.id), id_bad) end
   local rule = rules.get(opts.framework)
   if not rule then return util.fail("EUSAGE", "unknown framework '%s'", opts.framework) end
+  -- A local clone of a catalog model may be imported under its id, as that model: of its framework.
+  local agrees, aerr, acode = (opts.catalog or modelget.catalog(opts)):framework_agrees(opts.id, opts.framework)
+  if not agrees then return nil, aerr, acode end
   local st = core.stat(dir)
   if not st or st.type ~= "dir" then return util.fail("EUSAGE", "%s: not a folder", dir) end
   local found = {} -- its files and links (a FIFO, socket or device is no model's file)

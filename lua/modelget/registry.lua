@@ -72,6 +72,15 @@ end
 
 function Catalog:get(id) return self.by_id[id] end
 
+-- A catalog id names the entry's model, of the entry's framework: list and info look for it there.
+-- true, or a usage failure naming the catalog's framework when framework is another.
+function Catalog:framework_agrees(id, framework)
+  local e = self.by_id[id]
+  if not e or e.framework == framework then return true end
+  return util.fail("EUSAGE", "'%s' is a catalog model for %s (%s), not %s; use --framework %s, or another --id",
+    id, e.framework, tostring(e.source), framework, e.framework)
+end
+
 -- The failure for an id the catalog lacks: unknown (EUNKNOWN); or, when recipe files had problems
 -- loading, a bad input file (EINPUT, exit 9): the id may be in a file that did not load.
 function Catalog:unknown(id)
