@@ -336,11 +336,17 @@ model "cli-onnx" { name = "CLI ONNX model", url = %q, tags = { "cli-test" } }
   return dir
 end
 
-test("list, info, search and frameworks; --json forms parse", function()
+-- A catalog (registry_with) whose cli-tiny nginx serves as path: nginx, the recipe folder, the model's
+-- bytes and URL.
+local function served_catalog(path)
   local ng = servers.nginx()
-  local data = gguf(200 * KiB)
-  local url = ng.put("cli/tiny.gguf", data)
-  local reg = registry_with(url, t.sha256(data))
+  local data = gguf(200 * KiB) -- the size registry_with states
+  local url = ng.put(path, data)
+  return ng, registry_with(url, t.sha256(data)), data, url
+end
+
+test("list, info, search and frameworks; --json forms parse", function()
+  local _, reg, data, url = served_catalog("cli/tiny.gguf")
   local store = t.tmpdir("catalog")
   local function run(args) return mg(store, { "--registry", reg, table.unpack(args) }) end
 
@@ -395,11 +401,19 @@ test("list, info, search and frameworks; --json forms parse", function()
   t.eq(#events(t.status(t.modelget { "--json", "frameworks" }, 0, "frameworks --json").stdout), 6, "six frameworks")
 end)
 
+test("pull of a catalog id with another --framework: exit 2 naming the catalog's, nothing downloaded", function()
+  local ng, reg = served_catalog("cli/other-framework.gguf")
+  local store = t.tmpdir("pull-other-framework")
+  local r = t.status(mg(store, { "--registry", reg, "pull", "cli-tiny", "--framework", "other" }), 2, "pull --framework other")
+  one_error_line(r, "'cli%-tiny' is a catalog model for llamacpp %(.*cli%.lua:2%), not other; use %-%-framework llamacpp")
+  t.ok(not t.exists(store .. "/models"), "nothing installed")
+  for _, e in ipairs(ng.log()) do t.nomatch(e.path, "other%-framework", "nothing downloaded") end
+  t.status(mg(store, { "--registry", reg, "pull", "cli-tiny", "--framework", "llamacpp", "-q" }), 0, "its own framework")
+  t.match(t.status(mg(store, { "--registry", reg, "info", "cli-tiny" }), 0, "info").stdout, "\ninstalled: +yes", "installed")
+end)
+
 test("every --json line of list, info, ls, frameworks and urls list names its kind; empty lists are []", function()
-  local ng = servers.nginx()
-  local data = gguf(200 * KiB) -- the size registry_with states
-  local url = ng.put("cli/kinds.gguf", data)
-  local reg = registry_with(url, t.sha256(data))
+  local _, reg, _, url = served_catalog("cli/kinds.gguf")
   local store = t.tmpdir("kinds")
   local function json_of(args, status)
     return t.status(mg(store, { "--registry", reg, "--json", table.unpack(args) }), status or 0, table.concat(args, " "))

@@ -103,6 +103,10 @@ function pull.resolve(target, opts, catalog)
   if not rules.get(entry.framework) then
     return util.fail("EUSAGE", "unknown framework '%s' (known: %s)", entry.framework, framework_names())
   end
+  if catalog and not util.is_url(target) then
+    local agrees, aerr, acode = catalog:framework_agrees(entry.id, entry.framework)
+    if not agrees then return nil, aerr, acode end
+  end
   local id_bad = util.id_problem(entry.id)
   if id_bad then
     return util.fail("EUSAGE", "not a valid model id: '%s' (%s)", util.abbrev(tostring(entry.id)), id_bad)
