@@ -954,6 +954,9 @@ command("urls", {
 command("import", {
   usage = "import DIR --id ID --framework F",
   summary = "adopt a local folder (a git clone of a model repo, say) into the store",
+  detail = "Copies the folder's files, not .git/ nor the .cache/ at its top (huggingface-cli download"
+    .. " --local-dir's metadata); a link to a file is copied as that file. Under a catalog id (a local clone"
+    .. " of that model) --framework must be the catalog's.",
   options = { id = "the id to install it under", framework = "its framework" },
   min = 1, max = 1,
   run = function(ctx)
