@@ -178,3 +178,28 @@ test("sizes read back from the store are whole numbers, as they were written", f
   t.eq(math.type(listed.bytes), "integer", "installed(): bytes")
   t.eq(math.type(modelget.info("whole", opts).installed_bytes), "integer", "info(): installed_bytes")
 end)
+
+test("pull_many: every failure is an error event under the id the target takes; a target named twice gets a whole result", function()
+  local ng = servers.nginx()
+  local data = t.bytes(20000, 48)
+  local a = ng.put("manager/many/twice.bin", data)
+  local clash = ng.put("manager/many/other/twice.bin", data)
+  local events = {}
+  local opts = { store = t.tmpdir("store-many-events"), cacert = servers.ca().cert, framework = "other",
+                 on_event = function(ev) if ev.event == "error" then events[#events + 1] = ev end end }
+  local out = modelget.pull_many({ a, a, clash, "http://example.com/refused.bin" }, opts)
+  t.ok(out[1].ok and out[2].ok, "the target named twice: pulled once, both ok")
+  local fields = {}
+  for k in pairs(out[2]) do fields[#fields + 1] = k end
+  table.sort(fields)
+  t.eq(table.concat(fields, " "), "ok result target", "the second's result is a table of its own")
+  t.eq(out[2].result.path, out[1].result.path, "the same model")
+  t.eq(out[3].code, "EUSAGE", "another target for the same id is refused")
+  t.eq(out[4].code, "EPOLICY", "a URL the policy refuses")
+  t.eq(#events, 2, "an error event for each failure")
+  local by_target = {}
+  for _, ev in ipairs(events) do by_target[ev.target] = ev end
+  t.eq(by_target[clash] and by_target[clash].id, "twice", "the refused one, under its id")
+  t.eq(by_target["http://example.com/refused.bin"] and by_target["http://example.com/refused.bin"].id, "refused",
+    "the policy's refusal, under the id the URL takes, not the URL")
+end)

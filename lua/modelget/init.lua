@@ -167,7 +167,8 @@ function modelget.scheduler(opts)
              already = result.already }
       return result
     end
-    emit { event = "error", id = entry and entry.id or target, code = code, message = err }
+    emit { event = "error", id = entry and entry.id or modelget.target_id(target, merged), target = target, code = code,
+           message = err }
     return nil, err, code
   end
   return sched
@@ -304,7 +305,7 @@ function modelget.pull_many(targets, opts)
   local out = {}
   -- One pull per model id: a target named twice is pulled once (both get its outcome); another
   -- target that would take an id already taken is refused (it would wait on the first's lock).
-  local first, same = {}, {}
+  local first, same, refused = {}, {}, {}
   local list = {}
   for i, target in ipairs(targets) do
     local id = type(target) == "string" and modelget.target_id(target, opts) or nil
@@ -317,10 +318,15 @@ function modelget.pull_many(targets, opts)
     else
       out[i] = { ok = false, target = target, code = "EUSAGE",
         err = string.format("%s would be installed as '%s', as %s is: pull it on its own, with --id", target, id, targets[j]) }
+      refused[#refused + 1] = out[i]
     end
   end
   -- A few pulls run ahead of the transfers (their setup overlaps the downloads); the others wait
   -- their turn, so a list of thousands holds a bounded number of locks and files open.
+  -- Refused ones are failures like the others: an error event each.
+  for _, r in ipairs(refused) do
+    sched.emit { event = "error", id = modelget.target_id(r.target, opts), target = r.target, code = r.code, message = r.err }
+  end
   local ahead = math.max(4 * (opts.jobs or 4), 32)
   local nexti, running = 1, 0
   local starting = false
@@ -351,7 +357,10 @@ function modelget.pull_many(targets, opts)
   sched.on_task_end = start_more
   start_more()
   drive(sched)
-  for i, j in pairs(same) do out[i] = setmetatable({ target = targets[i] }, { __index = out[j] }) end
+  for i, j in pairs(same) do
+    local r = out[j]
+    out[i] = { ok = r.ok, target = targets[i], result = r.result, err = r.err, code = r.code }
+  end
   return out
 end
 
