@@ -223,3 +223,18 @@ os.exit(0)
   t.match(r.stdout, "done1 %(pid " .. bg.pid .. "%) had ended before the stop reached it", "the installed one had ended")
   t.nomatch(r.stdout, "stopped done1", "not said to be stopped")
 end)
+
+test("status tells a model waiting its turn (-j 1) from one downloading", function()
+  local fx = servers.fixture()
+  local first, second = fx.put("turn-a.bin", t.bytes(1024 * 1024, 63)), fx.put("turn-b.bin", t.bytes(1024 * 1024, 64))
+  local store = t.tmpdir("store-turn")
+  local bg = t.spawn { "pull", first, second, "-j", "1", "--store", store, "--cacert", servers.ca().cert,
+                       "--framework", "other", "-q", "--limit-rate", "200K" }
+  local partial = store .. "/partial/other--turn-a/turn-a.bin.part"
+  t.ok(t.wait(function() local st = core.stat(partial); return st and st.size > 100000 end, 20), "the first under way")
+  local out = status(store).stdout
+  t.match(out, "turn%-a%s+other%s+downloading %(pid " .. bg.pid .. "%)", "the first downloading")
+  t.match(out, "turn%-b%s+other%s+waiting %(pid " .. bg.pid .. "%)%s+0 B", "the second waiting its turn")
+  t.status(t.modelget { "stop", "--store", store }, 0, "stop")
+  t.eq(t.wait(bg.status, 10), 130, "stopped")
+end)

@@ -767,8 +767,9 @@ command("status", {
       if p.total and p.total > 0 then
         done = string.format("%s of %s (%d%%)", done, progress.bytes(p.total), math.floor(100 * n / p.total))
       end
-      local state = p.active and (pid_of[p.id] and string.format("downloading (pid %d)", pid_of[p.id]) or "downloading")
-        or "stopped"
+      -- Active with nothing yet: waiting for its turn (-j) or for its first bytes.
+      local doing = p.active and ((p.bytes or 0) > 0 and "downloading" or "waiting")
+      local state = doing and (pid_of[p.id] and string.format("%s (pid %d)", doing, pid_of[p.id]) or doing) or "stopped"
       rows[#rows + 1] = { p.id, p.framework, state, done }
     end
     columns(rows)
