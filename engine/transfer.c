@@ -1296,13 +1296,19 @@ static int prepare_resume(Transfer *t) {
   return 0;
 }
 
+/* Speed is measured from now on: at a start, and at a resume (the paused seconds would drag the
+ * speed of the bytes flowing again down for a whole window). */
+static void restart_speed(Transfer *t, double now) {
+  t->samples[0].at = now;
+  t->samples[0].bytes = t->body_bytes;
+  t->nsamples = 1;
+  t->sample_pos = 1;
+}
+
 static int start_transfer(Session *s, Transfer *t) {
   t->state = ST_RUNNING;
   t->started_at = t->activity_at = mg_now();
-  t->samples[0].at = t->started_at;
-  t->samples[0].bytes = 0;
-  t->nsamples = 1;
-  t->sample_pos = 1;
+  restart_speed(t, t->started_at);
   if (t->partial && !t->head && prepare_resume(t) != 0) return -1;
   CURL *e = t->easy = curl_easy_init();
   if (!e) { fail(t, "EIO", 0, "libcurl: cannot create a transfer"); return -1; }
@@ -2180,6 +2186,7 @@ static int transfer_resume(lua_State *L) {
   Transfer *t = checktransfer(L, 1);
   if (t->state == ST_DONE || !t->user_paused) return 0;
   t->user_paused = 0;
+  if (t->state == ST_RUNNING) restart_speed(t, mg_now());
   if (t->state == ST_RUNNING && t->easy && t->curl_paused) {
     Session *s = session_of(t);
     if (s && s->limit_rate > 0 && s->tokens <= 0) {
@@ -2226,8 +2233,8 @@ static int transfer_progress(lua_State *L) {
   if (t->shared && t->fd >= 0) set_int(L, "on_disk", (int64_t)on_disk(t)); /* what a checkpoint may claim */
   if (t->total >= 0) set_int(L, "total", t->total);
   else if (t->expected_size >= 0) set_int(L, "total", t->expected_size);
-  double speed = 0;
-  if (t->state == ST_RUNNING && t->nsamples > 0) {
+  double speed = 0; /* and no eta while paused: nothing moves, and nothing says when it will */
+  if (t->state == ST_RUNNING && !t->user_paused && t->nsamples > 0) {
     double now = mg_now();
     /* the oldest sample inside the window */
     const Sample *from = NULL;

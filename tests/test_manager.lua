@@ -54,6 +54,68 @@ test("pause holds a model's download, resume completes it, cancel keeps its part
   t.match(fx.requests("/f/cancelled.bin")[1].headers.range or "", "^bytes=%d+%-$", "resumed with Range")
 end)
 
+-- The progress events on_progress gets for one model paused part-way through and resumed, by when they
+-- came: {before=, paused=, after=} (the calls to pause and resume bound the phases). sched_opts: the
+-- scheduler's options beyond the usual (connections = 2: the file split over two connections).
+local function progress_around_pause(id, size, seed, sched_opts)
+  local fx = servers.fixture()
+  local data = t.bytes(size, seed)
+  local url = fx.put(id .. ".bin", data)
+  local seen, phase = { before = {}, paused = {}, after = {} }, "before"
+  local opts = { store = t.tmpdir("store-" .. id), cacert = servers.ca().cert, framework = "other",
+                 limit_rate = "1M", retry_wait = 0.05,
+                 on_progress = function(ev) table.insert(seen[phase], ev) end }
+  for k, v in pairs(sched_opts or {}) do opts[k] = v end
+  local sched = modelget.scheduler(opts)
+  local result
+  sched:spawn(function() result = table.pack(sched:pull(url)) end)
+  sched:spawn(function()
+    local deadline = core.now() + 30
+    while #seen.before < 2 or seen.before[#seen.before].completed < 300000 do
+      if core.now() > deadline then error("the download did not start") end
+      sched:sleep(0.05)
+    end
+    sched:pause(id)
+    phase = "paused"
+    sched:sleep(1.25)
+    phase = "after"
+    sched:resume(id)
+  end)
+  sched:run()
+  sched:close()
+  t.ok(result[1], "the paused model completes: " .. tostring(result[2]))
+  t.eq(t.sha256_file(result[1].path .. "/" .. id .. ".bin"), t.sha256(data), "bytes")
+  return seen
+end
+
+-- What a UI drawing the events shows for a paused model: paused, nothing moving, no time left to
+-- guess; then moving again.
+local function check_paused_events(seen, file)
+  for _, ev in ipairs(seen.before) do t.eq(ev.paused, nil, "not paused before the pause") end
+  t.ok(#seen.paused >= 3, "progress events go on while paused (" .. #seen.paused .. ")")
+  for _, ev in ipairs(seen.paused) do
+    t.eq(ev.file, file, "the file's events")
+    t.eq(ev.paused, true, "the event says paused")
+    t.eq(ev.speed, 0, "no speed while paused")
+    t.eq(ev.eta, nil, "no eta while paused")
+  end
+  local moving = 0
+  for _, ev in ipairs(seen.after) do
+    t.eq(ev.paused, nil, "not paused after the resume")
+    if ev.speed > 0 then moving = moving + 1 end
+  end
+  t.ok(moving > 0, "a speed again after the resume")
+end
+
+test("progress events of a paused model say paused, with speed 0 and no eta; after resume a speed again", function()
+  check_paused_events(progress_around_pause("pausedprog", 2 * MiB, 48), "pausedprog.bin")
+end)
+
+test("a paused model split over connections: its progress events say paused, with speed 0 and no eta", function()
+  check_paused_events(progress_around_pause("pausedsplit", 4 * MiB, 49, { connections = 2, limit_rate = "2M" }),
+    "pausedsplit.bin")
+end)
+
 test("options of the wrong kind are misuse: an error naming the option, nothing done", function()
   local store = t.tmpdir("store-bad-options")
   local cases = {

@@ -624,7 +624,7 @@ local function slow_download(server, name, size, rate, past)
   return { s = s, tr = tr, data = data, url = url, partial = partial }
 end
 
-test("pause holds the bytes, resume completes the download", function()
+test("pause holds the bytes, with speed 0 and no eta; resume completes the download", function()
   local d = slow_download(servers.nginx(), "pause.bin", 2000000, 1000000, 100000)
   local s, tr, data, partial = d.s, d.tr, d.data, d.partial
   tr:pause()
@@ -633,6 +633,8 @@ test("pause holds the bytes, resume completes the download", function()
   local until_t = core.now() + 0.8
   while core.now() < until_t do s:perform(0.1) end
   t.eq(tr:progress().completed, held, "no bytes while paused")
+  t.eq(tr:progress().speed, 0, "no speed while paused")
+  t.eq(tr:progress().eta, nil, "no eta while paused")
   tr:resume()
   t.eq(tr:progress().state, "running", "running again")
   local r = drive(s, { tr })[1]

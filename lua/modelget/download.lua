@@ -296,24 +296,27 @@ function download.split_speed(split, completed, now, segments)
   return split.rate
 end
 
--- One progress event per file: the segments of a split download count as one.
+-- One progress event per file: the segments of a split download count as one. A paused model's
+-- files say so (paused = true), with speed 0 and no eta (the engine's while paused).
 function Scheduler:progress_tick()
   local splits = {}
   for t, w in pairs(self.waiting) do
     local info = w.info
     if info and info.id then
       local p = t:progress()
-      if p.state == "running" or p.completed > 0 then
+      local paused = p.state == "paused" or nil
+      if p.state == "running" or paused or p.completed > 0 then
         local split = info.split
         if not split then
           self.emit { event = "progress", id = info.id, file = info.file, completed = p.completed,
-            total = p.total, speed = p.speed, eta = p.eta }
+            total = p.total, speed = p.speed, eta = p.eta, paused = paused }
         else
           local g = splits[split]
           if not g then
             g = { id = info.id, file = info.file, completed = split.done, total = split.plan.total, speed = 0 }
             splits[split] = g
           end
+          g.paused = g.paused or paused
           g.completed = g.completed + p.completed
           g.speed = g.speed + (p.speed or 0)
           local range = split.plan.ranges[info.index]
@@ -323,8 +326,12 @@ function Scheduler:progress_tick()
     end
   end
   for split, g in pairs(splits) do
-    g.speed = download.split_speed(split, g.completed, core.now(), g.speed)
-    g.eta = g.speed > 0 and (g.total - g.completed) / g.speed or nil
+    if g.paused then
+      split.rate_at = nil -- its average starts afresh once it goes on (split_speed)
+    else
+      g.speed = download.split_speed(split, g.completed, core.now(), g.speed)
+      g.eta = g.speed > 0 and (g.total - g.completed) / g.speed or nil
+    end
     g.event = "progress"
     self.emit(g)
     if core.now() - (split.saved_at or 0) >= SPLIT_SAVE_EVERY then save_split(split) end
