@@ -118,39 +118,62 @@ function Reporter:sentence(ev)
 end
 
 -- Files in flight ----------------------------------------------------------------------------------
+-- A file is tracked from its first progress event: live, drawn, until its verify or its model's end,
+-- then only counted in the totals. A list of thousands of models can be thousands of files:
+-- finishing one, or drawing, costs what is live, not what has been.
 function Reporter:file(ev)
   local key = (ev.id or "") .. "\0" .. (ev.file or "")
   local f = self.files[key]
   if not f then
     f = { key = key, id = ev.id, file = ev.file, name = ev.file or ev.id or "?", completed = 0 }
     self.files[key] = f
-    self.order[#self.order + 1] = f
+    self.count = self.count + 1
+    self.live[#self.live + 1] = f
+    local id = ev.id or ""
+    local of = self.of_model[id]
+    if not of then
+      of = {}
+      self.of_model[id] = of
+    end
+    of[#of + 1] = f
   end
   return f
 end
 
 function Reporter:track(ev)
   local f = self:file(ev)
+  if f.finished then return f end -- counted in the totals as it ended
   if ev.total then f.total = ev.total end
   if ev.completed then f.completed = ev.completed end
   f.speed, f.eta = ev.speed, ev.eta
   return f
 end
 
--- Marks every file of a model finished (done) or gone (error): it leaves the live block.
-function Reporter:finish_model(id, ok)
-  for _, f in ipairs(self.order) do
-    if f.id == id and not f.finished then
-      f.finished = true
-      if ok and f.total then f.completed = f.total end
-      f.speed, f.eta = nil, nil
+-- A file leaves the live block (whole when ok: verified, or its model installed) for the totals.
+function Reporter:finish_file(f, ok)
+  if f.finished then return end
+  f.finished = true
+  if ok and f.total then f.completed = f.total end
+  f.speed, f.eta = nil, nil
+  self.ended_completed = self.ended_completed + (f.completed or 0)
+  if f.total then self.ended_total = self.ended_total + f.total else self.ended_unknown = true end
+  for i, g in ipairs(self.live) do
+    if g == f then
+      table.remove(self.live, i)
+      break
     end
   end
 end
 
+-- Marks every file of a model finished (done) or gone (error).
+function Reporter:finish_model(id, ok)
+  for _, f in ipairs(self.of_model[id or ""] or {}) do self:finish_file(f, ok) end
+  self.of_model[id or ""] = nil
+end
+
 function Reporter:totals()
-  local done, total, speed, known = 0, 0, 0, true
-  for _, f in ipairs(self.order) do
+  local done, total, speed, known = self.ended_completed, self.ended_total, 0, not self.ended_unknown
+  for _, f in ipairs(self.live) do
     done = done + (f.completed or 0)
     if f.total then total = total + f.total else known = false end
     speed = speed + (f.speed or 0)
@@ -184,12 +207,9 @@ function Reporter:bar_line(name, completed, total, speed, eta, name_w)
 end
 
 function Reporter:live_lines()
-  local live = {}
-  for _, f in ipairs(self.order) do
-    if not f.finished then live[#live + 1] = f end
-  end
+  local live = self.live
   if #live == 0 then return {} end
-  local total_name = string.format("total (%d file%s)", #self.order, #self.order == 1 and "" or "s")
+  local total_name = string.format("total (%d file%s)", self.count, self.count == 1 and "" or "s")
   local name_w = width_of(total_name)
   for _, f in ipairs(live) do name_w = math.max(name_w, width_of(f.name)) end
   local lines = {}
@@ -324,11 +344,7 @@ function Reporter:event(ev)
   if kind == "done" then self:finish_model(ev.id, true) end
   if kind == "verify" and ev.ok then
     local f = self.files[(ev.id or "") .. "\0" .. (ev.file or "")]
-    if f then
-      f.finished = true
-      f.completed = f.total or f.completed
-      f.speed, f.eta = nil, nil
-    end
+    if f then self:finish_file(f, true) end
   end
   if kind == "error" then
     self:finish_model(ev.id, false)
@@ -361,7 +377,8 @@ function M.new(opts)
     color = opts.color and true or false,
     width = math.max(40, opts.width or 80),
     clock = opts.clock or require("modelget.core").now, -- wall time (os.clock is CPU time)
-    files = {}, order = {}, drawn = 0, last_draw = -math.huge,
+    files = {}, count = 0, live = {}, of_model = {}, drawn = 0, last_draw = -math.huge,
+    ended_completed = 0, ended_total = 0, ended_unknown = false, -- the files finished, summed
     done = {}, failed = {}, extracting = {},
   }, Reporter)
   return r
