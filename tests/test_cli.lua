@@ -194,6 +194,7 @@ test("pull on a pipe: plain lines, no ANSI; the model is installed and says wher
   t.nomatch(r.stdout, "\27", "ANSI in piped output")
   t.match(r.stdout, "downloading piped", "start line")
   t.match(r.stdout, "piped%.gguf  %d+%%", "a plain progress line with a percentage")
+  t.match(r.stdout, "piped%.gguf  100%%  1%.6 MB of 1%.6 MB\nverified", "its last one: all of it, then verified")
   t.match(r.stdout, "verified piped: piped%.gguf", "verify line")
   t.match(r.stdout, "installed piped %(1%.6 MB%) in " .. store:gsub("%p", "%%%0") .. "/models/llamacpp/piped\n",
     "done line")
@@ -205,6 +206,16 @@ test("pull on a pipe: plain lines, no ANSI; the model is installed and says wher
   t.nomatch(r.stdout, "downloading", "no download the second time")
   r = t.status(mg(store, { "pull", url, "--force" }), 0, "forced pull")
   t.match(r.stdout, "downloading piped", "--force downloads")
+end)
+
+test("pull on a pipe: a file that comes whole at once has no progress line, its verify line says it", function()
+  local ng = servers.nginx()
+  local data = gguf(8 * KiB)
+  local url = ng.put("cli/quick.gguf", data)
+  local r = t.status(mg(t.tmpdir("quick"), { "pull", url }), 0, "pull")
+  t.nomatch(r.stdout, "%d%%", "no progress line")
+  t.match(r.stdout, "^downloading quick\nquick: quick%.gguf: no SHA%-256 stated", "start, then verify")
+  t.match(r.stdout, "\ninstalled quick ", "done line")
 end)
 
 test("pull on a terminal: lines redrawn in place with a bar and a percentage; colour unless NO_COLOR", function()

@@ -3,6 +3,7 @@
 local t = require "t"
 local servers = require "servers"
 local cjson = require "cjson"
+local core = require "modelget.core"
 
 local MiB = 1024 * 1024
 
@@ -56,6 +57,39 @@ test("--json events end with done, carrying the path, sha256 and size", function
   t.eq(done.sha256, t.sha256(data), "done.sha256")
   t.eq(done.bytes, #data, "done.bytes")
   t.eq(done.path, store .. "/models/other/weights", "done.path")
+end)
+
+test("--json progress: every file downloaded has its events, the last one with every byte in, before its verify; one that comes within a tick too", function()
+  local ng = servers.nginx()
+  local files = { ["tiny.bin"] = t.bytes(20000, 3), ["slow.bin"] = t.bytes(1536 * 1024, 4) }
+  local urls = { ng.put("json/tiny.bin", files["tiny.bin"]), ng.put("json/slow.bin", files["slow.bin"]) }
+  local store = store_dir("json-progress")
+  local started = core.now()
+  local r = t.status(pull(store, { urls[1], urls[2], "--framework", "other", "--json", "--limit-rate", "1M" }), 0,
+    "pull --json")
+  local took = core.now() - started
+  local evs = events(r.stdout)
+  local counts = {}
+  for name, data in pairs(files) do
+    local count, last, verified, late = 0, nil, nil, 0
+    for _, ev in ipairs(evs) do
+      if ev.file == name and ev.event == "progress" then
+        count, last = count + 1, ev
+        if verified then late = late + 1 end
+      elseif ev.file == name and ev.event == "verify" then
+        verified = true
+      end
+    end
+    t.ok(count >= 1, name .. ": progress events (" .. count .. ")")
+    t.eq(last and last.completed, #data, name .. ": the last progress event has every byte in")
+    t.eq(last and last.total, #data, name .. ": of the file's size")
+    t.ok(verified, name .. ": verified")
+    t.eq(late, 0, name .. ": no progress event after its verify")
+    counts[name] = count
+  end
+  -- Events come at ticks (0.25 s) and once at a file's end, never per chunk.
+  t.ok(counts["tiny.bin"] <= 2, "a file of one tick: one or two events (" .. counts["tiny.bin"] .. ")")
+  t.ok(counts["slow.bin"] <= took / 0.25 + 2, "one event a tick, and one at the end (" .. counts["slow.bin"] .. ")")
 end)
 
 test("a cut connection is resumed with Range and If-Range", function()

@@ -76,13 +76,13 @@ test("pull -x 4: four ranges at once, with If-Range, written in place into the v
   t.eq(#t.tree(store .. "/partial"), 1, "nothing left under partial/ but the lock file")
 end)
 
-test("a split pull's progress counts the whole file: one line of events for it, never past its size", function()
+test("a split pull's progress counts the whole file: one line of events for it, never past its size, the last one complete", function()
   local size = 4 * MiB
   local _, _, _, r = split_pull("splitprog", size, 96, { "-x", "4", "--json", "--limit-rate", "4M" })
-  local seen, hash_at, last_progress = 0, nil, nil
+  local seen, hash_at, last_progress, last = 0, nil, nil, nil
   for i, ev in ipairs(t.events(r.stdout)) do
     if ev.event == "progress" then
-      seen, last_progress = seen + 1, i
+      seen, last_progress, last = seen + 1, i, ev
       t.eq(ev.file, "splitprog.bin", "the file's name")
       t.eq(ev.total, size, "the whole file's size, not a segment's")
       t.ok(ev.completed >= 0 and ev.completed <= size, "completed within the file: " .. ev.completed)
@@ -92,6 +92,7 @@ test("a split pull's progress counts the whole file: one line of events for it, 
     end
   end
   t.ok(seen >= 2, "progress events while it downloads (" .. seen .. ")")
+  t.eq(last.completed, size, "the last progress event has every segment in")
   t.ok(hash_at and hash_at > last_progress, "a hash event once the segments are in")
 end)
 

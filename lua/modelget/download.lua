@@ -475,7 +475,16 @@ function Scheduler:fetch_file(spec)
     end
   end
   local r, err, code = self:fetch_whole(spec)
+  if r then self:body_complete(spec, r.bytes) end
   return r, err, code
+end
+
+-- A file's last progress event, said once its body is all in (before its verify): ticks come every
+-- TICK, so without it the last one said falls short of the end, and a file that came whole
+-- between two ticks says nothing. A body kept in memory (a Hub listing) is no file: not said.
+function Scheduler:body_complete(spec, bytes)
+  if not (spec.partial and spec.id) then return end
+  self.emit { event = "progress", id = spec.id, file = spec.file, completed = bytes, total = bytes, speed = 0, eta = 0 }
 end
 
 -- The same, on one connection. A 4th value on failure: the last attempt's engine result.
@@ -668,6 +677,7 @@ function Scheduler:fetch_split(spec)
   end
   -- The plan stays (every range done) until the model is installed: a pull killed before that
   -- finds the file whole and only hashes it again. The read-back is said, as it takes a while.
+  self:body_complete(spec, plan.total)
   self.emit { event = "hash", id = spec.id, file = spec.file, bytes = plan.total }
   local ok, sha, code = self:fs { { "sha256", spec.partial } }
   if not ok then return nil, sha, code end

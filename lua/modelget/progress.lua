@@ -118,9 +118,10 @@ function Reporter:sentence(ev)
 end
 
 -- Files in flight ----------------------------------------------------------------------------------
--- A file is tracked from its first progress event: live, drawn, until its verify or its model's end,
--- then only counted in the totals. A list of thousands of models can be thousands of files:
--- finishing one, or drawing, costs what is live, not what has been.
+-- A file is tracked from its first progress event (every file that downloads has one, at its end
+-- if not before): live, drawn, until its verify or its model's end, then only counted in the totals.
+-- A list of thousands of models is thousands of files: finishing one, or drawing, costs what is
+-- live, not what has been.
 function Reporter:file(ev)
   local key = (ev.id or "") .. "\0" .. (ev.file or "")
   local f = self.files[key]
@@ -265,6 +266,9 @@ function Reporter:plain_progress(f, now)
   local pct = percent(f.completed, f.total)
   local step = pct and pct // 10 or nil
   if (f.completed or 0) == 0 then return end -- queued behind others: nothing to say yet
+  -- Whole at its first event (between two ticks): its verify line says it, a 100 % line would not.
+  local whole = f.total ~= nil and f.completed >= f.total
+  if whole and not f.said then return end
   local due = (step and step > (f.step or -1)) or now - (f.said or 0) >= PLAIN_EVERY
   if not due then return end
   f.step, f.said = step or f.step, now
@@ -273,7 +277,7 @@ function Reporter:plain_progress(f, now)
   if pct then parts[#parts + 1] = pct .. "%" end
   parts[#parts + 1] = amount
   if f.speed and f.speed > 0 then parts[#parts + 1] = M.rate(f.speed) end
-  if f.eta then parts[#parts + 1] = M.duration(f.eta) .. " left" end
+  if f.eta and not whole then parts[#parts + 1] = M.duration(f.eta) .. " left" end
   self.out:write(table.concat(parts, "  "), "\n")
   self.out:flush()
 end
