@@ -805,3 +805,16 @@ test("scripts/pull_many.lua pulls several models from coroutines with its own pr
   r = t.status(t.modelget { "run", t.root .. "/scripts/pull_many.lua", "--store", store, "no-such-id" }, 2, "unknown id")
   t.match(r.stderr, "no%-such%-id", "names the target")
 end)
+
+test("a long name or id that is not UTF-8 is refused in one line, not a traceback", function()
+  local store = t.tmpdir("not-utf8")
+  local bad = string.rep("\xa9", 210)
+  local r = t.status(t.modelget { "pull", "https://127.0.0.1:1/m.bin", "--framework", "other", "--name", bad, "--store", store }, 2,
+    "--name")
+  one_error_line(r, "name", "--name")
+  t.nomatch(r.stderr, "traceback", "no traceback")
+  r = t.status(t.modelget { "import", t.root .. "/tests", "--id", string.rep("\xa9", 70), "--framework", "other", "--store", store }, 2,
+    "--id")
+  one_error_line(r, "id", "--id")
+  t.ok(not t.exists(store .. "/models"), "nothing installed")
+end)

@@ -220,7 +220,10 @@ test("auth.require names what to set, and never the credential", function()
   t.match(hint, "token was refused", "hint with a token")
   t.nomatch(hint, "SECRET", "no credential in the hint")
   t.match(auth.hint("https://huggingface.co/x", { HOME = home }), "set HF_TOKEN", "hint without")
-  t.match(auth.hint("https://example.com/x", { HF_TOKEN = "x" }),
+  t.match(auth.hint("https://example.com/x", { HF_TOKEN = "x" }, true),
     "^the server asks for a login: add 'machine example%.com login NAME password SECRET' to ~/%.netrc$",
     "another host: no word of the Hub token, the netrc line to add")
+  t.match(auth.hint("https://example.com/x", {}), ", and pull with %-%-auth %(a recipe: auth = true%)$",
+    "a model not marked as needing a login: how to mark it")
+  t.eq(auth.hint("https://example.com/x", {}, true, 403), nil, "a 403 is no login's matter")
 end)

@@ -655,15 +655,19 @@ test("a server that asks for a login: exit 6 naming ~/.netrc; the login ~/.netrc
   local env = { HOME = home, NETRC = false, HF_TOKEN = false }
   local r = t.status(pull(store, { url, "--framework", "other", "--retries", "1", "-q" }, { env = env }), 6, "no login")
   t.match(r.stderr, "asks for a login: add 'machine 127%.0%.0%.1 login NAME password SECRET' to "
-    .. home:gsub("%p", "%%%0") .. "/%.netrc", "names the file and the line to add")
+    .. home:gsub("%p", "%%%0") .. "/%.netrc, and pull with %-%-auth", "names the file, the line to add, and --auth")
   t.nomatch(r.stderr, "HF_TOKEN", "not a word of the Hub")
   no_model(store, "other", "login")
   -- A netrc: another host's entry first, a macro, then the host's own with a quoted password.
   t.write(home .. "/.netrc", 'machine example.org login eve password wrong\n'
     .. 'macdef init\nmachine 127.0.0.1 login mallory password macro\n\n'
     .. 'machine 127.0.0.1\n  login ann\n  password "s3cret pass"\n')
+  -- Only for a model marked as needing a login: one kept for the host's other uses is not sent.
   fx.clear_log()
-  t.status(pull(store, { url, "--framework", "other", "-q" }, { env = env }), 0, "with the login in ~/.netrc")
+  t.status(pull(store, { url, "--framework", "other", "--retries", "1", "-q" }, { env = env }), 6, "unmarked")
+  for _, q in ipairs(fx.requests("/f/login%.bin")) do t.eq(q.headers.authorization, nil, "nothing sent unasked") end
+  fx.clear_log()
+  t.status(pull(store, { url, "--framework", "other", "--auth", "-q" }, { env = env }), 0, "--auth, with the login in ~/.netrc")
   t.eq(t.sha256_file(installed(store, "other", "login", "login.bin")), t.sha256(data), "installed bytes")
   local sent = fx.requests("/f/login%.bin")
   t.ok(#sent > 0, "requests were made")
@@ -671,7 +675,7 @@ test("a server that asks for a login: exit 6 naming ~/.netrc; the login ~/.netrc
   -- NETRC names another file; a wrong login there is said as such, never shown.
   local other = t.tmpdir("login-netrc") .. "/creds"
   t.write(other, "machine 127.0.0.1 login ann password nope\n")
-  r = t.status(pull(store_dir("login-wrong"), { url, "--framework", "other", "--retries", "1", "-q" },
+  r = t.status(pull(store_dir("login-wrong"), { url, "--framework", "other", "--auth", "--retries", "1", "-q" },
     { env = { HOME = home, NETRC = other } }), 6, "a wrong login")
   t.match(r.stderr, "the login " .. other:gsub("%p", "%%%0") .. " gives for 127%.0%.0%.1 was refused", "says which")
   t.nomatch(r.stderr, "nope", "the password never appears")
@@ -684,7 +688,7 @@ test("a netrc login is not sent past a redirect to another host, nor from a 'def
   t.write(home .. "/.netrc", "machine 127.0.0.1 login ann password pw\n")
   local env = { HOME = home, NETRC = false }
   fx.clear_log()
-  t.status(pull(store, { url, "--framework", "other", "-q" }, { env = env }), 0, "pull through the redirect")
+  t.status(pull(store, { url, "--framework", "other", "--auth", "-q" }, { env = env }), 0, "pull through the redirect")
   t.eq(t.sha256_file(installed(store, "other", "moved", "moved.bin")), t.sha256(data), "installed bytes")
   t.eq(fx.requests("/f/moved%.bin")[1].headers.authorization, "Basic YW5uOnB3", "sent to the host named")
   local there = fx.requests("/f/elsewhere%.bin")
@@ -694,7 +698,7 @@ test("a netrc login is not sent past a redirect to another host, nor from a 'def
   local url2 = fx.put("plain.bin", data)
   t.write(home .. "/.netrc", "default login ann password pw\n")
   fx.clear_log()
-  t.status(pull(store, { url2, "--framework", "other", "-q" }, { env = env }), 0, "pull an open file")
+  t.status(pull(store, { url2, "--framework", "other", "--auth", "-q" }, { env = env }), 0, "pull an open file")
   for _, q in ipairs(fx.requests("/f/plain%.bin")) do t.eq(q.headers.authorization, nil, "no login from 'default'") end
 end)
 

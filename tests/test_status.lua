@@ -238,3 +238,40 @@ test("status tells a model waiting its turn (-j 1) from one downloading", functi
   t.status(t.modelget { "stop", "--store", store }, 0, "stop")
   t.eq(t.wait(bg.status, 10), 130, "stopped")
 end)
+
+test("stop ID of a model whose pull has not begun yet: it does not begin", function()
+  local fx = servers.fixture()
+  local first, later = fx.put("first.bin", t.bytes(1024 * 1024, 65)), fx.put("later.bin", t.bytes(20000, 66))
+  local store = t.tmpdir("store-stop-later")
+  local out = t.tmpdir("stop-later-out") .. "/result"
+  -- A program pulling first, then later, one after the other in one task.
+  local script = t.write(t.tmpdir("stop-later-script") .. "/two.lua", string.format([[
+local modelget = require "modelget"
+local opts = { store = %q, cacert = %q, framework = "other", limit_rate = "200K" }
+local reg = modelget.register_pull({ "first", "later" }, nil, opts)
+local sched = modelget.scheduler(opts)
+local lines = {}
+sched:spawn(function()
+  for _, url in ipairs { %q, %q } do
+    local r, err, code = sched:pull(url)
+    lines[#lines + 1] = (r and "ok" or code) .. " " .. tostring(r and r.id or err)
+  end
+end)
+sched:run()
+sched:close()
+reg.close()
+local f = io.open(%q, "w")
+f:write(table.concat(lines, "\n"), "\n")
+f:close()
+]], store, servers.ca().cert, first, later, out))
+  local bg = t.spawn { "run", script }
+  local partial = store .. "/partial/other--first/first.bin.part"
+  t.ok(t.wait(function() local st = core.stat(partial); return st and st.size > 100000 end, 20), "the first under way")
+  local r = t.status(t.modelget { "stop", "later", "--store", store }, 0, "stop later")
+  t.match(r.stdout, "stopped later", "said stopped")
+  t.eq(t.wait(bg.status, 30), 0, "the program ends")
+  local lines = t.read(out) or ""
+  t.match(lines, "^ok first\n", "the first completes")
+  t.match(lines, "\nEINTR later: stopped by modelget stop before any data arrived\n$", "the later one never began")
+  t.ok(not t.exists(store .. "/models/other/later"), "and is not installed")
+end)

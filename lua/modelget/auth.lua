@@ -1,6 +1,7 @@
 -- Credentials per origin: the Hub's token as "Authorization: Bearer", only to the Hub endpoint's scheme,
--- host and port; a Kaggle key as Basic, only to kaggle.com over https; for any other host, the login
--- ~/.netrc gives for it by name (as curl, wget and aria2c read it), as Basic, only to the URL's origin.
+-- host and port; a Kaggle key as Basic, only to kaggle.com over https; for any other host, for a model
+-- marked as needing a login, the one ~/.netrc gives for it by name (as curl, wget and aria2c read it),
+-- as Basic, only to the URL's origin.
 -- The engine drops the header on a redirect to any other origin (another host, port or scheme). No
 -- message here ever holds a credential: they name the variable or file to set, never its content.
 local core = require "modelget.core"
@@ -78,7 +79,7 @@ end
 auth.base64 = base64
 
 -- ~/.netrc (NETRC names another file): "machine HOST login NAME password SECRET" entries, as ftp,
--- curl, wget and aria2c read them. Tokens are separated by white space; a token may be "quoted" (with
+-- curl, wget and aria2c read them; used for a model marked as needing a login. Tokens are separated by white space; a token may be "quoted" (with
 -- \" and \\ inside); a macdef's lines, up to an empty line, are passed over.
 function auth.netrc_file(env) return getenv(env, "NETRC") or (home(env) .. "/.netrc") end
 
@@ -169,7 +170,7 @@ end
 -- The credential to send with a request to url: {header=, scheme=, host=, port=} (the engine sends it
 -- only while the request stays on that origin: a redirect to another host, port or scheme drops it),
 -- or nil when none applies or none is set.
-function auth.for_url(url, env)
+function auth.for_url(url, env, login)
   local service, u = auth.service(url, env)
   local header
   if service == "hf" then
@@ -181,7 +182,8 @@ function auth.for_url(url, env)
     if not user then return nil end
     header = "Authorization: Basic " .. base64(user .. ":" .. key)
   else
-    local user, password = auth.netrc_login(u and u.host, env)
+    local user, password
+    if login then user, password = auth.netrc_login(u and u.host, env) end
     if not user then return nil end
     header, service = "Authorization: Basic " .. base64(user .. ":" .. password), "netrc"
   end
@@ -201,15 +203,17 @@ end
 
 -- What to tell a user whose request to url was refused (401/403), or nil when no credential of ours
 -- applies to that host.
-function auth.hint(url, env)
+-- marked: the model is marked as needing a credential (entry.auth); status: the HTTP status refused.
+function auth.hint(url, env, marked, status)
   local service, u = auth.service(url or "", env)
   if not service then
-    if not u then return nil end
-    if auth.netrc_login(u.host, env) then
+    -- Another host: its netrc login, for a model marked as needing one. A 403 is no login's matter.
+    if not u or status == 403 then return nil end
+    if marked and auth.netrc_login(u.host, env) then
       return string.format("the login %s gives for %s was refused: check it", auth.netrc_file(env), u.host)
     end
-    return string.format("the server asks for a login: add 'machine %s login NAME password SECRET' to %s",
-      u.host, auth.netrc_file(env))
+    return string.format("the server asks for a login: add 'machine %s login NAME password SECRET' to %s%s",
+      u.host, auth.netrc_file(env), marked and "" or ", and pull with --auth (a recipe: auth = true)")
   end
   local have
   if service == "hf" then have = auth.hf_token(env) else have = auth.kaggle_key(env) end

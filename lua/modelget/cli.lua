@@ -624,7 +624,7 @@ local function pull_targets(ctx, mg)
 end
 
 command("pull", {
-  usage = "pull ID|URL… [--sha256 HEX] [--framework F] [--id ID] [--name FILE] [--unzip|--no-unzip] [--alt URL]… [--force] [--detach]",
+  usage = "pull ID|URL… [--sha256 HEX] [--framework F] [--id ID] [--name FILE] [--unzip|--no-unzip] [--alt URL]… [--auth] [--force] [--detach]",
   summary = "download, verify, extract, fetch side files, install",
   options = {
     sha256 = "the file's expected SHA-256 (a URL's; a recipe states its own)",
@@ -634,6 +634,7 @@ command("pull", {
     unzip = "the URL is an archive: extract it (the default for a .zip, .tar.gz, … name)",
     no_unzip = "install an archive as it is, not extracted",
     alt = "an alternative URL, tried when the first fails (repeatable)",
+    auth = "the URL needs a login: its host's in ~/.netrc is sent (the Hub's and Kaggle's credentials go anyway)",
     force = "download again even when installed and verified",
     detach = "go on in the background, past the terminal's end; output to <store>/logs/",
   },

@@ -342,6 +342,8 @@ end
 -- at the end (the facade's hook: stop requests from other processes).
 function Scheduler:run()
   local last_tick = 0
+  -- A Ctrl-C this scheduler saw, and that the program has since cleared (core.clear_interrupt).
+  if self.was_interrupted and not core.interrupted() then self.was_interrupted = false end
   while self.tasks > 0 do
     if core.interrupted() and not self.was_interrupted then
       self.was_interrupted = true
@@ -417,6 +419,9 @@ end
 -- Closes the session and every task not ended (a task left waiting when run() failed, say):
 -- their locks are let go now, not whenever the garbage collector gets to them.
 function Scheduler:close()
+  -- File-system jobs still running (an install's renames) end first: a model's lock goes only then.
+  for _, j in ipairs(self.jobs) do j.job:close() end
+  self.jobs = {}
   if self.session then self.session:close(); self.session = nil end
   for co in pairs(self.live) do
     self.live[co] = nil
@@ -492,7 +497,7 @@ function Scheduler:fetch_whole(spec)
   local opts = self.opts
   local retries = math.max(1, opts.retries or 5)
   local base = opts.retry_wait or 1
-  local tried, last, saw_auth, refused = {}, nil, nil, 0
+  local tried, last, saw_auth, saw_auth_url, refused = {}, nil, nil, nil, 0
   if self.cancelled[spec.id] then return cancelled(spec) end
   if self:interrupted() then return util.fail("EINTR", "interrupted") end
   -- One connection for the whole file: a split plan beside it would describe other bytes.
@@ -528,7 +533,7 @@ function Scheduler:fetch_whole(spec)
       end
       if self.cancelled[spec.id] then return cancelled(spec) end
       last = r
-      if r.code == "EAUTH" then saw_auth = r end
+      if r.code == "EAUTH" then saw_auth, saw_auth_url = r, url end
       if r.code == "EPOLICY" then refused = refused + 1 end
       if r.code == "ESPACE" then return nil, r.message, r.code end
       if not r.retryable or attempt == retries then break end
@@ -546,7 +551,11 @@ function Scheduler:fetch_whole(spec)
   if refused == #spec.urls then return nil, last.message, "EPOLICY", last end
   local code = saw_auth and "EAUTH" or "ENET"
   local msg = string.format("download failed: %s: tried %s", spec.file or "?", table.concat(tried, ", "))
-  if saw_auth and spec.auth_hint then msg = msg .. "; " .. spec.auth_hint end
+  -- What to do, for the URL that asked for a credential (auth_hint: a string, or a function of that
+  -- URL and the status it answered).
+  local hint = spec.auth_hint
+  if saw_auth and type(hint) == "function" then hint = hint(saw_auth_url, saw_auth.status) end
+  if saw_auth and hint then msg = msg .. "; " .. hint end
   return nil, msg, code, last
 end
 

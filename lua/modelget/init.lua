@@ -140,16 +140,23 @@ function modelget.scheduler(opts)
     end
     local entry, err, code = pull.resolve(target, merged, catalog)
     local result
-    if entry then
-      -- A cancel is of the pulls of an id running then: one that begins later starts afresh.
-      local id, pulling = entry.id, self.pulling
-      if not pulling[id] then self.cancelled[id] = nil end
-      pulling[id] = (pulling[id] or 0) + 1
-      result, err, code = pull.run(self, entry, { root = store.root(merged), opts = merged, emit = emit })
-      pulling[id] = pulling[id] > 1 and pulling[id] - 1 or nil
-      if not pulling[id] then self.cancelled[id] = nil end
-    end
     local reg = store.registration(store.root(merged))
+    if entry then
+      -- A cancel is of the pulls of an id running then: one that begins later starts afresh. Not a
+      -- stop asked from another process: that holds for a pull still to start (queued) too.
+      local id, pulling = entry.id, self.pulling
+      local function afresh()
+        if not pulling[id] and not (reg and reg.asked(id)) then self.cancelled[id] = nil end
+      end
+      afresh()
+      pulling[id] = (pulling[id] or 0) + 1
+      -- Counted down however the pull ends (a callback's error too).
+      local _ <close> = setmetatable({}, { __close = function()
+        pulling[id] = pulling[id] > 1 and pulling[id] - 1 or nil
+        afresh()
+      end })
+      result, err, code = pull.run(self, entry, { root = store.root(merged), opts = merged, emit = emit })
+    end
     if reg then
       local id = entry and entry.id or modelget.target_id(target, merged)
       local stopped = code == "ECANCEL" and reg.asked(id)

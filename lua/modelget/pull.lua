@@ -40,7 +40,7 @@ local function entry_for_url(url, opts)
   -- An archive by its name is extracted, as a recipe's is, unless asked otherwise.
   local unzip = opts.unzip and true or (not opts.no_unzip and util.is_archive(name))
   return { id = id, name = name, file = name, framework = framework, url = url, alt = {},
-           unzip = unzip, source = "command line" }
+           unzip = unzip, auth = opts.auth or nil, source = "command line" }
 end
 
 -- A model pulled from a URL and stopped part-way is not a catalog id: the URL its partial download
@@ -351,8 +351,12 @@ function pull.run(sched, entry, ctx)
 
     local fctx = {
       id = entry.id,
-      auth_for = function(url) return auth.for_url(url) end,
-      auth_hint = auth.hint(hub.rewrite(entry.url) or hub.endpoint()), -- the endpoint's host is the Hub's
+      -- A netrc login goes only with a model marked as needing one (--auth, auth = true, requiresAuth):
+      -- one kept for a host's other uses (a git token for github.com) does not ride on every download.
+      auth_for = function(url) return auth.for_url(url, nil, entry.auth ~= nil and entry.auth ~= false) end,
+      auth_hint = function(url, status)
+        return auth.hint(hub.rewrite(url or entry.url) or hub.endpoint(), nil, entry.auth, status) -- the Hub's host
+      end,
     }
     local files, perr, pcode = plan_files(sched, entry, rule, fctx)
     if not files then return nil, perr, pcode end

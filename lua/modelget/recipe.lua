@@ -59,12 +59,20 @@ local function raise_in_recipe(msg)
   end
   error(msg, 0)
 end
-local function from_recipe() return getinfo(3, "S").source == running_chunk end -- the caller's caller
+-- Whether the view's function (the caller of this) was called by the recipe: its caller is the
+-- recipe's code, or it was tail-called by the recipe's main chunk (its last `return s:gsub(…)`
+-- leaves the function that runs the chunk as the caller).
+local running_main -- the function of bounded() that calls the recipe's main chunk
+local function from_recipe()
+  local caller = getinfo(3, "Sf")
+  if caller.source == running_chunk then return true end
+  return running_main ~= nil and caller.func == running_main and getinfo(2, "t").istailcall
+end
 local function check_pattern(fname, s, pattern)
   local q = select(2, gsub(gsub(pattern, "%%.", ""), "[%*%+%-]", ""))
   if #tostring(s) > MAX_SUBJECT or q > MAX_QUANTIFIERS then
-    error(("string.%s: a pattern over more than %d characters, or with more than %d repetitions, "
-      .. "is not for recipes"):format(fname, MAX_SUBJECT, MAX_QUANTIFIERS), 3)
+    raise_in_recipe(("string.%s: a pattern over more than %d characters, or with more than %d repetitions, "
+      .. "is not for recipes"):format(fname, MAX_SUBJECT, MAX_QUANTIFIERS))
   end
 end
 local function bounded_pattern(fname, fn)
@@ -435,7 +443,11 @@ local function bounded(fn)
   local string_mt = getmetatable("")
   local old_index = string_mt.__index
   string_mt.__index = safe_string -- ("x"):rep(n) reaches the string table through here
+  -- The limits raise only while the recipe runs: once it has returned (or failed) a check firing
+  -- before the hook is taken off must not raise outside the protected call.
+  local inside = false
   debug.sethook(function()
+    if not inside then return end
     budget = budget - HOOK_EVERY
     if budget < 0 then
       budget = HOOK_EVERY * 100 -- let the error unwind; the next check fires again if it is caught
@@ -448,10 +460,23 @@ local function bounded(fn)
       end
     end
   end, "", HOOK_EVERY)
-  local res = table.pack(pcall(fn))
+  local function main()
+    inside = true
+    local r = table.pack(fn())
+    inside = false
+    return r
+  end
+  local outer_main = running_main
+  running_main = main
+  local ok, res = xpcall(main, function(e)
+    inside = false
+    return e
+  end)
+  running_main = outer_main
   debug.sethook(table.unpack(old, 1, old.n))
   string_mt.__index = old_index
-  return table.unpack(res, 1, res.n)
+  if not ok then return false, res end
+  return true, table.unpack(res, 1, res.n)
 end
 
 -- Loads recipe source text. chunkname is the file's name as shown in messages. Returns entries (in

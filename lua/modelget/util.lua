@@ -111,8 +111,10 @@ end
 -- quoted in a message (n defaults to 60 for those: the line stays readable).
 function util.abbrev(s, n)
   n = n or 60
-  if (utf8.len(s) or #s) <= n then return s end
+  local chars = utf8.len(s)
+  if (chars or #s) <= n then return s end
   if n < 2 then return s:sub(1, n) end
+  if not chars then return s:sub(1, n - 1) .. "…" end -- not UTF-8: cut by bytes
   return s:sub(1, utf8.offset(s, n) - 1) .. "…"
 end
 
