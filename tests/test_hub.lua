@@ -198,6 +198,21 @@ test("a Kaggle key goes to kaggle.com only, as Basic", function()
   t.eq(auth.base64("ab"), "YWI=", "base64 two bytes")
 end)
 
+test("netrc: a machine's login, quoted values, macros passed over, a value that is a keyword's word", function()
+  local file = t.write(t.tmpdir("netrc") .. "/netrc", 'machine a.example login eve password "two words"\n'
+    .. 'macdef init\nmachine b.example login mallory password macro\n\n'
+    .. 'machine b.example login bob password macdef\nmachine c.example login carol password pw\n'
+    .. 'default login any password thing\n')
+  local env = { NETRC = file }
+  t.eq(table.concat({ auth.netrc_login("A.example", env) }, " "), "eve two words", "quoted, letter case aside")
+  t.eq(table.concat({ auth.netrc_login("b.example", env) }, " "), "bob macdef", "the macro's lines are passed over; a value may be 'macdef'")
+  t.eq(table.concat({ auth.netrc_login("c.example", env) }, " "), "carol pw", "the entry after it")
+  t.eq(auth.netrc_login("other.example", env), nil, "no 'default' for another host")
+  t.eq(auth.for_url("https://c.example/m.bin", env), nil, "sent only for a model marked as needing a login")
+  t.eq(auth.for_url("https://c.example/m.bin", env, true).header, "Authorization: Basic " .. auth.base64("carol:pw"),
+    "as Basic when marked")
+end)
+
 test("auth.require names what to set, and never the credential", function()
   local home = t.tmpdir("home")
   local entry = { id = "gated", auth = "hf", url = "https://huggingface.co/meta-llama/L/resolve/main/m.safetensors" }

@@ -4,7 +4,6 @@
 -- as Basic, only to the URL's origin.
 -- The engine drops the header on a redirect to any other origin (another host, port or scheme). No
 -- message here ever holds a credential: they name the variable or file to set, never its content.
-local core = require "modelget.core"
 local util = require "modelget.util"
 local hub = require "modelget.hub"
 
@@ -79,16 +78,18 @@ end
 auth.base64 = base64
 
 -- ~/.netrc (NETRC names another file): "machine HOST login NAME password SECRET" entries, as ftp,
--- curl, wget and aria2c read them; used for a model marked as needing a login. Tokens are separated by white space; a token may be "quoted" (with
--- \" and \\ inside); a macdef's lines, up to an empty line, are passed over.
+-- curl, wget and aria2c read them; used for a model marked as needing a login. Tokens are separated
+-- by white space; a token may be "quoted" (with \" and \\ inside); a macdef's lines, up to an empty
+-- line, are passed over (a "macdef" where a value goes is a value).
 function auth.netrc_file(env) return getenv(env, "NETRC") or (home(env) .. "/.netrc") end
 
+-- The tokens of a netrc text, each {word, at}: at is where it starts.
 local function netrc_tokens(text)
   local tokens, i, n = {}, 1, #text
   while true do
     i = text:find("%S", i)
     if not i then return tokens end
-    local token
+    local token, at = nil, i
     if text:sub(i, i) == '"' then
       local buf, j = {}, i + 1
       while j <= n and text:sub(j, j) ~= '"' do
@@ -101,39 +102,23 @@ local function netrc_tokens(text)
       local _, e = text:find("^%S+", i)
       token, i = text:sub(i, e), e + 1
     end
-    if token == "macdef" then -- its name, then its body up to an empty line
-      local eol = text:find("\n", i)
-      local blank = eol and text:find("\n[ \t]*\n", eol)
-      if not blank then return tokens end
-      i = blank + 1
-    else
-      tokens[#tokens + 1] = token
-    end
+    tokens[#tokens + 1] = { token, at }
   end
 end
 
 -- login, password that the netrc file gives for host (its first "machine" entry of that name, letter
 -- case aside), or nil. A "default" entry is never used: it would send one password to every host a
--- model is pulled from.
-local netrc_read = {} -- path -> {stamp=, tokens=}: read again only when the file changes
+-- model is pulled from. Read each time it is needed (only for models marked as needing a login): an
+-- edit is seen at once.
 function auth.netrc_login(host, env)
-  local path = auth.netrc_file(env)
-  local st = host and core.stat(path)
-  if not st then return nil end
-  local stamp = st.size .. ":" .. st.mtime
-  local cached = netrc_read[path]
-  if not cached or cached.stamp ~= stamp then
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local text = f:read(1024 * 1024) or ""
-    f:close()
-    cached = { stamp = stamp, tokens = netrc_tokens(text) }
-    netrc_read[path] = cached
-  end
-  local tokens, k, entry = cached.tokens, 1, nil
+  local f = host and io.open(auth.netrc_file(env), "rb")
+  if not f then return nil end
+  local text = f:read(1024 * 1024) or ""
+  f:close()
+  local tokens, k, entry = netrc_tokens(text), 1, nil
   host = host:lower()
   while tokens[k] do
-    local word, value = tokens[k], tokens[k + 1]
+    local word, value = tokens[k][1], tokens[k + 1] and tokens[k + 1][1]
     if word == "machine" then
       if entry then break end
       if value and value:lower() == host then entry = {} end
@@ -144,6 +129,12 @@ function auth.netrc_login(host, env)
     elseif word == "login" or word == "password" or word == "account" then
       if entry and value then entry[word] = value end
       k = k + 2
+    elseif word == "macdef" then -- a keyword here (not a value): its name, then its lines to an empty one
+      local eol = text:find("\n", tokens[k][2])
+      local blank = eol and text:find("\n[ \t]*\n", eol)
+      if not blank then break end
+      k = k + 1
+      while tokens[k] and tokens[k][2] <= blank do k = k + 1 end
     else
       k = k + 1
     end

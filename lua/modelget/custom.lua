@@ -241,8 +241,6 @@ end
 -- the policy refuses EPOLICY. An id already there is refused (EUSAGE), and so is one a recipe
 -- defines (taken: id -> the recipe's place, or nil): the catalog's would win.
 function custom.add(store, fields, taken)
-  local unknown = custom.unknown_field(fields)
-  if unknown then error(unknown, 2) end
   local url = fields.url
   local name = fields.name or (type(url) == "string" and util.url_filename(url) ~= "" and util.url_filename(url)) or nil
   local raw = {

@@ -294,8 +294,6 @@ function store.discard(root, dir, key)
   return core.rmtree(dir)
 end
 
--- What a killed removal left under partial/.trash/ goes, but for a model whose lock another process
--- holds (its removal may be under way).
 -- An installed model a forced re-pull moved aside (partial/.old/<fw>--<id>) and that pull killed
 -- before it ended: removed when the new one is in place, else put back. Under the id's lock.
 function store.settle_old(root, framework, id)
