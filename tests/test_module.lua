@@ -71,3 +71,28 @@ test("an app that caught Ctrl-C clears it with clear_interrupt: its next pull go
     "Ctrl-C refuses a pull; cleared (true, then false), the next pull installs the file; a new Ctrl-C is caught again")
   t.eq(t.read(dir .. "/store/models/other/after-interrupt/after-interrupt.bin"), data, "bytes installed")
 end)
+
+test("a scheduler that saw a Ctrl-C the app has cleared goes on: its next pull installs", function()
+  local ng = servers.nginx()
+  local data = t.bytes(200000, 52)
+  local url = ng.put("module/sched-interrupt.bin", data)
+  local dir = t.tmpdir("sched-interrupt")
+  local script = t.write(dir .. "/app.lua", [[
+    local core, modelget = require "modelget.core", require "modelget"
+    local url, store, cacert = ...
+    local sched = modelget.scheduler { store = store, cacert = cacert, framework = "other", quiet = true }
+    core.catch_interrupt()
+    os.execute("(sleep 0.1; kill -INT " .. core.getpid() .. ") &")
+    for _ = 1, 100 do if core.interrupted() then break end core.sleep(0.05) end
+    local first, second
+    sched:spawn(function() first = table.pack(sched:pull(url)) end)
+    sched:run()
+    core.clear_interrupt()
+    sched:spawn(function() second = table.pack(sched:pull(url)) end)
+    sched:run()
+    sched:close()
+    print(first[3], second[1] and second[1].sha256 or second[2])
+  ]])
+  local r = t.status(lua54(script, url, dir .. "/store", servers.ca().cert), 0, "lua5.4 app")
+  t.eq(r.stdout, "EINTR\t" .. t.sha256(data) .. "\n", "interrupted once; after the clear, the same scheduler pulls")
+end)
