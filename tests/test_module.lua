@@ -43,16 +43,17 @@ test("a stock lua5.4 loads modelget.core from the built .so, downloads and hashe
   t.eq(t.read(dir .. "/out/m.bin"), data, "bytes on disk")
 end)
 
-test("an app that caught Ctrl-C clears it with clear_interrupt: its next pull goes ahead, the handler stays", function()
-  local ng = servers.nginx()
-  local data = t.bytes(300000, 51)
-  local url = ng.put("module/after-interrupt.bin", data)
-  local dir = t.tmpdir("clear-interrupt")
-  -- A child process of its own: the signal and the handler stay out of the test runner's.
+-- An app run by a stock lua5.4 in a process of its own (the signal and the handler stay out of the
+-- test runner's), pulling a file nginx serves: the app's body has core, modelget, url, store,
+-- cacert, and ctrl_c() (a SIGINT from the background, then whether it was caught) at hand.
+-- Returns the run's result, the file's bytes and the store.
+local function interrupted_app(name, seed, body)
+  local data = t.bytes(200000, seed)
+  local url = servers.nginx().put("module/" .. name .. ".bin", data)
+  local dir = t.tmpdir(name)
   local script = t.write(dir .. "/app.lua", [[
     local core, modelget = require "modelget.core", require "modelget"
     local url, store, cacert = ...
-    local opts = { store = store, cacert = cacert, framework = "other", quiet = true }
     local function ctrl_c()
       -- (system() ignores SIGINT while its child runs: the signal comes from the background)
       os.execute("(sleep 0.1; kill -INT " .. core.getpid() .. ") &")
@@ -60,30 +61,28 @@ test("an app that caught Ctrl-C clears it with clear_interrupt: its next pull go
       return core.interrupted()
     end
     core.catch_interrupt()
+]] .. body)
+  return t.status(lua54(script, url, dir .. "/store", servers.ca().cert), 0, "lua5.4 app"), data, dir .. "/store"
+end
+
+test("an app that caught Ctrl-C clears it with clear_interrupt: its next pull goes ahead, the handler stays", function()
+  local r, data, store = interrupted_app("after-interrupt", 51, [[
+    local opts = { store = store, cacert = cacert, framework = "other", quiet = true }
     local caught = ctrl_c()
     local _, _, refused = modelget.pull(url, opts)
     local was, now, again = core.clear_interrupt(), core.interrupted(), core.clear_interrupt()
     local res, err, code = modelget.pull(url, opts)
     print(caught, refused, was, now, again, res and res.sha256 or err, code, ctrl_c())
   ]])
-  local r = t.status(lua54(script, url, dir .. "/store", servers.ca().cert), 0, "lua5.4 app")
   t.eq(r.stdout, table.concat({ "true", "EINTR", "true", "false", "false", t.sha256(data), "nil", "true" }, "\t") .. "\n",
     "Ctrl-C refuses a pull; cleared (true, then false), the next pull installs the file; a new Ctrl-C is caught again")
-  t.eq(t.read(dir .. "/store/models/other/after-interrupt/after-interrupt.bin"), data, "bytes installed")
+  t.eq(t.read(store .. "/models/other/after-interrupt/after-interrupt.bin"), data, "bytes installed")
 end)
 
 test("a scheduler that saw a Ctrl-C the app has cleared goes on: its next pull installs", function()
-  local ng = servers.nginx()
-  local data = t.bytes(200000, 52)
-  local url = ng.put("module/sched-interrupt.bin", data)
-  local dir = t.tmpdir("sched-interrupt")
-  local script = t.write(dir .. "/app.lua", [[
-    local core, modelget = require "modelget.core", require "modelget"
-    local url, store, cacert = ...
+  local r, data = interrupted_app("sched-interrupt", 52, [[
     local sched = modelget.scheduler { store = store, cacert = cacert, framework = "other", quiet = true }
-    core.catch_interrupt()
-    os.execute("(sleep 0.1; kill -INT " .. core.getpid() .. ") &")
-    for _ = 1, 100 do if core.interrupted() then break end core.sleep(0.05) end
+    ctrl_c()
     local first, second
     sched:spawn(function() first = table.pack(sched:pull(url)) end)
     sched:run()
@@ -93,6 +92,5 @@ test("a scheduler that saw a Ctrl-C the app has cleared goes on: its next pull i
     sched:close()
     print(first[3], second[1] and second[1].sha256 or second[2])
   ]])
-  local r = t.status(lua54(script, url, dir .. "/store", servers.ca().cert), 0, "lua5.4 app")
   t.eq(r.stdout, "EINTR\t" .. t.sha256(data) .. "\n", "interrupted once; after the clear, the same scheduler pulls")
 end)
