@@ -959,10 +959,14 @@ static int accept_file_response(Transfer *t) {
   int64_t clen = parse_size(hdr_get(h, "content-length"));
   int append = 0;
   char what[400];
+  /* A 2xx that carries a Content-Range is judged by it, whatever its status says (as wget does):
+   * a proxy that turns a 206 into a 200 still sends a part of the file, and taken as the whole
+   * file that part would be installed as the model. */
+  int partial_body = t->status == 206 || hdr_get(h, "content-range") != NULL;
   if (t->ranged) {
     if (!accept_range(t, etag, lm)) return 0;
     append = t->kept > 0;
-  } else if (t->status == 206) {
+  } else if (partial_body) {
     uint64_t start = 0, end = 0;
     int64_t total = -1;
     if (parse_content_range(hdr_get(h, "content-range"), &start, &end, &total) != 0 || start != t->kept) {

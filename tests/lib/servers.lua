@@ -25,6 +25,10 @@
 --         { etag = '"other"' }, { content = "other-file" }   another validator / other bytes (a changed file)
 --         { announce = BYTES }            Content-Length: BYTES, a little body, then closed
 --         { redirect = URL, status = 302 }  { delay = S } (seconds before answering)
+--         { range_status = 200 }          a range asked for is sent (with its Content-Range) under this status
+--         { gzip = true }                 the body gzip-compressed, Content-Encoding: gzip, unasked
+--         { chunked = true }              Transfer-Encoding: chunked; with cut, cut at a chunk boundary
+--         { content_type = "text/html" }  another Content-Type
 --         ["repeat"] = true               not taken: applies to every request until the script is replaced
 --         method = "GET"                  applies only to (and is taken only by) requests of that method
 --   requests(pattern) -> logged requests whose path matches the Lua pattern (all when nil), oldest first:
