@@ -720,6 +720,28 @@ test("a netrc login is not sent past a redirect to another host, nor from a 'def
   for _, q in ipairs(fx.requests("/f/plain%.bin")) do t.eq(q.headers.authorization, nil, "no login from 'default'") end
 end)
 
+test("a redirect to another host that asks for a login: the hint names that host and its URL, and following it works", function()
+  local fx, data, _, home, store = behind_login("locked.bin", "ann:pw", 73)
+  local url = fx.put("pointer.bin", "x")
+  local there = fx.url_localhost .. "/f/locked.bin"
+  fx.script("pointer.bin", { { redirect = there .. "?sig=S3CRET", ["repeat"] = true } })
+  t.write(home .. "/.netrc", "machine 127.0.0.1 login ann password pw\n")
+  local env = { HOME = home, NETRC = false, HF_TOKEN = false }
+  local r = t.status(pull(store, { url, "--framework", "other", "--auth", "--retries", "1", "-q" }, { env = env }), 6,
+    "refused past the redirect")
+  t.match(r.stderr, "localhost, where 127%.0%.0%.1 redirected, asks for a login", "names the host that asked")
+  t.match(r.stderr, "pull " .. there:gsub("%p", "%%%0") .. " itself, with 'machine localhost login NAME password SECRET' in "
+    .. home:gsub("%p", "%%%0") .. "/%.netrc and %-%-auth", "what to do, for that host")
+  t.nomatch(r.stderr, "machine 127%.0%.0%.1", "not the login of the host named, which is never sent there")
+  t.nomatch(r.stderr, "S3CRET", "the redirect's query is not shown")
+  t.nomatch(r.stderr, "HF_TOKEN", "not a word of the Hub")
+  no_model(store, "other", "pointer")
+  -- Doing what it says pulls the file.
+  t.write(home .. "/.netrc", "machine localhost login ann password pw\n")
+  t.status(pull(store, { there, "--framework", "other", "--auth", "-q" }, { env = env }), 0, "the hint followed")
+  t.eq(t.sha256_file(installed(store, "other", "locked", "locked.bin")), t.sha256(data), "installed bytes")
+end)
+
 test("a store on a read-only file system: exit 1, the folder named, and what to do", function()
   local url = servers.nginx().put("readonly/ro.bin", t.bytes(1000, 87))
   local store = store_dir("readonly")

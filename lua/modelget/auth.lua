@@ -192,10 +192,32 @@ function auth.how(service, env)
       .. " (a read token from https://huggingface.co/settings/tokens; the model's license may need accepting first)"
 end
 
+-- The hint for a refusal that came from where, past a redirect from url to another origin: no
+-- credential of ours goes there (the engine drops it), so neither the Hub's token nor url's login
+-- is the matter. nil when where is url's origin.
+local function redirected_hint(url, where, env, status)
+  local u, w = util.parse_url(url or ""), util.parse_url(where or "")
+  if not (u and w) then return nil end
+  local us, uh, up = util.origin(u)
+  local ws, wh, wp = util.origin(w)
+  if us == ws and uh:lower() == wh:lower() and up == wp then return nil end
+  local from = string.format("%s, where %s redirected,", wh, uh)
+  if status == 403 then return string.format("%s refused access; no credential is sent past a redirect to another host", from) end
+  -- A query may be a signature (a presigned URL): never shown.
+  local shown = util.shown_url(where):gsub("[?#].*$", "")
+  return string.format("%s asks for a login, and no login is sent past a redirect to another host: pull %s "
+    .. "itself, with 'machine %s login NAME password SECRET' in %s and --auth", from, shown, wh, auth.netrc_file(env))
+end
+
 -- What to tell a user whose request to url was refused (401/403), or nil when no credential of ours
 -- applies to that host.
--- marked: the model is marked as needing a credential (entry.auth); status: the HTTP status refused.
-function auth.hint(url, env, marked, status)
+-- marked: the model is marked as needing a credential (entry.auth); status: the HTTP status refused;
+-- where: the URL that refused, when a redirect led from url to it.
+function auth.hint(url, env, marked, status, where)
+  if where then
+    local hint = redirected_hint(url, where, env, status)
+    if hint then return hint end
+  end
   local service, u = auth.service(url or "", env)
   if not service then
     -- Another host: its netrc login, for a model marked as needing one. A 403 is no login's matter.

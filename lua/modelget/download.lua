@@ -552,9 +552,9 @@ function Scheduler:fetch_whole(spec)
   local code = saw_auth and "EAUTH" or "ENET"
   local msg = string.format("download failed: %s: tried %s", spec.file or "?", table.concat(tried, ", "))
   -- What to do, for the URL that asked for a credential (auth_hint: a string, or a function of that
-  -- URL and the status it answered).
+  -- URL, the status it answered and the URL that answered it: another, past a redirect).
   local hint = spec.auth_hint
-  if saw_auth and type(hint) == "function" then hint = hint(saw_auth_url, saw_auth.status) end
+  if saw_auth and type(hint) == "function" then hint = hint(saw_auth_url, saw_auth.status, saw_auth.effective_url) end
   if saw_auth and hint then msg = msg .. "; " .. hint end
   return nil, msg, code, last
 end

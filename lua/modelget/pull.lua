@@ -354,8 +354,8 @@ function pull.run(sched, entry, ctx)
       -- A netrc login goes only with a model marked as needing one (--auth, auth = true, requiresAuth):
       -- one kept for a host's other uses (a git token for github.com) does not ride on every download.
       auth_for = function(url) return auth.for_url(url, nil, entry.auth ~= nil and entry.auth ~= false) end,
-      auth_hint = function(url, status)
-        return auth.hint(hub.rewrite(url or entry.url) or hub.endpoint(), nil, entry.auth, status) -- the Hub's host
+      auth_hint = function(url, status, where)
+        return auth.hint(hub.rewrite(url or entry.url) or hub.endpoint(), nil, entry.auth, status, where) -- the Hub's host
       end,
     }
     local files, perr, pcode = plan_files(sched, entry, rule, fctx)
