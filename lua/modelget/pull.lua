@@ -209,21 +209,41 @@ local function remove_partial(path)
   os.remove(path .. ".split")
 end
 
+-- What the server said of the bytes it sent, when that explains bytes that are not the file: a web
+-- page (a login or error page served with 200), or the file compressed on the wire unasked (its
+-- bytes are kept as sent, as curl and wget keep them: an Apache serving a .tar.gz says
+-- Content-Encoding: gzip of the very file). msg with that clause added (name: the file, else "it").
+local function with_served_as(msg, r, name)
+  local h = r and r.headers or {}
+  local encoding = h["content-encoding"]
+  local ctype = r and r.content_type or h["content-type"] or ""
+  if encoding and encoding:lower() ~= "identity" then
+    return string.format("%s; the server sent %s compressed (Content-Encoding: %s): not the file's own bytes", msg,
+      name or "it", util.abbrev(encoding))
+  elseif ctype:lower():match("^%s*text/html") or ctype:lower():match("^%s*application/xhtml") then
+    return string.format("%s; the server sent a web page (Content-Type: %s)%s: an error or login page, not the file",
+      msg, util.abbrev(ctype), name and " for " .. name or "")
+  end
+  return msg
+end
+
 local function verify_file(f, r, emit, id)
   local expected, source = f.sha256, f.sha256_from or "the recipe"
   if not expected and util.is_sha256(r.linked_etag) then expected, source = r.linked_etag:lower(), "the server" end
   if not expected and f.listed_sha256 then expected, source = f.listed_sha256, "the Hub listing" end
   local stated_size = f.size or r.linked_size
   if f.size and r.bytes ~= f.size then
-    return util.fail("ESIZE", "verification failed for %s: expected %d bytes, got %d", f.path, f.size, r.bytes)
+    return util.fail("ESIZE", "%s", with_served_as(string.format("verification failed for %s: expected %d bytes, got %d",
+      f.path, f.size, r.bytes), r))
   end
   if r.linked_size and r.bytes ~= r.linked_size then
-    return util.fail("ESIZE", "verification failed for %s: the server stated %d bytes, got %d", f.path, r.linked_size, r.bytes)
+    return util.fail("ESIZE", "%s", with_served_as(string.format("verification failed for %s: the server stated %d bytes, got %d",
+      f.path, r.linked_size, r.bytes), r))
   end
   if expected and expected:lower() ~= r.sha256 then
     emit { event = "verify", id = id, file = f.path, sha256 = r.sha256, expected = expected, ok = false }
-    return util.fail("EHASH", "verification failed for %s: SHA-256 %s, expected %s (from %s)",
-      f.path, r.sha256, expected, source)
+    return util.fail("EHASH", "%s", with_served_as(string.format("verification failed for %s: SHA-256 %s, expected %s (from %s)",
+      f.path, r.sha256, expected, source), r))
   end
   emit { event = "verify", id = id, file = f.path, sha256 = r.sha256, expected = expected, ok = true,
          checked = expected ~= nil, bytes = stated_size and r.bytes }
@@ -567,7 +587,9 @@ function pull.run(sched, entry, ctx)
     local cok, cerr = rule.check(staging, entry)
     if not cok then
       for _, item in ipairs(fetched) do remove_partial(partial_path(pdir, item.file.path)) end
-      return fail_staged(util.fail("EFORMAT", "model not compatible with %s: %s", rule.title or entry.framework, cerr))
+      local msg = string.format("model not compatible with %s: %s", rule.title or entry.framework, cerr)
+      for _, item in ipairs(fetched) do msg = with_served_as(msg, item.result, item.file.path) end
+      return fail_staged(util.fail("EFORMAT", "%s", msg))
     end
 
     local dest, ierr, icode = store.install(root, staging, entry, manifest_files,
