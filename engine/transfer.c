@@ -360,6 +360,63 @@ static int64_t parse_size(const char *s) {
   return (int64_t)v;
 }
 
+/* Copies a header value into out for a message: control bytes as '?', cut with an ellipsis. */
+static void shown_value(const char *v, char *out, size_t outsz) {
+  size_t n = 0;
+  for (; *v && n + 4 < outsz; v++) out[n++] = (unsigned char)*v < 0x20 || *v == 0x7f ? '?' : *v;
+  if (*v) { memcpy(out + n, "\xe2\x80\xa6", 3); n += 3; }
+  out[n] = '\0';
+}
+
+/* A Content-Length value: one number, or a list of one number said again ("42, 42", as proxies merge
+ * a repeated header; RFC 9110 8.6 lets it pass). -1 otherwise. */
+static int64_t parse_length_list(const char *v) {
+  int64_t len = -1;
+  for (;;) {
+    while (*v == ' ' || *v == '\t') v++;
+    char *end;
+    errno = 0;
+    if (*v < '0' || *v > '9') return -1;
+    unsigned long long one = strtoull(v, &end, 10);
+    if (errno || one > (unsigned long long)INT64_MAX || (len >= 0 && (int64_t)one != len)) return -1;
+    len = (int64_t)one;
+    while (*end == ' ' || *end == '\t') end++;
+    if (!*end) return len;
+    if (*end != ',') return -1;
+    v = end + 1;
+  }
+}
+
+/* A body's announced length, or -1 when none is. 0 when the header is malformed or given twice with
+ * two values (why says so): libcurl reads the leading digits of a malformed one ("12abc" is 12 bytes
+ * to it) and the last of two, while we would count with none or the first, so a body libcurl ends
+ * early would pass as whole. */
+static int content_length_of(const Headers *h, int64_t *len, char *why, size_t whysz) {
+  const char *first = NULL;
+  char a[40], b[40];
+  *len = -1;
+  for (size_t i = 0; i < h->len;) {
+    const char *n = h->buf + i, *v = n + strlen(n) + 1;
+    i = (size_t)(v - h->buf) + strlen(v) + 1;
+    if (strcmp(n, "content-length") != 0) continue;
+    int64_t one = parse_length_list(v);
+    if (one < 0) {
+      shown_value(v, a, sizeof a);
+      snprintf(why, whysz, "malformed Content-Length '%s'", a);
+      return 0;
+    }
+    if (first && one != *len) {
+      shown_value(first, a, sizeof a);
+      shown_value(v, b, sizeof b);
+      snprintf(why, whysz, "two Content-Length headers, %s and %s", a, b);
+      return 0;
+    }
+    first = v;
+    *len = one;
+  }
+  return 1;
+}
+
 static int is_strong_etag(const char *etag) {
   return etag && etag[0] == '"';
 }
@@ -952,17 +1009,24 @@ static const char *space_where(const char *space_path, const char *partial, char
   return folder;
 }
 
+/* A 2xx of another status than 206 is judged by its Content-Range (as wget does) when that is a
+ * valid range and the body announced is as long: a proxy that turns a 206 into a 200 still sends
+ * that part of the file, which taken as the whole file would be installed as the model. */
+static int range_in_2xx(const Headers *h, int64_t clen) {
+  uint64_t start = 0, end = 0;
+  int64_t total = -1;
+  if (parse_content_range(hdr_get(h, "content-range"), &start, &end, &total) != 0) return 0;
+  if (end < start || (total >= 0 && end >= (uint64_t)total)) return 0;
+  return clen < 0 || (uint64_t)clen == end - start + 1;
+}
+
 /* A final 2xx response for a partial file: choose append or restart, check space, open the file. */
-static int accept_file_response(Transfer *t) {
+static int accept_file_response(Transfer *t, int64_t clen) {
   const Headers *h = &t->hdr;
   const char *etag = hdr_get(h, "etag"), *lm = hdr_get(h, "last-modified");
-  int64_t clen = parse_size(hdr_get(h, "content-length"));
   int append = 0;
   char what[400];
-  /* A 2xx that carries a Content-Range is judged by it, whatever its status says (as wget does):
-   * a proxy that turns a 206 into a 200 still sends a part of the file, and taken as the whole
-   * file that part would be installed as the model. */
-  int partial_body = t->status == 206 || hdr_get(h, "content-range") != NULL;
+  int partial_body = t->status == 206 || range_in_2xx(h, clen);
   if (t->ranged) {
     if (!accept_range(t, etag, lm)) return 0;
     append = t->kept > 0;
@@ -1062,8 +1126,16 @@ static int on_headers_done(Transfer *t) {
   if (t->status >= 300) { t->resp = RESP_ERROR; return 1; }
   t->resp = RESP_BODY;
   if (t->head) return 1;
+  int64_t announced;
+  char why[128];
+  if (!content_length_of(h, &announced, why, sizeof why)) {
+    char what[200];
+    snprintf(what, sizeof what, "%s: where the body ends cannot be told", why);
+    fail_host(t, "ENET", 0, what);
+    return 0;
+  }
   if (t->memory) {
-    int64_t clen = parse_size(hdr_get(h, "content-length"));
+    int64_t clen = announced;
     t->total = clen;
     if (clen >= 0 && (uint64_t)clen > t->memory_max) {
       char cap[32], what[96];
@@ -1074,7 +1146,7 @@ static int on_headers_done(Transfer *t) {
     }
     return 1;
   }
-  return accept_file_response(t);
+  return accept_file_response(t, announced);
 }
 
 static size_t on_header(char *buf, size_t size, size_t nitems, void *ud) {
@@ -1541,7 +1613,8 @@ static void finish(Session *s, Transfer *t) {
     char what[128], got[32], all[32];
     human(t->offset, got, sizeof got);
     human((uint64_t)t->total, all, sizeof all);
-    snprintf(what, sizeof what, "body shorter than announced (%s of %s)", got, all);
+    snprintf(what, sizeof what, "body %s than announced (%s of %s)", t->offset < (uint64_t)t->total ? "shorter" : "longer",
+             got, all);
     fail_host(t, "ENET", t->offset < (uint64_t)t->total, what);
   }
   if (!t->fail_code && t->resp != RESP_BODY) fail_host(t, "ENET", 1, "no response");

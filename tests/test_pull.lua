@@ -153,6 +153,38 @@ test("a resume answered 200 with a Content-Range (a proxy that rewrote the 206):
   t.eq(#reqs, 2, "the range was used: no third request")
   t.eq(reqs[2].headers.range, "bytes=1000000-", "resume was asked")
   t.eq(reqs[2].status, 200, "answered 200")
+  -- A Content-Range that cannot be this body's (not a valid range, or not its length) leaves a 200 whole.
+  for i, bogus in ipairs { "bytes 0-99/50", "bytes 0-99/" .. #data } do
+    fx.script("range200.bin", { { headers = { { "Content-Range", bogus } } } })
+    local other = store_dir("range200-" .. i)
+    t.status(pull(other, { url, "--framework", "other", "-q" }), 0, "a 200 with " .. bogus)
+    t.eq(t.sha256_file(installed(other, "other", "range200", "range200.bin")), t.sha256(data), "bytes, " .. bogus)
+  end
+end)
+
+test("a malformed or twice-said Content-Length: that URL is refused, naming it, and no short file is installed", function()
+  local fx = servers.fixture()
+  local data = t.bytes(300000, 44)
+  local url = fx.put("badlength.bin", data)
+  local store = store_dir("badlength")
+  -- libcurl reads "12abc" as 12 bytes: taken for a file of no stated length, those 12 were installed.
+  fx.script("badlength.bin", { { content_length = "12abc", ["repeat"] = true } })
+  local r = t.status(pull(store, { url, "--framework", "other", "--retries", "2", "-q" }), 3, "malformed")
+  t.match(r.stderr, "127%.0%.0%.1: malformed Content%-Length '12abc': where the body ends cannot be told", "says what")
+  t.eq(#fx.requests("/f/badlength%.bin"), 1, "not retried: the server says the same again")
+  no_model(store, "other", "badlength")
+  fx.script("badlength.bin", { { content_length = "1000", headers = { { "Content-Length", "300000" } }, ["repeat"] = true } })
+  r = t.status(pull(store, { url, "--framework", "other", "--retries", "1", "-q" }), 3, "two lengths")
+  t.match(r.stderr, "two Content%-Length headers, 1000 and 300000", "says which")
+  no_model(store, "other", "badlength")
+  -- One length said twice in one header (a proxy merging two) is that length; an alternative serves the rest.
+  fx.script("badlength.bin", { { content_length = "300000, 300000" } })
+  t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "the same length twice")
+  t.eq(t.sha256_file(installed(store, "other", "badlength", "badlength.bin")), t.sha256(data), "bytes")
+  local good = fx.put("goodlength.bin", data)
+  fx.script("badlength.bin", { { content_length = "12abc", ["repeat"] = true } })
+  t.status(pull(store, { url, "--id", "b2", "--framework", "other", "--alt", good, "-q" }), 0, "the alternative")
+  t.eq(t.sha256_file(installed(store, "other", "b2", "badlength.bin")), t.sha256(data), "bytes from the alternative")
 end)
 
 test("a file that changed on the server between attempts is restarted, not spliced", function()

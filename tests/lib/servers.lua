@@ -29,6 +29,8 @@
 --         { gzip = true }                 the body gzip-compressed, Content-Encoding: gzip, unasked
 --         { chunked = true }              Transfer-Encoding: chunked; with cut, cut at a chunk boundary
 --         { content_type = "text/html" }  another Content-Type
+--         { content_length = "12abc" }    that Content-Length header text, the body as it would be
+--         { headers = {{name, value}…} }  more response headers (after the usual ones)
 --         ["repeat"] = true               not taken: applies to every request until the script is replaced
 --         method = "GET"                  applies only to (and is taken only by) requests of that method
 --   requests(pattern) -> logged requests whose path matches the Lua pattern (all when nil), oldest first:
