@@ -1506,7 +1506,11 @@ static void classify_curl(Transfer *t, CURLcode rc) {
     snprintf(what, sizeof what, "cannot connect (%s)", detail);
     break;
   case CURLE_URL_MALFORMAT: case CURLE_UNSUPPORTED_PROTOCOL: case CURLE_OUT_OF_MEMORY:
-    snprintf(what, sizeof what, "%s", detail);
+    /* libcurl refuses a response header over 100 KB as "out of memory": the server's doing. */
+    if (rc == CURLE_OUT_OF_MEMORY && t->status > 0 && t->resp == RESP_NONE)
+      snprintf(what, sizeof what, "a response header too large to read (%s)", detail);
+    else
+      snprintf(what, sizeof what, "%s", detail);
     retryable = 0;
     break;
   default:

@@ -362,6 +362,17 @@ test("a stall is retryable and says how long nothing came", function()
   t.eq(size_of(partial), 5000, "bytes before the stall kept")
 end)
 
+test("a response header too large to read is final and said as such, not as memory running out", function()
+  local fx = servers.fixture()
+  local url = fx.put("bighead.bin", t.bytes(1000, 45))
+  fx.script("bighead.bin", { { headers = { { "X-Padding", string.rep("a", 200 * 1024) } } } })
+  local r = fetch { url = url, partial = t.tmpdir("bighead") .. "/bighead.bin" }
+  t.eq(r.ok, false, "fails")
+  t.eq(r.code, "ENET", "code")
+  t.eq(r.retryable, false, "the server says the same again")
+  t.match(r.message, "^127%.0%.0%.1: a response header too large to read %(", "message")
+end)
+
 test("404 is final; 503 and 429 are retryable with Retry-After in seconds or as a date", function()
   local fx = servers.fixture()
   local dir = t.tmpdir("status")
