@@ -199,9 +199,9 @@ static void replace(char **slot, const char *s) {
   *slot = xstrdup(s);
 }
 
-/* "1.2 MB": decimal units, one decimal, ".0" dropped. */
+/* "1.2 MB": decimal units named as the Lua side's util.human names them, one decimal, ".0" dropped. */
 static void human(uint64_t n, char *out, size_t outsz) {
-  static const char *units[] = { "B", "kB", "MB", "GB", "TB", "PB", "EB" };
+  static const char *units[] = { "B", "KB", "MB", "GB", "TB", "PB", "EB" };
   double v = (double)n;
   int i = 0;
   while (v >= 1000 && i < 6) { v /= 1000; i++; }

@@ -380,7 +380,7 @@ test("two split pulls at once where only one fits: the second is refused before 
   local env = t.fault_env { FREE_BYTES = "5000000" }
   local r = t.status(pull(store, { url_a, url_b, "-x", "4", "-j", "2", "--limit-rate", "4M", "-q" }, { env = env }), 5,
     "pull of both, slowly enough to overlap")
-  t.match(r.stderr, "need 3 MB, 5 MB free on .*, of which [%d.]+ [kM]B is still to come for 1 other download", "counts the other split")
+  t.match(r.stderr, "need 3 MB, 5 MB free on .*, of which [%d.]+ [KM]B is still to come for 1 other download", "counts the other split")
   local installed_n = 0
   for _, id in ipairs { "splitpair-a", "splitpair-b" } do
     if t.exists(installed(store, id)) then installed_n = installed_n + 1 end

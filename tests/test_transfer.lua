@@ -138,7 +138,7 @@ test("a cut connection, then a new transfer resumes with Range and If-Range", fu
   local fx, data, url, partial, first = cut_attempt("resume.bin", 600000, 200000)
   t.eq(first.code, "ENET", "code")
   t.eq(first.retryable, true, "a cut is retryable")
-  t.match(first.message, "^127%.0%.0%.1: connection cut after 200 kB of 600 kB$", "message")
+  t.match(first.message, "^127%.0%.0%.1: connection cut after 200 KB of 600 KB$", "message")
   t.eq(read_state(partial).ranges[1].done, 200000, "state records them")
 
   local second = fetch { url = url, partial = partial }
@@ -419,7 +419,7 @@ test("more bytes announced than free space: ESPACE before any body byte is writt
   t.eq(r.ok, false, "fails")
   t.eq(r.code, "ESPACE", "code")
   t.eq(r.retryable, false, "not retryable")
-  t.match(r.message, "^need 1 PB, [%d.]+ [kMGTP]?B free on " .. dir:gsub("%p", "%%%0") .. "$", "message")
+  t.match(r.message, "^need 1 PB, [%d.]+ [KMGTP]?B free on " .. dir:gsub("%p", "%%%0") .. "$", "message")
   t.eq(#t.tree(dir), 0, "nothing written")
 end)
 
@@ -448,7 +448,7 @@ test("the storage check counts what the session's other downloads still have to 
   local tb = s:add { url = url_b, partial = dir .. "/b.bin" }
   local rb = drive(s, { tb })[1]
   t.eq(rb.code, "ESPACE", "the second is refused: the first still has most of its bytes to come")
-  t.match(rb.message, "of which [%d.]+ [kMGTP]?B is still to come for 1 other download$", "message")
+  t.match(rb.message, "of which [%d.]+ [KMGTP]?B is still to come for 1 other download$", "message")
   t.eq(size_of(dir .. "/b.bin") or 0, 0, "nothing of it written")
   tb:close()
   ta:cancel()
@@ -795,7 +795,7 @@ test("memory transfers keep the body; over the cap is an error; HEAD has no body
   local big = fx.put("big.json", string.rep("x", 5000))
   local over = fetch { url = big, memory = 1000 }
   t.eq(over.ok, false, "over the cap")
-  t.match(over.message, "larger than 1 kB", "message")
+  t.match(over.message, "larger than 1 KB", "message")
   local head = fetch { url = big, head = true }
   t.eq(head.ok, true, "HEAD ok")
   t.eq(head.bytes, 5000, "size from Content-Length")
