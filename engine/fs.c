@@ -110,7 +110,7 @@ static int fs_stat(lua_State *L) {
   int follow = lua_toboolean(L, 2);
   struct stat st;
   if ((follow ? stat(path, &st) : lstat(path, &st)) != 0) return mg_fail_errno(L, errno, "%s", path);
-  lua_createtable(L, 0, 4);
+  lua_createtable(L, 0, 6);
   const char *type = S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "dir" : S_ISLNK(st.st_mode) ? "link" : "other";
   lua_pushstring(L, type);
   lua_setfield(L, -2, "type");
@@ -122,6 +122,8 @@ static int fs_stat(lua_State *L) {
   lua_setfield(L, -2, "mtime");
   lua_pushinteger(L, (lua_Integer)st.st_blocks * 512);
   lua_setfield(L, -2, "disk");
+  lua_pushinteger(L, (lua_Integer)st.st_ino);
+  lua_setfield(L, -2, "ino");
   return 1;
 }
 

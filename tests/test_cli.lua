@@ -516,6 +516,45 @@ test("verify after a flipped byte: exit 4 naming the model and the file; ls and 
   t.match(t.status(mg(store, { "ls" }), 0, "ls empty").stdout, "no models installed", "ls after rm")
 end)
 
+test("verify while another process replaces or removes a model: no failure for an intact one", function()
+  local ng = servers.nginx()
+  local url = ng.put("cli/swap.gguf", gguf(256 * KiB))
+  local store = t.tmpdir("swap")
+  t.status(mg(store, { "pull", url, "-q" }), 0, "pull swap")
+  t.status(mg(store, { "import", store .. "/models/llamacpp/swap", "--id", "gone", "--framework", "llamacpp" }), 0,
+    "import gone")
+  -- Each verify waits (tests/fixtures/diskfault.c) at the open of a model's file, its manifest
+  -- read and the file's size checked; meanwhile another command changes the model.
+  local function verify_around(file, change)
+    local dir = t.tmpdir("pause")
+    local bg = t.spawn({ "--store", store, "verify" }, { stdout = dir .. "/out",
+      env = t.fault_env { PAUSE_AT_OPEN = file, PAUSE_DIR = dir } })
+    t.ok(t.wait(function() return t.exists(dir .. "/paused") end, 20), "verify reached " .. file)
+    change()
+    t.write(dir .. "/go", "")
+    t.ok(t.wait(bg.status, 20), "verify ended")
+    return bg.status(), t.read(dir .. "/out"), t.read(bg.stderr)
+  end
+  -- A forced pull puts a new version in place (the server's file changed, the same size).
+  local newer = gguf(256 * KiB):sub(1, -2) .. "!"
+  local status, out, err = verify_around("/models/llamacpp/swap/swap.gguf", function()
+    ng.put("cli/swap.gguf", newer)
+    t.status(mg(store, { "pull", url, "-q", "--force" }), 0, "forced pull meanwhile")
+  end)
+  t.eq(t.sha256_file(store .. "/models/llamacpp/swap/swap.gguf"), t.sha256(newer), "the new version is in place")
+  t.eq(err, "", "nothing on stderr")
+  t.eq(status, 0, "verify exits 0")
+  t.match(out, "ok +swap\n", "the model in place is verified")
+  t.match(out, "ok +gone\n", "the other one too")
+  -- rm takes a model away: it is no longer installed, not failed.
+  status, out, err = verify_around("/models/llamacpp/gone/swap.gguf", function()
+    t.status(mg(store, { "rm", "gone" }), 0, "rm meanwhile")
+  end)
+  t.eq(err, "", "nothing on stderr")
+  t.eq(status, 0, "verify exits 0")
+  t.eq(out, "ok      swap\n", "only the model still installed")
+end)
+
 test("rm killed part-way leaves no half model in the store, and the next rm clears what it left", function()
   local dir = t.tmpdir("rm-clone")
   t.write(dir .. "/model.gguf", gguf(64 * KiB))

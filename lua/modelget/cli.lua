@@ -702,12 +702,11 @@ command("verify", {
 })
 
 -- Verified at install; still the same sizes now? (verify re-hashes; ls stays quick on big models)
-local function intact(m)
-  for _, f in ipairs(m.files or {}) do
-    local st = core.stat(m.path .. "/" .. f.path)
-    if not st or st.type ~= "file" or st.size ~= f.size then return false end
-  end
-  return true
+-- "ok", "changed", or nil for a model another process removed meanwhile (one it replaced is
+-- looked at as it is now).
+local function state_of(m)
+  local bad = require("modelget.store").check_installed(m.path, false)
+  return bad and (#bad == 0 and "ok" or "changed")
 end
 
 command("ls", {
@@ -722,18 +721,20 @@ command("ls", {
       json_lines(list, "installed")
       return 0
     end
-    if #list == 0 then
+    local rows, total = { { "ID", "FRAMEWORK", "SIZE", "STATE", "PATH" } }, 0
+    for _, m in ipairs(list) do
+      local state = state_of(m)
+      if state then
+        total = total + (m.bytes or 0)
+        rows[#rows + 1] = { m.id, m.framework or "", progress.bytes(m.bytes), state, m.path or "" }
+      end
+    end
+    if #rows == 1 then
       printf("no models installed in %s", mg.store_root(ctx.opts))
       return 0
     end
-    local rows, total = { { "ID", "FRAMEWORK", "SIZE", "STATE", "PATH" } }, 0
-    for _, m in ipairs(list) do
-      total = total + (m.bytes or 0)
-      local state = intact(m) and "ok" or "changed"
-      rows[#rows + 1] = { m.id, m.framework or "", progress.bytes(m.bytes), state, m.path or "" }
-    end
     columns(rows)
-    printf("%d model%s, %s in %s", #list, #list == 1 and "" or "s", progress.bytes(total), mg.store_root(ctx.opts))
+    printf("%d model%s, %s in %s", #rows - 1, #rows == 2 and "" or "s", progress.bytes(total), mg.store_root(ctx.opts))
     printf("ok: verified at install, sizes unchanged (modelget verify re-hashes every file)")
     return 0
   end,

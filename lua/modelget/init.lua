@@ -422,13 +422,20 @@ function modelget.verify(ids, opts)
   local catalog = #all > 0 and modelget.catalog(opts) or nil
   for _, m in ipairs(all) do
     if not wanted or wanted[m.id] then
-      local bad, berr, bcode = store.check(m.path, m.manifest, true)
-      if not bad then return nil, berr, bcode end -- Ctrl-C: no verdict on the rest
-      -- Intact, but not the version the catalog states now (a recipe updated since): outdated.
-      local e = catalog and catalog:get(m.id)
-      local outdated = e and pull.outdated(e, m.manifest) or nil
-      out[#out + 1] = { id = m.id, framework = m.framework, path = m.path, ok = #bad == 0, bad = bad,
-                        outdated = outdated }
+      -- Checked as it is in place: one another process replaces meanwhile is checked anew, one it
+      -- removes is no longer installed.
+      local bad, checked, bcode = store.check_installed(m.path, true)
+      if not bad and bcode then return nil, checked, bcode end -- Ctrl-C: no verdict on the rest
+      if not bad and wanted then
+        return util.fail("EUNKNOWN", "model '%s' is not installed: see 'modelget ls'", m.id)
+      end
+      if bad then
+        -- Intact, but not the version the catalog states now (a recipe updated since): outdated.
+        local e = catalog and catalog:get(m.id)
+        local outdated = e and pull.outdated(e, checked) or nil
+        out[#out + 1] = { id = m.id, framework = m.framework, path = m.path, ok = #bad == 0, bad = bad,
+                          outdated = outdated }
+      end
     end
   end
   return out

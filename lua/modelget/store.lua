@@ -425,6 +425,38 @@ function store.check(dir, manifest, rehash)
   return bad
 end
 
+-- store.check of the installed model in dir, whose manifest is read here. Another process may
+-- replace the model meanwhile (a forced or updated pull renames the new folder into place, then
+-- deletes the old one) or remove it (rm): files found missing or changed are a verdict only when the
+-- manifest in place is still the one checked against (the same file: each install writes a new one),
+-- else the model now in place is checked. -> bad, manifest (the one checked); nil when no model is
+-- there any more; nil, err, code (Ctrl-C).
+function store.check_installed(dir, rehash)
+  local absent = 0
+  for _ = 1, 20 do
+    -- Which manifest, before it is read: a model replaced in between is only checked once more.
+    local st = core.stat(dir .. "/" .. store.MANIFEST)
+    local m = st and store.read_manifest(dir)
+    if m then
+      local bad, err, code = store.check(dir, m, rehash)
+      if not bad then return nil, err, code end
+      local now = core.stat(dir .. "/" .. store.MANIFEST)
+      if #bad == 0 or (now and now.ino == st.ino) then return bad, m end
+    else
+      -- Gone: removed, or for an instant between a replacement's two renames.
+      absent = absent + 1
+      if absent > 5 then return nil end
+      core.sleep(0.01)
+    end
+  end
+  -- Replaced again and again while it was checked: what the last check found.
+  local m = store.read_manifest(dir)
+  if not m then return nil end
+  local bad, err, code = store.check(dir, m, rehash)
+  if not bad then return nil, err, code end
+  return bad, m
+end
+
 -- File-system steps (core.fs_start) run to their end here, as a job of one request: the way
 -- outside a scheduler.
 local function run_here(ops)
