@@ -273,10 +273,10 @@ static int fs_lock(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   size_t klen = 0;
   const char *key = luaL_optlstring(L, 2, NULL, &klen);
-  /* "shared": a probe of a whole-file lock (no key) — the file opened read-only, never created, and
-   * locked shared, so that probes never block one another: EBUSY only while an exclusive holder lives. */
+  /* "shared": a probe of a lock (of the whole file, or of a key) — the file opened read-only, never
+   * created, and locked shared, so that probes never block one another: EBUSY only while an
+   * exclusive holder lives. */
   int shared = lua_type(L, 3) == LUA_TSTRING && strcmp(lua_tostring(L, 3), "shared") == 0;
-  luaL_argcheck(L, !shared || !key, 3, "a shared lock is of a whole file (no key)");
   Lock *lk = lua_newuserdatauv(L, sizeof *lk, 0);
   int ud = lua_gettop(L);
   lk->fd = -1;
@@ -292,7 +292,7 @@ static int fs_lock(lua_State *L) {
 #ifdef F_OFD_SETLK
   if (ofd) {
     struct flock fl = { 0 };
-    fl.l_type = F_WRLCK;
+    fl.l_type = shared ? F_RDLCK : F_WRLCK;
     fl.l_whence = SEEK_SET;
     fl.l_start = key_offset(key, klen);
     fl.l_len = 1;

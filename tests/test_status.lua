@@ -72,6 +72,23 @@ test("status says of a stopped download what a pull resumes from: what its state
   t.eq(by.killed.completed, 900000, "completed: what is on disk")
 end)
 
+test("two status at once: neither takes the other's look at a stopped download for a pull", function()
+  local store = t.tmpdir("store-two-status")
+  t.write(store .. "/partial/other--idle/idle.bin.part", ("x"):rep(1000))
+  t.write(store .. "/partial/.locks", "") -- the pull that began it made the file of locks
+  -- One status stays (tests/fixtures/diskfault.c) just after it took its look at idle's lock.
+  local dir = t.tmpdir("pause")
+  local bg = t.spawn({ "status", "--store", store, "--json" }, { stdout = dir .. "/out",
+    env = t.fault_env { PAUSE_AFTER_LOCK = "/partial/.locks", PAUSE_DIR = dir } })
+  t.ok(t.wait(function() return t.exists(dir .. "/paused") end, 20), "the first status is looking")
+  local now = cjson.decode(status(store, true).stdout)
+  t.eq(now.active, false, "the other status: not downloading")
+  t.match(status(store).stdout, "idle%s+other%s+stopped", "the table says stopped")
+  t.write(dir .. "/go", "")
+  t.eq(t.wait(bg.status, 20), 0, "the first status ends")
+  t.eq(cjson.decode(t.read(dir .. "/out")).active, false, "and says stopped too")
+end)
+
 test("the command that resumes a URL's stopped pull gives back its --id, --name and --framework", function()
   local store = t.tmpdir("store-hint")
   local url = "https://127.0.0.1:9/files/big1.bin"

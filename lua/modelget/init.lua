@@ -445,11 +445,7 @@ end
 function modelget.partials(opts)
   local root = store.root(options(opts))
   local list = store.partials(root)
-  for _, p in ipairs(list) do
-    local lock, _, code = store.lock(root, p.id)
-    p.active = code == "EBUSY"
-    if lock then lock:close() end
-  end
+  for _, p in ipairs(list) do p.active = store.pulling(root, p.id) end
   return list
 end
 

@@ -55,6 +55,14 @@ function store.lock(root, id, wait)
   return lock
 end
 
+-- Whether a process holds id's lock (a pull, an rm, an import): a shared probe of it, which never
+-- blocks another probe (two `status` at once do not take each other for a pull).
+function store.pulling(root, id)
+  local probe, _, code = core.lock(root .. "/partial/.locks", id, "shared")
+  if probe then probe:close() end
+  return code == "EBUSY"
+end
+
 -- Pull processes (the command line's): partial/.pull-<pid>, locked for the process's life, and
 -- partial/.pull-<pid>.json, {"pid":, "ids": [...], "started":, "log":, "stopped": [...]}: ids are
 -- those it is still pulling (each goes when its pull ends), stopped those of them a stop request
