@@ -571,6 +571,36 @@ test("rm killed part-way leaves no half model in the store, and the next rm clea
   t.eq(#t.tree(store .. "/partial/.trash"), 0, "what the killed rm left is cleared")
 end)
 
+test("import killed part-way: rm clears the copy it left under partial/, and so does the next import", function()
+  local dir = t.tmpdir("import-clone")
+  t.write(dir .. "/model.gguf", gguf(64 * KiB))
+  for i = 1, 3 do t.write(dir .. "/side" .. i .. ".json", "{}") end
+  local store = t.tmpdir("import-killed")
+  -- Killed (SIGKILL) while it copies, as a closed terminal's hang-up would end it: its copy stays
+  -- (tests/fixtures/diskfault.c holds it at the open of a file it copied).
+  local function killed_import()
+    local pause = t.tmpdir("pause")
+    local bg = t.spawn({ "--store", store, "import", dir, "--id", "half", "--framework", "llamacpp" },
+      { env = t.fault_env { PAUSE_AT_OPEN = "/side2.json", PAUSE_DIR = pause } })
+    t.ok(t.wait(function() return t.exists(pause .. "/paused") end, 20), "the import is copying")
+    os.execute("kill -9 " .. bg.pid)
+    t.ok(t.wait(bg.status, 10), "killed")
+    t.ok(t.exists(store .. "/partial/llamacpp--half"), "its copy is left under partial/")
+  end
+  killed_import()
+  local r = t.status(mg(store, { "rm", "half" }), 0, "rm of the id")
+  t.match(r.stdout, "removed half", "says so")
+  t.ok(not t.exists(store .. "/partial/llamacpp--half"), "the copy is gone")
+  killed_import()
+  t.status(mg(store, { "import", dir, "--id", "half", "--framework", "llamacpp" }), 0, "the import again")
+  t.ok(not t.exists(store .. "/partial/llamacpp--half"), "nothing left under partial/")
+  killed_import()
+  t.status(mg(store, { "import", ONNX_MODEL:match("^(.*)/"), "--id", "half", "--framework", "llamacpp" }), 8,
+    "an import that fails (not a GGUF model)")
+  t.ok(not t.exists(store .. "/partial/llamacpp--half"), "the copy is cleared by it all the same")
+  t.eq(#t.tree(store .. "/models/llamacpp/half"), 5, "the model installed is the whole one")
+end)
+
 test("rm refuses a model that is being downloaded (exit 1), and says why", function()
   local ng = servers.nginx()
   local data = gguf(3 * MiB)

@@ -459,6 +459,12 @@ function modelget.remove(id, opts)
       if p.id == id then m = { id = id, framework = p.framework } end
     end
   end
+  if not m and util.valid_id(id) then
+    -- A partial folder with nothing to resume: what an import killed part-way left (its copy).
+    for _, r in ipairs(rules.list()) do
+      if core.stat(store.partial_dir(root, r.name, id)) then m = { id = id, framework = r.name } end
+    end
+  end
   if not m then return util.fail("EUNKNOWN", "model '%s' is not installed: see 'modelget ls'", id) end
   local lock, err, code = store.lock(root, id)
   if not lock then
@@ -523,8 +529,13 @@ function modelget.import_dir(dir, opts)
           rule.title or rule.name, path, dir)
       end
     end
-    local staging = store.partial_dir(root, entry.framework, entry.id) .. "/staging." .. core.getpid()
-    core.rmtree(staging)
+    local pdir = store.partial_dir(root, entry.framework, entry.id)
+    local staging = pdir .. "/staging." .. core.getpid()
+    -- A copy an import killed part-way left (ours to clear, we hold the lock), and an earlier one
+    -- of this pid's.
+    for _, name in ipairs(core.listdir(pdir) or {}) do
+      if name:match("^staging%.%d+$") then core.rmtree(pdir .. "/" .. name) end
+    end
     local ok, merr, mcode = core.mkdirs(staging)
     if not ok then return nil, merr, mcode end
     local files, total = {}, 0
