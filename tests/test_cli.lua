@@ -607,7 +607,7 @@ test("rm refuses a model that is being downloaded (exit 1), and says why", funct
   local url = ng.put("cli/busy.gguf", data)
   local store = t.tmpdir("busy")
   t.status(mg(store, { "pull", url, "-q" }), 0, "first pull")
-  t.spawn { "--store", store, "--cacert", servers.ca().cert, "pull", url, "--force", "-q", "--limit-rate", "200K" }
+  local puller = t.spawn { "--store", store, "--cacert", servers.ca().cert, "pull", url, "--force", "-q", "--limit-rate", "200K" }
   local partial = store .. "/partial/llamacpp--busy/busy.gguf.part"
   for _ = 1, 200 do
     local st = core.stat(partial)
@@ -617,8 +617,29 @@ test("rm refuses a model that is being downloaded (exit 1), and says why", funct
   t.ok(core.stat(partial), "the forced pull is under way")
   local r = t.status(mg(store, { "rm", "busy" }), 1, "rm while pulling")
   local line = one_error_line(r, "being downloaded")
+  t.match(line, "by another modelget process %(pid " .. puller.pid .. "%)", "names the pull's process")
   t.eq(select(2, line:gsub("wait", "")), 1, "the advice given once: " .. line)
   t.ok(t.exists(store .. "/models/llamacpp/busy/busy.gguf"), "the model is still there")
+end)
+
+test("rm of a model an import is copying: exit 1, in use (not 'being downloaded'), nothing removed", function()
+  local dir = t.tmpdir("busy-clone")
+  t.write(dir .. "/model.gguf", gguf(64 * KiB))
+  t.write(dir .. "/side.json", "{}")
+  local store = t.tmpdir("busy-import")
+  t.status(mg(store, { "import", dir, "--id", "held", "--framework", "llamacpp" }), 0, "first import")
+  local pause = t.tmpdir("pause")
+  local bg = t.spawn({ "--store", store, "import", dir, "--id", "held", "--framework", "llamacpp" },
+    { env = t.fault_env { PAUSE_AT_OPEN = "/side.json", PAUSE_DIR = pause } })
+  t.ok(t.wait(function() return t.exists(pause .. "/paused") end, 20), "the second import is copying")
+  local r = t.status(mg(store, { "rm", "held" }), 1, "rm meanwhile")
+  local line = one_error_line(r, "model 'held' is in use by another process %(a pull, rm or import of it%); "
+    .. "wait for that to end$")
+  t.eq(line:find("downloaded", 1, true), nil, "not called a download: " .. line)
+  t.write(pause .. "/go", "")
+  t.ok(t.wait(bg.status, 20), "the import ends")
+  t.ok(t.exists(store .. "/models/llamacpp/held/model.gguf"), "the model is still there")
+  t.status(mg(store, { "rm", "held" }), 0, "rm once the import is done")
 end)
 
 -- Custom URLs and local folders ---------------------------------------------------------------------------

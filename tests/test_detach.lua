@@ -68,8 +68,8 @@ test("pull --detach says in the foreground what a pull would refuse before any d
   local held = assert(core.lock(store .. "/partial/.locks", "nofw"))
   r = t.status(pull { url, "--framework", "other" }, 1, "a model being pulled elsewhere")
   held:close()
-  t.match(r.stderr, "model 'nofw' is being downloaded by another modelget process; wait for that pull to end, "
-    .. "or stop it first\n$", "says why, and what to do")
+  t.match(r.stderr, "model 'nofw' is in use by another process %(a pull, rm or import of it%); wait for that to end\n$",
+    "says why, and what to do")
   t.ok(not t.exists(store .. "/logs"), "no background process, no log")
   t.eq(#fx.requests("/f/nofw.bin"), 0, "nothing asked of the server")
 end)

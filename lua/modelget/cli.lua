@@ -262,7 +262,7 @@ local function has_hint(message)
   return names_command(message) or message:find("see '") or message:find("; run ") or message:find("pass %-%-")
     or message:find("; use ") or message:find("set HF_TOKEN", 1, true) or message:find("set KAGGLE_USERNAME", 1, true)
     or message:find("asks for a login: add", 1, true) or message:find(" was refused: check it", 1, true)
-    or message:find("sent past a redirect to another host", 1, true)
+    or message:find("sent past a redirect to another host", 1, true) or message:find("; wait for that", 1, true)
 end
 
 -- Reports a failure: one line on stderr (and an "error" event with --json); returns the status.

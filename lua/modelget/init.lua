@@ -466,11 +466,8 @@ function modelget.remove(id, opts)
     end
   end
   if not m then return util.fail("EUNKNOWN", "model '%s' is not installed: see 'modelget ls'", id) end
-  local lock, err, code = store.lock(root, id)
-  if not lock then
-    if code == "EBUSY" then return util.fail("EBUSY", "model '%s' is being downloaded", id) end
-    return nil, err, code
-  end
+  local lock, err, code = store.lock(root, id, store.LOCK_WAIT)
+  if not lock then return nil, err, code end
   -- Every folder of the id goes (an id is one model; a store from before that rule may hold two):
   -- first out of models/ in one rename, then deleted, so that a crash meanwhile leaves no half model.
   local ok, rerr, rcode = true, nil, nil
@@ -517,7 +514,7 @@ function modelget.import_dir(dir, opts)
   end
   local root = store.root(opts)
   local entry = { id = opts.id, framework = opts.framework, name = util.basename(dir), source = store.import_source(dir) }
-  local lock, lerr, lcode = store.lock(root, entry.id)
+  local lock, lerr, lcode = store.lock(root, entry.id, store.LOCK_WAIT)
   if not lock then return nil, lerr, lcode end
   local result, err, code = (function()
     local free, ferr, fcode = store.id_free(root, entry.id, entry.framework)

@@ -321,7 +321,7 @@ function pull.run(sched, entry, ctx)
   local root, opts, emit = ctx.root, ctx.opts, ctx.emit
   local rule = rules.get(entry.framework)
   -- Let go however the pull ends: returned, failed, or its task closed part-way.
-  local lock <close>, lerr, lcode = store.lock(root, entry.id, 0.5)
+  local lock <close>, lerr, lcode = store.lock(root, entry.id, store.LOCK_WAIT)
   if not lock then return nil, lerr, lcode end
 
   local result, err, code = (function()

@@ -29,9 +29,6 @@ function store.model_dir(root, framework, id) return root .. "/models/" .. frame
 function store.partial_dir(root, framework, id) return root .. "/partial/" .. framework .. "--" .. id end
 function store.registry_dir(root) return root .. "/registry" end
 
--- Held for the whole pull of one id; rm refuses while it is held. wait: seconds to keep trying
--- (someone looking, like `status`, holds it only for an instant). Every id's lock is a key of the
--- one file partial/.locks: no file to create per model.
 -- core.lock(path, key), tried again for up to wait seconds while another process holds it.
 function store.wait_lock(path, key, wait)
   local lock, lerr, lcode = core.lock(path, key)
@@ -43,16 +40,35 @@ function store.wait_lock(path, key, wait)
   return lock, lerr, lcode
 end
 
+-- How long rm, import and pull try for a lock held by someone else: `status` holds one for an instant.
+store.LOCK_WAIT = 0.5
+
+-- Held for the whole pull, rm or import of one id; the others refuse while it is held. wait:
+-- seconds to keep trying. Every id's lock is a key of the one file partial/.locks: no file to create
+-- per model.
 function store.lock(root, id, wait)
   local dir = root .. "/partial"
   local ok, err, code = core.mkdirs(dir)
   if not ok then return nil, err, code end
   local lock, lerr, lcode = store.wait_lock(dir .. "/.locks", id, wait)
   if not lock then
-    if lcode == "EBUSY" then return util.fail("EBUSY", "model '%s' is being downloaded by another modelget process", id) end
+    if lcode == "EBUSY" then return store.busy(root, id) end
     return nil, lerr, lcode
   end
   return lock
+end
+
+-- Why id's lock is held, as a failure: a pull of the command line's that lists it (by its pid), or
+-- else another process's pull, rm or import of it (an embedding app's pull is not registered).
+function store.busy(root, id)
+  for _, p in ipairs(store.running_pulls(root)) do
+    for _, pulled in ipairs(p.pid ~= core.getpid() and p.ids or {}) do
+      if pulled == id then
+        return util.fail("EBUSY", "model '%s' is being downloaded by another modelget process (pid %d)", id, p.pid)
+      end
+    end
+  end
+  return util.fail("EBUSY", "model '%s' is in use by another process (a pull, rm or import of it); wait for that to end", id)
 end
 
 -- Whether a process holds id's lock (a pull, an rm, an import): a shared probe of it, which never
