@@ -161,6 +161,16 @@ test("stall, announce, ignore_range, changed content, redirect and delay", funct
   t.eq(moved.headers["location"], fx.url_localhost .. "/f/faults-v2.bin", "location")
   fx.script("faults.bin", { { delay = 0.2 } })
   t.eq(curl(url).body, data, "a delayed answer")
+
+  -- A gate holds the answer until the test opens it (curl gives up first: nothing came).
+  fx.clear_log()
+  fx.script("faults.bin", { { gate = "faults gate", ["repeat"] = true } })
+  local held = curl(url, "--max-time", "1")
+  t.eq(held.status, 28, "curl: timeout while the gate is shut")
+  t.eq(held.body, "", "no byte before the gate opens")
+  fx.open_gate("faults gate")
+  t.eq(curl(url).body, data, "answered once the gate is open")
+  t.ok(t.wait(function() return #fx.requests("^/f/faults%.bin$") == 2 end, 10), "the held request answered then")
 end)
 
 test("the request log records method, path, query, headers, status and host", function()

@@ -31,12 +31,15 @@
 --         { content_type = "text/html" }  another Content-Type
 --         { content_length = "12abc" }    that Content-Length header text, the body as it would be
 --         { headers = {{name, value}…} }  more response headers (after the usual ones)
+--         { gate = NAME }                 no answer until open_gate(NAME) (at most 60 s): a request held
+--                                         until the test has seen what it waits for, not for a guessed time
 --         ["repeat"] = true               not taken: applies to every request until the script is replaced
 --         method = "GET"                  applies only to (and is taken only by) requests of that method
 --   requests(pattern) -> logged requests whose path matches the Lua pattern (all when nil), oldest first:
 --       { method=, path=, query=, headers = {lower-case names}, status=, host= (Host header), scheme=, time= }
 --       A request is logged before its response is sent.
 --   clear_log(), errors() -> the server's stderr ("" unless the server has a bug)
+--   open_gate(name)             the requests held by { gate = name } are answered (and later ones pass)
 --   hub_put(repo, path, data)   ROOT/hub/<org>/<repo>/<path>; the Hub is at HF_ENDPOINT = url
 --   hub_gate(repo, token|nil)   401 without "Authorization: Bearer <token>", 403 with another; nil opens it
 --   hub_lie(repo[, false])      X-Linked-Etag (and the redirect's ETag) state a wrong sha256
@@ -226,6 +229,12 @@ local function start_fixture(name)
   end
 
   function s.clear_log() io.open(log, "w"):close() end
+
+  -- Lets the requests a { gate = name } behaviour holds go on (ROOT/gates/<name>, as server.py quotes it).
+  function s.open_gate(name)
+    local quoted = name:gsub("[^%w_.~-]", function(c) return string.format("%%%02X", c:byte()) end)
+    t.write(root .. "/gates/" .. quoted, "open")
+  end
 
   -- What the server wrote to stderr: empty unless the server itself has a bug.
   function s.errors() return t.read(root .. "/server.err") or "" end
