@@ -375,12 +375,29 @@ test("two split pulls at once where only one fits: the second is refused before 
   local fx = servers.fixture()
   local a, b = t.bytes(3000000, 98), t.bytes(3000000, 99)
   local url_a, url_b = fx.put("splitpair-a.bin", a), fx.put("splitpair-b.bin", b)
+  -- Both HEADs answered at once, every segment held until the second pull has been checked: the
+  -- first split holds its whole 3 MB then, however late the second's HEAD comes (a pace set with
+  -- --limit-rate was a guess: a HEAD a quarter of a second late found the first split all but done).
+  for _, name in ipairs { "splitpair-a.bin", "splitpair-b.bin" } do
+    fx.script(name, { { method = "GET", gate = "splitpair", ["repeat"] = true } })
+  end
   local store = t.tmpdir("splitpair")
+  local out = t.tmpdir("splitpair-out") .. "/events"
   -- 5 MB "free" (the shim keeps saying so: what is written does not lower it): room for one 3 MB file.
-  local env = t.fault_env { FREE_BYTES = "5000000" }
-  local r = t.status(pull(store, { url_a, url_b, "-x", "4", "-j", "2", "--limit-rate", "4M", "-q" }, { env = env }), 5,
-    "pull of both, slowly enough to overlap")
-  t.match(r.stderr, "need 3 MB, 5 MB free on .*, of which [%d.]+ [KM]B is still to come for 1 other download", "counts the other split")
+  local bg = t.spawn({ "pull", url_a, url_b, "--store", store, "--cacert", servers.ca().cert, "--framework", "other",
+                       "-x", "4", "-j", "2", "--json" }, { stdout = out, env = t.fault_env { FREE_BYTES = "5000000" } })
+  -- The second one checked: refused (an error event), or (broken) its segments under way too.
+  local function checked()
+    local text = t.read(out) or ""
+    return text:find('"event":"error"', 1, true)
+      or (text:find('"file":"splitpair%-a%.bin"') and text:find('"file":"splitpair%-b%.bin"'))
+  end
+  t.wait(checked, 30)
+  fx.open_gate("splitpair")
+  t.ok(t.wait(bg.status, 30), "the pull ended")
+  t.eq(bg.status(), 5, "exit status")
+  t.match(t.read(bg.stderr) or "", "need 3 MB, 5 MB free on .*, of which 3 MB is still to come for 1 other download",
+    "counts the other split: all of it, as none of its segments has begun")
   local installed_n = 0
   for _, id in ipairs { "splitpair-a", "splitpair-b" } do
     if t.exists(installed(store, id)) then installed_n = installed_n + 1 end
@@ -392,13 +409,26 @@ test("a split's held space counts what its ranges have written: a download check
   local fx = servers.fixture()
   local a, b = t.bytes(6000000, 100), t.bytes(1000000, 101)
   local url_a, url_b = fx.put("held-a.bin", a), fx.put("held-b.bin", b)
-  -- b's HEAD comes 3 s late: by then about half of a (at 1 MB/s) is written, and none of its ranges is in.
-  fx.script("held-b.bin", { { method = "HEAD", delay = 3 } })
+  -- b's HEAD held until a's plan says its ranges hold 1 MiB (none of them is in): b is checked while
+  -- a is under way, whatever the machine's pace (a fixed 3 s delay left that to the timing).
+  fx.script("held-b.bin", { { method = "HEAD", gate = "held-b" } })
   local store = t.tmpdir("held")
   -- 6.5 MB "free" (the shim keeps saying so): a's 6 MB counted whole would leave no room for b.
-  local env = t.fault_env { FREE_BYTES = "6500000" }
-  t.status(pull(store, { url_a, url_b, "-x", "4", "-j", "2", "--limit-rate", "1M", "-q" }, { env = env }), 0,
-    "both pulled")
+  local out = t.tmpdir("held-out") .. "/events"
+  local bg = t.spawn({ "pull", url_a, url_b, "--store", store, "--cacert", servers.ca().cert, "--framework", "other",
+                       "-x", "4", "-j", "2", "--limit-rate", "2M", "--json" },
+                     { stdout = out, env = t.fault_env { FREE_BYTES = "6500000" } })
+  t.ok(t.wait(function() return segment_bytes(store, "held-a") >= 1 * MiB end, 30), "a's ranges are filling")
+  fx.open_gate("held-b")
+  t.ok(t.wait(bg.status, 30), "the pull ended")
+  t.eq(bg.status(), 0, "both pulled: " .. (t.read(bg.stderr) or ""))
   t.eq(t.sha256_file(installed(store, "held-a")), t.sha256(a), "a")
   t.eq(t.sha256_file(installed(store, "held-b")), t.sha256(b), "b")
+  -- Not a check made once a was done: b had bytes in before a's ranges were all in (its hash event).
+  local b_moving, a_hashed
+  for i, ev in ipairs(t.events(t.read(out) or "")) do
+    if ev.file == "held-b.bin" and ev.event == "progress" and ev.completed > 0 then b_moving = b_moving or i end
+    if ev.file == "held-a.bin" and ev.event == "hash" then a_hashed = i end
+  end
+  t.ok(b_moving and a_hashed and b_moving < a_hashed, "b came while a's ranges were still coming")
 end)
