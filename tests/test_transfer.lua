@@ -722,10 +722,14 @@ test("a transfer cancelled while its last bytes wait for a busy pool: cancel ret
     t.eq(os.execute("mkfifo " .. t.shquote(fifos[i])), true, "mkfifo")
     jobs[i] = core.fs_start { { "sha256", fifos[i] } }
   end
-  -- Released from another process in 3 s: a cancel that waited for the workers would take that long.
+  -- Released from another process once the test has seen the cancel (the file go), or after 10 s
+  -- at the latest: a cancel that waited for the workers would take that long, rather than hang. (A
+  -- release after a fixed 3 s came too early for a slow start: the worker free before the cancel.)
   local names = {}
   for i = 1, 4 do names[i] = t.shquote(fifos[i]) end
-  os.execute("(sleep 3; for f in " .. table.concat(names, " ") .. "; do : > \"$f\"; done) >/dev/null 2>&1 &")
+  local go = dir .. "/go"
+  os.execute(string.format("(i=0; while [ ! -e %s ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; "
+    .. "for f in %s; do : > \"$f\"; done) >/dev/null 2>&1 &", t.shquote(go), table.concat(names, " ")))
   local s = session { jobs = 2 }
   local data = t.bytes(50000, 17)
   local tr = s:add { url = ng.put("busypool/small.bin", data), partial = dir .. "/small.part" }
@@ -735,6 +739,7 @@ test("a transfer cancelled while its last bytes wait for a busy pool: cancel ret
   tr:cancel()
   t.ok(core.now() - t0 < 1, "cancel does not wait for the busy pool")
   t.eq(#s:finished(), 0, "not finished while its worker has not run")
+  t.write(go, "")
   for i = 1, 4 do
     t.eq(jobs[i]:result(), true, "the blocked job " .. i .. " ends")
     jobs[i]:close()
