@@ -77,7 +77,10 @@ local function progress_around_pause(id, size, seed, sched_opts)
     end
     sched:pause(id)
     phase = "paused"
-    sched:sleep(1.25)
+    -- Paused until three ticks' events have come (not for a fixed 1.25 s: a loaded machine may tick
+    -- fewer times in it); 10 s without them, and the count below says so.
+    local until_t = core.now() + 10
+    while #seen.paused < 3 and core.now() < until_t do sched:sleep(0.05) end
     phase = "after"
     sched:resume(id)
   end)
