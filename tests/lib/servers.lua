@@ -8,7 +8,8 @@
 --   url = "https://127.0.0.1:P" (HTTP/2 and HTTP/1.1), url_localhost, http_url = "http://127.0.0.1:P2",
 --   port, http_port, root (the docroot), prefix,
 --   put(name, data) -> url .. "/" .. name          (name may hold folders; written atomically)
---   log() -> { {method=, path=, status=, range= (nil when none), bytes=, protocol=, host=}… } oldest first
+--   log([ready]) -> { {method=, path=, status=, range= (nil when none), bytes=, protocol=, host=}… } oldest first
+--       (ready(entries): waits, 10 s at most, until it returns true: the requests the test made are in)
 --
 -- servers.fixture() -> tests/fixtures/server.py: Range and validators, scripted faults, a fixture Hub.
 --   (servers.other_fixture() -> a second one, the same in every way but its ports and root.)
@@ -149,15 +150,7 @@ servers.nginx = once(function()
     put_file(docroot .. "/" .. name, data)
     return s.url .. "/" .. url_path(name)
   end
-  -- nginx writes a request's line just after the response's last byte: wait for the log to settle.
-  function s.log()
-    local file, text = prefix .. "/access.log", nil
-    for _ = 1, 40 do
-      local now = t.read(file) or ""
-      if now == text then break end
-      text = now
-      core.sleep(0.05)
-    end
+  local function entries(file)
     local out = {}
     for _, e in ipairs(read_json_lines(file)) do
       out[#out + 1] = { method = e.method, path = e.path, status = e.status,
@@ -165,6 +158,24 @@ servers.nginx = once(function()
                         host = e.host }
     end
     return out
+  end
+  -- nginx writes a request's line just after the response's last byte, so a client may be done
+  -- before it is: with ready, wait until the lines the test looks for are in (a worker slowed by
+  -- the machine's load can write it long after); without, until the log has settled.
+  function s.log(ready)
+    local file, text = prefix .. "/access.log", nil
+    if ready then
+      local out
+      t.wait(function() out = entries(file); return ready(out) end, 10)
+      return out
+    end
+    for _ = 1, 40 do
+      local now = t.read(file) or ""
+      if now == text then break end
+      text = now
+      core.sleep(0.05)
+    end
+    return entries(file)
   end
   return s
 end)
