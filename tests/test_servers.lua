@@ -175,6 +175,12 @@ test("stall, announce, ignore_range, changed content, redirect and delay", funct
   fx.open_gate("faults gate")
   t.eq(curl(url).body, data, "answered once the gate is open")
   t.ok(t.wait(function() return #fx.requests("^/f/faults%.bin$") == 2 end, 10), "the held request answered then")
+  -- With a stall, the bytes before it come at once; the gate ends the stall.
+  fx.script("faults.bin", { { stall = 1000, gate = "faults stall" } })
+  local stalled_gate = curl(url, "--max-time", "1")
+  t.eq(stalled_gate.status, 28, "curl: timeout while stalled at the gate")
+  t.eq(stalled_gate.body, data:sub(1, 1000), "the bytes before the stall")
+  fx.open_gate("faults stall")
 end)
 
 test("the request log records method, path, query, headers, status and host", function()

@@ -34,6 +34,7 @@
 --         { headers = {{name, value}…} }  more response headers (after the usual ones)
 --         { gate = NAME }                 no answer until open_gate(NAME) (at most 60 s): a request held
 --                                         until the test has seen what it waits for, not for a guessed time
+--         { stall = N, gate = NAME }      N body bytes, then nothing until open_gate(NAME), then closed
 --         ["repeat"] = true               not taken: applies to every request until the script is replaced
 --         method = "GET"                  applies only to (and is taken only by) requests of that method
 --   requests(pattern) -> logged requests whose path matches the Lua pattern (all when nil), oldest first:
