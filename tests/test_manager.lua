@@ -193,8 +193,12 @@ test("a cancel stops the pulls running then: a later pull of the id in the same 
   local down = fx.put("backoff.bin", t.bytes(1000, 46))
   fx.script("backoff.bin", { { status = 503, ["repeat"] = true } })
   local store = t.tmpdir("store-recancel")
+  local backing_off = false -- the backoff pull's retry event: it waits out its 8 s from there
   local sched = modelget.scheduler { store = store, cacert = servers.ca().cert, framework = "other",
-                                     limit_rate = "800K", retry_wait = 8 }
+                                     limit_rate = "800K", retry_wait = 8,
+                                     on_event = function(ev)
+                                       if ev.event == "retry" and ev.id == "backoff" then backing_off = true end
+                                     end }
   local part = store .. "/partial/other--recancel/recancel.bin.part"
   local first, second, waited, backoff = nil, nil, nil, nil
   t.eq(sched:cancel("recancel"), 0, "a cancel with nothing running touches nothing")
@@ -215,7 +219,10 @@ test("a cancel stops the pulls running then: a later pull of the id in the same 
     waited = core.now() - started
   end)
   sched:spawn(function()
-    sched:sleep(1)
+    -- Cancelled once in its backoff (its 503 seen), not after a fixed 1 s: a slow first answer
+    -- made that a cancel of the request, not of the wait.
+    local deadline = core.now() + 30
+    while not backing_off and core.now() < deadline do sched:sleep(0.05) end
     sched:cancel("backoff")
   end)
   sched:run()
@@ -223,6 +230,7 @@ test("a cancel stops the pulls running then: a later pull of the id in the same 
   t.eq(first[3], "ECANCEL", "the pull running at the cancel stops")
   t.ok(second[1], "the pull after it, in the same scheduler, completes: " .. tostring(second[2]))
   t.eq(t.sha256_file(second[1].path .. "/recancel.bin"), t.sha256(data), "bytes")
+  t.ok(backing_off, "the backoff pull got its 503 and waited")
   t.eq(backoff[3], "ECANCEL", "a pull waiting out its backoff is cancelled")
   t.ok(waited < 4, "at once, not after the 8 s backoff: " .. waited)
   t.match(backoff[2], "cancelled before any data arrived", "and says nothing was kept")
