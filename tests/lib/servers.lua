@@ -103,9 +103,10 @@ end
 
 local function read_json(text) return integers(cjson.decode(text)) end
 
+-- Whole lines only: a line the server is appending just then is read at the next look.
 local function read_json_lines(path)
   local out = {}
-  for line in (t.read(path) or ""):gmatch("[^\n]+") do out[#out + 1] = read_json(line) end
+  for line in (t.read(path) or ""):gmatch("([^\n]+)\n") do out[#out + 1] = read_json(line) end
   return out
 end
 
