@@ -369,11 +369,13 @@ static void shown_value(const char *v, char *out, size_t outsz) {
 }
 
 /* A Content-Length value: one number, or a list of one number said again ("42, 42", as proxies merge
- * a repeated header; RFC 9110 8.6 lets it pass). -1 otherwise. */
+ * a repeated header; RFC 9110 8.6 lets it pass; empty items are no items, 5.6.1). -1 otherwise. */
 static int64_t parse_length_list(const char *v) {
   int64_t len = -1;
   for (;;) {
     while (*v == ' ' || *v == '\t') v++;
+    if (*v == ',') { v++; continue; }
+    if (!*v) return len;
     char *end;
     errno = 0;
     if (*v < '0' || *v > '9') return -1;
@@ -395,6 +397,8 @@ static int content_length_of(const Headers *h, int64_t *len, char *why, size_t w
   const char *first = NULL;
   char a[40], b[40];
   *len = -1;
+  /* A chunked body's chunks say where it ends; its Content-Length is ignored (RFC 9112 6.1), as libcurl does. */
+  if (hdr_get(h, "transfer-encoding")) return 1;
   for (size_t i = 0; i < h->len;) {
     const char *n = h->buf + i, *v = n + strlen(n) + 1;
     i = (size_t)(v - h->buf) + strlen(v) + 1;
@@ -1010,14 +1014,16 @@ static const char *space_where(const char *space_path, const char *partial, char
 }
 
 /* A 2xx of another status than 206 is judged by its Content-Range (as wget does) when that is a
- * valid range and the body announced is as long: a proxy that turns a 206 into a 200 still sends
- * that part of the file, which taken as the whole file would be installed as the model. */
+ * valid range of part of the file and the body announced is as long: a proxy that turns a 206 into
+ * a 200 still sends that part of the file, which taken as the whole file would be installed as the
+ * model. A body of no announced length, or a range of the whole file, is a whole file's 200. */
 static int range_in_2xx(const Headers *h, int64_t clen) {
   uint64_t start = 0, end = 0;
   int64_t total = -1;
-  if (parse_content_range(hdr_get(h, "content-range"), &start, &end, &total) != 0) return 0;
+  if (clen < 0 || parse_content_range(hdr_get(h, "content-range"), &start, &end, &total) != 0) return 0;
   if (end < start || (total >= 0 && end >= (uint64_t)total)) return 0;
-  return clen < 0 || (uint64_t)clen == end - start + 1;
+  if (start == 0 && total >= 0 && end + 1 == (uint64_t)total) return 0;
+  return (uint64_t)clen == end - start + 1;
 }
 
 /* A final 2xx response for a partial file: choose append or restart, check space, open the file. */

@@ -160,6 +160,19 @@ test("a resume answered 200 with a Content-Range (a proxy that rewrote the 206):
     t.status(pull(other, { url, "--framework", "other", "-q" }), 0, "a 200 with " .. bogus)
     t.eq(t.sha256_file(installed(other, "other", "range200", "range200.bin")), t.sha256(data), "bytes, " .. bogus)
   end
+  -- Nor one beside a body of no announced length (chunked): its chunks say where it ends.
+  fx.script("range200.bin", { { chunked = true, headers = { { "Content-Range", "bytes 0-999/1000" } } } })
+  local chunked = store_dir("range200-chunked")
+  t.status(pull(chunked, { url, "--framework", "other", "--retries", "1", "-q" }), 0, "a chunked 200 with a stale range")
+  t.eq(t.sha256_file(installed(chunked, "other", "range200", "range200.bin")), t.sha256(data), "bytes, chunked")
+  -- A resume answered with the whole file, labelled as the whole range: the file restarts in place.
+  local whole = "bytes 0-" .. (#data - 1) .. "/" .. #data
+  fx.script("range200.bin", { { cut = 1000000 }, { ignore_range = true, headers = { { "Content-Range", whole } } } })
+  fx.clear_log()
+  local again = store_dir("range200-whole")
+  t.status(pull(again, { url, "--framework", "other", "--retries", "2", "-q" }), 0, "a whole file's 200 on a resume")
+  t.eq(t.sha256_file(installed(again, "other", "range200", "range200.bin")), t.sha256(data), "bytes, whole range")
+  t.eq(#fx.requests("/f/range200.bin"), 2, "taken in the second request")
 end)
 
 test("a malformed or twice-said Content-Length: that URL is refused, naming it, and no short file is installed", function()
@@ -181,6 +194,14 @@ test("a malformed or twice-said Content-Length: that URL is refused, naming it, 
   fx.script("badlength.bin", { { content_length = "300000, 300000" } })
   t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "the same length twice")
   t.eq(t.sha256_file(installed(store, "other", "badlength", "badlength.bin")), t.sha256(data), "bytes")
+  -- Empty items of the list are no items (RFC 9110 5.6.1).
+  fx.script("badlength.bin", { { content_length = "300000, ,300000," } })
+  t.status(pull(store, { url, "--id", "b3", "--framework", "other", "--retries", "1", "-q" }), 0, "empty items")
+  t.eq(t.sha256_file(installed(store, "other", "b3", "badlength.bin")), t.sha256(data), "bytes, empty items")
+  -- A chunked body says where it ends: a Content-Length beside it is passed over, as libcurl passes it.
+  fx.script("badlength.bin", { { chunked = true, headers = { { "Content-Length", "1000, 12abc" } } } })
+  t.status(pull(store, { url, "--id", "b4", "--framework", "other", "--retries", "1", "-q" }), 0, "chunked")
+  t.eq(t.sha256_file(installed(store, "other", "b4", "badlength.bin")), t.sha256(data), "bytes, chunked")
   local good = fx.put("goodlength.bin", data)
   fx.script("badlength.bin", { { content_length = "12abc", ["repeat"] = true } })
   t.status(pull(store, { url, "--id", "b2", "--framework", "other", "--alt", good, "-q" }), 0, "the alternative")
