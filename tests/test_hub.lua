@@ -241,4 +241,14 @@ test("auth.require names what to set, and never the credential", function()
   t.match(auth.hint("https://example.com/x", {}), ", and pull with %-%-auth %(a recipe: auth = true%)$",
     "a model not marked as needing a login: how to mark it")
   t.eq(auth.hint("https://example.com/x", {}, true, 403), nil, "a 403 is no login's matter")
+  -- Past a redirect to the Hub or Kaggle: that service's credential, never a netrc line (the Hub and
+  -- Kaggle take none); one host's two ports are told apart by their ports.
+  local henv = { HOME = home, HF_ENDPOINT = "http://127.0.0.1:18432" }
+  local past = auth.hint("http://127.0.0.1:18431/r", henv, nil, 401, "http://127.0.0.1:18432/org/m/resolve/main/m.gguf?sig=S")
+  t.match(past, "^127%.0%.0%.1:18432, where 127%.0%.0%.1:18431 redirected, asks for a login", "the ports named")
+  t.match(past, "pull http://127%.0%.0%.1:18432/org/m/resolve/main/m%.gguf itself, and set HF_TOKEN", "the Hub's token")
+  t.nomatch(past, "netrc", "no netrc line for the Hub")
+  past = auth.hint("https://example.com/m", { HOME = home }, nil, 401, "https://www.kaggle.com/api/v1/m/download")
+  t.match(past, "^www%.kaggle%.com, where example%.com redirected, .* itself, and set KAGGLE_USERNAME", "Kaggle's key")
+  t.nomatch(past, "netrc", "no netrc line for Kaggle")
 end)

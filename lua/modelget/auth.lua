@@ -201,12 +201,19 @@ local function redirected_hint(url, where, env, status)
   local us, uh, up = util.origin(u)
   local ws, wh, wp = util.origin(w)
   if us == ws and uh:lower() == wh:lower() and up == wp then return nil end
-  local from = string.format("%s, where %s redirected,", wh, uh)
+  -- One host's two ports are told apart by their ports.
+  local same_host = uh:lower() == wh:lower()
+  local from = string.format("%s, where %s redirected,", same_host and (wh .. ":" .. wp) or wh,
+    same_host and (uh .. ":" .. up) or uh)
   if status == 403 then return string.format("%s refused access; no credential is sent past a redirect to another host", from) end
   -- A query may be a signature (a presigned URL): never shown.
   local shown = util.shown_url(where):gsub("[?#].*$", "")
-  return string.format("%s asks for a login, and no login is sent past a redirect to another host: pull %s "
-    .. "itself, with 'machine %s login NAME password SECRET' in %s and --auth", from, shown, wh, auth.netrc_file(env))
+  local said = string.format("%s asks for a login, and no login is sent past a redirect to another host: pull %s itself",
+    from, shown)
+  -- The Hub or Kaggle takes its own credential there, never a netrc login.
+  local service = auth.service(where, env)
+  if service then return string.format("%s, and %s", said, auth.how(service, env)) end
+  return string.format("%s, with 'machine %s login NAME password SECRET' in %s and --auth", said, wh, auth.netrc_file(env))
 end
 
 -- What to tell a user whose request to url was refused (401/403), or nil when no credential of ours
