@@ -357,12 +357,13 @@ function store.from_url(e) return e.source == "command line" end
 function store.import_source(dir) return "import " .. dir end
 function store.from_import(e) return type(e.source) == "string" and e.source:sub(1, 7) == "import " end
 
+-- The manifest of the model in dir, and its text; nil when there is none (or it is not one).
 function store.read_manifest(dir)
   local text = util.read_file(dir .. "/" .. store.MANIFEST)
   if not text then return nil end
   local m = util.json_decode(text, dir .. "/" .. store.MANIFEST)
   if type(m) ~= "table" or type(m.files) ~= "table" then return nil end
-  return m
+  return m, text
 end
 
 -- Every installed model, from the manifests: {{id=, framework=, path=, bytes=, files=, manifest=}…}.
@@ -456,21 +457,26 @@ end
 -- else the model now in place is checked. -> bad, manifest (the one checked); nil when no model is
 -- there any more; nil, err, code (Ctrl-C).
 function store.check_installed(dir, rehash)
-  local absent = 0
-  for _ = 1, 20 do
+  local path = dir .. "/" .. store.MANIFEST
+  local absent, replaced = 0, 0
+  while replaced < 20 do
     -- Which manifest, before it is read: a model replaced in between is only checked once more.
-    local st = core.stat(dir .. "/" .. store.MANIFEST)
-    local m = st and store.read_manifest(dir)
+    local st = core.stat(path)
+    local m, text
+    if st then m, text = store.read_manifest(dir) end
     if m then
       local bad, err, code = store.check(dir, m, rehash)
       if not bad then return nil, err, code end
-      local now = core.stat(dir .. "/" .. store.MANIFEST)
-      if #bad == 0 or (now and now.ino == st.ino) then return bad, m end
+      -- The same file, and the same text (a file system may give a new file the number of one just
+      -- deleted: an rm and a new pull meanwhile).
+      local now = core.stat(path)
+      if #bad == 0 or (now and now.ino == st.ino and select(2, store.read_manifest(dir)) == text) then return bad, m end
+      replaced = replaced + 1
     else
-      -- Gone: removed, or for an instant between a replacement's two renames.
+      -- Gone: removed, or for an instant between a replacement's two renames (up to a second, under load).
       absent = absent + 1
-      if absent > 5 then return nil end
-      core.sleep(0.01)
+      if absent > 50 then return nil end
+      core.sleep(0.02)
     end
   end
   -- Replaced again and again while it was checked: what the last check found.
