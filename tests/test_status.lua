@@ -72,6 +72,17 @@ test("status says of a stopped download what a pull resumes from: what its state
   t.eq(by.killed.completed, 900000, "completed: what is on disk")
 end)
 
+test("rm ID drops the id's partial data under every framework it was begun as", function()
+  local store = t.tmpdir("store-rm-both")
+  t.write(store .. "/partial/other--both/both.bin.part", ("x"):rep(1000))
+  t.write(store .. "/partial/onnx--both/both.onnx.part", ("x"):rep(1000))
+  local r = t.status(t.modelget { "rm", "both", "--store", store }, 0, "rm")
+  t.match(r.stdout, "removed both", "says so")
+  t.ok(not t.exists(store .. "/partial/other--both"), "the other framework's partial folder is gone")
+  t.ok(not t.exists(store .. "/partial/onnx--both"), "the onnx one is gone")
+  t.match(status(store).stdout, "no downloads in progress", "nothing left to resume")
+end)
+
 test("two status at once: neither takes the other's look at a stopped download for a pull", function()
   local store = t.tmpdir("store-two-status")
   t.write(store .. "/partial/other--idle/idle.bin.part", ("x"):rep(1000))

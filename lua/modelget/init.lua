@@ -476,7 +476,8 @@ function modelget.remove(id, opts)
     if not rok and ok then ok, rerr, rcode = rok, e, c end
     core.rmtree(root .. "/partial/.old/" .. fw .. "--" .. id) -- a copy a killed forced pull moved aside
   end
-  core.rmtree(store.partial_dir(root, m.framework, m.id))
+  -- Its partial data, under whichever framework it was begun as (one id is one model).
+  for _, r in ipairs(rules.list()) do core.rmtree(store.partial_dir(root, r.name, id)) end
   lock:close()
   store.sweep_discarded(root)
   if not ok then return nil, rerr, rcode end
