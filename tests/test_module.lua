@@ -94,3 +94,48 @@ test("a scheduler that saw a Ctrl-C the app has cleared goes on: its next pull i
   ]])
   t.eq(r.stdout, "EINTR\t" .. t.sha256(data) .. "\n", "interrupted once; after the clear, the same scheduler pulls")
 end)
+
+test("an app whose on_progress raises while a model installs: its lock is held until the install has ended", function()
+  local ng = servers.nginx()
+  local small, big = t.bytes(100000, 53), t.bytes(4 * 1024 * 1024, 54)
+  local url_a, url_b = ng.put("module/held-a.bin", small), ng.put("module/held-b.bin", big)
+  local dir, pause = t.tmpdir("held"), t.tmpdir("held-pause")
+  local store = dir .. "/store"
+  -- b comes slowly; a's install waits at the open of its record (tests/fixtures/diskfault.c) while the
+  -- event loop goes on, and the next progress event makes the app give up.
+  local script = t.write(dir .. "/app.lua", [[
+    local modelget = require "modelget"
+    local url_a, url_b, store, cacert, pause = ...
+    local ok, err = pcall(modelget.pull_many, { url_a, url_b }, { store = store, cacert = cacert,
+      framework = "other", quiet = true, jobs = 2, limit_rate = "300K",
+      on_progress = function()
+        local f = io.open(pause .. "/paused")
+        if f then
+          f:close()
+          io.open(pause .. "/gave-up", "w"):close()
+          error("the app gives up", 0)
+        end
+      end })
+    print(ok, err)
+  ]])
+  local env = module_env()
+  local fault = t.fault_env { PAUSE_AT_OPEN = "/partial/other--held-a/.modelget.json", PAUSE_DIR = pause }
+  env.LD_PRELOAD = (env.LD_PRELOAD and (env.LD_PRELOAD .. " ") or "") .. fault.LD_PRELOAD
+  for k, v in pairs(fault) do if k ~= "LD_PRELOAD" then env[k] = v end end
+  local out = dir .. "/out"
+  t.sh(string.format("(lua5.4 %s %s %s %s %s %s > %s 2>&1; echo $? > %s) >/dev/null 2>&1 &", t.shquote(script), t.shquote(url_a),
+    t.shquote(url_b), t.shquote(store), t.shquote(servers.ca().cert), t.shquote(pause), t.shquote(out),
+    t.shquote(dir .. "/status")), { env = env })
+  t.ok(t.wait(function() return t.exists(pause .. "/paused") end, 30), "a's install has begun")
+  -- The app has given up, and its scheduler's close waits for a's install: a is still its own.
+  t.ok(t.wait(function() return t.exists(pause .. "/gave-up") end, 30), "the app gave up")
+  require("modelget.core").sleep(0.3)
+  t.eq(t.read(dir .. "/status"), nil, "the app waits for the install")
+  local r = t.status(t.modelget { "rm", "held-a", "--store", store }, 1, "rm of a meanwhile")
+  t.match(r.stderr, "model 'held%-a' is in use by another process", "a is still held: " .. r.stderr)
+  t.write(pause .. "/go", "")
+  t.ok(t.wait(function() return t.read(dir .. "/status") end, 30), "the app ended")
+  t.eq(t.read(out), "false\tthe app gives up\n", "the app's error came back to it")
+  t.eq(t.read(store .. "/models/other/held-a/held-a.bin"), small, "a's install ended whole")
+  t.status(t.modelget { "verify", "held-a", "--store", store }, 0, "and verifies")
+end)
