@@ -908,3 +908,32 @@ test("a long name or id that is not UTF-8 is refused in one line, not a tracebac
   one_error_line(r, "id", "--id")
   t.ok(not t.exists(store .. "/models"), "nothing installed")
 end)
+
+test("control characters in a URL's file name (%1b…) never reach the terminal: pipe, terminal, errors, info", function()
+  local ng = servers.nginx()
+  local data = gguf(1536 * KiB)
+  local evil = "\27[31mred\27]0;title\7\27[2J.gguf" -- colour, window title, clear screen
+  local url = ng.put("cli/" .. evil, data)
+  local injected = { "\27%[31m", "\27%]0;", "\7", "\27%[2J" }
+  local function clean(s, what)
+    for _, p in ipairs(injected) do t.nomatch(s, p, what) end
+  end
+  local store = t.tmpdir("ctl")
+  local r = t.status(mg(store, { "pull", url, "--limit-rate", "1M" }), 0, "pull on a pipe")
+  clean(r.stdout, "piped output")
+  t.match(r.stdout, "%?%[31mred%?%]0;title%?%?%[2J%.gguf  %d+%%", "the name with each control shown as ?")
+  local r2 = on_tty(cmdline(t.tmpdir("ctl-tty"), { "pull", url, "--limit-rate", "1M" }))
+  t.eq(r2.status, 0, "pull on a terminal")
+  clean(r2.stdout, "terminal output")
+  -- The file as installed keeps its name; only what is shown changes.
+  local id = r.stdout:match("installed (%S+) ")
+  r = t.status(mg(store, { "info", id }), 0, "info")
+  clean(r.stdout, "info")
+  t.match(r.stdout, "name: +%?%[31mred", "info's name")
+  r = t.status(mg(store, { "pull", (url:gsub("red", "gone")), "--retries", "1" }), 3, "a dead one")
+  clean(r.stderr, "the error line")
+  one_error_line(r, "download failed: %?%[31mgone")
+  -- --json keeps the data as it is (JSON escapes it).
+  r = t.status(mg(t.tmpdir("ctl-json"), { "--json", "pull", url }), 0, "--json")
+  t.match(r.stdout, "\\u001b%[31mred", "JSON escapes, not replaces")
+end)

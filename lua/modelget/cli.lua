@@ -219,13 +219,25 @@ local function json_lines(list, event)
   end
 end
 
-local function printf(fmt, ...) io.stdout:write(string.format(fmt, ...), "\n") end
+-- Text for people: the data in it (names, URLs, messages) never carries a control character.
+local shown = util.printable
+
+-- fmt is ours; its string arguments are data.
+local function printf(fmt, ...)
+  local args = table.pack(...)
+  for i = 1, args.n do
+    if type(args[i]) == "string" then args[i] = shown(args[i]) end
+  end
+  io.stdout:write(string.format(fmt, table.unpack(args, 1, args.n)), "\n")
+end
 
 -- Left-aligned columns; the last column is not padded.
 local function columns(rows, indent)
   local widths = {}
   for _, row in ipairs(rows) do
     for c, cell in ipairs(row) do
+      cell = shown(cell)
+      row[c] = cell
       widths[c] = math.max(widths[c] or 0, utf8.len(cell) or #cell)
     end
   end
@@ -282,7 +294,7 @@ function Ctx:fail(message, code, extra)
     json_line({ event = "error", id = extra.id, code = code, message = one_line(message) })
     io.stdout:flush()
   end
-  io.stderr:write(PROG, ": ", one_line(message), hint and hint ~= false and ("; " .. hint) or "", "\n")
+  io.stderr:write(PROG, ": ", shown(one_line(message)), hint and hint ~= false and ("; " .. hint) or "", "\n")
   io.stderr:flush()
   return util.exit_status(code)
 end
@@ -294,7 +306,7 @@ end
 -- Problems met while loading recipes: one warning line each, loading went on.
 function Ctx:warn_problems(problems)
   for _, p in ipairs(problems or {}) do
-    io.stderr:write(PROG, ": warning: ", one_line(p), "\n")
+    io.stderr:write(PROG, ": warning: ", shown(one_line(p)), "\n")
   end
 end
 

@@ -320,6 +320,14 @@ function M.json_line(obj)
   return (line:gsub(EMPTY_LIST_PATTERN, "[]"))
 end
 
+-- The event with its text made safe for a terminal (util.printable): names and messages come from
+-- URLs, recipes and servers. JSON keeps the data as it is (its encoding escapes every control).
+local function printable_event(ev)
+  local copy = {}
+  for k, v in pairs(ev) do copy[k] = type(v) == "string" and util.printable(v) or v end
+  return copy
+end
+
 function Reporter:event(ev)
   local mode, kind = self.mode, ev.event
   if kind == "done" and ev.id then self.done[ev.id] = true end
@@ -329,12 +337,13 @@ function Reporter:event(ev)
     self.out:flush()
     return
   end
+  if mode == "quiet" and kind ~= "warning" then return end
+  ev = printable_event(ev)
   if kind == "warning" then
     -- Recipe problems: worth a line even with -q, on stderr like every message.
     self.err:write("modelget: warning: ", tostring(ev.message), "\n")
     return
   end
-  if mode == "quiet" then return end
   if kind == "progress" then
     local f = self:track(ev)
     local now = self.clock()
@@ -362,7 +371,7 @@ end
 -- A message line from the command itself ("already installed"), placed like the event lines.
 function Reporter:note(line)
   if self.mode == "quiet" or self.mode == "json" then return end
-  self:say(line)
+  self:say(util.printable(line))
 end
 
 -- Clears the live block; called once when the command ends.

@@ -107,6 +107,19 @@ function util.shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
+-- s as it may be written to a terminal: a file name decoded from a URL (%1b), a recipe's name, a
+-- server's message can hold control characters (an ANSI escape would recolour, clear or retitle the
+-- user's terminal); each becomes "?". C0, DEL and the C1 range (U+0080–U+009F, 8-bit CSI among them)
+-- go; text that is not UTF-8 keeps only its ASCII. Tabs and newlines too: a line stays one line.
+function util.printable(s)
+  s = tostring(s)
+  if not s:find("[%c\128-\255]") then return s end -- the common case: plain ASCII
+  if utf8.len(s) then
+    return (s:gsub("%c", "?"):gsub("\194[\128-\159]", "?"))
+  end
+  return (s:gsub("[%c\128-\255]", "?"))
+end
+
 -- s cut to at most n characters, an ellipsis marking the cut: a name in a column, or a long value
 -- quoted in a message (n defaults to 60 for those: the line stays readable).
 function util.abbrev(s, n)
