@@ -937,3 +937,27 @@ test("control characters in a URL's file name (%1b…) never reach the terminal:
   r = t.status(mg(t.tmpdir("ctl-json"), { "--json", "pull", url }), 0, "--json")
   t.match(r.stdout, "\\u001b%[31mred", "JSON escapes, not replaces")
 end)
+
+test("on a narrow terminal every progress line fits its width (a wrapped line breaks the redraw in place)", function()
+  local ng = servers.nginx()
+  local a, b = gguf(1536 * KiB), gguf(1024 * KiB) .. "b"
+  local ua, ub = ng.put("cli/narrow-first-model.gguf", a), ng.put("cli/narrow-b.gguf", b)
+  for _, cols in ipairs { 20, 40, 60 } do
+    local r = on_tty("stty cols " .. cols .. "; " .. cmdline(t.tmpdir("narrow"), { "pull", ua, ub, "--limit-rate", "2M" }))
+    t.eq(r.status, 0, "pull at " .. cols .. " columns: " .. r.stdout)
+    local drawn = 0
+    for line in r.stdout:gmatch("[^\n]*") do
+      -- A line of the live block: written after an erase-line; the lines that stay may wrap.
+      local live = line:match(".*\27%[2K(.*)$")
+      if live then
+        live = live:gsub("\27%[[%d;]*m", ""):gsub("\r", "")
+        if live ~= "" then
+          drawn = drawn + 1
+          t.ok((utf8.len(live) or #live) < cols, string.format("%d columns: a line of %d: %q", cols, utf8.len(live), live))
+        end
+      end
+    end
+    t.ok(drawn > 0, cols .. " columns: progress lines drawn")
+    t.match(r.stdout, "%d+%%", cols .. " columns: a percentage shown")
+  end
+end)

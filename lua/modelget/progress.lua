@@ -183,18 +183,34 @@ function Reporter:totals()
 end
 
 -- Terminal drawing ---------------------------------------------------------------------------------
-local function tail_of(completed, total, speed, eta)
-  local pct = percent(completed, total)
-  local amount = total and (M.bytes(completed) .. " / " .. M.bytes(total)) or M.bytes(completed)
-  return string.format(" %4s %21s %12s %7s", pct and (pct .. "%") or "", amount, M.rate(speed), M.duration(eta)), pct
-end
-local TAIL_WIDTH = #tail_of(0, 1, 1, 1)
+-- The numbers after a name, in the widest form that leaves a name room on the line: all of them;
+-- without the speed; only the percentage (or the bytes, when the total is unknown). Each form has
+-- a fixed width, so every line of a block takes the same one and the columns stay aligned.
+local TAILS = {
+  function(pct, amount, speed, eta)
+    return string.format(" %4s %21s %12s %7s", pct and (pct .. "%") or "", amount, M.rate(speed), M.duration(eta))
+  end,
+  function(pct, amount, _, eta)
+    return string.format(" %4s %21s %7s", pct and (pct .. "%") or "", amount, M.duration(eta))
+  end,
+  function(pct, _, _, _, completed) return string.format(" %9s", pct and (pct .. "%") or M.bytes(completed)) end,
+}
+local MIN_NAME = 8 -- the fewest characters of a name worth showing
 local MAX_BAR = 30
 
--- One line: the name (cut or padded to name_w), a bar filling what the width leaves, the numbers.
+-- One line of at most width - 1 characters (a line that wraps would break the redraw in place,
+-- which moves up one row a line): the name (cut or padded to name_w), a bar filling what the
+-- width leaves, the numbers.
 function Reporter:bar_line(name, completed, total, speed, eta, name_w)
-  local tail, pct = tail_of(completed, total, speed, eta)
-  local room = self.width - TAIL_WIDTH - 1
+  local pct = percent(completed, total)
+  local amount = total and (M.bytes(completed) .. " / " .. M.bytes(total)) or M.bytes(completed)
+  local limit = self.width - 1
+  local tail
+  for _, form in ipairs(TAILS) do
+    tail = form(pct, amount, speed, eta, completed)
+    if limit - #tail >= MIN_NAME then break end
+  end
+  local room = limit - #tail -- for the name and the bar
   name_w = math.min(name_w, math.max(12, room - 13))
   local bar_w = math.min(MAX_BAR, room - name_w - 3)
   local bar = ""
@@ -202,7 +218,10 @@ function Reporter:bar_line(name, completed, total, speed, eta, name_w)
     local filled = pct and math.floor(bar_w * pct / 100) or 0
     bar = " [" .. self:paint("cyan", string.rep("=", filled)) .. string.rep(" ", bar_w - filled) .. "]"
   else
-    name_w = math.max(1, room)
+    name_w = room
+  end
+  if name_w < 1 then -- narrower than any form: the line itself is cut
+    return util.abbrev(fit(name, 1) .. tail, limit)
   end
   return fit(name, name_w) .. bar .. tail
 end
@@ -388,7 +407,7 @@ function M.new(opts)
     out = opts.out or io.stdout,
     err = opts.err or io.stderr,
     color = opts.color and true or false,
-    width = math.max(40, opts.width or 80),
+    width = math.max(2, opts.width or 80),
     clock = opts.clock or require("modelget.core").now, -- wall time (os.clock is CPU time)
     files = {}, count = 0, live = {}, of_model = {}, drawn = 0, last_draw = -math.huge,
     ended_completed = 0, ended_total = 0, ended_unknown = false, -- the files finished, summed
