@@ -341,11 +341,14 @@ static int fs_isatty(lua_State *L) {
   return 1;
 }
 
+/* terminal_width() -> columns, rows (rows nil when unknown) | nothing: stdout's terminal size. */
 static int fs_terminal_width(lua_State *L) {
   struct winsize ws;
   if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) != 0 || ws.ws_col == 0) return 0;
   lua_pushinteger(L, ws.ws_col);
-  return 1;
+  if (ws.ws_row == 0) return 1;
+  lua_pushinteger(L, ws.ws_row);
+  return 2;
 }
 
 /* kill(pid): SIGTERM, which a modelget pull takes as Ctrl-C (its partial data kept). false when

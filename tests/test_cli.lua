@@ -961,3 +961,21 @@ test("on a narrow terminal every progress line fits its width (a wrapped line br
     t.match(r.stdout, "%d+%%", cols .. " columns: a percentage shown")
   end
 end)
+
+test("on a short terminal the live block of many files fits the screen: the first files, then '… and N more'", function()
+  local ng = servers.nginx()
+  local urls = {}
+  for i = 1, 6 do urls[i] = ng.put(string.format("cli/short-%d.gguf", i), gguf(300 * KiB) .. i) end
+  local store = t.tmpdir("short")
+  local args = { "-j", "6", "pull", "--limit-rate", "1M" }
+  for _, u in ipairs(urls) do args[#args + 1] = u end
+  local rows = 6
+  local r = on_tty("stty cols 100 rows " .. rows .. "; " .. cmdline(store, args))
+  t.eq(r.status, 0, "pull: " .. r.stdout)
+  -- The redraw moves up over the block it drew: never more rows than the screen has above the cursor.
+  local most = 0
+  for n in r.stdout:gmatch("\27%[(%d+)A") do most = math.max(most, tonumber(n)) end
+  t.ok(most > 0 and most <= rows - 1, "cursor moved up " .. most .. " rows on a screen of " .. rows)
+  t.match(r.stdout, "… and %d more files?", "the files left out are counted")
+  for i = 1, 6 do t.match(r.stdout, "installed short%-" .. i, "model " .. i) end
+end)

@@ -310,20 +310,24 @@ function Ctx:warn_problems(problems)
   end
 end
 
-local function terminal_width()
-  local w = core.terminal_width()
+-- The terminal's columns and rows (the live block must fit both); $COLUMNS, $LINES when unknown.
+local function terminal_size()
+  local w, h = core.terminal_width()
   if not w or w <= 0 then w = tonumber(os.getenv("COLUMNS")) end
-  return w and w > 0 and w or 80
+  if not h or h <= 0 then h = tonumber(os.getenv("LINES")) end
+  return w and w > 0 and w or 80, h and h > 0 and h or 24
 end
 
 function Ctx:reporter()
   local stdout_tty = core.isatty(1)
   local mode = progress.mode(self.opts, stdout_tty)
+  local width, height = terminal_size()
   return progress.new {
     mode = mode,
     out = io.stdout,
     color = self.color,
-    width = terminal_width(),
+    width = width,
+    height = height,
     clock = core.now,
   }
 end

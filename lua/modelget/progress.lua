@@ -232,9 +232,19 @@ function Reporter:live_lines()
   local total_name = string.format("total (%d file%s)", self.count, self.count == 1 and "" or "s")
   local name_w = width_of(total_name)
   for _, f in ipairs(live) do name_w = math.max(name_w, width_of(f.name)) end
+  -- The block and the cursor under it fit the screen (the redraw cannot move above its top):
+  -- past that, the first files and a line for the others.
+  local shown = #live
+  if #live + 2 > self.height then shown = math.max(0, self.height - 3) end
   local lines = {}
-  for _, f in ipairs(live) do
+  for i = 1, shown do
+    local f = live[i]
     lines[#lines + 1] = self:bar_line(f.name, f.completed, f.total, f.speed, f.eta, name_w)
+  end
+  if shown < #live and self.height >= 3 then
+    local more = #live - shown
+    lines[#lines + 1] = util.abbrev(string.format("… and %d more file%s", more, more == 1 and "" or "s"),
+      self.width - 1)
   end
   local done, total, speed = self:totals()
   local eta = total and speed > 0 and (total - done) / speed or nil
@@ -399,7 +409,7 @@ function Reporter:close()
 end
 
 -- opts: mode ("tty"|"plain"|"json"|"quiet"), out (file, default io.stdout), err (io.stderr), color (bool),
--- width (columns), clock (seconds function).
+-- width (columns), height (rows), clock (seconds function).
 function M.new(opts)
   opts = opts or {}
   local r = setmetatable({
@@ -408,6 +418,7 @@ function M.new(opts)
     err = opts.err or io.stderr,
     color = opts.color and true or false,
     width = math.max(2, opts.width or 80),
+    height = math.max(1, opts.height or 24),
     clock = opts.clock or require("modelget.core").now, -- wall time (os.clock is CPU time)
     files = {}, count = 0, live = {}, of_model = {}, drawn = 0, last_draw = -math.huge,
     ended_completed = 0, ended_total = 0, ended_unknown = false, -- the files finished, summed
