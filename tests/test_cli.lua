@@ -979,3 +979,35 @@ test("on a short terminal the live block of many files fits the screen: the firs
   t.match(r.stdout, "… and %d more files?", "the files left out are counted")
   for i = 1, 6 do t.match(r.stdout, "installed short%-" .. i, "model " .. i) end
 end)
+
+test("-q: urls add/rm/export/import, import, verify and stop print nothing when they succeed, one line when not", function()
+  local ng = servers.nginx()
+  local data = gguf(100 * KiB)
+  local url = ng.put("cli/q-model.gguf", data)
+  local store = t.tmpdir("q-store")
+  local function silent(args, what)
+    local argv = { "-q" }
+    for _, a in ipairs(args) do argv[#argv + 1] = a end
+    local r = t.status(mg(store, argv), 0, what)
+    t.eq(r.stdout, "", what .. ": stdout with -q")
+    t.eq(r.stderr, "", what .. ": stderr with -q")
+  end
+  local file = t.tmpdir("q-export") .. "/urls.json"
+  silent({ "urls", "add", "--id", "q-model", "--name", "q-model.gguf", "--url", url }, "urls add")
+  silent({ "urls", "export", file }, "urls export FILE")
+  silent({ "urls", "rm", "q-model" }, "urls rm")
+  silent({ "urls", "import", file }, "urls import")
+  silent({ "pull", "q-model" }, "pull")
+  silent({ "verify" }, "verify")
+  silent({ "stop" }, "stop with nothing running")
+  local dir = t.tmpdir("q-import")
+  t.write(dir .. "/weights.bin", "data")
+  silent({ "import", dir, "--id", "q-imported", "--framework", "other" }, "import")
+  -- A failure still says itself, in one line.
+  local f = io.open(store .. "/models/other/q-imported/weights.bin", "r+b")
+  f:write("D")
+  f:close()
+  local r = t.status(mg(store, { "-q", "verify" }), 4, "verify -q of a changed file")
+  t.eq(r.stdout, "", "verify -q: stdout")
+  one_error_line(r, "q%-imported")
+end)

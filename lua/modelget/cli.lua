@@ -78,7 +78,7 @@ local OPTIONS = {
   { long = "cacert", arg = "FILE", global = true, check = existing_file,
     help = "CA bundle (default $MODELGET_CA_BUNDLE, $SSL_CERT_FILE, $CURL_CA_BUNDLE, else the system's)" },
   { long = "json", global = true, help = "machine-readable output: one JSON object a line on stdout" },
-  { long = "quiet", short = "q", global = true, help = "no progress output" },
+  { long = "quiet", short = "q", global = true, help = "no progress output, no confirmations: only errors" },
   { long = "jobs", short = "j", arg = "N", global = true, check = whole(1, download.JOBS_MAX), help = "concurrent downloads (default 4)" },
   { long = "connections", short = "x", arg = "N", global = true, check = whole(1, download.CONNECTIONS_MAX),
     help = "connections per file: a big file from a server that serves ranges comes in N segments at once (default 1)" },
@@ -256,6 +256,12 @@ Ctx.__index = Ctx
 
 function Ctx:facade()
   return require "modelget"
+end
+
+-- A line saying what a command did or found (a confirmation, a check's verdict), which -q leaves
+-- out (README: -q shows only errors); listings asked for (ls, list, info…) print anyway.
+function Ctx:say(fmt, ...)
+  if not self.opts.quiet then printf(fmt, ...) end
 end
 
 -- Messages from the facade that already say what to do get no second hint.
@@ -698,17 +704,17 @@ command("verify", {
         json_line({ event = "verified", id = m.id, framework = m.framework, ok = m.ok, bad = m.bad,
                     outdated = m.outdated })
       elseif m.ok and m.outdated then
-        printf("ok      %s (the catalog now states another version: modelget pull %s downloads it)", m.id, m.id)
+        ctx:say("ok      %s (the catalog now states another version: modelget pull %s downloads it)", m.id, m.id)
       elseif m.ok then
-        printf("ok      %s", m.id)
+        ctx:say("ok      %s", m.id)
       else
-        printf("FAILED  %s: %s", m.id, table.concat(m.bad or {}, ", "))
+        ctx:say("FAILED  %s: %s", m.id, table.concat(m.bad or {}, ", "))
       end
       if not m.ok then
         bad[#bad + 1] = m.id .. ": " .. table.concat(m.bad or { "?" }, ", ")
       end
     end
-    if #list == 0 and not ctx.json then printf("no models installed") end
+    if #list == 0 and not ctx.json then ctx:say("no models installed") end
     if #bad > 0 then
       return ctx:fail("verification failed: " .. table.concat(bad, "; "), "EHASH",
         { hint = "modelget pull --force ID downloads it again" })
@@ -811,7 +817,7 @@ command("stop", {
     local mg = ctx:facade()
     local stopped, err, code = mg.stop(ctx.args, ctx.opts)
     if not stopped then return ctx:fail(err, code) end
-    if #stopped == 0 and not ctx.json then printf("no pulls running in %s", mg.store_root(ctx.opts)) end
+    if #stopped == 0 and not ctx.json then ctx:say("no pulls running in %s", mg.store_root(ctx.opts)) end
     local status = 0
     for _, p in ipairs(stopped) do
       local ids = table.concat(type(p.ids) == "table" and p.ids or {}, " ")
@@ -819,11 +825,11 @@ command("stop", {
         json_line({ event = "stopped", pid = p.pid, ids = p.ids, ended = p.ended, finished = p.finished })
       elseif p.ended then
         if #p.ids > 0 then
-          printf("stopped %s (pid %d): %s partial data is kept; the same pull again resumes it", ids, p.pid,
+          ctx:say("stopped %s (pid %d): %s partial data is kept; the same pull again resumes it", ids, p.pid,
             #p.ids > 1 and "their" or "its")
         end
         if p.finished then
-          printf("%s (pid %d) had ended before the stop reached it", table.concat(p.finished, " "), p.pid)
+          ctx:say("%s (pid %d) had ended before the stop reached it", table.concat(p.finished, " "), p.pid)
         end
       end
       if not p.ended then
@@ -846,7 +852,7 @@ command("rm", {
       local ok, err, code = mg.remove(id, ctx.opts)
       if ok then
         if ctx.json then json_line({ event = "removed", id = id })
-        elseif not ctx.opts.quiet then printf("removed %s", id) end
+        else ctx:say("removed %s", id) end
       else
         local s = ctx:fail(err, code, { id = id })
         if status == 0 then status = s end
@@ -900,7 +906,7 @@ function URLS.add(ctx)
   local res, err, code = ctx:facade().urls.add(fields, ctx.opts)
   if not res then return ctx:fail(err, code, { id = fields.id }) end
   if ctx.json then json_line({ event = "added", id = fields.id })
-  else printf("added %s (modelget pull %s downloads it)", fields.id, fields.id) end
+  else ctx:say("added %s (modelget pull %s downloads it)", fields.id, fields.id) end
   return 0
 end
 
@@ -908,7 +914,7 @@ function URLS.rm(ctx)
   local id = ctx.args[2]
   local res, err, code = ctx:facade().urls.remove(id, ctx.opts)
   if not res then return ctx:fail(err, code, { id = id }) end
-  if ctx.json then json_line({ event = "removed", id = id }) else printf("removed custom URL %s", id) end
+  if ctx.json then json_line({ event = "removed", id = id }) else ctx:say("removed custom URL %s", id) end
   return 0
 end
 
@@ -918,7 +924,7 @@ function URLS.export(ctx)
   if not res then return ctx:fail(err, code) end
   if file then
     if ctx.json then json_line({ event = "exported", file = file })
-    else printf("exported custom URLs to %s", file) end
+    else ctx:say("exported custom URLs to %s", file) end
   elseif ctx.json then
     io.stdout:write(util.json_encode(util.json_decode(res)), "\n") -- one object, one line
   else
@@ -935,7 +941,7 @@ function URLS.import(ctx)
   if ctx.json then
     json_line({ event = "imported", file = file, count = res.count, added = res.added, replaced = res.replaced })
   else
-    printf("imported %d custom URL%s from %s%s", res.count, res.count == 1 and "" or "s", file,
+    ctx:say("imported %d custom URL%s from %s%s", res.count, res.count == 1 and "" or "s", file,
       #res.replaced > 0 and (" (replaced: " .. table.concat(res.replaced, ", ") .. ")") or "")
   end
   return 0
@@ -994,7 +1000,7 @@ command("import", {
       json_line({ event = "done", id = res.id or ctx.opts.id, path = res.path, sha256 = res.sha256,
         bytes = res.bytes })
     else
-      printf("imported %s (%s) into %s", res.id or ctx.opts.id, progress.bytes(res.bytes), res.path or "?")
+      ctx:say("imported %s (%s) into %s", res.id or ctx.opts.id, progress.bytes(res.bytes), res.path or "?")
     end
     return 0
   end,
