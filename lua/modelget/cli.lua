@@ -697,8 +697,9 @@ command("verify", {
     opts.on_event = function(ev) reporter:event(ev) end
     local list, err, code = mg.verify(#ctx.args > 0 and ctx.args or nil, opts)
     reporter:close()
-    if not list then return ctx:fail(err, code) end
-    local bad = {}
+    -- The error event names the model when it is one (SPEC: error has id, code, message).
+    if not list then return ctx:fail(err, code, { id = #ctx.args == 1 and ctx.args[1] or nil }) end
+    local bad, bad_ids = {}, {}
     for _, m in ipairs(list) do
       if ctx.json then
         json_line({ event = "verified", id = m.id, framework = m.framework, ok = m.ok, bad = m.bad,
@@ -712,12 +713,13 @@ command("verify", {
       end
       if not m.ok then
         bad[#bad + 1] = m.id .. ": " .. table.concat(m.bad or { "?" }, ", ")
+        bad_ids[#bad_ids + 1] = m.id
       end
     end
     if #list == 0 and not ctx.json then ctx:say("no models installed") end
     if #bad > 0 then
       return ctx:fail("verification failed: " .. table.concat(bad, "; "), "EHASH",
-        { hint = "modelget pull --force ID downloads it again" })
+        { hint = "modelget pull --force ID downloads it again", id = #bad_ids == 1 and bad_ids[1] or nil })
     end
     return 0
   end,
