@@ -1029,3 +1029,25 @@ test("verify --json: the error event names the model (unknown id, or the one mod
   t.eq(evs[#evs].code, "EHASH", "its code")
   t.eq(evs[#evs].id, "v-one", "its id")
 end)
+
+test("ls, list and search --json never show a URL's credentials (user:password@, a signature in the query)", function()
+  local ng = servers.nginx()
+  local data = gguf(20 * KiB)
+  local url = ng.put("cli/cred.gguf", data)
+  local secret_url = url:gsub("^https://", "https://user:s3cret@") .. "?token=T0KEN"
+  local store = t.tmpdir("cred-json")
+  t.status(mg(store, { "-q", "pull", secret_url }), 0, "pull")
+  t.status(mg(store, { "-q", "urls", "add", "--id", "cred-custom", "--name", "cred.gguf", "--url", secret_url,
+    "--alt", (url:gsub("^https://", "https://u2:pw2@")) }), 0, "urls add")
+  for _, args in ipairs { { "ls" }, { "list" }, { "search", "cred" }, { "info", "cred" }, { "urls", "list" } } do
+    local argv = { "--json" }
+    for _, a in ipairs(args) do argv[#argv + 1] = a end
+    local r = t.status(mg(store, argv), 0, table.concat(args, " "))
+    t.ok(#events(r.stdout) > 0, table.concat(args, " ") .. ": events")
+    for _, secret in ipairs { "s3cret", "T0KEN", "pw2" } do
+      t.nomatch(r.stdout, secret, table.concat(args, " ") .. " --json")
+    end
+  end
+  -- What the store keeps still pulls: the credentials are only hidden when shown.
+  t.match(t.read(store .. "/registry/custom.json"), "s3cret", "custom.json keeps the URL")
+end)

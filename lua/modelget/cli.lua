@@ -403,7 +403,7 @@ function Ctx:show_entries(entries, installed)
   local title = framework_titles(self:facade())
   if self.json then
     for _, e in ipairs(entries) do
-      local obj = progress.plain_data(e)
+      local obj = progress.plain_data(shown_entry(e))
       obj.installed = installed(e)
       obj.event = "model"
       json_line(obj)
@@ -742,7 +742,9 @@ command("ls", {
     local list, err, code = mg.installed(ctx.opts)
     if not list then return ctx:fail(err, code) end
     if ctx.json then
-      json_lines(list, "installed")
+      local shown = {}
+      for i, m in ipairs(list) do shown[i] = shown_entry(m) end
+      json_lines(shown, "installed")
       return 0
     end
     local rows, total = { { "ID", "FRAMEWORK", "SIZE", "STATE", "PATH" } }, 0
