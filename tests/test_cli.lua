@@ -1051,3 +1051,21 @@ test("ls, list and search --json never show a URL's credentials (user:password@,
   -- What the store keeps still pulls: the credentials are only hidden when shown.
   t.match(t.read(store .. "/registry/custom.json"), "s3cret", "custom.json keeps the URL")
 end)
+
+test("a presigned URL's signature (and a ?token=) is not shown in events, progress lines or errors", function()
+  local ng = servers.nginx()
+  local data = gguf(20 * KiB)
+  local good = ng.put("cli/signed.gguf", data) .. "?X-Amz-Signature=S1GNATURE&download=true"
+  local dead = ng.url .. "/cli/no-such-signed.gguf?token=T0KEN&X-Amz-Credential=CR3D"
+  for _, mode in ipairs { "--json", "--no-color" } do
+    local r = t.status(mg(t.tmpdir("signed"), { mode, "pull", dead, "--alt", good, "--framework", "llamacpp",
+      "--id", "signed" }), 0, "pull " .. mode)
+    for _, secret in ipairs { "S1GNATURE", "T0KEN", "CR3D" } do
+      t.nomatch(r.stdout .. r.stderr, secret, mode)
+    end
+    t.match(r.stdout, "no%-such%-signed%.gguf%?token=%*%*%*", mode .. ": the URL is named, its secret hidden")
+    t.match(r.stdout, "download=true", mode .. ": the rest of the query stays")
+  end
+  local r = t.status(mg(t.tmpdir("signed-dead"), { "pull", dead, "--retries", "1" }), 3, "all dead")
+  one_error_line(r, "no%-such%-signed%.gguf%?token=%*%*%*&X%-Amz%-Credential=%*%*%*")
+end)

@@ -90,13 +90,28 @@ function util.is_archive(name)
 end
 
 -- A URL as shown to people (messages, events, listings): the credentials written in it as ***
--- (user:password@ -> user:***@; a token alone, token@ -> ***@). The URL itself is kept for use.
+-- (user:password@ -> user:***@; a token alone, token@ -> ***@), and so the values of query
+-- parameters that carry one (a presigned URL's X-Amz-Signature, a ?token=, an api_key…); the rest
+-- of the query (?download=true) stays. The URL itself is kept for use.
+local SECRET_PARAM = { "sig", "token", "key", "secret", "pass", "credential", "auth", "session" }
+
+local function shown_query(query)
+  return (query:gsub("([^&;=]+)=([^&;]*)", function(name, value)
+    local lower = util.url_decode(name):lower()
+    for _, word in ipairs(SECRET_PARAM) do
+      if value ~= "" and lower:find(word, 1, true) then return name .. "=***" end
+    end
+  end))
+end
+
 function util.shown_url(url)
   if type(url) ~= "string" then return url end
   local head, authority, rest = url:match("^(%a[%w+.-]*://)([^/?#]*)(.*)$")
   if not head then return url end
+  local path, query, fragment = rest:match("^([^?#]*)(%??[^#]*)(.*)$")
+  rest = path .. shown_query(query) .. fragment
   local userinfo, host = authority:match("^(.*)@([^@]*)$")
-  if not userinfo then return url end
+  if not userinfo then return head .. authority .. rest end
   local user = userinfo:match("^([^:]*):")
   return head .. (user and (user .. ":***") or "***") .. "@" .. host .. rest
 end
