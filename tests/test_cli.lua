@@ -1069,3 +1069,33 @@ test("a presigned URL's signature (and a ?token=) is not shown in events, progre
   local r = t.status(mg(t.tmpdir("signed-dead"), { "pull", dead, "--retries", "1" }), 3, "all dead")
   one_error_line(r, "no%-such%-signed%.gguf%?token=%*%*%*&X%-Amz%-Credential=%*%*%*")
 end)
+
+test("a file name in wide characters (CJK) is cut by the columns it takes, not its characters", function()
+  local ng = servers.nginx()
+  local name = "模型文件名称非常长的中文名字测试一二三四五六七八九十"
+  local url = ng.put("cli/" .. name .. ".gguf", gguf(1536 * KiB))
+  local cols = 80
+  local r = on_tty("stty cols " .. cols .. "; " .. cmdline(t.tmpdir("wide"), { "pull", url, "--id", "wide",
+    "--limit-rate", "2M" }))
+  t.eq(r.status, 0, "pull: " .. r.stdout)
+  local function columns(s)
+    local w = 0
+    for _, c in utf8.codes(s) do w = w + ((c >= 0x4E00 and c <= 0x9FFF) and 2 or 1) end
+    return w
+  end
+  local drawn, widths = 0, {}
+  for line in r.stdout:gmatch("[^\n]*") do
+    local live = line:match(".*\27%[2K(.*)$")
+    if live then
+      live = live:gsub("\27%[[%d;]*m", ""):gsub("\r", "")
+      if live ~= "" then
+        drawn = drawn + 1
+        t.ok(columns(live) < cols, string.format("a line of %d columns: %q", columns(live), live))
+        -- The bar starts at the same column on the file's line and the total line.
+        widths[#widths + 1] = columns(live:match("^(.-) %[") or "")
+      end
+    end
+  end
+  t.ok(drawn >= 2, "progress lines drawn")
+  for _, w in ipairs(widths) do t.eq(w, widths[1], "the bars line up") end
+end)

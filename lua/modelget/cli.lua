@@ -238,13 +238,13 @@ local function columns(rows, indent)
     for c, cell in ipairs(row) do
       cell = shown(cell)
       row[c] = cell
-      widths[c] = math.max(widths[c] or 0, utf8.len(cell) or #cell)
+      widths[c] = math.max(widths[c] or 0, progress.width(cell))
     end
   end
   for _, row in ipairs(rows) do
     local out = {}
     for c, cell in ipairs(row) do
-      out[c] = c < #row and (cell .. string.rep(" ", widths[c] - (utf8.len(cell) or #cell))) or cell
+      out[c] = c < #row and (cell .. string.rep(" ", widths[c] - progress.width(cell))) or cell
     end
     io.stdout:write(indent or "", (table.concat(out, "  "):gsub("%s+$", "")), "\n")
   end

@@ -33,11 +33,49 @@ function M.duration(s)
   return string.format("%d:%02d", m, s % 60)
 end
 
-local function width_of(s) return utf8.len(s) or #s end
+-- The columns a character takes on a terminal: 2 for the wide ones (CJK, Hangul, fullwidth forms,
+-- most emoji), 0 for combining marks and joiners, else 1. A line's width in columns, not characters,
+-- is what decides whether it wraps (and a wrapped line breaks the redraw in place).
+local function char_width(c)
+  if c < 0x300 then return 1 end
+  if c <= 0x36F or (c >= 0x200B and c <= 0x200F) or (c >= 0xFE00 and c <= 0xFE0F) or (c >= 0x1AB0 and c <= 0x1AFF)
+    or (c >= 0x1DC0 and c <= 0x1DFF) or (c >= 0x20D0 and c <= 0x20FF) or (c >= 0xFE20 and c <= 0xFE2F) then
+    return 0
+  end
+  if (c >= 0x1100 and c <= 0x115F) or (c >= 0x2E80 and c <= 0xA4CF and c ~= 0x303F) or (c >= 0xAC00 and c <= 0xD7A3)
+    or (c >= 0xF900 and c <= 0xFAFF) or (c >= 0xFE30 and c <= 0xFE4F) or (c >= 0xFF00 and c <= 0xFF60)
+    or (c >= 0xFFE0 and c <= 0xFFE6) or (c >= 0x1F300 and c <= 0x1F64F) or (c >= 0x1F900 and c <= 0x1F9FF)
+    or (c >= 0x20000 and c <= 0x3FFFD) then
+    return 2
+  end
+  return 1
+end
 
--- Cuts s to at most n characters (an ellipsis marks the cut) and pads it to n.
+local function width_of(s)
+  if not utf8.len(s) then return #s end
+  local w = 0
+  for _, c in utf8.codes(s) do w = w + char_width(c) end
+  return w
+end
+M.width = width_of
+
+-- s cut to at most n columns, an ellipsis marking the cut.
+local function cut(s, n)
+  if width_of(s) <= n then return s end
+  if not utf8.len(s) then return s:sub(1, math.max(0, n - 1)) .. "…" end
+  local out, w = {}, 0
+  for _, c in utf8.codes(s) do
+    local cw = char_width(c)
+    if w + cw > n - 1 then break end
+    out[#out + 1] = utf8.char(c)
+    w = w + cw
+  end
+  return table.concat(out) .. "…"
+end
+
+-- Cuts s to at most n columns (an ellipsis marks the cut) and pads it to n.
 local function fit(s, n)
-  s = util.abbrev(s, n)
+  s = cut(s, n)
   return s .. string.rep(" ", n - width_of(s))
 end
 
@@ -221,7 +259,7 @@ function Reporter:bar_line(name, completed, total, speed, eta, name_w)
     name_w = room
   end
   if name_w < 1 then -- narrower than any form: the line itself is cut
-    return util.abbrev(fit(name, 1) .. tail, limit)
+    return cut(fit(name, 1) .. tail, limit)
   end
   return fit(name, name_w) .. bar .. tail
 end
@@ -243,8 +281,7 @@ function Reporter:live_lines()
   end
   if shown < #live and self.height >= 3 then
     local more = #live - shown
-    lines[#lines + 1] = util.abbrev(string.format("… and %d more file%s", more, more == 1 and "" or "s"),
-      self.width - 1)
+    lines[#lines + 1] = cut(string.format("… and %d more file%s", more, more == 1 and "" or "s"), self.width - 1)
   end
   local done, total, speed = self:totals()
   local eta = total and speed > 0 and (total - done) / speed or nil
