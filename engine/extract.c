@@ -64,6 +64,7 @@
   X(archive_entry_symlink_utf8) \
   X(archive_error_string) \
   X(archive_set_error) \
+  X(archive_filter_bytes) \
   X(archive_filter_code) \
   X(archive_filter_count) \
   X(archive_format) \
@@ -340,12 +341,41 @@ static ssize_t gzip_read(Reader *r, struct archive *a, const void **buf) {
   }
 }
 
+/* libarchive's bzip2, lz4 and lzma readers end quietly at data that does not start another stream,
+ * as xz's and zstd's do not: what the file holds past the bytes they took must be zeros (padding, as
+ * after gzip), not a damaged stream or anything else passed over in silence. */
+static ssize_t filter_tail(Reader *r, struct archive *a) {
+  Stream *st = &r->st;
+  struct stat sb;
+  int64_t at = (int64_t)la.archive_filter_bytes(st->raw, -1);
+  if (at < 0 || fstat(r->archive_fd, &sb) != 0) return 0;
+  unsigned char block[65536];
+  while (at < (int64_t)sb.st_size) {
+    ssize_t n = pread(r->archive_fd, block, sizeof block, (off_t)at);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return stream_fail(st, a, "%s", strerror(errno));
+    if (n == 0) break;
+    for (ssize_t i = 0; i < n; i++)
+      if (block[i]) {
+        char why[64];
+        snprintf(why, sizeof why, "%s: data after the end of the compressed stream", st->filter);
+        return stream_fail(st, a, "%s", why);
+      }
+    at += n;
+  }
+  return 0;
+}
+
 static ssize_t filter_read(Reader *r, struct archive *a, const void **buf) {
   Stream *st = &r->st;
   size_t size;
   la_int64_t off;
+  if (st->failed) {
+    la.archive_set_error(a, EIO, "%s", st->why);
+    return -1;
+  }
   int rc = la.archive_read_data_block(st->raw, buf, &size, &off);
-  if (rc == ARCHIVE_EOF) return 0;
+  if (rc == ARCHIVE_EOF) return filter_tail(r, a);
   if (rc != ARCHIVE_OK && rc != ARCHIVE_WARN) {
     const char *why = la.archive_error_string(st->raw);
     return stream_fail(st, a, "%s", why);

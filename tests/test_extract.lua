@@ -518,6 +518,33 @@ test("a compressed stream is checked to its end: a bad checksum after the last e
   t.eq(info.filter, "gzip", "the filter reported")
 end)
 
+test("data after the end of a bzip2, lz4 or lzma stream is refused as after gzip; zeros are padding", function()
+  -- libarchive's readers of these three end quietly at bytes that start no stream of theirs.
+  local dir = t.tmpdir("trailing")
+  local entries = model_entries("model")
+  for _, case in ipairs { { "tar.bz2", "bzip2" }, { "tar.lz4", "lz4" }, { "tar.lzma", "lzma" } } do
+    local kind, filter = case[1], case[2]
+    local whole = t.read(A.make(kind, dir .. "/m." .. kind, entries))
+    local name = "trailing." .. kind
+    local archive = t.write(dir .. "/" .. name, whole .. "not " .. filter .. " at all\n")
+    local dest = dir .. "/out-" .. name
+    local r, msg, code = core.extract(archive, dest)
+    t.eq(r, nil, name .. ": refused")
+    t.eq(code, "EARCHIVE", name .. ": code")
+    t.eq(msg, name .. ": damaged archive: " .. filter .. ": data after the end of the compressed stream",
+      name .. ": message")
+    t.eq(core.stat(dest), nil, name .. ": nothing left")
+    local _, lmsg, lcode = core.archive_list(archive)
+    t.eq(lcode, "EARCHIVE", name .. ": the listing too")
+    t.eq(lmsg, msg, name .. ": listing message")
+
+    local padded = t.write(dir .. "/padded." .. kind, whole .. string.rep("\0", 1000))
+    local pr, perr = core.extract(padded, dir .. "/out-padded." .. kind)
+    t.ok(pr, kind .. " with zeros after: " .. tostring(perr))
+    check_tree(dir .. "/out-padded." .. kind, entries)
+  end
+end)
+
 test("only archives of files are accepted", function()
   local dir = t.tmpdir("notarchive")
   t.write(dir .. "/model.bin", t.bytes(10000, 9))
