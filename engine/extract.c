@@ -174,6 +174,12 @@ static int failf(Failure *f, const char *code, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(f->msg, sizeof f->msg, fmt, ap);
   va_end(ap);
+  /* One line: some of libarchive's messages end with a newline ("ZIP uncompressed data is wrong
+   * size (…)\n"). Names in messages are already escaped (shown). */
+  size_t n = strlen(f->msg);
+  while (n > 0 && (f->msg[n - 1] == '\n' || f->msg[n - 1] == '\r' || f->msg[n - 1] == ' ')) f->msg[--n] = '\0';
+  for (char *c = f->msg; *c; c++)
+    if (*c == '\n' || *c == '\r' || *c == '\t') *c = ' ';
   f->code = code;
   return -1;
 }

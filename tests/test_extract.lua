@@ -430,6 +430,20 @@ test("a decompression bomb stops at max_bytes", function()
   t.eq(code, "EARCHIVE", "the default cap holds too")
 end)
 
+test("a zip entry whose headers state more bytes than its data: refused, the message one line", function()
+  local dir = t.tmpdir("zip-more")
+  local archive = A.make("zip", dir .. "/more.zip", {
+    { path = "model/config.json", data = "{}" },
+    { path = "model/w.bin", data = t.bytes(5000, 7), stated = 100000 },
+  })
+  local r, msg, code = core.extract(archive, dir .. "/out")
+  t.eq(r, nil, "refused")
+  t.eq(code, "EARCHIVE", "code")
+  -- libarchive's own message ends with a newline: a message is one line
+  t.eq(msg, "more.zip: entry 'model/w.bin': ZIP uncompressed data is wrong size (read 5000, expected 100000)", "message")
+  t.eq(core.stat(dir .. "/out"), nil, "nothing left")
+end)
+
 test("a truncated or corrupted archive is refused and leaves nothing", function()
   local dir = t.tmpdir("truncated")
   local entries = model_entries("model")
