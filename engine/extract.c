@@ -1,8 +1,9 @@
 /* Archive listing and safe extraction on libarchive.
  *
  * libarchive only reads; every file, folder and link is made here, relative to an O_DIRECTORY
- * descriptor of the destination, one path component at a time with O_NOFOLLOW, so nothing the
- * archive planted is ever followed. A hostile or damaged archive is refused whole: what this call
+ * descriptor of the destination, one path component at a time with O_NOFOLLOW (or, for a folder
+ * already there, in one openat2 that refuses every symlink on the way), so nothing the archive
+ * planted is ever followed. A hostile or damaged archive is refused whole: what this call
  * made is removed again (in reverse order of creation) before it returns. Symbolic links are made
  * last, once every other entry is on disk, and only when they stay inside the destination.
  * Lua runs only between libarchive calls (on_progress, under lua_pcall): a Lua error never unwinds
@@ -32,6 +33,13 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 #include <zlib.h>
+#if defined(__linux__) && defined(__has_include)
+#if __has_include(<linux/openat2.h>)
+#include <linux/openat2.h>
+#include <sys/syscall.h>
+#define MG_HAVE_OPENAT2 1
+#endif
+#endif
 #ifdef __APPLE__
 #include <xlocale.h>
 #endif
@@ -128,6 +136,7 @@ typedef struct {
   char *path;
   char *target;          /* symlinks: the link text, made after every other entry */
   char *sha256;          /* regular files: the hex digest of what was written (NULL: not known) */
+  uint64_t hash;         /* of path (see hash_path) */
   int64_t size;
   unsigned char type;
   unsigned char created; /* made by this extraction (removed again on failure) */
@@ -160,6 +169,9 @@ typedef struct {
   size_t nslots;
   size_t *made;  /* indices of created records, in order of creation */
   size_t nmade, capmade;
+  size_t nsymlinks;     /* symlink records (made at the end) */
+  int dir_fd;           /* the folder open_parent opened last (dir_path), kept: entries come folder by folder */
+  char *dir_path;
   int64_t headers;      /* headers read so far */
   locale_t utf8, saved; /* this thread's LC_CTYPE while libarchive runs (see utf8_names) */
 } Reader;
@@ -229,6 +241,9 @@ static void reader_release(Reader *r) {
   utf8_names(r, 0);
   if (r->archive_fd >= 0) { close(r->archive_fd); r->archive_fd = -1; }
   if (r->root_fd >= 0) { close(r->root_fd); r->root_fd = -1; }
+  if (r->dir_fd >= 0) { close(r->dir_fd); r->dir_fd = -1; }
+  free(r->dir_path);
+  r->dir_path = NULL;
   for (size_t i = 0; i < r->nrecs; i++) {
     free(r->recs[i].path);
     free(r->recs[i].target);
@@ -239,7 +254,7 @@ static void reader_release(Reader *r) {
   free(r->made);
   r->recs = NULL;
   r->slots = r->made = NULL;
-  r->nrecs = r->caprecs = r->nslots = r->nmade = r->capmade = 0;
+  r->nrecs = r->caprecs = r->nslots = r->nmade = r->capmade = r->nsymlinks = 0;
 }
 
 static int reader_gc(lua_State *L) {
@@ -250,7 +265,7 @@ static int reader_gc(lua_State *L) {
 static Reader *new_reader(lua_State *L) {
   Reader *r = lua_newuserdatauv(L, sizeof *r, 0);
   memset(r, 0, sizeof *r);
-  r->archive_fd = r->root_fd = -1;
+  r->archive_fd = r->root_fd = r->dir_fd = -1;
   luaL_setmetatable(L, READER_MT);
   return r;
 }
@@ -608,14 +623,47 @@ static size_t count_components(const char *path) {
 
 /* The record set ----------------------------------------------------------------------------- */
 
-static size_t hash_path(const char *s) {
-  return (size_t)mg_fnv1a(s, strlen(s));
+/* FNV-1a, fed a byte at a time: the hash of every prefix of a path comes out of one pass. */
+#define HASH_START 1469598103934665603ULL
+#define HASH_BYTE(h, c) (((h) ^ (unsigned char)(c)) * 1099511628211ULL)
+
+static uint64_t hash_path(const char *s) {
+  uint64_t h = HASH_START;
+  for (; *s; s++) h = HASH_BYTE(h, *s);
+  return h;
+}
+
+static size_t *slot_of_hashed(const Reader *r, const char *path, uint64_t h) {
+  size_t mask = r->nslots - 1, i = (size_t)h & mask;
+  while (r->slots[i]) {
+    const Record *rec = &r->recs[r->slots[i] - 1];
+    if (rec->hash == h && strcmp(rec->path, path) == 0) break;
+    i = (i + 1) & mask;
+  }
+  return &r->slots[i];
 }
 
 static size_t *slot_of(const Reader *r, const char *path) {
-  size_t mask = r->nslots - 1, i = hash_path(path) & mask;
-  while (r->slots[i] && strcmp(r->recs[r->slots[i] - 1].path, path) != 0) i = (i + 1) & mask;
-  return &r->slots[i];
+  return slot_of_hashed(r, path, hash_path(path));
+}
+
+/* Whether a folder of path (a proper prefix) is a symbolic link this extraction is to make.
+ * One pass over the path, whatever its depth: a deep path must not cost its length squared. */
+static int through_symlink(const Reader *r, const char *path) {
+  if (!r->nsymlinks) return 0;
+  size_t mask = r->nslots - 1;
+  uint64_t h = HASH_START;
+  for (size_t len = 0; path[len]; len++) {
+    if (path[len] == '/') {
+      for (size_t i = (size_t)h & mask; r->slots[i]; i = (i + 1) & mask) {
+        const Record *rec = &r->recs[r->slots[i] - 1];
+        if (rec->hash == h && rec->type == REC_SYMLINK && strncmp(rec->path, path, len) == 0 && !rec->path[len])
+          return 1;
+      }
+    }
+    h = HASH_BYTE(h, path[len]);
+  }
+  return 0;
 }
 
 static Record *rec_find(const Reader *r, const char *path) {
@@ -631,7 +679,7 @@ static int grow_slots(Reader *r) {
   free(r->slots);
   r->slots = slots;
   r->nslots = n;
-  for (size_t i = 0; i < r->nrecs; i++) *slot_of(r, r->recs[i].path) = i + 1;
+  for (size_t i = 0; i < r->nrecs; i++) *slot_of_hashed(r, r->recs[i].path, r->recs[i].hash) = i + 1;
   return 0;
 }
 
@@ -665,8 +713,10 @@ static int rec_add(Reader *r, const char *path, int type, int created, const cha
     memset(rec, 0, sizeof *rec);
     rec->path = strdup(path);
     if (!rec->path) return ENOMEM;
-    *slot_of(r, path) = ++r->nrecs;
+    rec->hash = hash_path(path);
+    *slot_of_hashed(r, path, rec->hash) = ++r->nrecs;
   }
+  if (type == REC_SYMLINK && rec->type != REC_SYMLINK) r->nsymlinks++;
   rec->type = (unsigned char)type;
   if (target) {
     free(rec->target);
@@ -681,13 +731,65 @@ static void close_parent(const Reader *r, int fd) {
   if (fd >= 0 && fd != r->root_fd) close(fd);
 }
 
+/* Opens the folder dir under root in one call, no symlink followed anywhere on the way (ELOOP),
+ * as the walk of open_parent would; -1 with errno ENOSYS where the system cannot. */
+static int open_beneath(int root, const char *dir) {
+#if defined(MG_HAVE_OPENAT2) && defined(SYS_openat2)
+  static volatile int unsupported;
+  if (!unsupported) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    int fd = (int)syscall(SYS_openat2, root, dir, &how, sizeof how);
+    if (fd >= 0 || (errno != ENOSYS && errno != EPERM && errno != E2BIG && errno != EINVAL && errno != EAGAIN))
+      return fd;
+    if (errno != EAGAIN) unsupported = 1;
+  }
+#else
+  (void)root;
+  (void)dir;
+#endif
+  errno = ENOSYS;
+  return -1;
+}
+
 /* Opens the folder that holds path (relative to the root), one component at a time and never
  * following a symlink; with create, missing folders are made and recorded. Returns a descriptor
  * (close it with close_parent) or -1 with errno set; *leaf gets the last component.
  * path is cut and mended in place: it must not be a record's own string. */
+static void forget_dir(Reader *r) {
+  if (r->dir_fd >= 0) close(r->dir_fd);
+  free(r->dir_path);
+  r->dir_fd = -1;
+  r->dir_path = NULL;
+}
+
+static void remember_dir(Reader *r, const char *dir, int fd) {
+  forget_dir(r);
+  if ((r->dir_path = strdup(dir)) != NULL) r->dir_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+}
+
 static int open_parent(Reader *r, char *path, int create, const char **leaf) {
   int cur = r->root_fd;
   char *s = path;
+  char *last = strrchr(path, '/');
+  if (last) {
+    /* The folder of the entry before, or the whole folder in one call where the kernel can refuse
+     * every symlink on the way itself; the walk below only where a folder is missing (or there is
+     * no openat2): a path 2000 folders deep must not cost 2000 calls an entry. */
+    *last = '\0';
+    int fd = r->dir_fd >= 0 && strcmp(r->dir_path, path) == 0 ? fcntl(r->dir_fd, F_DUPFD_CLOEXEC, 0)
+                                                               : open_beneath(r->root_fd, path);
+    int err = errno;
+    if (fd >= 0 && (!r->dir_path || strcmp(r->dir_path, path) != 0)) remember_dir(r, path, fd);
+    *last = '/';
+    if (fd >= 0) {
+      *leaf = last + 1;
+      return fd;
+    }
+    if (err != ENOENT && err != ENOSYS) { errno = err; return -1; }
+  }
   for (char *slash; (slash = strchr(s, '/')) != NULL; s = slash + 1) {
     *slash = '\0';
     int fd = openat(cur, s, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
@@ -710,12 +812,18 @@ static int open_parent(Reader *r, char *path, int create, const char **leaf) {
     cur = fd;
   }
   *leaf = s;
+  if (last) {
+    *last = '\0';
+    remember_dir(r, path, cur);
+    *last = '/';
+  }
   return cur;
 }
 
 /* Removes what this extraction made, newest first. */
 static void remove_made(Reader *r) {
   char path[PATH_MAX];
+  forget_dir(r);
   for (size_t i = r->nmade; i-- > 0;) {
     const Record *rec = &r->recs[r->made[i]];
     const char *leaf;
@@ -724,6 +832,7 @@ static void remove_made(Reader *r) {
     if (dfd < 0) continue;
     unlinkat(dfd, leaf, rec->type == REC_DIR ? AT_REMOVEDIR : 0);
     close_parent(r, dfd);
+    if (rec->type == REC_DIR) forget_dir(r);
   }
   r->nmade = 0;
 }
@@ -1087,14 +1196,7 @@ static int extract_entries(Extraction *x) {
     if (why) return entry_fail(x, "EARCHIVE", raw, "%s", why);
     char *path = strip_path(clean, x->strip);
     if (!path) continue; /* the root itself, or all of it stripped */
-    for (char *s = path; (s = strchr(s, '/')) != NULL; *s++ = '/') {
-      *s = '\0';
-      const Record *rec = rec_find(r, path);
-      if (rec && rec->type == REC_SYMLINK) {
-        *s = '/';
-        return entry_fail(x, "EARCHIVE", raw, "the path goes through a symbolic link");
-      }
-    }
+    if (through_symlink(r, path)) return entry_fail(x, "EARCHIVE", raw, "the path goes through a symbolic link");
     const Record *same = rec_find(r, path);
     if (same && same->type == REC_SYMLINK) return entry_fail(x, "EARCHIVE", raw, "duplicate: the path already exists");
     const char *hardlink = entry_hardlink(e);
