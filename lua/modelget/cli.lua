@@ -930,7 +930,10 @@ function URLS.export(ctx)
     if ctx.json then json_line({ event = "exported", file = file })
     else ctx:say("exported custom URLs to %s", file) end
   elseif ctx.json then
-    io.stdout:write(util.json_encode(util.json_decode(res)), "\n") -- one object, one line
+    -- One line, an "export" event holding the schema's "custom" list: the exported text with its
+    -- layout taken out (no string in it holds a newline), so an empty list stays [] (a decoded and
+    -- encoded one would come back as {}).
+    io.stdout:write('{"event":"export",', (res:gsub("\n%s*", "")):sub(2), "\n")
   else
     io.stdout:write(res, res:sub(-1) == "\n" and "" or "\n")
   end
