@@ -70,6 +70,7 @@ static struct {
 /* Devices on which a syncfs failed in this process. A file system reports a lost write-back to the
  * first syncfs that looks, not to the next ones (a new descriptor starts past it): from then on the
  * paths on that device are fsynced one by one, each file reporting its own errors. */
+#ifdef __linux__
 static pthread_mutex_t degraded_mu = PTHREAD_MUTEX_INITIALIZER;
 static dev_t degraded[16];
 static int ndegraded;
@@ -89,7 +90,6 @@ static void degrade(dev_t dev) {
 }
 
 static int sync_file_system(const char *path, dev_t *last, int *have_last, int *failed) {
-#ifdef __linux__
   /* After a failed syncfs, every sync of the job that follows fails as well. */
   if (*failed) return *failed;
   struct stat st;
@@ -105,11 +105,14 @@ static int sync_file_system(const char *path, dev_t *last, int *have_last, int *
   if (!err) { *last = st.st_dev; *have_last = 1; }
   else { *failed = err; degrade(st.st_dev); }
   return err;
+}
 #else
+/* No syncfs here (core.syncfs is false): the scheduler fsyncs each path instead. */
+static int sync_file_system(const char *path, dev_t *last, int *have_last, int *failed) {
   (void)path; (void)last; (void)have_last; (void)failed;
   return ENOTSUP;
-#endif
 }
+#endif
 
 static int run_op(const FsOp *o, char *sha_out) {
   switch (o->op) {
