@@ -18,6 +18,10 @@ const char *mg_errno_code(int err);
 double mg_now(void);
 /* Free bytes available to this user on the file system holding path (or its nearest existing parent). */
 int mg_free_space(const char *path, uint64_t *out);
+/* The same for the file system of an open descriptor. Returns 0 or an errno. */
+int mg_free_space_fd(int fd, uint64_t *out);
+/* fdatasync where the system declares it (Linux), else fsync. Returns 0 or -1 with errno set. */
+int mg_datasync(int fd);
 /* pwrite until all n bytes are written at off (EINTR retried). Returns 0 or an errno. */
 int mg_write_all(int fd, const void *buf, size_t n, uint64_t off);
 /* The folder part of path ("." when none, "/" for the root's children), cut to outsz. */

@@ -30,7 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <unistd.h>
 #include <zlib.h>
 #if defined(__linux__) && defined(__has_include)
@@ -880,9 +879,9 @@ static int over_budget(Extraction *x, const char *raw) {
 }
 
 static int avail_bytes(const Extraction *x, int64_t *avail) {
-  struct statvfs vfs;
-  if (fstatvfs(x->r->root_fd, &vfs) != 0) return -1;
-  *avail = (int64_t)((uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize);
+  uint64_t bytes;
+  if (mg_free_space_fd(x->r->root_fd, &bytes) != 0) return -1;
+  *avail = (int64_t)bytes;
   return 0;
 }
 

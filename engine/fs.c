@@ -14,28 +14,62 @@
 #include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#ifdef __APPLE__
+#include <sys/param.h>
+#include <sys/mount.h>
+#else
 #include <sys/statvfs.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 
 volatile sig_atomic_t mg_interrupt_flag = 0;
 
+/* Free bytes for this user on the file system of path (fd when path is NULL); -1 with errno on
+ * failure. macOS's statvfs counts blocks in 32 bits (its fsblkcnt_t): on a volume of more than 2^32
+ * blocks (16 TB of 4 KB blocks; an NFS or ZFS one of 512-byte blocks from 2 TB) the count wraps, so
+ * there statfs, whose counts are 64-bit. */
+static int space_of(const char *path, int fd, uint64_t *out) {
+#ifdef __APPLE__
+  struct statfs sfs;
+  if ((path ? statfs(path, &sfs) : fstatfs(fd, &sfs)) != 0) return -1;
+  *out = (uint64_t)sfs.f_bavail * (uint64_t)sfs.f_bsize;
+#else
+  struct statvfs vfs;
+  if ((path ? statvfs(path, &vfs) : fstatvfs(fd, &vfs)) != 0) return -1;
+  *out = (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
+#endif
+  return 0;
+}
+
 int mg_free_space(const char *path, uint64_t *out) {
   char buf[PATH_MAX];
-  struct statvfs vfs;
   size_t n = strlen(path);
   if (n >= sizeof buf) return ENAMETOOLONG;
   memcpy(buf, path, n + 1);
   /* Walk up to the nearest existing folder: the target itself may not exist yet. */
-  while (statvfs(buf, &vfs) != 0) {
+  while (space_of(buf, -1, out) != 0) {
     if (errno != ENOENT) return errno;
     char *slash = strrchr(buf, '/');
     if (!slash) { strcpy(buf, "."); continue; }
     if (slash == buf) { buf[1] = '\0'; continue; }
     *slash = '\0';
   }
-  *out = (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
   return 0;
+}
+
+int mg_free_space_fd(int fd, uint64_t *out) {
+  return space_of(NULL, fd, out) == 0 ? 0 : errno;
+}
+
+/* macOS has an fdatasync symbol but declares none (a compiler that refuses implicit declarations
+ * stops there), and documents fsync only. */
+int mg_datasync(int fd) {
+#ifdef __linux__
+  return fdatasync(fd);
+#else
+  return fsync(fd);
+#endif
 }
 
 static int fs_free_space(lua_State *L) {

@@ -1643,7 +1643,7 @@ static void finish_tail(Session *s, Transfer *t) {
   if (!t->fail_code && t->partial && !t->head) {
     int err = hash_stop(&t->hash, STOP_FINISH);
     if (err) fail(t, mg_errno_code(err), err != ENOSPC, "cannot write or re-read %s: %s", t->partial, strerror(err));
-    else if (t->fd >= 0 && t->sync && fdatasync(t->fd) != 0)
+    else if (t->fd >= 0 && t->sync && mg_datasync(t->fd) != 0)
       fail(t, mg_errno_code(errno), 0, "cannot sync %s: %s", t->partial, strerror(errno));
   }
   t->ok = !t->fail_code;
