@@ -7,6 +7,18 @@
 PREFIX  ?= /usr/local
 CC      ?= cc
 PKGS    := lua5.4 libcurl libarchive openssl
+UNAME_S := $(shell uname -s)
+PKG_CONFIG ?= pkg-config
+ifeq ($(UNAME_S),Darwin)
+# Homebrew installs libarchive, openssl@3 and curl keg-only: pkg-config finds them only through
+# their opt/ folders. (Set on the command that runs pkg-config: make before 4.4, as macOS ships it,
+# exports no makefile variable to $(shell).)
+BREW_PREFIX := $(shell brew --prefix 2>/dev/null)
+ifneq ($(BREW_PREFIX),)
+BREW_PC := $(BREW_PREFIX)/opt/libarchive/lib/pkgconfig:$(BREW_PREFIX)/opt/openssl@3/lib/pkgconfig:$(BREW_PREFIX)/opt/curl/lib/pkgconfig
+PKG_CONFIG := PKG_CONFIG_PATH="$(PKG_CONFIG_PATH)$(if $(PKG_CONFIG_PATH),:)$(BREW_PC)" $(PKG_CONFIG)
+endif
+endif
 SAN     ?=
 ifeq ($(SAN),1)
 BUILD   ?= build-san
@@ -19,18 +31,29 @@ OPT     := -O2 -g
 endif
 
 WARN    := -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion -Wstrict-prototypes -Wmissing-prototypes
-CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(SANFLAGS) $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+CFLAGS  += -std=c11 -D_GNU_SOURCE -fPIC $(OPT) $(WARN) $(SANFLAGS) $(shell $(PKG_CONFIG) --cflags $(PKGS) 2>/dev/null)
 # libarchive is opened with dlopen on the first archive (engine/extract.c): its headers only here,
 # and the name of the library to open, as its package installed it. zlib is linked: the engine
 # decompresses gzip archives itself, to check their CRC.
-ENGINE_LIBS := $(shell pkg-config --libs libcurl openssl 2>/dev/null) $(shell pkg-config --libs zlib 2>/dev/null || echo -lz) -lpthread -ldl
-LIBARCHIVE_DIR := $(shell pkg-config --variable=libdir libarchive 2>/dev/null)
+ENGINE_LIBS := $(shell $(PKG_CONFIG) --libs libcurl openssl 2>/dev/null) $(shell $(PKG_CONFIG) --libs zlib 2>/dev/null || echo -lz) -lpthread -ldl
+LIBARCHIVE_DIR := $(shell $(PKG_CONFIG) --variable=libdir libarchive 2>/dev/null)
 LIBARCHIVE_SONAME := $(shell objdump -p $(LIBARCHIVE_DIR)/libarchive.so 2>/dev/null | awk '/SONAME/ { print $$2 }')
 ifeq ($(LIBARCHIVE_SONAME),)
 LIBARCHIVE_SONAME := $(wildcard $(LIBARCHIVE_DIR)/libarchive.dylib)
 endif
 CFLAGS  += $(if $(LIBARCHIVE_SONAME),-DMG_LIBARCHIVE='"$(LIBARCHIVE_SONAME)"')
-LUA_LIBS    := $(shell pkg-config --libs lua5.4 2>/dev/null) -lm -ldl
+LUA_LIBS    := $(shell $(PKG_CONFIG) --libs lua5.4 2>/dev/null) -lm -ldl
+
+# Linking: GNU ld's -E exports the host's Lua API to the C modules it loads; Apple's ld exports an
+# executable's symbols already and knows no -E. The module leaves Lua's symbols to the interpreter
+# that loads it: a shared object may (ELF); on macOS, a bundle told so (-undefined dynamic_lookup).
+ifeq ($(UNAME_S),Darwin)
+HOST_LDFLAGS   :=
+MODULE_LDFLAGS := -bundle -undefined dynamic_lookup
+else
+HOST_LDFLAGS   := -Wl,-E
+MODULE_LDFLAGS := -shared
+endif
 
 ENGINE_SRC := engine/core.c engine/fs.c engine/jobs.c engine/hash.c engine/transfer.c engine/extract.c
 ENGINE_OBJ := $(ENGINE_SRC:engine/%.c=$(BUILD)/obj/%.o)
@@ -48,12 +71,12 @@ $(BUILD)/obj:
 
 # The host: Lua, the engine and the CLI in one program.
 $(BUILD)/modelget: $(BUILD)/obj/host.o $(ENGINE_OBJ)
-	$(CC) $(CFLAGS) -o $@ $^ $(ENGINE_LIBS) $(LUA_LIBS) -Wl,-E
+	$(CC) $(CFLAGS) -o $@ $^ $(ENGINE_LIBS) $(LUA_LIBS) $(HOST_LDFLAGS)
 
 # The module for a stock lua5.4: require "modelget.core" finds it as build/?.so (all-in-one loader).
 # It does not link liblua: the interpreter that loads it provides Lua.
 $(BUILD)/modelget.so: $(ENGINE_OBJ)
-	$(CC) $(CFLAGS) -shared -o $@ $^ $(ENGINE_LIBS)
+	$(CC) $(CFLAGS) $(MODULE_LDFLAGS) -o $@ $^ $(ENGINE_LIBS)
 
 DEBS := liblua5.4-dev lua5.4 libcurl4-openssl-dev libssl-dev libarchive-dev zlib1g-dev lua-cjson pkg-config gcc make \
         nginx-light openssl curl wget aria2 python3 libonnx-testdata time xz-utils bzip2 zstd lz4 p7zip-full \
