@@ -48,6 +48,20 @@ local function on_tty(cmdline, env)
   return t.sh("script -qec " .. t.shquote(prefix .. cmdline) .. " /dev/null")
 end
 
+-- The lines of the live progress block in what a terminal received (each written after an erase-line;
+-- the lines that stay may wrap), colours and carriage returns taken out.
+local function live_lines(out)
+  local lines = {}
+  for line in out:gmatch("[^\n]*") do
+    local live = line:match(".*\27%[2K(.*)$")
+    if live then
+      live = live:gsub("\27%[[%d;]*m", ""):gsub("\r", "")
+      if live ~= "" then lines[#lines + 1] = live end
+    end
+  end
+  return lines
+end
+
 local function cmdline(store, args)
   local words = { t.shquote(t.bin), "--store", t.shquote(store), "--cacert", t.shquote(servers.ca().cert) }
   for _, a in ipairs(args) do words[#words + 1] = t.shquote(a) end
@@ -951,19 +965,11 @@ test("on a narrow terminal every progress line fits its width (a wrapped line br
   for _, cols in ipairs { 20, 40, 60 } do
     local r = on_tty("stty cols " .. cols .. "; " .. cmdline(t.tmpdir("narrow"), { "pull", ua, ub, "--limit-rate", "2M" }))
     t.eq(r.status, 0, "pull at " .. cols .. " columns: " .. r.stdout)
-    local drawn = 0
-    for line in r.stdout:gmatch("[^\n]*") do
-      -- A line of the live block: written after an erase-line; the lines that stay may wrap.
-      local live = line:match(".*\27%[2K(.*)$")
-      if live then
-        live = live:gsub("\27%[[%d;]*m", ""):gsub("\r", "")
-        if live ~= "" then
-          drawn = drawn + 1
-          t.ok((utf8.len(live) or #live) < cols, string.format("%d columns: a line of %d: %q", cols, utf8.len(live), live))
-        end
-      end
+    local drawn = live_lines(r.stdout)
+    for _, live in ipairs(drawn) do
+      t.ok((utf8.len(live) or #live) < cols, string.format("%d columns: a line of %d: %q", cols, utf8.len(live), live))
     end
-    t.ok(drawn > 0, cols .. " columns: progress lines drawn")
+    t.ok(#drawn > 0, cols .. " columns: progress lines drawn")
     t.match(r.stdout, "%d+%%", cols .. " columns: a percentage shown")
   end
 end)
@@ -1089,19 +1095,12 @@ test("a file name in wide characters (CJK) is cut by the columns it takes, not i
     for _, c in utf8.codes(s) do w = w + ((c >= 0x4E00 and c <= 0x9FFF) and 2 or 1) end
     return w
   end
-  local drawn, widths = 0, {}
-  for line in r.stdout:gmatch("[^\n]*") do
-    local live = line:match(".*\27%[2K(.*)$")
-    if live then
-      live = live:gsub("\27%[[%d;]*m", ""):gsub("\r", "")
-      if live ~= "" then
-        drawn = drawn + 1
-        t.ok(columns(live) < cols, string.format("a line of %d columns: %q", columns(live), live))
-        -- The bar starts at the same column on the file's line and the total line.
-        widths[#widths + 1] = columns(live:match("^(.-) %[") or "")
-      end
-    end
+  local drawn, widths = live_lines(r.stdout), {}
+  for _, live in ipairs(drawn) do
+    t.ok(columns(live) < cols, string.format("a line of %d columns: %q", columns(live), live))
+    -- The bar starts at the same column on the file's line and the total line.
+    widths[#widths + 1] = columns(live:match("^(.-) %[") or "")
   end
-  t.ok(drawn >= 2, "progress lines drawn")
+  t.ok(#drawn >= 2, "progress lines drawn")
   for _, w in ipairs(widths) do t.eq(w, widths[1], "the bars line up") end
 end)
