@@ -1082,6 +1082,23 @@ test("a presigned URL's signature (and a ?token=) is not shown in events, progre
   one_error_line(r, "no%-such%-signed%.gguf%?token=%*%*%*&X%-Amz%-Credential=%*%*%*")
 end)
 
+test("secret query parameters are told by their whole name or last word, in the query and the fragment", function()
+  local util = require "modelget.util"
+  t.eq(util.shown_url("https://h/m.gguf?author=me&tokenizer=x&design=y&passage=z&download=true"),
+    "https://h/m.gguf?author=me&tokenizer=x&design=y&passage=z&download=true", "no secret among them")
+  t.eq(util.shown_url("https://h/m.gguf?X-Amz-Signature=abc&access_token=t&api_key=k&sig=s&hdnts=exp=1~hmac=h"),
+    "https://h/m.gguf?X-Amz-Signature=***&access_token=***&api_key=***&sig=***&hdnts=***", "each hidden")
+  t.eq(util.shown_url("https://h/m.gguf#access_token=t&state=1"), "https://h/m.gguf#access_token=***&state=1",
+    "a fragment's token")
+end)
+
+test("emoji and other wide characters count two columns, as terminals draw them", function()
+  local progress = require "modelget.progress"
+  t.eq(progress.width("🚀✅🫠⚡☕⭐a"), 13, "six wide characters and one narrow")
+  t.eq(progress.width("モデル"), 6, "kana")
+  t.eq(progress.width("e\u{301}"), 1, "a combining accent takes no column")
+end)
+
 test("a file name in wide characters (CJK) is cut by the columns it takes, not its characters", function()
   local ng = servers.nginx()
   local name = "模型文件名称非常长的中文名字测试一二三四五六七八九十"

@@ -93,14 +93,23 @@ end
 -- (user:password@ -> user:***@; a token alone, token@ -> ***@), and so the values of query
 -- parameters that carry one (a presigned URL's X-Amz-Signature, a ?token=, an api_key…); the rest
 -- of the query (?download=true) stays. The URL itself is kept for use.
-local SECRET_PARAM = { "sig", "token", "key", "secret", "pass", "credential", "auth", "session" }
+-- A parameter is secret by its whole name, or by its last word after a '-', '_' or '.'
+-- (X-Amz-Signature, access_token, api_key, client_secret): ?author= or ?tokenizer= is no secret.
+local SECRET_WORDS = {}
+for _, w in ipairs { "sig", "signature", "token", "key", "apikey", "secret", "password", "passwd", "pass",
+                     "credential", "credentials", "auth", "authorization", "session", "sessionid", "jwt",
+                     "hmac", "hdnts" } do
+  SECRET_WORDS[w] = true
+end
+
+local function secret_param(name)
+  local lower = util.url_decode(name):lower()
+  return SECRET_WORDS[lower] or SECRET_WORDS[lower:match("[-_.]([^-_.]+)$") or ""] or false
+end
 
 local function shown_query(query)
-  return (query:gsub("([^&;=]+)=([^&;]*)", function(name, value)
-    local lower = util.url_decode(name):lower()
-    for _, word in ipairs(SECRET_PARAM) do
-      if value ~= "" and lower:find(word, 1, true) then return name .. "=***" end
-    end
+  return (query:gsub("([^&;=#?]+)=([^&;#]*)", function(name, value)
+    if value ~= "" and secret_param(name) then return name .. "=***" end
   end))
 end
 
@@ -109,7 +118,7 @@ function util.shown_url(url)
   local head, authority, rest = url:match("^(%a[%w+.-]*://)([^/?#]*)(.*)$")
   if not head then return url end
   local path, query, fragment = rest:match("^([^?#]*)(%??[^#]*)(.*)$")
-  rest = path .. shown_query(query) .. fragment
+  rest = path .. shown_query(query) .. shown_query(fragment) -- a fragment can carry one (#access_token=)
   local userinfo, host = authority:match("^(.*)@([^@]*)$")
   if not userinfo then return head .. authority .. rest end
   local user = userinfo:match("^([^:]*):")
