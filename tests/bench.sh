@@ -4,7 +4,10 @@
 # 1. one 1 GiB file: modelget pull with --sha256 vs curl -o, wget -O, aria2c --checksum (best of 3)
 # 2. 200 files of 100 KB: one modelget pull -j 8 (200 models) vs curl --parallel --parallel-max 8,
 #    aria2c -j8 -i; also modelget pulling them as one model of 200 files (a recipe's side files), and
-#    modelget.core alone writing them into one folder (what the store adds, by difference); best of 5
+#    modelget.core alone writing them into one folder (what the store adds, by difference); best of 5;
+#    curl --parallel followed by sha256sum and sync (curl's files given modelget's guarantees after)
+# 3. the store's file-system floor (tests/bench_floor.c): the same 200 files written flat, in the
+#    store's layout, and in that layout made durable, with no transfer, Lua, hash or lock
 # Prints wall-clock times, ratios (modelget / other), peak RSS, and the targets beside them.
 set -eu
 build=$(cd "${1:-build}" && pwd)
@@ -19,7 +22,7 @@ big_size=${BENCH_BIG_BYTES:-1073741824}
 small_count=${BENCH_SMALL_COUNT:-200}
 small_size=102400
 
-for tool in "$modelget" curl wget aria2c /usr/bin/time nginx openssl python3; do
+for tool in "$modelget" curl wget aria2c /usr/bin/time nginx openssl python3 cc sha256sum sync; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || { echo "bench: $tool is missing (make deps)" >&2; exit 1; }
 done
 
@@ -173,6 +176,8 @@ while [ $i -lt "$small_runs" ]; do
   got=$(find "$store/models/other" -name 'f*.bin' -size "${small_size}c" | wc -l)
   [ "$got" -eq "$small_count" ] || { echo "bench: modelget installed $got of the $small_count files" >&2; exit 1; }
   fresh; timed small.curl curl -sS --cacert "$ca" --parallel --parallel-max 8 --output-dir "$out" -K "$tmp/small.curlrc"
+  fresh; timed small.curlsync sh -c 'curl -sS --cacert "$1" --parallel --parallel-max 8 --output-dir "$2" -K "$3" &&
+    sha256sum "$2"/*.bin > "$2.sha256" && sync -f "$2"' sh "$ca" "$out" "$tmp/small.curlrc"
   fresh; timed small.onemodel "$modelget" pull bench-files --registry "$recipe" -j 8 --store "$store" -q --cacert "$ca"
   got=$(find "$store/models/other/bench-files" -name 'f*.bin' -size "${small_size}c" | wc -l)
   [ "$got" -eq "$small_count" ] || { echo "bench: modelget installed $got of the $small_count files as one model" >&2; exit 1; }
@@ -185,6 +190,9 @@ while [ $i -lt "$small_runs" ]; do
   fresh; timed small.engine "$modelget" run "$engine_script" "$tmp/small.urls" "$out" "$ca"
   i=$((i + 1))
 done
+cc -O2 -Wall -Wextra -o "$tmp/bench_floor" "$here/bench_floor.c"
+mkdir -p "$tmp/floor"
+"$tmp/bench_floor" "$tmp/floor" "$small_count" "$small_size" "$small_runs" > "$tmp/floor.txt"
 i=0
 while [ $i -lt "$small_runs" ]; do
   fresh; timed small.aria2c aria2c -q --ca-certificate="$ca" -j8 -i "$tmp/small.urls" -d "$out"
@@ -218,8 +226,30 @@ t=$(best small.engine)
 printf '  %-24s %8s   engine/curl = %s   (runs: %s)\n' "modelget.core alone" "$t" "$(ratio "$t" "$(best small.curl)")" "$(runs_of small.engine)"
 echo "  (the transfer engine writing the 200 files into one folder as curl does: no model folder,"
 echo "   manifest, lock or fsync per model; the difference is what the store's durable installs cost)"
+t=$(best small.curlsync)
+printf '  %-24s %8s   modelget/that = %s   (runs: %s)\n' "curl + sha256sum + sync" "$t" "$(ratio "$mg_small" "$t")" "$(runs_of small.curlsync)"
+echo "  (curl's files hashed and made durable afterwards: what modelget's install guarantees)"
 printf '  processor time (user+system s, least of the runs; the server shares the machine): modelget %s, one model %s, engine %s, curl %s, aria2c %s\n' \
   "$(cpu small.modelget)" "$(cpu small.onemodel)" "$(cpu small.engine)" "$(cpu small.curl)" "$(cpu small.aria2c)"
+echo
+echo "== the store's file-system floor ($small_count files; the calls alone, one thread, no transfer, Lua, hash or lock; best of $small_runs)"
+floor() { awk -v w="$1" '$1 == w { print $2 }' "$tmp/floor.txt"; }
+flat=$(floor flat)
+for way in flat layout durable; do
+  case $way in
+    flat) what="flat files, as curl" ;;
+    layout) what="model folders, manifests" ;;
+    durable) what="the same, made durable" ;;
+  esac
+  t=$(floor $way)
+  printf '  %-24s %8s   +%s over flat   (processor %s s)\n' "$what" "$t" \
+    "$(awk -v a="$t" -v b="$flat" 'BEGIN { printf "%.3f", a - b }')" "$(awk -v w=$way '$1 == w { print $3 }' "$tmp/floor.txt")"
+done
+# The engine's own run plus what the layout and its durability add to flat files: about the least a
+# durable install of these files can take here, whoever implements it (if none of it overlapped the
+# transfers; on a machine whose processors the server and the transfers keep busy, little does).
+lb=$(awk -v e="$(best small.engine)" -v d="$(floor durable)" -v f="$flat" 'BEGIN { if (e == "fail") print "fail"; else printf "%.3f", e + d - f }')
+echo "  a durable install's least, about: engine alone + (made durable - flat) = $lb s = $(ratio "$lb" "$(best small.curl)")x curl --parallel"
 echo
 echo "== peak RSS (MiB, /usr/bin/time)"
 for label in big.modelget small.modelget big.curl big.wget big.aria2c small.curl small.aria2c; do
