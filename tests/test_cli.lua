@@ -974,6 +974,28 @@ test("on a narrow terminal every progress line fits its width (a wrapped line br
   end
 end)
 
+test("a terminal narrowed during a pull gets progress lines that fit its new width", function()
+  local ng = servers.nginx()
+  local data = gguf(3 * MiB)
+  local url = ng.put("cli/resized-model.gguf", data)
+  local store = t.tmpdir("resized")
+  local part = store .. "/partial/llamacpp--resized-model/resized-model.gguf.part"
+  -- Narrowed once the download is under way (its partial file has bytes), 3 MB at 1 MB/s before it ends.
+  local r = on_tty("stty cols 100; " .. cmdline(store, { "pull", url, "--limit-rate", "1M" }) .. " & pid=$!; "
+    .. "while [ ! -s " .. t.shquote(part) .. " ]; do sleep 0.05; done; stty cols 40; wait $pid")
+  t.eq(r.status, 0, "pull: " .. r.stdout)
+  local drawn = live_lines(r.stdout)
+  t.ok(#drawn >= 2, "progress lines drawn: " .. #drawn)
+  local widest = 0
+  for _, live in ipairs(drawn) do widest = math.max(widest, utf8.len(live) or #live) end
+  t.ok(widest >= 40, "lines as wide as 100 columns allow were drawn first (widest " .. widest .. ")")
+  -- The last block drawn (a file's line and the total) came long after the resize.
+  for i = #drawn - 1, #drawn do
+    t.ok((utf8.len(drawn[i]) or #drawn[i]) < 40, string.format("after the resize: a line of %d: %q", utf8.len(drawn[i]), drawn[i]))
+  end
+  t.eq(t.sha256_file(store .. "/models/llamacpp/resized-model/resized-model.gguf"), t.sha256(data), "installed bytes")
+end)
+
 test("on a short terminal the live block of many files fits the screen: the first files, then '… and N more'", function()
   local ng = servers.nginx()
   local urls = {}

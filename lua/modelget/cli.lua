@@ -327,13 +327,11 @@ end
 function Ctx:reporter()
   local stdout_tty = core.isatty(1)
   local mode = progress.mode(self.opts, stdout_tty)
-  local width, height = terminal_size()
   return progress.new {
     mode = mode,
     out = io.stdout,
     color = self.color,
-    width = width,
-    height = height,
+    size = terminal_size, -- asked at each draw: the terminal may be resized during a pull
     clock = core.now,
   }
 end

@@ -96,6 +96,11 @@ local function fit(s, n)
   return s .. string.rep(" ", n - width_of(s))
 end
 
+-- The columns and rows a block may take (80 x 24 when unknown).
+local function fit_size(width, height)
+  return math.max(2, width or 80), math.max(1, height or 24)
+end
+
 local function percent(completed, total)
   if type(total) ~= "number" or total <= 0 then return nil end
   return math.min(100, math.floor(100 * (completed or 0) / total))
@@ -318,6 +323,8 @@ end
 
 function Reporter:redraw(now)
   self.last_draw = now or self.clock()
+  -- The terminal may have been resized since the last draw: its lines fit the size it has now.
+  if self.size then self.width, self.height = fit_size(self.size()) end
   local lines = self:live_lines()
   local out = { string.format(self.drawn > 0 and "\r\27[%dA" or "", self.drawn) }
   for _, line in ipairs(lines) do out[#out + 1] = "\27[2K" .. line .. "\n" end
@@ -463,16 +470,19 @@ function Reporter:close()
 end
 
 -- opts: mode ("tty"|"plain"|"json"|"quiet"), out (file, default io.stdout), err (io.stderr), color (bool),
--- width (columns), height (rows), clock (seconds function).
+-- width (columns), height (rows), or size (a function giving both, asked again at each draw), clock
+-- (seconds function).
 function M.new(opts)
   opts = opts or {}
+  local width, height = opts.width, opts.height
+  if opts.size then width, height = opts.size() end
+  width, height = fit_size(width, height)
   local r = setmetatable({
     mode = opts.mode or "plain",
     out = opts.out or io.stdout,
     err = opts.err or io.stderr,
     color = opts.color and true or false,
-    width = math.max(2, opts.width or 80),
-    height = math.max(1, opts.height or 24),
+    width = width, height = height, size = opts.size,
     clock = opts.clock or require("modelget.core").now, -- wall time (os.clock is CPU time)
     files = {}, count = 0, live = {}, of_model = {}, drawn = 0, last_draw = -math.huge,
     ended_completed = 0, ended_total = 0, ended_unknown = false, -- the files finished, summed
