@@ -132,7 +132,9 @@ function Reporter:sentence(ev)
     if ev.total then parts[#parts + 1] = M.bytes(ev.total) end
     return "downloading " .. id .. (#parts > 0 and (" (" .. table.concat(parts, ", ") .. ")") or "")
   elseif kind == "retry" then
-    local wait = ev.delay and string.format("retrying in %.1fs", ev.delay) or "retrying"
+    -- A wait shorter than the tenth of a second the line could show (Retry-After: 0) is none.
+    local wait = not ev.delay and "retrying" or ev.delay < 0.05 and "retrying now"
+      or string.format("retrying in %.1fs", ev.delay)
     local attempt = ev.attempt and string.format(" (attempt %d)", ev.attempt) or ""
     return self:paint("yellow", label(ev) .. (ev.reason and (": " .. ev.reason) or "") .. "; " .. wait .. attempt)
   elseif kind == "fallback" then
