@@ -47,6 +47,7 @@
 #define SPEED_SAMPLES 24
 #define SPEED_EVERY 0.25
 #define SPEED_WINDOW 5.0
+#define TIMEOUT_MAX (7 * 24 * 3600.0)         /* the longest stall or connect timeout: a week (held in a long) */
 #define STATE_MAGIC "modelget-partial 1"
 #define STATE_MIN ((uint64_t)256 << 10)       /* smaller prefixes are not worth a state file: re-fetched */
 
@@ -1939,6 +1940,7 @@ static int session_new(lua_State *L) {
   luaL_argcheck(L, jobs >= 1 && jobs <= 1024, 1, "jobs must be between 1 and 1024");
   luaL_argcheck(L, rate >= 0, 1, "limit_rate must not be negative");
   luaL_argcheck(L, max_redirects >= 0, 1, "max_redirects must not be negative");
+  luaL_argcheck(L, connect_timeout >= 0 && connect_timeout <= TIMEOUT_MAX, 1, "connect_timeout must be from 0 to a week");
   Session *s = lua_newuserdatauv(L, sizeof *s, 1);
   memset(s, 0, sizeof *s);
   luaL_setmetatable(L, SESSION_MT);
@@ -2036,7 +2038,7 @@ static int session_add(lua_State *L) {
   t->sync = opt_boolean(L, 2, "fsync", 1);
   t->writeback = opt_boolean(L, 2, "writeback", 0);
   double stall = opt_number(L, 2, "stall_timeout", 30);
-  luaL_argcheck(L, stall >= 1, 2, "stall_timeout must be at least 1 s");
+  luaL_argcheck(L, stall >= 1 && stall <= TIMEOUT_MAX, 2, "stall_timeout must be from 1 s to a week");
   t->stall_timeout = (long)(stall + 0.5);
   t->space_factor = opt_number(L, 2, "space_factor", 1);
   lua_Integer reservation = opt_integer(L, 2, "reservation", 0);

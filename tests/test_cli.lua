@@ -111,7 +111,10 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     { { "list", "--force" }, "%-%-force does not apply to list" },
     { { "pull", "a", "b", "--id", "x" }, "%-%-id applies to one target" },
     { { "pull", "x", "--sha256", "abc" }, "bad value for %-%-sha256" },
-    { { "pull", "https://127.0.0.1:1/m.bin", "--stall-timeout", "0.5" }, "%-%-stall%-timeout.*1 or more" },
+    { { "pull", "https://127.0.0.1:1/m.bin", "--stall-timeout", "0.5" }, "%-%-stall%-timeout.*from 1 to 604800" },
+    -- Past what the engine holds (a week): refused, not wrapped into "no response for -9223372036854775808 s".
+    { { "pull", "https://127.0.0.1:1/m.bin", "--framework", "other", "--stall-timeout", "1e300" },
+      "bad value for %-%-stall%-timeout: '1e300' %(a number of seconds from 1 to 604800%)" },
     { { "pull", "https://127.0.0.1:1/m.bin", "--framework", "nope" }, "unknown framework 'nope'" },
     { { "urls", "frob" }, "unknown urls command 'frob'" },
     { { "urls" }, "urls needs a subcommand: list, add, rm, export or import" },

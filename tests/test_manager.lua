@@ -132,8 +132,10 @@ test("options of the wrong kind are misuse: an error naming the option, nothing 
     -- Out of range, as the command line has them.
     { { store = store, retries = -1 }, "bad option 'retries': expected a whole number 0 or more, got -1" },
     { { store = store, retry_wait = -3 }, "bad option 'retry_wait': expected a number 0 or more, got -3" },
-    { { store = store, stall_timeout = 0 }, "bad option 'stall_timeout': expected a number 1 or more, got 0" },
-    { { store = store, connect_timeout = -1 }, "bad option 'connect_timeout': expected a number 1 or more, got -1" },
+    { { store = store, stall_timeout = 0 }, "bad option 'stall_timeout': expected a number 1 to 604800, got 0" },
+    { { store = store, stall_timeout = 1e300 }, "bad option 'stall_timeout': expected a number 1 to 604800, got 1e+300" },
+    { { store = store, connect_timeout = -1 }, "bad option 'connect_timeout': expected a number 1 to 604800, got -1" },
+    { { store = store, connect_timeout = 1e300 }, "bad option 'connect_timeout': expected a number 1 to 604800, got 1e+300" },
     { { store = store, jobs = 0 }, "bad option 'jobs': expected a whole number 1 to 256, got 0" },
     { { store = store, connections = 99 }, "bad option 'connections': expected a whole number 1 to 16, got 99" },
     { { store = store, limit_rate = "abc" }, "bad option 'limit_rate': expected a rate (500K, 20M, bytes/s), got abc" },

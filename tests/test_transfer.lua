@@ -849,6 +849,9 @@ test("misuse raises", function()
   t.ok(not pcall(s.add, s, { url = 5, memory = 1 }), "url must be a string")
   t.ok(not pcall(core.session, { jobs = 0 }), "jobs at least 1")
   t.ok(not pcall(core.session, { limit_rate = "fast" }), "limit_rate a number")
+  -- Timeouts are held in a long: one past what it holds raises, never wraps to a negative one.
+  t.ok(not pcall(s.add, s, { url = "https://127.0.0.1/", memory = 1, stall_timeout = 1e300 }), "stall_timeout at most a week")
+  t.ok(not pcall(core.session, { connect_timeout = 1e300 }), "connect_timeout at most a week")
 end)
 
 test("kill -9 in mid-download, then a new transfer resumes from the recorded bytes", function()

@@ -43,10 +43,11 @@ local function whole(min, max)
   end
 end
 
-local function seconds(min)
+local function seconds(min, max)
   return function(s)
     local n = tonumber(s)
-    if n and n == n and n ~= math.huge and n >= min then return n end
+    if n and n == n and n ~= math.huge and n >= min and n <= (max or math.huge) then return n end
+    if max then return nil, string.format("a number of seconds from %g to %g", min, max) end
     return nil, string.format("a number of seconds, %g or more", min)
   end
 end
@@ -83,7 +84,7 @@ local OPTIONS = {
   { long = "connections", short = "x", arg = "N", global = true, check = whole(1, download.CONNECTIONS_MAX),
     help = "connections per file: a big file from a server that serves ranges comes in N segments at once (default 1)" },
   { long = "limit-rate", arg = "RATE", global = true, check = rate, help = "total bandwidth cap: 500K, 20M, 1.5G or bytes/s" },
-  { long = "stall-timeout", arg = "S", global = true, check = seconds(1), -- the engine's least: a second without a byte
+  { long = "stall-timeout", arg = "S", global = true, check = seconds(1, download.TIMEOUT_MAX), -- the engine's least: a second without a byte
     help = "retry a transfer that receives nothing for S seconds (default 30)" },
   { long = "retries", arg = "N", global = true, check = whole(0), help = "attempts per URL before the next URL (default 5)" },
   { long = "retry-wait", arg = "S", global = true, check = seconds(0),

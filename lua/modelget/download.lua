@@ -45,6 +45,7 @@ end
 -- Bounds of jobs (models at once) and connections (per file); a session runs at most SESSION_MAX
 -- transfers at once, and the others wait their turn.
 download.JOBS_MAX, download.CONNECTIONS_MAX, download.SESSION_MAX = 256, 16, 1024
+download.TIMEOUT_MAX = 7 * 24 * 3600 -- the engine's most, in seconds, for a stall or a connect timeout
 
 local function bounded(opts, name, max, default)
   local v = opts[name]

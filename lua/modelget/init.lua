@@ -23,7 +23,8 @@ local OPTION_KINDS = {
 }
 -- The least (and most) a number option may be, as the command line's checks have it.
 local LIMITS = { jobs = { 1, download.JOBS_MAX }, connections = { 1, download.CONNECTIONS_MAX }, retries = { 0 },
-                 stall_timeout = { 1 }, retry_wait = { 0 }, connect_timeout = { 1 } }
+                 stall_timeout = { 1, download.TIMEOUT_MAX }, retry_wait = { 0 },
+                 connect_timeout = { 1, download.TIMEOUT_MAX } }
 -- Options taken as they are (the command line's own, stop's wait, info's catalog): known, not checked.
 local OTHER_OPTIONS = { wait = true, catalog = true, no_color = true, installed = true, help = true, version = true,
                         detach = true }
