@@ -383,6 +383,9 @@ test("list, info, search and frameworks; --json forms parse", function()
 
   local r = t.status(run { "list" }, 0, "list")
   t.match(r.stdout, "llama%.cpp %(llamacpp%)\n", "framework heading")
+  -- Groups are apart by a blank line, not a "?" (a line break taken for a control character in data).
+  t.match(r.stdout, "\n\nONNX Runtime %(onnx%)\n", "a blank line before the next framework's heading")
+  t.nomatch(r.stdout, "%?", "no '?' in the listing")
   t.match(r.stdout, "\n +cli%-tiny +CLI tiny model +205 KB", "entry with its size")
   r = t.status(run { "list", "--framework", "onnx" }, 0, "list --framework onnx")
   t.match(r.stdout, "cli%-onnx", "onnx entry")

@@ -417,8 +417,10 @@ function Ctx:show_entries(entries, installed)
   for _, e in ipairs(entries) do
     if e.framework ~= group then
       flush()
+      -- A blank line between groups: written as is, not as data (printf shows a line break as "?").
+      if group then io.stdout:write("\n") end
       group = e.framework
-      printf("%s%s (%s)", group == entries[1].framework and "" or "\n", title[group] or group, group)
+      printf("%s (%s)", title[group] or group, group)
     end
     local mark = installed(e) and "*" or " "
     any_installed = any_installed or installed(e)
