@@ -167,6 +167,43 @@ test("an unknown id is exit 2 for info, pull, verify and rm, and leaves no store
   end
 end)
 
+test("a store that is a file, under a file or a link to nothing: exit 2 naming it and what named it, nothing written", function()
+  local dir = t.tmpdir("storepath")
+  local file = t.write(dir .. "/a-file", "not a store\n")
+  local dangling = dir .. "/dangling"
+  t.sh("ln -s " .. t.shquote(dir .. "/nowhere") .. " " .. t.shquote(dangling))
+  local url = "https://127.0.0.1:1/m.gguf"
+  local function lit(s) return (s:gsub("%p", "%%%0")) end
+  local cases = {
+    { { "--store", file }, {}, "the store " .. lit(file) .. " %(from %-%-store%) is not a folder" },
+    { {}, { MODELGET_HOME = file }, "the store " .. lit(file) .. " %(from %$MODELGET_HOME%) is not a folder" },
+    { {}, { MODELGET_HOME = file .. "/sub" },
+      "the store " .. lit(file) .. "/sub %(from %$MODELGET_HOME%) cannot be made: " .. lit(file) .. " is not a folder" },
+    { {}, { XDG_DATA_HOME = file },
+      "the store " .. lit(file) .. "/modelget %(from %$XDG_DATA_HOME%) cannot be made: " .. lit(file) .. " is not a folder" },
+    { { "--store", dangling }, {}, "the store " .. lit(dangling) .. " %(from %-%-store%) is a link to nothing" },
+  }
+  for _, c in ipairs(cases) do
+    for _, cmd in ipairs { { "ls" }, { "status" }, { "verify" }, { "urls", "list" }, { "list", "--installed" },
+                           { "pull", url }, { "urls", "add", "--id", "m", "--name", "m.gguf", "--url", url } } do
+      local argv = {}
+      for _, a in ipairs(c[1]) do argv[#argv + 1] = a end
+      for _, a in ipairs(cmd) do argv[#argv + 1] = a end
+      local what = table.concat(argv, " ") .. " " .. (next(c[2]) or "")
+      local r = t.status(t.modelget(argv, { env = c[2] }), 2, what)
+      one_error_line(r, "^modelget: " .. c[3] .. "; name a folder with %-%-store DIR", what)
+      t.eq(r.stdout, "", what .. ": nothing on stdout")
+    end
+  end
+  t.eq(t.read(file), "not a store\n", "the file is untouched")
+  t.eq(table.concat(t.tree(dir), " "), "a-file dangling", "nothing made beside it, nor where the link points")
+  -- An empty --store is none given, not the default store.
+  local r = t.status(t.modelget { "--store=", "ls" }, 2, "--store=")
+  one_error_line(r, "bad value for %-%-store: '' %(a folder%)")
+  r = t.status(t.modelget { "--registry", "", "list" }, 2, "--registry ''")
+  one_error_line(r, "bad value for %-%-registry: '' %(a recipe file or folder%)")
+end)
+
 test("an id missing because a recipe file did not load is exit 9: the file and line are named", function()
   local store = t.tmpdir("badrecipe")
   local file = t.write(t.tmpdir("badrecipe-file") .. "/mine.lua",

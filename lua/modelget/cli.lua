@@ -58,6 +58,14 @@ local function rate(s)
   return nil, "a rate such as 500K, 20M, 1.5G or plain bytes per second"
 end
 
+-- A path, which an empty value is not (an empty --store would be taken for none given).
+local function path_of(what)
+  return function(s)
+    if s ~= "" then return s end
+    return nil, what
+  end
+end
+
 local function existing_file(s)
   local st = core.stat(s)
   if st and st.type ~= "dir" then return s end
@@ -72,9 +80,9 @@ end
 -- Options -------------------------------------------------------------------------------------------
 -- key: the facade's option name. global: accepted with every command.
 local OPTIONS = {
-  { long = "store", arg = "DIR", global = true,
+  { long = "store", arg = "DIR", global = true, check = path_of("a folder"),
     help = "store root (default $MODELGET_HOME, else $XDG_DATA_HOME/modelget, else ~/.local/share/modelget)" },
-  { long = "registry", arg = "PATH", global = true, multi = true,
+  { long = "registry", arg = "PATH", global = true, multi = true, check = path_of("a recipe file or folder"),
     help = "an extra recipe file or folder (repeatable; also $MODELGET_REGISTRY_PATH, :-separated)" },
   { long = "cacert", arg = "FILE", global = true, check = existing_file,
     help = "CA bundle (default $MODELGET_CA_BUNDLE, $SSL_CERT_FILE, $CURL_CA_BUNDLE, else the system's)" },
@@ -529,6 +537,7 @@ command("search", {
 })
 
 command("frameworks", {
+  store = false, -- never reads or writes the store
   usage = "frameworks",
   summary = "the frameworks and their rules",
   max = 0,
@@ -1016,6 +1025,7 @@ command("import", {
 
 -- run -----------------------------------------------------------------------------------------------
 command("run", {
+  store = false, -- never reads or writes the store
   usage = "run SCRIPT.lua [ARGS…]",
   summary = "run a Lua script with the engine and the facade loaded",
   detail = "The script sees its arguments in arg (arg[0] is the script) and in ...; require \"modelget\""
@@ -1063,6 +1073,7 @@ command("run", {
 })
 
 command("help", {
+  store = false, -- never reads or writes the store
   usage = "help [COMMAND]",
   summary = "this help, or one command's",
   max = 1,
@@ -1174,6 +1185,10 @@ function M.main(argv)
   if p.opts.unzip and p.opts.no_unzip then return ctx:usage("--unzip and --no-unzip: one or the other") end
   local bad = check_arity(c, p.args)
   if bad then return ctx:fail(bad, "EUSAGE") end
+  if c.store ~= false then
+    local problem = require("modelget.store").root_problem(p.opts)
+    if problem then return ctx:fail(problem, "EUSAGE", { hint = "name a folder with --store DIR (or $MODELGET_HOME)" }) end
+  end
   if c.name ~= "run" then core.catch_interrupt() end
   return c.run(ctx)
 end

@@ -14,15 +14,37 @@ local store = {}
 
 store.MANIFEST = util.MANIFEST
 
-function store.root(opts)
-  local root = opts and opts.store
-  if not root or root == "" then root = os.getenv("MODELGET_HOME") end
+-- The store's root, and what named it: --store, $MODELGET_HOME, $XDG_DATA_HOME, else $HOME.
+local function locate(opts)
+  local root, source = opts and opts.store, "--store"
+  if not root or root == "" then root, source = os.getenv("MODELGET_HOME"), "$MODELGET_HOME" end
   if not root or root == "" then
     local xdg = os.getenv("XDG_DATA_HOME")
-    if xdg and xdg ~= "" then root = xdg .. "/modelget"
-    else root = (os.getenv("HOME") or ".") .. "/.local/share/modelget" end
+    if xdg and xdg ~= "" then root, source = xdg .. "/modelget", "$XDG_DATA_HOME"
+    else root, source = (os.getenv("HOME") or ".") .. "/.local/share/modelget", "$HOME" end
   end
-  return (root:gsub("/+$", ""))
+  return (root:gsub("/+$", "")), source
+end
+
+function store.root(opts) return (locate(opts)) end
+
+-- Why the store's root can hold no store, or nil: it is a folder, or one can be made there. A file
+-- in its place (or in a folder's place above it), or a link to nothing, would have every command
+-- that reads the store find it empty, and every one that writes fail on a folder inside it.
+-- -> message (naming the root and what named it), or nil.
+function store.root_problem(opts)
+  local root, source = locate(opts)
+  local path = root
+  repeat
+    local st = core.stat(path, true)
+    if st and st.type == "dir" then return nil end
+    local why = st and (path == root and "is not a folder" or ("cannot be made: " .. path .. " is not a folder"))
+      or core.stat(path) and (path == root and "is a link to nothing" or ("cannot be made: " .. path .. " is a link to nothing"))
+    if why then return string.format("the store %s (from %s) %s", root, source, why) end
+    local up = util.dirname(path)
+    if up == path then return nil end
+    path = up
+  until path == ""
 end
 
 function store.model_dir(root, framework, id) return root .. "/models/" .. framework .. "/" .. id end
