@@ -573,6 +573,44 @@ test("verify after a flipped byte: exit 4 naming the model and the file; ls and 
   t.match(t.status(mg(store, { "ls" }), 0, "ls empty").stdout, "no models installed", "ls after rm")
 end)
 
+test("a model whose .modelget.json is damaged (not JSON, cut short, gone): verify fails naming it, ls shows it, rm removes it", function()
+  local ng = servers.nginx()
+  local data = gguf(64 * KiB)
+  local url = ng.put("cli/damaged.gguf", data)
+  local other = ng.put("cli/intact.gguf", gguf(32 * KiB))
+  for _, c in ipairs { { "not JSON", "{not json", "not valid JSON" }, { "cut short", 20, "not valid JSON" },
+                       { "gone", false, "missing" }, { "no files", '{"id":"damaged"}', "no list of files" } } do
+    local store = t.tmpdir("damaged")
+    t.status(mg(store, { "pull", url, "-q" }), 0, "pull")
+    t.status(mg(store, { "pull", other, "-q" }), 0, "pull another")
+    local manifest = store .. "/models/llamacpp/damaged/.modelget.json"
+    if c[2] == false then os.remove(manifest)
+    elseif type(c[2]) == "number" then t.write(manifest, t.read(manifest):sub(1, c[2]))
+    else t.write(manifest, c[2]) end
+    local before = t.tree(store)
+    for _, args in ipairs { { "verify" }, { "verify", "damaged" } } do
+      local what = c[1] .. ": " .. table.concat(args, " ")
+      local r = t.status(mg(store, args), 4, what)
+      t.match(r.stdout, "FAILED +damaged: %.modelget%.json: " .. c[3], what .. ": the FAILED line says why")
+      one_error_line(r, "^modelget: verification failed: damaged: %.modelget%.json: " .. c[3], what)
+    end
+    local v = events(t.status(mg(store, { "--json", "verify" }), 4, c[1] .. ": verify --json").stdout)
+    local seen = {}
+    for _, ev in ipairs(v) do if ev.event == "verified" then seen[ev.id] = ev end end
+    t.eq(seen.intact.ok, true, c[1] .. ": the other model is intact")
+    t.eq(seen.damaged.ok, false, c[1] .. ": the damaged one is not")
+    local r = t.status(mg(store, { "ls" }), 0, c[1] .. ": ls")
+    t.match(r.stdout, "\ndamaged +llamacpp +%? +damaged +", c[1] .. ": ls shows it")
+    t.eq(table.concat(t.tree(store), " "), table.concat(before, " "), c[1] .. ": verify and ls changed nothing")
+    r = t.status(mg(store, { "rm", "damaged" }), 0, c[1] .. ": rm")
+    t.ok(not t.exists(store .. "/models/llamacpp/damaged"), c[1] .. ": its folder is gone")
+    t.ok(t.exists(store .. "/models/llamacpp/intact"), c[1] .. ": the other stays")
+    t.status(mg(store, { "verify" }), 0, c[1] .. ": verify after rm")
+  end
+  -- rm goes by id: no path through it.
+  t.status(mg(t.tmpdir("damaged-dots"), { "rm", ".." }), 2, "rm ..")
+end)
+
 test("verify while another process replaces or removes a model: no failure for an intact one", function()
   local ng = servers.nginx()
   local url = ng.put("cli/swap.gguf", gguf(256 * KiB))

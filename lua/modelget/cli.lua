@@ -765,6 +765,9 @@ command("ls", {
         rows[#rows + 1] = { m.id, m.framework or "", progress.bytes(m.bytes), state, m.path or "" }
       end
     end
+    -- A model folder whose manifest cannot be read is no model to list, but it is there.
+    local damaged = require("modelget.store").damaged(mg.store_root(ctx.opts))
+    for _, d in ipairs(damaged) do rows[#rows + 1] = { d.id, d.framework, "?", "damaged", d.path } end
     if #rows == 1 then
       printf("no models installed in %s", mg.store_root(ctx.opts))
       return 0
@@ -772,6 +775,10 @@ command("ls", {
     columns(rows)
     printf("%d model%s, %s in %s", #rows - 1, #rows == 2 and "" or "s", progress.bytes(total), mg.store_root(ctx.opts))
     printf("ok: verified at install, sizes unchanged (modelget verify re-hashes every file)")
+    if #damaged > 0 then
+      printf("damaged: its record (%s) cannot be read: modelget verify says why, modelget rm ID removes it",
+        require("modelget.store").MANIFEST)
+    end
     return 0
   end,
 })

@@ -410,12 +410,16 @@ function modelget.verify(ids, opts)
   if ids ~= nil and type(ids) ~= "table" then error("bad argument #1 to 'verify': expected a list of ids or nil", 2) end
   opts = options(opts)
   local root = store.root(opts)
-  local all = store.installed(root)
+  local all, damaged = store.installed(root), store.damaged(root)
   local wanted
   if ids and #ids > 0 then
     wanted = {}
+    local is_damaged = {}
+    for _, d in ipairs(damaged) do is_damaged[d.id] = true end
     for _, id in ipairs(ids) do
-      if not store.find(root, id) then return util.fail("EUNKNOWN", "model '%s' is not installed: see 'modelget ls'", id) end
+      if not store.find(root, id) and not is_damaged[id] then
+        return util.fail("EUNKNOWN", "model '%s' is not installed: see 'modelget ls'", id)
+      end
       wanted[id] = true
     end
   end
@@ -437,6 +441,12 @@ function modelget.verify(ids, opts)
         out[#out + 1] = { id = m.id, framework = m.framework, path = m.path, ok = #bad == 0, bad = bad,
                           outdated = outdated }
       end
+    end
+  end
+  -- A model folder whose manifest cannot be read has nothing to be checked against: it fails.
+  for _, d in ipairs(damaged) do
+    if not wanted or wanted[d.id] then
+      out[#out + 1] = { id = d.id, framework = d.framework, path = d.path, ok = false, bad = { d.problem } }
     end
   end
   return out
@@ -465,6 +475,9 @@ function modelget.remove(id, opts)
     for _, r in ipairs(rules.list()) do
       if core.stat(store.partial_dir(root, r.name, id)) then m = { id = id, framework = r.name } end
     end
+    -- A model folder whose manifest cannot be read (verify names it): removed like any other.
+    local fw = store.installed_as(root, id)[1]
+    if fw then m = { id = id, framework = fw } end
   end
   if not m then return util.fail("EUNKNOWN", "model '%s' is not installed: see 'modelget ls'", id) end
   local lock, err, code = store.lock(root, id, store.LOCK_WAIT)

@@ -379,30 +379,53 @@ function store.from_url(e) return e.source == "command line" end
 function store.import_source(dir) return "import " .. dir end
 function store.from_import(e) return type(e.source) == "string" and e.source:sub(1, 7) == "import " end
 
--- The manifest of the model in dir, and its text; nil when there is none (or it is not one).
+-- The manifest of the model in dir, and its text; nil and what is wrong with it when there is none
+-- (or it is not one).
 function store.read_manifest(dir)
   local text = util.read_file(dir .. "/" .. store.MANIFEST)
-  if not text then return nil end
+  if not text then return nil, "missing" end
   local m = util.json_decode(text, dir .. "/" .. store.MANIFEST)
-  if type(m) ~= "table" or type(m.files) ~= "table" then return nil end
+  if type(m) ~= "table" then return nil, "not valid JSON" end
+  if type(m.files) ~= "table" then return nil, "no list of files" end
   return m, text
+end
+
+-- Calls fn(dir, framework, id, manifest, problem) for each folder under models/<framework>/, in the
+-- order of the listing; problem says what is wrong with its manifest when it has none to read.
+local function each_model(root, fn)
+  for _, fw in ipairs(core.listdir(root .. "/models") or {}) do
+    for _, id in ipairs(core.listdir(root .. "/models/" .. fw) or {}) do
+      local dir = store.model_dir(root, fw, id)
+      fn(dir, fw, id, store.read_manifest(dir))
+    end
+  end
 end
 
 -- Every installed model, from the manifests: {{id=, framework=, path=, bytes=, files=, manifest=}…}.
 function store.installed(root)
   local out = {}
-  local fws = core.listdir(root .. "/models") or {}
-  for _, fw in ipairs(fws) do
-    for _, id in ipairs(core.listdir(root .. "/models/" .. fw) or {}) do
-      local dir = store.model_dir(root, fw, id)
-      local m = store.read_manifest(dir)
-      if m then
-        local bytes = 0
-        for _, f in ipairs(m.files) do bytes = bytes + (f.size or 0) end
-        out[#out + 1] = { id = id, framework = fw, path = dir, bytes = bytes, files = m.files, manifest = m }
-      end
+  each_model(root, function(dir, fw, id, m)
+    if m then
+      local bytes = 0
+      for _, f in ipairs(m.files) do bytes = bytes + (f.size or 0) end
+      out[#out + 1] = { id = id, framework = fw, path = dir, bytes = bytes, files = m.files, manifest = m }
     end
-  end
+  end)
+  table.sort(out, util.by_framework_then_id)
+  return out
+end
+
+-- Model folders whose manifest cannot be read (missing, not JSON, no list of files): damage from
+-- outside, as an install writes the manifest before its folder appears. No model of store.installed,
+-- yet there: {{id=, framework=, path=, problem=}…}, problem naming the manifest and what is wrong.
+function store.damaged(root)
+  local out = {}
+  each_model(root, function(dir, fw, id, m, problem)
+    local st = not m and core.stat(dir)
+    if st and st.type == "dir" then
+      out[#out + 1] = { id = id, framework = fw, path = dir, problem = store.MANIFEST .. ": " .. problem }
+    end
+  end)
   table.sort(out, util.by_framework_then_id)
   return out
 end
