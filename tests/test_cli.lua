@@ -125,6 +125,11 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     { { "urls", "list", "--id", "x" }, "%-%-id applies to urls add only" },
     { { "import", "/tmp", "--id", "x" }, "import needs %-%-framework" },
     { { "run" }, "run needs SCRIPT" },
+    -- One value each: a second, other one is not silently taken over the first.
+    { { "pull", "https://127.0.0.1:1/m.gguf", "--id", "a", "--id", "b" }, "%-%-id given twice %('a', then 'b'%): give it once" },
+    { { "pull", "https://127.0.0.1:1/m.gguf", "--sha256", ("a"):rep(64), "--sha256=" .. ("b"):rep(64) },
+      "%-%-sha256 given twice %('a+', then 'b+'%)" },
+    { { "-j", "2", "ls", "--jobs", "3" }, "%-%-jobs given twice %('2', then '3'%)" },
   }
   local store = t.tmpdir("usage")
   for _, c in ipairs(cases) do
@@ -135,6 +140,8 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     t.match(line, "see modelget", "hint in: " .. line)
     t.eq(r.stdout, "", "stdout of " .. table.concat(c[1], " "))
   end
+  -- The same value twice is one value.
+  t.status(t.modelget { "--store", store, "-q", "-q", "-j", "2", "--jobs=2", "--store", store, "ls" }, 0, "the same value twice")
   -- A URL's credentials are never said.
   local r = t.status(t.modelget { "--store", store, "pull", "https://u:s3cret@127.0.0.1:9/", "--framework", "other" }, 2,
     "a URL with no file name")

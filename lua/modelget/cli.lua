@@ -129,7 +129,13 @@ local function set_option(p, o, value, shown)
     p.opts[o.key] = p.opts[o.key] or {}
     table.insert(p.opts[o.key], value)
   else
-    p.opts[o.key] = value == nil and true or value
+    value = value == nil and true or value
+    -- Two values for one: neither is silently dropped (a second --sha256 or --id is a mistake).
+    local before = p.opts[o.key]
+    if before ~= nil and before ~= value then
+      usage("--%s given twice ('%s', then '%s'): give it once", o.long, tostring(before), tostring(value))
+    end
+    p.opts[o.key] = value
   end
   p.given[#p.given + 1] = o
 end
