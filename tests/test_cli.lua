@@ -106,6 +106,9 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     { { "--stall-timeout", "0", "ls" }, "bad value for %-%-stall%-timeout" },
     { { "ls", "--store" }, "%-%-store needs a value" },
     { { "--cacert", "/nonexistent/ca.pem", "ls" }, "bad value for %-%-cacert: '/nonexistent/ca%.pem' %(no such file%)" },
+    -- Not a CA bundle: refused here, not taken for every server's certificate failing (exit 3).
+    { { "--cacert", "/dev/null", "pull", "https://127.0.0.1:1/m.gguf" }, "bad value for %-%-cacert: '/dev/null' %(no PEM certificate in it%)" },
+    { { "--cacert", t.write(t.tmpdir("notpem") .. "/ca.pem", "not a certificate\n"), "ls" }, "%(no PEM certificate in it%)" },
     { { "info" }, "info needs ID" },
     { { "ls", "extra" }, "ls takes no arguments" },
     { { "list", "--force" }, "%-%-force does not apply to list" },

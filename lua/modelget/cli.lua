@@ -72,6 +72,17 @@ local function existing_file(s)
   return nil, st and "a file, not a folder" or "no such file"
 end
 
+-- A CA bundle: a file that can be read and holds a PEM certificate (libcurl would only say that
+-- every server's certificate failed verification).
+local function ca_bundle(s)
+  local ok, want = existing_file(s)
+  if not ok then return nil, want end
+  local text, err = util.read_file(s)
+  if not text then return nil, "cannot be read: " .. tostring(err):gsub("^.-: ", "") end
+  if not text:find("-----BEGIN [%u ]*CERTIFICATE-----") then return nil, "no PEM certificate in it" end
+  return s
+end
+
 local function sha256_hex(s)
   if util.is_sha256(s) then return s:lower() end
   return nil, "64 hexadecimal digits"
@@ -84,7 +95,7 @@ local OPTIONS = {
     help = "store root (default $MODELGET_HOME, else $XDG_DATA_HOME/modelget, else ~/.local/share/modelget)" },
   { long = "registry", arg = "PATH", global = true, multi = true, check = path_of("a recipe file or folder"),
     help = "an extra recipe file or folder (repeatable; also $MODELGET_REGISTRY_PATH, :-separated)" },
-  { long = "cacert", arg = "FILE", global = true, check = existing_file,
+  { long = "cacert", arg = "FILE", global = true, check = ca_bundle,
     help = "CA bundle (default $MODELGET_CA_BUNDLE, $SSL_CERT_FILE, $CURL_CA_BUNDLE, else the system's)" },
   { long = "json", global = true, help = "machine-readable output: one JSON object a line on stdout" },
   { long = "quiet", short = "q", global = true, help = "no progress output, no confirmations: only errors" },
