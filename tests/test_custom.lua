@@ -224,6 +224,18 @@ test("a store without custom.json has no custom URLs", function()
   t.eq(t.exists(store .. "/registry/custom.json"), false, "nothing written by reading")
 end)
 
+test("a custom.json that cannot be read (a folder in its place): one line naming it once, nothing written", function()
+  local store = t.tmpdir("custom-folder")
+  local path = store .. "/registry/custom.json"
+  assert(require("modelget.core").mkdirs(path))
+  for _, args in ipairs { { "urls", "list" }, { "urls", "add", "--id", "m", "--name", "m.gguf", "--url", "https://127.0.0.1:1/m.gguf" } } do
+    local r = t.status(t.modelget { "--store", store, table.unpack(args) }, 1, table.concat(args, " "))
+    t.eq(r.stderr:match("^[^;\n]*"), "modelget: " .. path .. ": Is a directory", table.concat(args, " ") .. ": the file named once")
+  end
+  -- (urls add takes the list's lock, an empty file, before it reads the list.)
+  t.eq(table.concat(t.tree(store), " "), "registry/ registry/.custom.lock registry/custom.json/", "nothing written")
+end)
+
 test("modelget urls import of a bad file exits 9 and changes nothing", function()
   local store = seeded_store()
   local before = t.read(store .. "/registry/custom.json")

@@ -188,8 +188,8 @@ end
 local function read_doc(path)
   local st = core.stat(path)
   if not st then return { custom = {} }, "" end
-  local text, err = util.read_file(path)
-  if not text then return util.fail("EIO", "%s: %s", path, err) end
+  local text, err, code = util.read_file(path)
+  if not text then return nil, err, code end -- its message names the file
   local doc, derr, code = decode(text, path)
   if not doc then return nil, derr, code end
   return doc, text
