@@ -132,7 +132,8 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     { { "pull", "https://127.0.0.1:1/m.gguf", "--id", "a", "--id", "b" }, "%-%-id given twice %('a', then 'b'%): give it once" },
     { { "pull", "https://127.0.0.1:1/m.gguf", "--sha256", ("a"):rep(64), "--sha256=" .. ("b"):rep(64) },
       "%-%-sha256 given twice %('a+', then 'b+'%)" },
-    { { "-j", "2", "ls", "--jobs", "3" }, "%-%-jobs given twice %('2', then '3'%)" },
+    { { "urls", "add", "--id", "x", "--name", "a.gguf", "--name", "b.gguf", "--url", "https://127.0.0.1:1/a.gguf" },
+      "%-%-name given twice %('a%.gguf', then 'b%.gguf'%)" },
   }
   local store = t.tmpdir("usage")
   for _, c in ipairs(cases) do
@@ -145,6 +146,13 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
   end
   -- The same value twice is one value.
   t.status(t.modelget { "--store", store, "-q", "-q", "-j", "2", "--jobs=2", "--store", store, "ls" }, 0, "the same value twice")
+  -- A global setting takes the last value: an alias's, then the command line's.
+  local first, second = t.tmpdir("first-store"), t.tmpdir("second-store")
+  t.status(t.modelget { "--store", first, "-j", "9", "urls", "add", "--id", "x", "--name", "x.gguf",
+    "--url", "https://127.0.0.1:1/x.gguf", "-j", "2", "--store", second }, 0, "a global option twice")
+  t.ok(core.stat(second .. "/registry/custom.json"), "the last --store took the URL")
+  t.ok(not core.stat(first .. "/registry"), "the first --store was not written")
+  t.status(t.modelget { "--store", store, "--retries", "x", "--retries", "2", "ls" }, 2, "a bad value is refused even when a later one is good")
   -- A URL's credentials are never said.
   local r = t.status(t.modelget { "--store", store, "pull", "https://u:s3cret@127.0.0.1:9/", "--framework", "other" }, 2,
     "a URL with no file name")

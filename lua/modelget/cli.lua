@@ -141,9 +141,10 @@ local function set_option(p, o, value, shown)
     table.insert(p.opts[o.key], value)
   else
     value = value == nil and true or value
-    -- Two values for one: neither is silently dropped (a second --sha256 or --id is a mistake).
+    -- Two values for what a command acts on (a second --sha256 or --id is a mistake): neither is
+    -- silently dropped. A global setting takes the last, as in curl (an alias's -j 8, then -j 2).
     local before = p.opts[o.key]
-    if before ~= nil and before ~= value then
+    if before ~= nil and before ~= value and not o.global then
       usage("--%s given twice ('%s', then '%s'): give it once", o.long, tostring(before), tostring(value))
     end
     p.opts[o.key] = value
