@@ -619,6 +619,13 @@ test("a model whose .modelget.json is damaged (not JSON, cut short, gone): verif
     t.eq(seen.damaged.ok, false, c[1] .. ": the damaged one is not")
     local r = t.status(mg(store, { "ls" }), 0, c[1] .. ": ls")
     t.match(r.stdout, "\ndamaged +llamacpp +%? +damaged +", c[1] .. ": ls shows it")
+    local listed = {}
+    for _, ev in ipairs(events(t.status(mg(store, { "--json", "ls" }), 0, c[1] .. ": ls --json").stdout)) do
+      listed[ev.id] = ev
+    end
+    t.eq(listed.intact.event, "installed", c[1] .. ": ls --json lists the intact one")
+    t.eq(listed.damaged.event, "damaged", c[1] .. ": ls --json lists the damaged one as such")
+    t.match(listed.damaged.problem, "^%.modelget%.json: " .. c[3], c[1] .. ": and what is wrong")
     t.eq(table.concat(t.tree(store), " "), table.concat(before, " "), c[1] .. ": verify and ls changed nothing")
     r = t.status(mg(store, { "rm", "damaged" }), 0, c[1] .. ": rm")
     t.ok(not t.exists(store .. "/models/llamacpp/damaged"), c[1] .. ": its folder is gone")

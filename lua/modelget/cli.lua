@@ -769,10 +769,13 @@ command("ls", {
     local mg = ctx:facade()
     local list, err, code = mg.installed(ctx.opts)
     if not list then return ctx:fail(err, code) end
+    -- A model folder whose manifest cannot be read is no model to list, but it is there.
+    local damaged = require("modelget.store").damaged(mg.store_root(ctx.opts))
     if ctx.json then
       local shown = {}
       for i, m in ipairs(list) do shown[i] = shown_entry(m) end
       json_lines(shown, "installed")
+      json_lines(damaged, "damaged")
       return 0
     end
     local rows, total = { { "ID", "FRAMEWORK", "SIZE", "STATE", "PATH" } }, 0
@@ -783,8 +786,6 @@ command("ls", {
         rows[#rows + 1] = { m.id, m.framework or "", progress.bytes(m.bytes), state, m.path or "" }
       end
     end
-    -- A model folder whose manifest cannot be read is no model to list, but it is there.
-    local damaged = require("modelget.store").damaged(mg.store_root(ctx.opts))
     for _, d in ipairs(damaged) do rows[#rows + 1] = { d.id, d.framework, "?", "damaged", d.path } end
     if #rows == 1 then
       printf("no models installed in %s", mg.store_root(ctx.opts))
