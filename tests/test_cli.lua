@@ -128,6 +128,11 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
     { { "urls", "list", "--id", "x" }, "%-%-id applies to urls add only" },
     { { "import", "/tmp", "--id", "x" }, "import needs %-%-framework" },
     { { "run" }, "run needs SCRIPT" },
+    -- An empty word is no id, URL or path (it was "cannot open " and ": not a folder").
+    { { "run", "" }, "run: argument 1 is empty" },
+    { { "import", "", "--id", "x", "--framework", "onnx" }, "import: argument 1 is empty" },
+    { { "urls", "import", "" }, "urls: argument 2 is empty" },
+    { { "pull", "" }, "pull: argument 1 is empty" },
     -- One value each: a second, other one is not silently taken over the first.
     { { "pull", "https://127.0.0.1:1/m.gguf", "--id", "a", "--id", "b" }, "%-%-id given twice %('a', then 'b'%): give it once" },
     { { "pull", "https://127.0.0.1:1/m.gguf", "--sha256", ("a"):rep(64), "--sha256=" .. ("b"):rep(64) },

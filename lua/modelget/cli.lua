@@ -1176,6 +1176,10 @@ local function check_arity(c, args)
     return string.format("%s takes %s", c.name,
       c.max == 0 and "no arguments" or string.format("at most %d argument%s", c.max, c.max == 1 and "" or "s"))
   end
+  -- An empty word names no id, URL or file (a script's own arguments are its business).
+  for i, a in ipairs(args) do
+    if a == "" and not (c.name == "run" and i > 1) then return string.format("%s: argument %d is empty", c.name, i) end
+  end
 end
 
 function M.main(argv)
