@@ -1090,10 +1090,13 @@ test("a terminal narrowed during a pull gets progress lines that fit its new wid
   local data = gguf(3 * MiB)
   local url = ng.put("cli/resized-model.gguf", data)
   local store = t.tmpdir("resized")
-  local part = store .. "/partial/llamacpp--resized-model/resized-model.gguf.part"
-  -- Narrowed once the download is under way (its partial file has bytes), 3 MB at 1 MB/s before it ends.
-  local r = on_tty("stty cols 100; " .. cmdline(store, { "pull", url, "--limit-rate", "1M" }) .. " & pid=$!; "
-    .. "while [ ! -s " .. t.shquote(part) .. " ]; do sleep 0.05; done; stty cols 40; wait $pid")
+  -- Narrowed once the first progress line has reached the terminal (the log script keeps of it
+  -- holds an erase-line: the command in its header line only names one), 3 MB at 1 MB/s before
+  -- the download ends.
+  local log = t.tmpdir("resized-tty") .. "/typescript"
+  local inner = "stty cols 100; " .. cmdline(store, { "pull", url, "--limit-rate", "1M" }) .. " & pid=$!; "
+    .. "while ! grep -q \"$(printf '\\033')\\[2K\" " .. t.shquote(log) .. "; do sleep 0.05; done; stty cols 40; wait $pid"
+  local r = t.sh("script -qfec " .. t.shquote(inner) .. " " .. t.shquote(log))
   t.eq(r.status, 0, "pull: " .. r.stdout)
   local drawn = live_lines(r.stdout)
   t.ok(#drawn >= 2, "progress lines drawn: " .. #drawn)
