@@ -413,6 +413,34 @@ test("a redirect to the Hub's host on another port, or to plain http://, does no
   end
 end)
 
+test("a URL's credentials are in no event of a failed pull: not its target, nor its id when no file name came of it", function()
+  local fx = servers.fixture()
+  local base = "https://user:s3cr3t@127.0.0.1:" .. fx.port
+  local cases = {
+    { args = { base .. "/f/missing-cred.gguf" }, status = 3 },                 -- 404
+    { args = { base .. "/", "--framework", "other" }, status = 2 },           -- no file name
+    { args = { base .. "/f/%2e%2e", "--framework", "other" }, status = 2 },   -- no file name
+    { args = { base .. "/f/x.bin" }, status = 2 },                            -- no framework
+    { args = { "http://user:s3cr3t@10.0.0.1/x.gguf" }, status = 2 },          -- the policy
+  }
+  for _, c in ipairs(cases) do
+    local what = c.args[1]:gsub("s3cr3t", "***")
+    local r = t.status(pull(store_dir("cred-events"), { "--json", "--retries", "1", table.unpack(c.args) }), c.status, what)
+    t.nomatch(r.stdout .. r.stderr, "s3cr3t", what .. ": the password is never said")
+    local err = t.last_event(events(r.stdout), "error")
+    t.ok(err, what .. ": an error event")
+    t.eq(err.target, c.args[1]:gsub("s3cr3t", "***"), what .. ": its target, without the password")
+  end
+  -- The facade's on_event says the same.
+  local seen = {}
+  local modelget = require "modelget"
+  local _, _, code = modelget.pull(base .. "/", { store = store_dir("cred-facade"), framework = "other",
+    cacert = servers.ca().cert, on_event = function(ev) seen[#seen + 1] = cjson.encode(ev) end })
+  t.eq(code, "EUSAGE", "no file name")
+  t.ok(#seen > 0, "an event")
+  t.nomatch(table.concat(seen, "\n"), "s3cr3t", "on_event never gets the password")
+end)
+
 test("plain http:// to a non-loopback host is refused with 2 before any connection", function()
   local store = store_dir("policy")
   local r = t.status(pull(store, { "http://example.invalid/model.gguf", "-q" }), 2, "pull")

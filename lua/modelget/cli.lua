@@ -597,7 +597,7 @@ local function report_pulled(reporter, target, res)
 end
 
 local function pull_failed(ctx, reporter, target, err, code)
-  return ctx:fail(err, code, { id = target, event_sent = reporter.failed[err] })
+  return ctx:fail(err, code, { id = util.shown_url(target), event_sent = reporter.failed[err] })
 end
 
 -- pull --detach: what a pull would refuse before any download is said here (an unknown id, a URL

@@ -76,9 +76,10 @@ end
 local function emitter(opts)
   local on_event, on_progress = opts.on_event, opts.on_progress
   return function(ev)
-    -- What is said of a URL never holds its credentials.
-    for _, k in ipairs { "url", "from", "to" } do
-      if ev[k] then ev[k] = util.shown_url(ev[k]) end
+    -- What is said of a URL never holds its credentials: a pulled URL is an error's target, and
+    -- its id when no file name could be made of it.
+    for _, k in ipairs { "url", "from", "to", "target", "id" } do
+      if util.is_url(ev[k]) then ev[k] = util.shown_url(ev[k]) end
     end
     if on_event then on_event(ev) end
     if on_progress and ev.event == "progress" then on_progress(ev) end
