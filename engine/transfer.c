@@ -256,8 +256,10 @@ static int url_parts(const char *url, UrlParts *p) {
   return rc;
 }
 
+/* localhost is this machine's only as the one name libcurl resolves itself: "localhost." goes to
+ * the system's resolver (DNS), which may answer with any address. */
 static int is_loopback(const char *host) {
-  if (strcasecmp(host, "localhost") == 0 || strcasecmp(host, "localhost.") == 0) return 1;
+  if (strcasecmp(host, "localhost") == 0) return 1;
   struct in_addr a4;
   struct in6_addr a6;
   if (inet_pton(AF_INET, host, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;

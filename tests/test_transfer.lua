@@ -495,6 +495,8 @@ test("plain http:// is allowed to exactly the loopback hosts", function()
   local cases = {
     ["http://127.0.0.1:1/x"] = "ENET", ["http://127.8.9.10:1/x"] = "ENET", ["http://[::1]:1/x"] = "ENET",
     ["http://localhost:1/x"] = "ENET", ["http://LOCALHOST:1/x"] = "ENET",
+    -- Not a name libcurl resolves itself: the system's resolver (DNS) would say where it is.
+    ["http://localhost.:1/x"] = "EPOLICY", ["http://LOCALHOST.:1/x"] = "EPOLICY",
     ["http://128.0.0.1:1/x"] = "EPOLICY", ["http://localhost.example.com:1/x"] = "EPOLICY",
     ["http://127.0.0.1.example.com:1/x"] = "EPOLICY", ["http://[::2]:1/x"] = "EPOLICY",
     ["http://10.0.0.1:1/x"] = "EPOLICY", ["file:///etc/passwd"] = "EPOLICY", ["not a url"] = "EPOLICY",
