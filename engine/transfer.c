@@ -1390,6 +1390,15 @@ static void restart_speed(Transfer *t, double now) {
   t->sample_pos = 1;
 }
 
+/* A plain http:// request (to loopback: the policy allows no other) never goes through a proxy:
+ * http_proxy or ALL_PROXY would carry it in clear to the proxy's host, whose 127.0.0.1 is another
+ * machine. An https:// one takes the proxies of the environment, as in curl. */
+static void set_proxy(Transfer *t) {
+  UrlParts p;
+  int plain = url_parts(t->cur_url, &p) == 0 && strcmp(p.scheme, "http") == 0;
+  curl_easy_setopt(t->easy, CURLOPT_PROXY, plain ? "" : NULL);
+}
+
 static int start_transfer(Session *s, Transfer *t) {
   t->state = ST_RUNNING;
   t->started_at = t->activity_at = mg_now();
@@ -1423,6 +1432,7 @@ static int start_transfer(Session *s, Transfer *t) {
   if (s->cacert) curl_easy_setopt(e, CURLOPT_CAINFO, s->cacert);
   if (s->capath) curl_easy_setopt(e, CURLOPT_CAPATH, s->capath);
   if (t->head) curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  set_proxy(t);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
   curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
@@ -1461,6 +1471,7 @@ static int follow(Session *s, Transfer *t) {
   free(t->cur_url);
   t->cur_url = next;
   curl_easy_setopt(t->easy, CURLOPT_URL, t->cur_url);
+  set_proxy(t);
   t->resp = RESP_NONE;
   t->status = 0;
   hdr_reset(&t->hdr);

@@ -441,6 +441,30 @@ test("a URL's credentials are in no event of a failed pull: not its target, nor 
   t.nomatch(table.concat(seen, "\n"), "s3cr3t", "on_event never gets the password")
 end)
 
+test("plain http:// to loopback never goes through a proxy (http_proxy, ALL_PROXY): not at first, not after a redirect", function()
+  local fx, proxy = servers.fixture(), servers.other_fixture()
+  local data = t.bytes(5000, 31)
+  fx.put("via-proxy.bin", data)
+  local hop = fx.put("via-proxy-hop.bin", "first")
+  fx.script("via-proxy-hop.bin", { { redirect = fx.http_url .. "/f/via-proxy.bin", status = 302 } })
+  local cases = {
+    { name = "http_proxy", url = fx.http_url .. "/f/via-proxy.bin", env = { http_proxy = proxy.http_url } },
+    { name = "ALL_PROXY", url = fx.http_url .. "/f/via-proxy.bin", env = { ALL_PROXY = proxy.http_url } },
+    { name = "a redirect from https://", url = hop, env = { http_proxy = proxy.http_url } },
+  }
+  for _, c in ipairs(cases) do
+    c.env.NO_PROXY, c.env.no_proxy = false, false
+    fx.clear_log()
+    proxy.clear_log()
+    local store = store_dir("proxy")
+    t.status(pull(store, { c.url, "--framework", "other", "--id", "via-proxy", "--name", "via-proxy.bin", "-q" },
+      { env = c.env }), 0, c.name .. ": pull")
+    t.eq(#proxy.requests(), 0, c.name .. ": the proxy was asked nothing")
+    t.eq(#fx.requests("^/f/via%-proxy%.bin$"), 1, c.name .. ": the loopback server was asked")
+    t.eq(t.sha256_file(installed(store, "other", "via-proxy", "via-proxy.bin")), t.sha256(data), c.name .. ": its bytes")
+  end
+end)
+
 test("plain http:// to a non-loopback host is refused with 2 before any connection", function()
   local store = store_dir("policy")
   local r = t.status(pull(store, { "http://example.invalid/model.gguf", "-q" }), 2, "pull")
