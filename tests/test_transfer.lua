@@ -551,6 +551,28 @@ test("the credential goes to its host only: dropped on a redirect to the other h
   t.match(c.host, "^localhost:", "the other host")
 end)
 
+test("IPv6 loopback: fetched from https://[::1]:P and http://[::1]:P; a credential for 127.0.0.1 dropped on a redirect to [::1]", function()
+  local fx = servers.fixture()
+  if not fx.ipv6 then t.skip("this machine has no IPv6 loopback (::1): the fixture server could not listen there") end
+  local data = t.bytes(70000, 25)
+  fx.put("v6-b.bin", data)
+  local url = fx.put("v6-a.bin", "first")
+  fx.script("v6-a.bin", { { redirect = fx.url6 .. "/f/v6-b.bin", status = 302 } })
+  fx.clear_log()
+  local r = fetch { url = url, partial = t.tmpdir("v6") .. "/b.bin",
+    auth = { header = "Authorization: Bearer hf_secret", host = "127.0.0.1" } }
+  t.eq(r.ok, true, "ok")
+  t.eq(r.sha256, t.sha256(data), "the bytes from ::1")
+  t.eq(r.effective_url, fx.url6 .. "/f/v6-b.bin", "effective url")
+  t.eq(fx.requests("^/f/v6%-a")[1].headers.authorization, "Bearer hf_secret", "127.0.0.1 got it")
+  local b = fx.requests("^/f/v6%-b")[1]
+  t.eq(b.host, "[::1]:" .. fx.port, "asked of ::1")
+  t.eq(b.headers.authorization, nil, "::1 is another host: no credential")
+  local plain = fetch { url = "http://[::1]:" .. fx.http_port .. "/f/v6-b.bin", memory = 100000 }
+  t.eq(plain.ok, true, "plain http:// to ::1 is loopback")
+  t.eq(plain.sha256, t.sha256(data), "its bytes")
+end)
+
 test("the credential goes to its origin only: dropped on a redirect to its host on another port or scheme", function()
   local fx, other = servers.fixture(), servers.other_fixture()
   local data = t.bytes(70000, 24)
