@@ -14,8 +14,8 @@
 -- servers.fixture() -> tests/fixtures/server.py: Range and validators, scripted faults, a fixture Hub.
 --   (servers.other_fixture() -> a second one, the same in every way but its ports and root.)
 --   url = "https://127.0.0.1:P", url_localhost = "https://localhost:P" (another host to clients),
---   url6 = "https://[::1]:P" (nil when this machine has no ::1: ipv6 = false; a test needing it calls
---   t.skip), http_url = "http://127.0.0.1:P2", port, http_port, root, pid,
+--   url6 = "https://[::1]:P" (nil when this machine has no ::1: ipv6 = false; a test needing it fails,
+--   saying so), http_url = "http://127.0.0.1:P2", port, http_port, root, pid,
 --   put(name, data) -> url .. "/f/" .. name        (ROOT/files/<name>)
 --   script(name, {behaviour…})  name: a file under /f/ ("x.bin") or any request path ("/org/r/resolve/main/x").
 --       Each request to that path takes the first behaviour; {} or an empty list means normal answers.

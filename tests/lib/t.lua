@@ -226,10 +226,6 @@ function t.wait(cond, seconds)
 end
 
 -- Cleanup --------------------------------------------------------------------------------------
--- Ends the test case as skipped, saying why (a machine without what it needs: ::1): the runner
--- counts and names it, never as passed.
-function t.skip(why) error({ skip = why }, 0) end
-
 function t.defer(fn) cleanups[#cleanups + 1] = fn end
 function t.defer_case(fn) case_cleanups[#case_cleanups + 1] = fn end
 
