@@ -726,6 +726,35 @@ test("import killed part-way: rm clears the copy it left under partial/, and so 
   t.eq(#t.tree(store .. "/models/llamacpp/half"), 5, "the model installed is the whole one")
 end)
 
+test("Ctrl-C in verify, import, or a pull checking the installed model: exit 130, one line, no partial claimed", function()
+  local ng = servers.nginx()
+  local data = gguf(256 * KiB)
+  local url = ng.put("cli/held.gguf", data)
+  local store = t.tmpdir("ctrl-c")
+  t.status(mg(store, { "pull", url, "-q" }), 0, "pull")
+  local file = "/models/llamacpp/held/held.gguf"
+  -- Each command is held (tests/fixtures/diskfault.c) at the open of the installed file it hashes,
+  -- or just after taking the model's lock, and gets its Ctrl-C there.
+  local function ctrl_c(args, pause, said)
+    local argv = { "--store", store, "--cacert", servers.ca().cert }
+    for _, a in ipairs(args) do argv[#argv + 1] = a end
+    local r = t.signal_at(argv, pause)
+    t.eq(r.status, 130, args[1] .. " interrupted (stderr: " .. r.stderr .. ")")
+    t.eq(r.stderr, "modelget: " .. said .. "\n", "what " .. args[1] .. " says")
+  end
+  ctrl_c({ "verify" }, { PAUSE_AT_OPEN = file },
+    "verify interrupted while checking held: no verdict on it or the models after it; run the same verify again")
+  ctrl_c({ "pull", url }, { PAUSE_AT_OPEN = file },
+    "interrupted while checking the installed held; run the same pull again")
+  local dir = t.tmpdir("ctrl-c-clone")
+  t.write(dir .. "/model.gguf", data)
+  ctrl_c({ "import", dir, "--id", "copy", "--framework", "llamacpp" }, { PAUSE_AFTER_LOCK = "/partial/.locks" },
+    "import interrupted: nothing was installed; run the same import again")
+  t.ok(not t.exists(store .. "/models/llamacpp/copy"), "nothing imported")
+  t.eq(table.concat(t.tree(store .. "/partial"), " "), ".locks", "nothing left under partial/")
+  t.status(mg(store, { "verify" }), 0, "the model is intact")
+end)
+
 test("rm refuses a model that is being downloaded (exit 1), and says why", function()
   local ng = servers.nginx()
   local data = gguf(3 * MiB)

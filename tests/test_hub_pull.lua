@@ -74,6 +74,30 @@ model "paged" { framework = "other", hub = { repo = "org/Paged-model", include =
   t.match(pages[3].query, "cursor=6", "the third asks for the page at 6")
 end)
 
+test("Ctrl-C while the repo is listed: exit 130, and no partial download claimed; the next pull goes ahead", function()
+  local fx = servers.fixture()
+  local repo = "org/Held-listing"
+  fx.hub_put(repo, "config.json", '{"held":true}')
+  fx.script("/api/models/" .. repo .. "/tree/main", { { gate = "held-listing" } })
+  local reg = recipe([[
+model "held-listing" { framework = "other", hub = { repo = "org/Held-listing", include = { "*.json" } } }
+]])
+  local store = t.tmpdir("store")
+  local out = t.tmpdir("held-listing") .. "/out"
+  local job = t.spawn({ "pull", "held-listing", "--store", store, "--registry", reg, "--cacert", servers.ca().cert,
+    "--json" }, { stdout = out, env = { HF_ENDPOINT = fx.url } })
+  -- The listing is under way: its progress events say so (the server holds its answer).
+  t.ok(t.wait(function() return (t.read(out) or ""):find('"progress"', 1, true) end, 20), "the listing is asked for")
+  os.execute("kill -INT " .. job.pid)
+  t.eq(t.wait(job.status, 10), 130, "exit status")
+  fx.open_gate("held-listing")
+  t.eq(t.read(job.stderr), "modelget: interrupted while listing the files of held-listing; run the same pull again\n",
+    "one line, claiming nothing kept")
+  t.eq(table.concat(t.tree(store .. "/partial"), " "), ".locks", "nothing left under partial/")
+  t.status(pull(store, reg, "held-listing", { HF_ENDPOINT = fx.url }), 0, "the next pull")
+  t.eq(files_of(model_dir(store, "other", "held-listing")), "config.json", "installed")
+end)
+
 test("a snapshot of one folder of a repo installs it flat; the model's tokenizer comes along", function()
   local fx = servers.fixture()
   local repo = "microsoft/Tiny-onnx"

@@ -347,7 +347,7 @@ function modelget.pull_many(targets, opts)
     if sched:interrupted() then
       -- Ctrl-C: what has not started does not start.
       for k = nexti, #list do
-        out[list[k]] = { ok = false, target = targets[list[k]], err = "interrupted before it started", code = "EINTR" }
+        out[list[k]] = { ok = false, target = targets[list[k]], err = "interrupted before it started; run the same pull again", code = "EINTR" }
       end
       nexti = #list + 1
     end
@@ -431,7 +431,11 @@ function modelget.verify(ids, opts)
       -- Checked as it is in place: one another process replaces meanwhile is checked anew, one it
       -- removes is no longer installed.
       local bad, checked, bcode = store.check_installed(m.path, true)
-      if not bad and bcode then return nil, checked, bcode end -- Ctrl-C: no verdict on the rest
+      if not bad and bcode == "EINTR" then -- Ctrl-C: no verdict on this model or the rest
+        return util.fail("EINTR", "verify interrupted while checking %s: no verdict on it or the models after it; "
+          .. "run the same verify again", m.id)
+      end
+      if not bad and bcode then return nil, checked, bcode end
       if not bad and wanted then
         return util.fail("EUNKNOWN", "model '%s' is not installed: see 'modelget ls'", m.id)
       end
@@ -575,7 +579,7 @@ function modelget.import_dir(dir, opts)
         local sha, herr, hcode = core.sha256_file(dest)
         if not sha or core.interrupted() then
           core.rmtree(staging)
-          if core.interrupted() then return util.fail("EINTR", "import interrupted: nothing was installed") end
+          if core.interrupted() then return util.fail("EINTR", "import interrupted: nothing was installed; run the same import again") end
           return nil, herr, hcode
         end
         files[#files + 1] = { path = f.path, size = n, sha256 = sha }

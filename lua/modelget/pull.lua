@@ -316,6 +316,15 @@ local function kept(root, entry, path)
   return 0
 end
 
+-- A pull stopped by Ctrl-C (or modelget stop) says what of the model is kept for the next pull, and
+-- claims nothing kept when nothing is. during: what it was doing ("while listing the files of ID").
+local function interrupted(root, entry, during)
+  local have = kept(root, entry)
+  if have == 0 then return util.fail("EINTR", "interrupted %s; run the same pull again", during or "before any data arrived") end
+  return util.fail("EINTR", "interrupted%s: %s of partial data kept in %s; run the same pull again to resume",
+    during and (" " .. during) or "", util.human(have), store.partial_dir(root, entry.framework, entry.id))
+end
+
 -- The pull itself, inside a scheduler task. ctx: {root=, opts=, emit=}
 function pull.run(sched, entry, ctx)
   local root, opts, emit = ctx.root, ctx.opts, ctx.emit
@@ -345,7 +354,7 @@ function pull.run(sched, entry, ctx)
         if earlier then core.rmtree(pdir) end
         return done
       end
-      if why == "interrupted" then return util.fail("EINTR", "interrupted while checking the installed %s", entry.id) end
+      if why == "interrupted" then return interrupted(root, entry, "while checking the installed " .. entry.id) end
       if broken then emit { event = "repair", id = entry.id, path = broken, reason = why } end
       -- A pull killed after its manifest was written, before the rename into place, left the model
       -- assembled under partial/: checked like an installed one, it is put in place, nothing fetched.
@@ -379,6 +388,7 @@ function pull.run(sched, entry, ctx)
       end,
     }
     local files, perr, pcode = plan_files(sched, entry, rule, fctx)
+    if pcode == "EINTR" then return interrupted(root, entry, "while listing the files of " .. entry.id) end
     if not files then return nil, perr, pcode end
 
     -- A partial folder from an earlier pull may hold a staging folder left by a pull that was
@@ -449,12 +459,7 @@ function pull.run(sched, entry, ctx)
       local r, ferr, fcode = table.unpack(results[i], 1, 3)
       if not r then
         if fcode == "ECANCEL" then return nil, ferr, fcode end
-        if fcode == "EINTR" then
-          local have = kept(root, entry)
-          if have == 0 then return util.fail("EINTR", "interrupted before any data arrived; run the same pull again") end
-          return util.fail("EINTR", "interrupted: %s of partial data kept in %s; run the same pull again to resume",
-            util.human(have), pdir)
-        end
+        if fcode == "EINTR" then return interrupted(root, entry) end
         if f.optional and fcode ~= "ESPACE" then
           emit { event = "skip", id = entry.id, file = f.path, reason = ferr }
         else

@@ -200,6 +200,23 @@ function t.spawn(args, opts)
   }
 end
 
+-- Runs the modelget host in the background until it reaches a moment the disk-fault shim holds
+-- (pause: { PAUSE_AT_OPEN = suffix } or { PAUSE_AFTER_LOCK = suffix }), sends it a signal there
+-- ("INT", Ctrl-C, unless named), lets it go on and waits for its end (opts.env goes on top).
+-- Returns { status=, stdout=, stderr= }; status is nil when the moment never came.
+function t.signal_at(args, pause, signal, opts)
+  local dir = t.tmpdir("signal-at")
+  local vars = { PAUSE_DIR = dir }
+  for k, v in pairs(pause) do vars[k] = v end
+  for k, v in pairs(opts and opts.env or {}) do vars[k] = v end
+  local job = t.spawn(args, { stdout = dir .. "/stdout", env = t.fault_env(vars) })
+  local reached = t.wait(function() return t.exists(dir .. "/paused") end, 20)
+  if reached then os.execute("kill -" .. (signal or "INT") .. " " .. job.pid) end
+  t.write(dir .. "/go", "")
+  return { status = reached and t.wait(job.status, 30), stdout = t.read(dir .. "/stdout") or "",
+           stderr = t.read(job.stderr) or "" }
+end
+
 -- The JSON objects of a command's output, one a line (--json), in order.
 function t.events(stdout)
   local cjson = require "cjson"
