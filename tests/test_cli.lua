@@ -750,6 +750,12 @@ test("Ctrl-C in verify, import, or a pull checking the installed model: exit 130
   t.write(dir .. "/model.gguf", data)
   ctrl_c({ "import", dir, "--id", "copy", "--framework", "llamacpp" }, { PAUSE_AFTER_LOCK = "/partial/.locks" },
     "import interrupted: nothing was installed; run the same import again")
+  -- A big file is not copied on after the Ctrl-C: no file of over 4 MiB may be written (ulimit -f),
+  -- where a copy of its 16 MiB would get the import killed (SIGXFSZ) instead.
+  t.write(dir .. "/big.bin", string.rep("\0", 16 * MiB))
+  local r = t.signal_at({ "--store", store, "import", dir, "--id", "copy", "--framework", "llamacpp" },
+    { PAUSE_AFTER_LOCK = "/partial/.locks" }, "INT", { file_size_limit = 4096 })
+  t.eq(r.status, 130, "a big import interrupted before its copy (stderr: " .. r.stderr .. ")")
   t.ok(not t.exists(store .. "/models/llamacpp/copy"), "nothing imported")
   t.eq(table.concat(t.tree(store .. "/partial"), " "), ".locks", "nothing left under partial/")
   t.status(mg(store, { "verify" }), 0, "the model is intact")

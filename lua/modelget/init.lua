@@ -574,12 +574,14 @@ function modelget.import_dir(dir, opts)
       if f.type == "file" then
         local dest = staging .. "/" .. f.path
         core.mkdirs(util.dirname(dest))
-        local n, cerr, ccode = util.copy_file(dir .. "/" .. f.path, dest)
-        if not n then core.rmtree(staging); return nil, cerr, ccode end
-        local sha, herr, hcode = core.sha256_file(dest)
+        local n, herr, hcode = util.copy_file(dir .. "/" .. f.path, dest, core.interrupted)
+        local sha
+        if n then sha, herr, hcode = core.sha256_file(dest) end
         if not sha or core.interrupted() then
           core.rmtree(staging)
-          if core.interrupted() then return util.fail("EINTR", "import interrupted: nothing was installed; run the same import again") end
+          if core.interrupted() then
+            return util.fail("EINTR", "import interrupted: nothing was installed; run the same import again")
+          end
           return nil, herr, hcode
         end
         files[#files + 1] = { path = f.path, size = n, sha256 = sha }

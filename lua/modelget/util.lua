@@ -311,14 +311,20 @@ function util.by_framework_then_id(a, b)
   return a.id < b.id
 end
 
--- Copies a file in chunks (import of local folders); returns bytes copied.
-function util.copy_file(from, to)
+-- Copies a file in chunks (import of local folders); returns bytes copied. stop(), when given, is
+-- asked before each chunk (core.interrupted: a Ctrl-C ends a copy of many GB at once): true ends the
+-- copy with EINTR.
+function util.copy_file(from, to, stop)
   local src, err = io.open(from, "rb")
   if not src then return util.fail("EIO", "%s", err) end
   local dst, derr = io.open(to, "wb")
   if not dst then src:close(); return util.fail("EIO", "%s", derr) end
   local total = 0
   while true do
+    if stop and stop() then
+      src:close(); dst:close()
+      return util.fail("EINTR", "%s: copy interrupted", to)
+    end
     local chunk = src:read(1 << 20)
     if not chunk then break end
     local ok, werr = dst:write(chunk)

@@ -180,7 +180,8 @@ function t.status(r, want, what)
 end
 
 -- Starts the modelget host in the background with arguments (a list), as t.modelget would
--- (opts.stdout: a file for its standard output, else it is dropped).
+-- (opts.stdout: a file for its standard output, else it is dropped; opts.file_size_limit: KiB, as
+-- `ulimit -f`, past which a file it writes gets it killed by SIGXFSZ: work it should not do).
 -- Returns {pid=, stderr=path, status=function() -> exit status once it has ended, else nil};
 -- the process is killed at the end of the test case if it is still running.
 function t.spawn(args, opts)
@@ -189,7 +190,8 @@ function t.spawn(args, opts)
   for _, a in ipairs(args) do words[#words + 1] = shquote(a) end
   local pidfile, statusfile, errfile = dir .. "/pid", dir .. "/status", dir .. "/stderr"
   local out = opts and opts.stdout and (" >" .. shquote(opts.stdout)) or ""
-  t.sh(string.format("(%s%s 2>%s & echo $! > %s; wait $!; echo $? > %s) >/dev/null 2>&1 &",
+  local limit = opts and opts.file_size_limit and string.format("ulimit -f %d; ", opts.file_size_limit) or ""
+  t.sh(string.format("(%s%s%s 2>%s & echo $! > %s; wait $!; echo $? > %s) >/dev/null 2>&1 &", limit,
     table.concat(words, " "), out, shquote(errfile), shquote(pidfile), shquote(statusfile)), opts)
   local pid = t.wait(function() local s = t.read(pidfile); return s and s:match("%d+") end, 10)
   assert(pid, "the background command started")
@@ -202,14 +204,16 @@ end
 
 -- Runs the modelget host in the background until it reaches a moment the disk-fault shim holds
 -- (pause: { PAUSE_AT_OPEN = suffix } or { PAUSE_AFTER_LOCK = suffix }), sends it a signal there
--- ("INT", Ctrl-C, unless named), lets it go on and waits for its end (opts.env goes on top).
+-- ("INT", Ctrl-C, unless named), lets it go on and waits for its end (opts.env goes on top;
+-- opts.file_size_limit as for t.spawn).
 -- Returns { status=, stdout=, stderr= }; status is nil when the moment never came.
 function t.signal_at(args, pause, signal, opts)
   local dir = t.tmpdir("signal-at")
   local vars = { PAUSE_DIR = dir }
   for k, v in pairs(pause) do vars[k] = v end
   for k, v in pairs(opts and opts.env or {}) do vars[k] = v end
-  local job = t.spawn(args, { stdout = dir .. "/stdout", env = t.fault_env(vars) })
+  local job = t.spawn(args, { stdout = dir .. "/stdout", env = t.fault_env(vars),
+                              file_size_limit = opts and opts.file_size_limit })
   local reached = t.wait(function() return t.exists(dir .. "/paused") end, 20)
   if reached then os.execute("kill -" .. (signal or "INT") .. " " .. job.pid) end
   t.write(dir .. "/go", "")
