@@ -696,6 +696,25 @@ test("rm killed part-way leaves no half model in the store, and the next rm clea
   t.eq(#t.tree(store .. "/partial/.trash"), 0, "what the killed rm left is cleared")
 end)
 
+test("Ctrl-C in rm before a model leaves its place: exit 130, that model and the ones after it stay", function()
+  local dir = t.tmpdir("rm-int-clone")
+  t.write(dir .. "/model.gguf", gguf(64 * KiB))
+  local store = t.tmpdir("rm-interrupted")
+  for _, id in ipairs { "first", "second" } do
+    t.status(mg(store, { "import", dir, "--id", id, "--framework", "llamacpp" }), 0, "import " .. id)
+  end
+  -- Held just after it took the first model's lock (tests/fixtures/diskfault.c), it gets Ctrl-C there.
+  local r = t.signal_at({ "--store", store, "rm", "first", "second" }, { PAUSE_AFTER_LOCK = "/partial/.locks" })
+  t.eq(r.status, 130, "exit status (stderr: " .. r.stderr .. ")")
+  t.eq(r.stderr, "modelget: rm interrupted before removing first second; modelget rm first second removes them\n",
+    "one line naming what stays")
+  t.eq(r.stdout, "", "nothing said removed")
+  local v = t.status(mg(store, { "verify" }), 0, "verify")
+  t.match(v.stdout, "ok +first", "the first model is intact")
+  t.match(v.stdout, "ok +second", "and so is the second")
+  t.status(mg(store, { "rm", "first", "second" }), 0, "the same rm again")
+end)
+
 test("import killed part-way: rm clears the copy it left under partial/, and so does the next import", function()
   local dir = t.tmpdir("import-clone")
   t.write(dir .. "/model.gguf", gguf(64 * KiB))

@@ -888,11 +888,16 @@ command("rm", {
   run = function(ctx)
     local mg = ctx:facade()
     local status = 0
-    for _, id in ipairs(ctx.args) do
+    for i, id in ipairs(ctx.args) do
       local ok, err, code = mg.remove(id, ctx.opts)
       if ok then
         if ctx.json then json_line({ event = "removed", id = id })
         else ctx:say("removed %s", id) end
+      elseif code == "EINTR" then
+        -- Ctrl-C: this id and those after it stay installed.
+        local left = table.concat(ctx.args, " ", i)
+        return ctx:fail(string.format("rm interrupted before removing %s; modelget rm %s removes %s", left, left,
+          i == #ctx.args and "it" or "them"), code, { id = id })
       else
         local s = ctx:fail(err, code, { id = id })
         if status == 0 then status = s end

@@ -487,6 +487,12 @@ function modelget.remove(id, opts)
   if not m then return util.fail("EUNKNOWN", "model '%s' is not installed: see 'modelget ls'", id) end
   local lock, err, code = store.lock(root, id, store.LOCK_WAIT)
   if not lock then return nil, err, code end
+  -- A Ctrl-C that came before the model leaves its place (meanwhile, or while the lock was waited
+  -- for) keeps it: the rename out of models/ is the point of no return.
+  if core.interrupted() then
+    lock:close()
+    return util.fail("EINTR", "rm interrupted: '%s' was not removed", id)
+  end
   -- Every folder of the id goes (an id is one model; a store from before that rule may hold two):
   -- first out of models/ in one rename, then deleted, so that a crash meanwhile leaves no half model.
   local ok, rerr, rcode = true, nil, nil
