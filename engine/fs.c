@@ -415,6 +415,11 @@ static int fs_catch_interrupt(lua_State *L) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
+  /* A closed terminal's hang-up stops as cleanly (its default would kill the pull mid-write, its
+   * registration left behind), unless it is ignored (nohup, a detached pull) or the program handles
+   * it itself. */
+  struct sigaction hup;
+  if (sigaction(SIGHUP, NULL, &hup) == 0 && hup.sa_handler == SIG_DFL) sigaction(SIGHUP, &sa, NULL);
   (void)L;
   return 0;
 }

@@ -685,6 +685,31 @@ test("Ctrl-C keeps the partial, exits 130, and the next pull resumes", function(
   t.nomatch(said, "kept", "and claims nothing kept")
 end)
 
+test("SIGTERM, and SIGHUP (a closed terminal), stop a pull as Ctrl-C does: exit 130, every byte kept resumes", function()
+  local fx = servers.fixture()
+  for _, sig in ipairs { "TERM", "HUP" } do
+    local data = t.bytes(3 * MiB, sig == "TERM" and 16 or 17)
+    local name = "sig" .. sig:lower()
+    local url = fx.put(name .. ".bin", data)
+    fx.clear_log()
+    local store = store_dir(name)
+    local job = background_pull(store, url)
+    local partial = store .. "/partial/other--" .. name .. "/" .. name .. ".bin.part"
+    wait_for_bytes(partial, 500000)
+    os.execute("kill -" .. sig .. " " .. job.pid)
+    t.eq(t.wait(job.status, 10), 130, "exit status after SIG" .. sig)
+    t.match(t.read(job.stderr) or "", "^modelget: interrupted: [^\n]* kept in [^\n]*; run the same pull again to resume\n$",
+      "one line saying what is kept")
+    local names = core.listdir(store .. "/partial")
+    t.eq(table.concat(names, " "), ".locks other--" .. name, "its registration as a running pull is gone")
+    local kept = core.stat(partial).size
+    t.status(pull(store, { url, "--framework", "other", "-q" }), 0, "the next pull")
+    t.eq(t.sha256_file(installed(store, "other", name, name .. ".bin")), t.sha256(data), "bytes")
+    local reqs = fx.requests("/f/" .. name .. ".bin")
+    t.eq(reqs[#reqs].headers.range, "bytes=" .. kept .. "-", "resumed from the partial's last byte (SIG" .. sig .. ")")
+  end
+end)
+
 test("Ctrl-C during a list of pulls: what has not started does not start; exit 130", function()
   local fx = servers.fixture()
   -- More targets than the pulls under way at once (max(4 × 1, 32)): the last ones have not started.
