@@ -733,6 +733,16 @@ test("Ctrl-C during a list of pulls: what has not started does not start; exit 1
   end
   for i = 33, 40 do t.ok(unstarted[urls[i]], "target " .. i .. " reported as not started") end
   t.ok(not unstarted[urls[1]], "the one under way is not among them")
+  -- On stderr, the targets stopped alike are one line naming them, not a line each.
+  local said = {}
+  for line in (t.read(job.stderr) or ""):gmatch("[^\n]+") do said[#said + 1] = line end
+  t.eq(#said, 3, "three lines: " .. table.concat(said, " | "))
+  t.match(said[1], "^modelget: interrupted: .* kept in .*/other%-%-many%-int01; run the same pull again to resume$",
+    "the one under way, with what it kept")
+  t.eq(said[2], "modelget: many-int02, many-int03, many-int04 and 28 more: interrupted before any data arrived; "
+    .. "run the same pull again", "those waiting for their turn")
+  t.eq(said[3], "modelget: many-int33, many-int34, many-int35 and 5 more: interrupted before it started; "
+    .. "run the same pull again", "those not started")
 end)
 
 test("pulling an installed model again does nothing and says so; --force downloads again", function()

@@ -661,15 +661,37 @@ local function pull_targets(ctx, mg)
   end
   local results = mg.pull_many(ctx.args, opts)
   reporter:close()
-  local status = 0
+  -- Targets that failed alike (a Ctrl-C before their first bytes came, say: a list of hundreds)
+  -- are one line naming them, each still its own error event.
+  local status, alike, order = 0, {}, {}
   for i, r in ipairs(results) do
     local target = r.target or ctx.args[i]
     if r.ok then
       report_pulled(reporter, target, r.result)
     else
-      local s = pull_failed(ctx, reporter, target, r.err, r.code)
-      if status == 0 then status = s end
+      local key = r.code .. "\0" .. r.err
+      if not alike[key] then
+        alike[key] = { err = r.err, code = r.code, targets = {} }
+        order[#order + 1] = alike[key]
+      end
+      table.insert(alike[key].targets, target)
     end
+  end
+  for _, a in ipairs(order) do
+    local s
+    if #a.targets == 1 then
+      s = pull_failed(ctx, reporter, a.targets[1], a.err, a.code)
+    else
+      local ids, sent = {}, reporter.failed[a.err]
+      for i, target in ipairs(a.targets) do
+        ids[i] = mg.target_id(target, ctx.opts)
+        if ctx.json and not sent then json_line({ event = "error", id = target, code = a.code, message = one_line(a.err) }) end
+      end
+      local named = #ids > 4 and string.format("%s and %d more", table.concat(ids, ", ", 1, 3), #ids - 3)
+        or table.concat(ids, ", ")
+      s = ctx:fail(string.format("%s: %s", named, a.err), a.code, { event_sent = true })
+    end
+    if status == 0 then status = s end
   end
   return status
 end
