@@ -187,6 +187,47 @@ test("stop ID stops a pull running elsewhere: exit 130 there, partial data kept;
   os.execute("kill " .. other)
 end)
 
+test("Ctrl-C in a stop waiting for a pull to end: exit 130 at once, the stop sent; the pull then ends", function()
+  local fx = servers.fixture()
+  local url = fx.put("held-stop.bin", t.bytes(2 * 1024 * 1024, 63))
+  local store = t.tmpdir("store-held-stop")
+  -- A pull held (SIGSTOP) part-way: a stop's SIGTERM waits for it, pending, and so does the stop.
+  local function held_pull()
+    local bg = t.spawn { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q",
+                         "--limit-rate", "200K" }
+    local partial = store .. "/partial/other--held-stop/held-stop.bin.part"
+    t.ok(t.wait(function() local st = core.stat(partial); return st and st.size > 0 end, 20), "under way")
+    os.execute("kill -STOP " .. bg.pid)
+    t.defer_case(function() os.execute("kill -CONT " .. bg.pid .. " 2>/dev/null") end)
+    return bg
+  end
+  -- Ctrl-C to a stopper once its SIGTERM is pending at the pull; the pull then ends as stopped.
+  local function interrupt_stopper(bg, stopper)
+    t.ok(t.wait(function()
+      local s = t.read("/proc/" .. bg.pid .. "/status") or ""
+      return (tonumber(s:match("ShdPnd:%s*(%x+)") or "0", 16) or 0) & (1 << 14) ~= 0
+    end, 20), "the stop sent its SIGTERM")
+    os.execute("kill -INT " .. stopper.pid)
+    t.eq(t.wait(stopper.status, 30), 130, "the stop, interrupted")
+    os.execute("kill -CONT " .. bg.pid)
+    t.eq(t.wait(bg.status, 10), 130, "the pull ends as after Ctrl-C")
+  end
+  local bg = held_pull()
+  local stop = t.spawn { "stop", "held-stop", "--store", store }
+  interrupt_stopper(bg, stop)
+  t.eq(t.read(stop.stderr), "modelget: pid " .. bg.pid .. " (held-stop) was asked to stop and has not ended yet "
+    .. "(the wait for it interrupted)\n", "says the stop was sent")
+  -- The facade's stop waiting as long as it is told: the Ctrl-C ends the wait, not the time.
+  local script = t.write(t.tmpdir("held-stop") .. "/stop.lua", [[
+    local core, mg = require "modelget.core", require "modelget"
+    core.catch_interrupt()
+    local r = mg.stop({ "held-stop" }, { store = ..., wait = 600 })
+    os.exit(core.interrupted() and not r[1].ended and 130 or 1)
+  ]])
+  bg = held_pull()
+  interrupt_stopper(bg, t.spawn { "run", script, store })
+end)
+
 test("stop ID of one of several models a pull is downloading stops only that one; the others complete", function()
   local fx = servers.fixture()
   local data, urls = {}, {}

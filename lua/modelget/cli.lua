@@ -895,7 +895,9 @@ command("stop", {
         end
       end
       if not p.ended then
-        status = ctx:fail(string.format("pid %d (%s) was asked to stop and has not ended yet", p.pid, ids), "EIO",
+        local interrupted = core.interrupted() -- Ctrl-C while it waited: not a failure of the stop
+        status = ctx:fail(string.format("pid %d (%s) was asked to stop and has not ended yet%s", p.pid, ids,
+          interrupted and " (the wait for it interrupted)" or ""), interrupted and "EINTR" or "EIO",
           { hint = false })
       end
     end

@@ -279,7 +279,7 @@ function modelget.stop(ids, opts)
         end
       end
       if not p.ended then core.sleep(0.05) end
-    until p.ended or core.now() > deadline
+    until p.ended or core.now() > deadline or core.interrupted() -- Ctrl-C: the stop is sent, the wait ends
     if p.ended then
       -- How each pull ended: as the process said, when it said. One it still listed when last seen,
       -- the process having ended since (or one stopped whole, or never seen), is judged by what is
