@@ -780,6 +780,27 @@ test("Ctrl-C in verify, import, or a pull checking the installed model: exit 130
   t.status(mg(store, { "verify" }), 0, "the model is intact")
 end)
 
+test("Ctrl-C in verify of several models: the verdicts reached before it are said, then the interruption", function()
+  local dir = t.tmpdir("verify-int-clone")
+  t.write(dir .. "/model.gguf", gguf(64 * KiB))
+  local store = t.tmpdir("verify-interrupted")
+  for _, id in ipairs { "checked", "cut-short", "unseen" } do
+    t.status(mg(store, { "import", dir, "--id", id, "--framework", "llamacpp" }), 0, "import " .. id)
+  end
+  -- Models are checked by id: the second one's hash is where the Ctrl-C comes.
+  local pause = { PAUSE_AT_OPEN = "/models/llamacpp/cut-short/model.gguf" }
+  local r = t.signal_at({ "--store", store, "verify" }, pause)
+  t.eq(r.status, 130, "exit status (stderr: " .. r.stderr .. ")")
+  t.eq(r.stdout, "ok      checked\n", "the verdict reached before it")
+  t.eq(r.stderr, "modelget: verify interrupted while checking cut-short: no verdict on it or the models after it; "
+    .. "run the same verify again\n", "then the interruption")
+  r = t.signal_at({ "--store", store, "verify", "--json" }, pause)
+  local evs = events(r.stdout)
+  t.eq(#evs, 2, "two events: " .. r.stdout)
+  t.eq(evs[1].event .. " " .. evs[1].id .. " " .. tostring(evs[1].ok), "verified checked true", "its verdict")
+  t.eq(evs[2].event .. " " .. evs[2].code, "error EINTR", "then the error")
+end)
+
 test("rm refuses a model that is being downloaded (exit 1), and says why", function()
   local ng = servers.nginx()
   local data = gguf(3 * MiB)

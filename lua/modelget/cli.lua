@@ -736,6 +736,28 @@ command("pull", {
   end,
 })
 
+-- verify's verdicts, a line (or event) each; the models that failed, as "id: files" and as ids.
+local function say_verdicts(ctx, list)
+  local bad, bad_ids = {}, {}
+  for _, m in ipairs(list) do
+    if ctx.json then
+      json_line({ event = "verified", id = m.id, framework = m.framework, ok = m.ok, bad = m.bad,
+                  outdated = m.outdated })
+    elseif m.ok and m.outdated then
+      ctx:say("ok      %s (the catalog now states another version: modelget pull %s downloads it)", m.id, m.id)
+    elseif m.ok then
+      ctx:say("ok      %s", m.id)
+    else
+      ctx:say("FAILED  %s: %s", m.id, table.concat(m.bad or {}, ", "))
+    end
+    if not m.ok then
+      bad[#bad + 1] = m.id .. ": " .. table.concat(m.bad or { "?" }, ", ")
+      bad_ids[#bad_ids + 1] = m.id
+    end
+  end
+  return bad, bad_ids
+end
+
 command("verify", {
   usage = "verify [ID…]",
   summary = "re-hash installed models (all, or the ones named)",
@@ -745,27 +767,15 @@ command("verify", {
     local reporter = ctx:reporter()
     local opts = pull_options(ctx)
     opts.on_event = function(ev) reporter:event(ev) end
-    local list, err, code = mg.verify(#ctx.args > 0 and ctx.args or nil, opts)
+    local list, err, code, checked = mg.verify(#ctx.args > 0 and ctx.args or nil, opts)
     reporter:close()
-    -- The error event names the model when it is one (SPEC: error has id, code, message).
-    if not list then return ctx:fail(err, code, { id = #ctx.args == 1 and ctx.args[1] or nil }) end
-    local bad, bad_ids = {}, {}
-    for _, m in ipairs(list) do
-      if ctx.json then
-        json_line({ event = "verified", id = m.id, framework = m.framework, ok = m.ok, bad = m.bad,
-                    outdated = m.outdated })
-      elseif m.ok and m.outdated then
-        ctx:say("ok      %s (the catalog now states another version: modelget pull %s downloads it)", m.id, m.id)
-      elseif m.ok then
-        ctx:say("ok      %s", m.id)
-      else
-        ctx:say("FAILED  %s: %s", m.id, table.concat(m.bad or {}, ", "))
-      end
-      if not m.ok then
-        bad[#bad + 1] = m.id .. ": " .. table.concat(m.bad or { "?" }, ", ")
-        bad_ids[#bad_ids + 1] = m.id
-      end
+    if not list then
+      -- A Ctrl-C: the verdicts reached before it are said all the same.
+      if checked then say_verdicts(ctx, checked) end
+      -- The error event names the model when it is one (SPEC: error has id, code, message).
+      return ctx:fail(err, code, { id = #ctx.args == 1 and ctx.args[1] or nil })
     end
+    local bad, bad_ids = say_verdicts(ctx, list)
     if #list == 0 and not ctx.json then ctx:say("no models installed") end
     if #bad > 0 then
       return ctx:fail("verification failed: " .. table.concat(bad, "; "), "EHASH",

@@ -432,8 +432,9 @@ function modelget.verify(ids, opts)
       -- removes is no longer installed.
       local bad, checked, bcode = store.check_installed(m.path, true)
       if not bad and bcode == "EINTR" then -- Ctrl-C: no verdict on this model or the rest
-        return util.fail("EINTR", "verify interrupted while checking %s: no verdict on it or the models after it; "
-          .. "run the same verify again", m.id)
+        -- A 4th value: the verdicts reached before it.
+        return nil, string.format("verify interrupted while checking %s: no verdict on it or the models after it; "
+          .. "run the same verify again", m.id), "EINTR", out
       end
       if not bad and bcode then return nil, checked, bcode end
       if not bad and wanted then
