@@ -190,9 +190,11 @@ end)
 test("Ctrl-C in a stop waiting for a pull to end: exit 130 at once, the stop sent; the pull then ends", function()
   local fx = servers.fixture()
   local url = fx.put("held-stop.bin", t.bytes(2 * 1024 * 1024, 63))
-  local store = t.tmpdir("store-held-stop")
+  local store
   -- A pull held (SIGSTOP) part-way: a stop's SIGTERM waits for it, pending, and so does the stop.
+  -- Each in a store of its own: bytes in the partial file are this pull's, not a stopped one's.
   local function held_pull()
+    store = t.tmpdir("store-held-stop")
     local bg = t.spawn { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--framework", "other", "-q",
                          "--limit-rate", "200K" }
     local partial = store .. "/partial/other--held-stop/held-stop.bin.part"
