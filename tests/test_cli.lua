@@ -139,6 +139,9 @@ test("usage errors: exit 2, one line with a hint, nothing on stdout", function()
       "%-%-sha256 given twice %('a+', then 'b+'%)" },
     { { "urls", "add", "--id", "x", "--name", "a.gguf", "--name", "b.gguf", "--url", "https://127.0.0.1:1/a.gguf" },
       "%-%-name given twice %('a%.gguf', then 'b%.gguf'%)" },
+    { { "urls", "add", "--id", "x", "--name", "x.gguf", "--url", "https://u:s3cret@127.0.0.1:1/x.gguf",
+        "--url", "https://u:s3cret@127.0.0.1:1/y.gguf" },
+      "%-%-url given twice %('https://u:%*%*%*@127%.0%.0%.1:1/x%.gguf', then 'https://u:%*%*%*@127%.0%.0%.1:1/y%.gguf'%)" },
   }
   local store = t.tmpdir("usage")
   for _, c in ipairs(cases) do

@@ -145,7 +145,8 @@ local function set_option(p, o, value, shown)
     -- silently dropped. A global setting takes the last, as in curl (an alias's -j 8, then -j 2).
     local before = p.opts[o.key]
     if before ~= nil and before ~= value and not o.global then
-      usage("--%s given twice ('%s', then '%s'): give it once", o.long, tostring(before), tostring(value))
+      usage("--%s given twice ('%s', then '%s'): give it once", o.long, util.shown_url(tostring(before)),
+        util.shown_url(tostring(value)))
     end
     p.opts[o.key] = value
   end
@@ -669,9 +670,10 @@ local function pull_targets(ctx, mg)
     if r.ok then
       report_pulled(reporter, target, r.result)
     else
-      local key = r.code .. "\0" .. r.err
+      local code, err = r.code or "EIO", tostring(r.err)
+      local key = code .. "\0" .. err
       if not alike[key] then
-        alike[key] = { err = r.err, code = r.code, targets = {} }
+        alike[key] = { err = err, code = code, targets = {} }
         order[#order + 1] = alike[key]
       end
       table.insert(alike[key].targets, target)
@@ -682,10 +684,15 @@ local function pull_targets(ctx, mg)
     if #a.targets == 1 then
       s = pull_failed(ctx, reporter, a.targets[1], a.err, a.code)
     else
-      local ids, sent = {}, reporter.failed[a.err]
-      for i, target in ipairs(a.targets) do
-        ids[i] = mg.target_id(target, ctx.opts)
-        if ctx.json and not sent then json_line({ event = "error", id = target, code = a.code, message = one_line(a.err) }) end
+      -- Named as pull_failed names one (a URL's credentials hidden), each name once.
+      local ids, named_once, sent = {}, {}, reporter.failed[a.err]
+      for _, target in ipairs(a.targets) do
+        local shown_target = util.shown_url(target)
+        if ctx.json and not sent then
+          json_line({ event = "error", id = shown_target, code = a.code, message = one_line(a.err) })
+        end
+        local id = util.shown_url(mg.target_id(target, ctx.opts))
+        if not named_once[id] then named_once[id] = true; ids[#ids + 1] = id end
       end
       local named = #ids > 4 and string.format("%s and %d more", table.concat(ids, ", ", 1, 3), #ids - 3)
         or table.concat(ids, ", ")
