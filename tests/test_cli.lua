@@ -642,6 +642,24 @@ test("a model whose .modelget.json is damaged (not JSON, cut short, gone): verif
   end
   -- rm goes by id: no path through it.
   t.status(mg(t.tmpdir("damaged-dots"), { "rm", ".." }), 2, "rm ..")
+  -- A record that is there but cannot be read is not called missing; the hint is rm, not a pull.
+  local store = t.tmpdir("damaged-folder")
+  t.status(mg(store, { "pull", url, "-q" }), 0, "pull")
+  local manifest = store .. "/models/llamacpp/damaged/.modelget.json"
+  os.remove(manifest)
+  assert(core.mkdirs(manifest))
+  local r = t.status(mg(store, { "verify" }), 4, "a folder for a record")
+  t.match(r.stdout, "FAILED +damaged: %.modelget%.json: [Ii]s a directory", "says why, not 'missing'")
+  t.match(r.stderr, "modelget rm ID removes a damaged one", "the hint says how to be rid of it")
+  -- Folders that no id names (a file manager's trash, a name with a space) are no damaged models:
+  -- verify and ls pass them over, as rm ID could never remove them.
+  store = t.tmpdir("not-models")
+  t.status(mg(store, { "pull", other, "-q" }), 0, "pull")
+  assert(core.mkdirs(store .. "/models/llamacpp/.Trash-1000"))
+  assert(core.mkdirs(store .. "/models/other/My Model"))
+  t.status(mg(store, { "verify" }), 0, "verify passes them over")
+  r = t.status(mg(store, { "ls" }), 0, "ls")
+  t.nomatch(r.stdout, "damaged", "ls calls none of them damaged")
 end)
 
 test("verify while another process replaces or removes a model: no failure for an intact one", function()

@@ -785,8 +785,13 @@ command("verify", {
     local bad, bad_ids = say_verdicts(ctx, list)
     if #list == 0 and not ctx.json then ctx:say("no models installed") end
     if #bad > 0 then
+      -- A damaged model has no record to pull it again from: rm ID removes it.
+      local damaged = false
+      for _, m in ipairs(list) do damaged = damaged or (not m.ok and m.damaged) end
       return ctx:fail("verification failed: " .. table.concat(bad, "; "), "EHASH",
-        { hint = "modelget pull --force ID downloads it again", id = #bad_ids == 1 and bad_ids[1] or nil })
+        { hint = damaged and "modelget rm ID removes a damaged one; modelget pull --force ID downloads one again"
+            or "modelget pull --force ID downloads it again",
+          id = #bad_ids == 1 and bad_ids[1] or nil })
     end
     return 0
   end,

@@ -452,7 +452,7 @@ function modelget.verify(ids, opts)
   -- A model folder whose manifest cannot be read has nothing to be checked against: it fails.
   for _, d in ipairs(damaged) do
     if not wanted or wanted[d.id] then
-      out[#out + 1] = { id = d.id, framework = d.framework, path = d.path, ok = false, bad = { d.problem } }
+      out[#out + 1] = { id = d.id, framework = d.framework, path = d.path, ok = false, bad = { d.problem }, damaged = true }
     end
   end
   return out

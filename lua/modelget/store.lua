@@ -382,8 +382,13 @@ function store.from_import(e) return type(e.source) == "string" and e.source:sub
 -- The manifest of the model in dir, and its text; nil and what is wrong with it when there is none
 -- (or it is not one).
 function store.read_manifest(dir)
-  local text = util.read_file(dir .. "/" .. store.MANIFEST)
-  if not text then return nil, "missing" end
+  local path = dir .. "/" .. store.MANIFEST
+  local text, err = util.read_file(path)
+  if not text then
+    -- Gone, or there and unreadable (a folder in its place, no permission): which, said.
+    if not core.stat(path) then return nil, "missing" end
+    return nil, (tostring(err):gsub("^.-: ", ""))
+  end
   local m = util.json_decode(text, dir .. "/" .. store.MANIFEST)
   if type(m) ~= "table" then return nil, "not valid JSON" end
   if type(m.files) ~= "table" then return nil, "no list of files" end
@@ -421,7 +426,9 @@ end
 function store.damaged(root)
   local out = {}
   each_model(root, function(dir, fw, id, m, problem)
-    local st = not m and core.stat(dir)
+    -- Only a folder named as an id can be a model (and be removed by rm ID): a file manager's
+    -- .Trash-1000 or a "My Model" put there is no damaged model.
+    local st = not m and util.valid_id(id) and core.stat(dir)
     if st and st.type == "dir" then
       out[#out + 1] = { id = id, framework = fw, path = dir, problem = store.MANIFEST .. ": " .. problem }
     end
