@@ -89,21 +89,21 @@ static void run(const char *way, const char *root, int count, long size, double 
   double w0 = clock_of(CLOCK_MONOTONIC), c0 = clock_of(CLOCK_PROCESS_CPUTIME_ID);
   for (int i = 1; i <= count; i++) {
     if (flat) {
-      make_path(a, "%s/f%03d.bin", root, i);
+      make_path(a, "%s/f%05d.bin", root, i);
       write_file(a, size, 0);
       continue;
     }
-    make_path(a, "%s/partial/other--f%03d", root, i); make_dir(a);
-    make_path(a, "%s/partial/other--f%03d/f%03d.bin.part", root, i, i);
+    make_path(a, "%s/partial/other--f%05d", root, i); make_dir(a);
+    make_path(a, "%s/partial/other--f%05d/f%05d.bin.part", root, i, i);
     write_file(a, size, durable);
-    make_path(b, "%s/partial/other--f%03d/f%03d.bin", root, i, i);
+    make_path(b, "%s/partial/other--f%05d/f%05d.bin", root, i, i);
     move(a, b);
-    make_path(a, "%s/partial/other--f%03d/.modelget.json", root, i);
+    make_path(a, "%s/partial/other--f%05d/.modelget.json", root, i);
     int fd = open(a, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0 || write(fd, manifest, sizeof manifest - 1) != (ssize_t)(sizeof manifest - 1)) die("write", a);
     close(fd);
-    make_path(a, "%s/partial/other--f%03d", root, i);
-    make_path(b, "%s/models/other/f%03d", root, i);
+    make_path(a, "%s/partial/other--f%05d", root, i);
+    make_path(b, "%s/models/other/f%05d", root, i);
     move(a, b);
   }
 #ifdef __linux__
@@ -125,8 +125,8 @@ int main(int argc, char **argv) {
   const char *folder = argv[1];
   int count = atoi(argv[2]), runs = atoi(argv[4]);
   long size = atol(argv[3]);
-  if (count < 1 || count > 999 || size < 1 || runs < 1) {
-    fprintf(stderr, "bench_floor: COUNT must be 1 to 999, SIZE and RUNS at least 1\n");
+  if (count < 1 || count > 99999 || size < 1 || runs < 1) {
+    fprintf(stderr, "bench_floor: COUNT must be 1 to 99999, SIZE and RUNS at least 1\n");
     return 2;
   }
   static const char *const ways[] = { "flat", "layout", "durable" };

@@ -1191,7 +1191,8 @@ test("a terminal narrowed during a pull gets progress lines that fit its new wid
   -- the download ends.
   local log = t.tmpdir("resized-tty") .. "/typescript"
   local inner = "stty cols 100; " .. cmdline(store, { "pull", url, "--limit-rate", "1M" }) .. " & pid=$!; "
-    .. "while ! grep -q \"$(printf '\\033')\\[2K\" " .. t.shquote(log) .. "; do sleep 0.05; done; stty cols 40; wait $pid"
+    .. "while ! grep -q \"$(printf '\\033')\\[2K\" " .. t.shquote(log) .. " && kill -0 $pid 2>/dev/null; do sleep 0.05; done; "
+    .. "stty cols 40; wait $pid" -- a pull that ends without drawing (a failure) ends the wait too
   local r = t.sh("script -qfec " .. t.shquote(inner) .. " " .. t.shquote(log))
   t.eq(r.status, 0, "pull: " .. r.stdout)
   local drawn = live_lines(r.stdout)
