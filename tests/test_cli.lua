@@ -599,6 +599,61 @@ test("verify after a flipped byte: exit 4 naming the model and the file; ls and 
   t.match(t.status(mg(store, { "ls" }), 0, "ls empty").stdout, "no models installed", "ls after rm")
 end)
 
+-- A flipped byte in a model that is no catalog id: verify's advice (and pull ID's) is a command that
+-- works, run here as the user would paste it.
+-- modelget's command line (as cmdline) that works from any folder.
+local function cmdline_anywhere(store, args)
+  return t.shquote(assert(core.realpath(t.bin))) .. cmdline(store, args):sub(#t.shquote(t.bin) + 1)
+end
+
+local function flip_byte(path)
+  local f = assert(io.open(path, "r+b"))
+  local c = f:read(1)
+  f:seek("set", 0)
+  f:write(string.char((c:byte() + 1) % 256))
+  f:close()
+end
+
+test("verify of a damaged model pulled from a URL or imported names the command that gets it again, and it does", function()
+  local ng = servers.nginx()
+  local data = t.bytes(96 * KiB, 11)
+  local url = ng.put("cli/again/weights.bin", data)
+  local store = t.tmpdir("again")
+  t.status(mg(store, { "pull", url, "--framework", "other", "--id", "w-again", "-q" }), 0, "pull")
+  local path = store .. "/models/other/w-again/weights.bin"
+  flip_byte(path)
+  local r = t.status(mg(store, { "verify" }), 4, "verify of the pulled model")
+  local line = one_error_line(r, "w%-again: weights%.bin", "verify")
+  local cmd = line:match("; modelget (pull %-%-force .-) downloads it again$")
+  t.ok(cmd, "verify names the pull that downloads it again: " .. line)
+  t.match(cmd, "%-%-framework other", "with its framework")
+  t.match(cmd, "%-%-id w%-again", "and its id")
+  local v = events(t.status(mg(store, { "--json", "verify" }), 4, "verify --json").stdout)
+  t.match(v[1].again, "^modelget pull %-%-force ", "verify --json says it too")
+  r = t.status(mg(store, { "pull", "w-again" }), 2, "pull of the id")
+  one_error_line(r, "'w%-again' is not a catalog id: it was installed from a URL; modelget pull %-%-force ", "pull ID")
+  t.status(t.sh(cmdline(store, {}) .. " " .. cmd .. " -q"), 0, "the command verify named")
+  t.eq(t.sha256_file(path), t.sha256(data), "the served bytes are back")
+  t.status(mg(store, { "verify" }), 0, "verify after it")
+
+  -- An import, given as a relative path: the command names the folder wherever it is run from.
+  local parent = t.tmpdir("again-clone")
+  local clone = parent .. "/my clone"
+  t.write(clone .. "/model.onnx", t.read(ONNX_MODEL))
+  t.status(t.sh("cd " .. t.shquote(parent) .. " && " .. cmdline_anywhere(store, { "import", "my clone", "--id", "local-add",
+    "--framework", "onnx", "-q" })), 0, "import of a relative path")
+  local installed = store .. "/models/onnx/local-add/model.onnx"
+  flip_byte(installed)
+  r = t.status(mg(store, { "verify", "local-add" }), 4, "verify of the import")
+  line = one_error_line(r, "local%-add: model%.onnx", "verify import")
+  cmd = line:match("; modelget (import .-) copies it again$")
+  t.ok(cmd, "verify names the import that copies it again: " .. line)
+  t.match(cmd, "^import '" .. clone:gsub("%p", "%%%0") .. "' %-%-id local%-add %-%-framework onnx$", "the folder's full path")
+  t.status(t.sh("cd / && " .. cmdline_anywhere(store, {}) .. " " .. cmd .. " -q"), 0, "the command verify named, from elsewhere")
+  t.eq(t.sha256_file(installed), t.sha256_file(ONNX_MODEL), "the folder's bytes are back")
+  t.status(mg(store, { "verify" }), 0, "verify after it")
+end)
+
 test("a model whose .modelget.json is damaged (not JSON, cut short, gone): verify fails naming it, ls shows it, rm removes it", function()
   local ng = servers.nginx()
   local data = gguf(64 * KiB)
@@ -650,7 +705,7 @@ test("a model whose .modelget.json is damaged (not JSON, cut short, gone): verif
   assert(core.mkdirs(manifest))
   local r = t.status(mg(store, { "verify" }), 4, "a folder for a record")
   t.match(r.stdout, "FAILED +damaged: %.modelget%.json: [Ii]s a directory", "says why, not 'missing'")
-  t.match(r.stderr, "modelget rm ID removes a damaged one", "the hint says how to be rid of it")
+  t.match(r.stderr, "modelget rm damaged, then pull or import it again", "the hint says how to be rid of it")
   -- Folders that no id names (a file manager's trash, a name with a space) are no damaged models:
   -- verify and ls pass them over, as rm ID could never remove them.
   store = t.tmpdir("not-models")

@@ -743,13 +743,14 @@ command("pull", {
   end,
 })
 
--- verify's verdicts, a line (or event) each; the models that failed, as "id: files" and as ids.
+-- verify's verdicts, a line (or event) each; the models that failed, as "id: files" and as ids, and
+-- what gets each again.
 local function say_verdicts(ctx, list)
-  local bad, bad_ids = {}, {}
+  local bad, bad_ids, agains = {}, {}, {}
   for _, m in ipairs(list) do
     if ctx.json then
       json_line({ event = "verified", id = m.id, framework = m.framework, ok = m.ok, bad = m.bad,
-                  outdated = m.outdated })
+                  outdated = m.outdated, again = m.again })
     elseif m.ok and m.outdated then
       ctx:say("ok      %s (the catalog now states another version: modelget pull %s downloads it)", m.id, m.id)
     elseif m.ok then
@@ -760,9 +761,12 @@ local function say_verdicts(ctx, list)
     if not m.ok then
       bad[#bad + 1] = m.id .. ": " .. table.concat(m.bad or { "?" }, ", ")
       bad_ids[#bad_ids + 1] = m.id
+      -- What gets it again: a catalog id's pull, else the URL or the folder it came from.
+      agains[#agains + 1] = (#list > 1 and m.id .. ": " or "")
+        .. (m.again or "modelget rm " .. m.id .. ", then pull or import it again")
     end
   end
-  return bad, bad_ids
+  return bad, bad_ids, agains
 end
 
 command("verify", {
@@ -782,16 +786,11 @@ command("verify", {
       -- The error event names the model when it is one (SPEC: error has id, code, message).
       return ctx:fail(err, code, { id = #ctx.args == 1 and ctx.args[1] or nil })
     end
-    local bad, bad_ids = say_verdicts(ctx, list)
+    local bad, bad_ids, agains = say_verdicts(ctx, list)
     if #list == 0 and not ctx.json then ctx:say("no models installed") end
     if #bad > 0 then
-      -- A damaged model has no record to pull it again from: rm ID removes it.
-      local damaged = false
-      for _, m in ipairs(list) do damaged = damaged or (not m.ok and m.damaged) end
       return ctx:fail("verification failed: " .. table.concat(bad, "; "), "EHASH",
-        { hint = damaged and "modelget rm ID removes a damaged one; modelget pull --force ID downloads one again"
-            or "modelget pull --force ID downloads it again",
-          id = #bad_ids == 1 and bad_ids[1] or nil })
+        { hint = table.concat(agains, "; "), id = #bad_ids == 1 and bad_ids[1] or nil })
     end
     return 0
   end,

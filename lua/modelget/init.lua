@@ -407,6 +407,15 @@ function modelget.installed(opts)
 end
 
 -- Re-hashes installed models (all, or the ids given) against their manifests.
+-- What gets a model that failed verify again: "COMMAND downloads it again" for a catalog id, or
+-- (pull.again) for the URL or folder it came from; nil when nothing says (a damaged record of no
+-- catalog model).
+local function again(entry, m)
+  if entry then return "modelget pull --force " .. m.id .. " downloads it again" end
+  local cmd, does, hidden = pull.again(m)
+  return cmd and string.format("%s %s it again%s", cmd, does, hidden and " (with the URL's credentials, not shown here)" or "")
+end
+
 function modelget.verify(ids, opts)
   if ids ~= nil and type(ids) ~= "table" then error("bad argument #1 to 'verify': expected a list of ids or nil", 2) end
   opts = options(opts)
@@ -425,7 +434,7 @@ function modelget.verify(ids, opts)
     end
   end
   local out = {}
-  local catalog = #all > 0 and modelget.catalog(opts) or nil
+  local catalog = (#all > 0 or #damaged > 0) and modelget.catalog(opts) or nil
   for _, m in ipairs(all) do
     if not wanted or wanted[m.id] then
       -- Checked as it is in place: one another process replaces meanwhile is checked anew, one it
@@ -445,14 +454,15 @@ function modelget.verify(ids, opts)
         local e = catalog and catalog:get(m.id)
         local outdated = e and pull.outdated(e, checked) or nil
         out[#out + 1] = { id = m.id, framework = m.framework, path = m.path, ok = #bad == 0, bad = bad,
-                          outdated = outdated }
+                          outdated = outdated, again = #bad > 0 and again(e, m) or nil }
       end
     end
   end
   -- A model folder whose manifest cannot be read has nothing to be checked against: it fails.
   for _, d in ipairs(damaged) do
     if not wanted or wanted[d.id] then
-      out[#out + 1] = { id = d.id, framework = d.framework, path = d.path, ok = false, bad = { d.problem }, damaged = true }
+      out[#out + 1] = { id = d.id, framework = d.framework, path = d.path, ok = false, bad = { d.problem },
+                        again = again(catalog and catalog:get(d.id), d), damaged = true }
     end
   end
   return out
@@ -540,7 +550,9 @@ function modelget.import_dir(dir, opts)
       .. "holds the model's files", dir)
   end
   local root = store.root(opts)
-  local entry = { id = opts.id, framework = opts.framework, name = util.basename(dir), source = store.import_source(dir) }
+  -- Recorded as the absolute path: what `verify` and `pull` name to import it again from anywhere.
+  local full = core.realpath(dir) or dir
+  local entry = { id = opts.id, framework = opts.framework, name = util.basename(full), source = store.import_source(full) }
   local lock, lerr, lcode = store.lock(root, entry.id, store.LOCK_WAIT)
   if not lock then return nil, lerr, lcode end
   local result, err, code = (function()

@@ -43,22 +43,42 @@ local function entry_for_url(url, opts)
            unzip = unzip, auth = opts.auth or nil, source = "command line" }
 end
 
+-- The command that pulls `url` into model `id` of `framework`, its file named `file`: the URL and
+-- the options that give the same model again (its framework, file name and id, each when the URL
+-- alone would give another; an archive's extraction follows its name, as it did). Also whether
+-- the URL shown hides credentials.
+local function pull_command(url, id, framework, file, force)
+  local words = { force and "modelget pull --force" or "modelget pull", util.shell_quote(util.shown_url(url)) }
+  if rules.framework_for_name(file) ~= framework then words[#words + 1] = "--framework " .. framework end
+  if util.url_filename(url) ~= file then words[#words + 1] = "--name " .. util.shell_quote(file) end
+  if util.id_from_name(file) ~= id then words[#words + 1] = "--id " .. id end
+  return table.concat(words, " "), util.shown_url(url) ~= url
+end
+
 -- A model pulled from a URL and stopped part-way is not a catalog id: the URL its partial download
 -- records (resume state or split plan) is what resumes it. The command that does, or nil.
 local function resume_hint(target, opts)
   if not util.valid_id(target) then return nil end
   for _, p in ipairs(store.partials(store.root(opts))) do
     local f = p.id == target and #p.files == 1 and p.files[1]
-    if f and f.url then
-      -- The options that give the same model again: its framework, file name and id, each when the
-      -- URL alone would give another (an archive's extraction follows its name, as it did).
-      local words = { "modelget pull", util.shell_quote(util.shown_url(f.url)) }
-      local name = util.url_filename(f.url) == f.path and f.path or nil
-      if rules.framework_for_name(f.path) ~= p.framework then words[#words + 1] = "--framework " .. p.framework end
-      if not name then words[#words + 1] = "--name " .. util.shell_quote(f.path) end
-      if util.id_from_name(f.path) ~= target then words[#words + 1] = "--id " .. target end
-      return table.concat(words, " "), util.shown_url(f.url) ~= f.url
-    end
+    if f and f.url then return pull_command(f.url, target, p.framework, f.path) end
+  end
+end
+
+-- What gets an installed model that is no catalog id again, from the record its install left
+-- (m: store.installed's): the pull of the URL it came from, or the import of its folder. The
+-- command, what it does ("downloads" or "copies"), and whether the URL shown hides credentials;
+-- nil when the record says neither (an older store's import of a relative path, say).
+function pull.again(m)
+  local rec = m.manifest or {}
+  if store.from_url(rec) and type(rec.url) == "string" and type(rec.name) == "string" then
+    local cmd, hidden = pull_command(rec.url, m.id, m.framework, rec.name, true)
+    return cmd, "downloads", hidden
+  end
+  local dir = store.from_import(rec) and rec.source:sub(8)
+  if dir and dir:sub(1, 1) == "/" then
+    return string.format("modelget import %s --id %s --framework %s", util.shell_quote(dir), m.id, m.framework),
+      "copies"
   end
 end
 
@@ -82,6 +102,14 @@ function pull.resolve(target, opts, catalog)
       if resume then
         return util.fail("EUNKNOWN", "'%s' is not a catalog id: its partial download came from a URL; %s resumes it%s",
           target, resume, hidden and " (with the URL's credentials, not shown here)" or "")
+      end
+      -- Installed from a URL or a folder: what gets it again.
+      local installed = util.valid_id(target) and store.find(store.root(opts), target)
+      local again, does, ahidden
+      if installed then again, does, ahidden = pull.again(installed) end
+      if again then
+        return util.fail("EUNKNOWN", "'%s' is not a catalog id: it was installed from %s; %s %s it again%s", target,
+          does == "copies" and "a folder" or "a URL", again, does, ahidden and " (with the URL's credentials, not shown here)" or "")
       end
       if catalog then return catalog:unknown(target) end
       return util.fail("EUNKNOWN", "unknown model id '%s': see 'modelget list' or 'modelget search WORDS'", target)
