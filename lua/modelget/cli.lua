@@ -500,11 +500,14 @@ command("info", {
       json_lines({ shown_entry(e) }, "model")
       return 0
     end
-    local rows = {
-      { "id", e.id }, { "name", e.name or "" }, { "framework", e.framework or "" },
-      { "url", e.url and util.shown_url(e.url) or (e.hub and e.hub.repo and ("hub: " .. e.hub.repo)) or "" },
-    }
-    for _, u in ipairs(e.alt or {}) do rows[#rows + 1] = { "alternative", util.shown_url(u) } end
+    -- Each URL as a pull fetches it: on HF_ENDPOINT when that names a mirror of the Hub.
+    local hub = require "modelget.hub"
+    local function shown(u) return util.shown_url(hub.rewrite(u)) end
+    local rows = { { "id", e.id }, { "name", e.name or "" }, { "framework", e.framework or "" } }
+    local mirror = hub.endpoint() ~= hub.DEFAULT and (" on " .. util.shown_url(hub.endpoint())) or ""
+    local main = e.url and shown(e.url) or (e.hub and e.hub.repo and ("hub: " .. e.hub.repo .. mirror))
+    if main then rows[#rows + 1] = { "url", main } end -- none for side files alone, or an import
+    for _, u in ipairs(e.alt or {}) do rows[#rows + 1] = { "alternative", shown(u) } end
     -- What the catalog states; else, for an installed model, what its manifest recorded.
     local stated = stated_size(e)
     rows[#rows + 1] = { "size", stated and progress.bytes(stated)
@@ -514,7 +517,7 @@ command("info", {
       or "not stated (verified only if the server states one)" }
     if e.unzip then rows[#rows + 1] = { "archive", "extracted after download" } end
     for _, f in ipairs(e.files or {}) do
-      rows[#rows + 1] = { "file", f.name .. (f.optional and " (optional)" or "") .. (f.url and ("  " .. util.shown_url(f.url)) or "") }
+      rows[#rows + 1] = { "file", f.name .. (f.optional and " (optional)" or "") .. (f.url and ("  " .. shown(f.url)) or "") }
     end
     for _, f in ipairs(not e.in_catalog and e.installed_files or {}) do
       rows[#rows + 1] = { "file", f.path .. "  " .. progress.bytes(f.size) }
