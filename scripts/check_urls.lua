@@ -185,6 +185,10 @@ local function check_entry(entry)
         if note then report { id = entry.id, file = "(all files)", ok = false, size = total, expected_size = entry.size, note = note } end
       end
     end)
+    -- A side file's alternatives are asked too: each must serve the same file.
+    for _, u in ipairs(f.alt or {}) do
+      request(u, nil, function(r) judge(entry, f.name, u, r, { size = f.size, exact = f.size ~= nil, sha256 = f.sha256 }) end)
+    end
   end
 end
 

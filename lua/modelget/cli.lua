@@ -222,15 +222,15 @@ local function shown_entry(e)
     local c = {}
     for k, v in pairs(t) do c[k] = v end
     c.url = util.shown_url(t.url)
+    for _, key in ipairs { "alt", "alternativeURLs" } do
+      if type(t[key]) == "table" then
+        c[key] = {}
+        for i, u in ipairs(t[key]) do c[key][i] = util.shown_url(u) end
+      end
+    end
     return c
   end
   local copy = copy_of(e)
-  for _, key in ipairs { "alt", "alternativeURLs" } do
-    if type(e[key]) == "table" then
-      copy[key] = {}
-      for i, u in ipairs(e[key]) do copy[key][i] = util.shown_url(u) end
-    end
-  end
   if type(e.files) == "table" then
     copy.files = {}
     for i, f in ipairs(e.files) do copy.files[i] = type(f) == "table" and copy_of(f) or f end
@@ -518,6 +518,7 @@ command("info", {
     if e.unzip then rows[#rows + 1] = { "archive", "extracted after download" } end
     for _, f in ipairs(e.files or {}) do
       rows[#rows + 1] = { "file", f.name .. (f.optional and " (optional)" or "") .. (f.url and ("  " .. shown(f.url)) or "") }
+      for _, u in ipairs(f.alt or {}) do rows[#rows + 1] = { "", "  or " .. shown(u), bare = true } end
     end
     for _, f in ipairs(not e.in_catalog and e.installed_files or {}) do
       rows[#rows + 1] = { "file", f.path .. "  " .. progress.bytes(f.size) }
@@ -534,7 +535,7 @@ command("info", {
         or "no longer defines it (its recipe or custom URL is gone, or did not load)" }
     end
     rows[#rows + 1] = { "installed", e.installed and ("yes, in " .. (e.path or "?")) or "no" }
-    for _, r in ipairs(rows) do r[1] = r[1] .. ":" end
+    for _, r in ipairs(rows) do r[1] = r.bare and r[1] or r[1] .. ":" end
     columns(rows)
     return 0
   end,

@@ -249,12 +249,15 @@ local function check_table(field, v, known)
   return v
 end
 
-local FILE_FIELDS = { name = true, url = true, sha256 = true, size = true, optional = true }
+local FILE_FIELDS = { name = true, url = true, alt = true, sha256 = true, size = true, optional = true }
 local function check_file(field, v)
   check_table(field, v, FILE_FIELDS)
   if v.url == nil then bad(field, "missing url") end
   local f = {
     url = check_url(field .. ".url", v.url),
+    -- Tried in order when url fails, as the model's own alt: a mirror of the model serves its
+    -- tokenizer too, and a side file that cannot be had fails a model its main file's alt saved.
+    alt = v.alt ~= nil and check_list(field .. ".alt", v.alt, check_url) or nil,
     name = v.name ~= nil and check_relpath(field .. ".name", v.name) or nil,
     sha256 = v.sha256 ~= nil and check_sha(field .. ".sha256", v.sha256) or nil,
     size = v.size ~= nil and check_size(field .. ".size", v.size) or nil,
