@@ -158,6 +158,7 @@ struct Transfer {
   int user_paused, rate_paused, curl_paused;
   int ring_paused;            /* the worker's ring is full (a long prefix still re-hashing): wait, not block */
   int rate_ticket;            /* unpaused by a refill: its next delivery goes through, even into debt */
+  double rate_share;          /* bytes it may take of the bucket until the next refill: its part of it */
   int discard;                /* going away: callbacks swallow whatever libcurl still delivers */
   Sample samples[SPEED_SAMPLES];
   int nsamples, sample_pos;
@@ -1209,13 +1210,16 @@ static size_t on_write(char *p, size_t size, size_t nmemb, void *ud) {
     return CURL_WRITEFUNC_PAUSE;
   }
   Session *s = t->session;
-  if (t->user_paused || (s && s->limit_rate > 0 && s->tokens <= 0 && !t->rate_ticket)) {
+  /* Under a rate cap a transfer takes only its share of the bucket: the first to read its socket
+   * would otherwise drain the bucket at every refill, and the others crawl. */
+  if (t->user_paused || (s && s->limit_rate > 0 && (s->tokens <= 0 || t->rate_share <= 0) && !t->rate_ticket)) {
     if (!t->user_paused) t->rate_paused = 1;
     t->curl_paused = 1;
     return CURL_WRITEFUNC_PAUSE;
   }
   if (s && s->limit_rate > 0) {
     t->rate_ticket = 0;
+    t->rate_share -= (double)len;
     s->tokens -= (double)len;
   }
   if (t->memory) {
@@ -1726,10 +1730,18 @@ static void refill(Session *s, double now) {
   if (s->tokens > burst) s->tokens = burst;
   s->token_at = now;
   if (s->tokens <= 0) return;
-  /* Every waiting transfer gets to go, so they share the budget; what they take beyond it is a debt
-   * (tokens below zero) that the next refills repay, so the long-run rate stays the cap. */
+  /* The bucket is shared out evenly among the transfers receiving: each takes at most its part
+   * until the next refill (one that takes less leaves the rest to the next round). Every waiting
+   * transfer gets to go; what they take beyond it is a debt (tokens below zero) that the next
+   * refills repay, so the long-run rate stays the cap. */
+  int receiving = 0;
+  for (Transfer *t = s->first; t; t = t->next)
+    if (t->state == ST_RUNNING && !t->user_paused && t->easy) receiving++;
+  double share = receiving > 0 ? s->tokens / receiving : s->tokens;
   for (Transfer *t = s->first; t; t = t->next) {
-    if (t->state == ST_RUNNING && t->rate_paused && !t->user_paused && t->easy) {
+    if (t->state != ST_RUNNING || t->user_paused || !t->easy) continue;
+    t->rate_share = share;
+    if (t->rate_paused) {
       t->rate_paused = 0;
       t->curl_paused = 0;
       t->rate_ticket = 1;

@@ -278,3 +278,30 @@ test("pull_many: every failure is an error event under the id the target takes; 
   t.eq(by_target["http://example.com/refused.bin"] and by_target["http://example.com/refused.bin"].id, "refused",
     "the policy's refusal, under the id the URL takes, not the URL")
 end)
+
+test("--limit-rate shares the cap among concurrent downloads: none crawls while another takes it all", function()
+  local fx = servers.fixture()
+  local size = 16 * MiB
+  local a_data, b_data = t.bytes(size, 51), t.bytes(size, 52)
+  local urls = { fx.put("share-a.bin", a_data), fx.put("share-b.bin", b_data) }
+  local store = t.tmpdir("store-share")
+  local last, at_first_end = {}, nil
+  local results = modelget.pull_many(urls, {
+    store = store, cacert = servers.ca().cert, framework = "other", limit_rate = "40M", quiet = true,
+    on_progress = function(ev)
+      last[ev.file] = ev.completed
+      -- The moment one file is complete: how far the other has come.
+      if not at_first_end and ev.total and ev.completed == ev.total then
+        at_first_end = { done = ev.file, other = ev.file == "share-a.bin" and last["share-b.bin"] or last["share-a.bin"] }
+      end
+    end,
+  })
+  t.ok(results[1].ok and results[2].ok, "both pulled")
+  t.eq(t.sha256_file(store .. "/models/other/share-a/share-a.bin"), t.sha256(a_data), "share-a's bytes")
+  t.eq(t.sha256_file(store .. "/models/other/share-b/share-b.bin"), t.sha256(b_data), "share-b's bytes")
+  t.ok(at_first_end, "one file completed first")
+  -- An even share has the other well on its way too (over half, as measured); before, it had a few
+  -- percent.
+  t.ok((at_first_end.other or 0) >= size // 3, string.format("when %s was complete, the other had %s of %d bytes",
+    at_first_end.done, tostring(at_first_end.other), size))
+end)
