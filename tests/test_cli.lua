@@ -636,6 +636,19 @@ test("verify of a damaged model pulled from a URL or imported names the command 
   t.eq(t.sha256_file(path), t.sha256(data), "the served bytes are back")
   t.status(mg(store, { "verify" }), 0, "verify after it")
 
+  -- An archive installed as it is comes again as it is (--no-unzip), not extracted.
+  local archives = require "archives"
+  local tgz = archives.make("tar.gz", t.tmpdir("again-tgz") .. "/bundle.tar.gz", { { path = "m/model.onnx", data = t.read(ONNX_MODEL) } })
+  local turl = ng.put("cli/again/bundle.tar.gz", t.read(tgz))
+  t.status(mg(store, { "pull", turl, "--no-unzip", "--framework", "other", "-q" }), 0, "pull --no-unzip")
+  local kept = store .. "/models/other/bundle/bundle.tar.gz"
+  flip_byte(kept)
+  line = one_error_line(t.status(mg(store, { "verify", "bundle" }), 4, "verify the archive"), "bundle%.tar%.gz")
+  cmd = line:match("; modelget (pull %-%-force .-) downloads it again$")
+  t.ok(cmd and cmd:match(" %-%-no%-unzip"), "the pull named keeps it whole: " .. line)
+  t.status(t.sh(cmdline(store, {}) .. " " .. cmd .. " -q"), 0, "the command verify named")
+  t.eq(t.sha256_file(kept), t.sha256_file(tgz), "the archive is back, whole")
+
   -- An import, given as a relative path: the command names the folder wherever it is run from.
   local parent = t.tmpdir("again-clone")
   local clone = parent .. "/my clone"

@@ -73,6 +73,12 @@ function pull.again(m)
   local rec = m.manifest or {}
   if store.from_url(rec) and type(rec.url) == "string" and type(rec.name) == "string" then
     local cmd, hidden = pull_command(rec.url, m.id, m.framework, rec.name, true)
+    -- Extracted or not, as it was: an archive installed as it is holds its own file, an extracted
+    -- one its entries.
+    local kept_whole = false
+    for _, f in ipairs(rec.files or {}) do kept_whole = kept_whole or f.path == rec.name end
+    if util.is_archive(rec.name) and kept_whole then cmd = cmd .. " --no-unzip"
+    elseif not util.is_archive(rec.name) and not kept_whole then cmd = cmd .. " --unzip" end
     return cmd, "downloads", hidden
   end
   local dir = store.from_import(rec) and rec.source:sub(8)
