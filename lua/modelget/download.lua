@@ -459,10 +459,10 @@ function Scheduler:fetch(spec)
     self.place_waiters[#self.place_waiters + 1] = coroutine.running()
     self:park() -- handed a place by a file that ended
   end
-  local r, err, code = self:fetch_file(spec)
+  local r, err, code, last = self:fetch_file(spec)
   local next_one = table.remove(self.place_waiters, 1)
   if next_one then self.ready[#self.ready + 1] = next_one else self.places = self.places + 1 end
-  return r, err, code
+  return r, err, code, last
 end
 
 function Scheduler:fetch_file(spec)
@@ -480,9 +480,9 @@ function Scheduler:fetch_file(spec)
       spec = setmetatable({ urls = { table.unpack(spec.urls, 2) } }, { __index = spec })
     end
   end
-  local r, err, code = self:fetch_whole(spec)
+  local r, err, code, last = self:fetch_whole(spec)
   if r then self:body_complete(spec, r.bytes) end
-  return r, err, code
+  return r, err, code, last
 end
 
 -- A file's last progress event, said once its body is all in (before its verify): ticks come every
@@ -498,15 +498,17 @@ function Scheduler:fetch_whole(spec)
   local opts = self.opts
   local retries = math.max(1, opts.retries or 5)
   local base = opts.retry_wait or 1
-  local tried, last, saw_auth, saw_auth_url, refused = {}, nil, nil, nil, 0
+  local tried, last, saw_auth, saw_auth_url, refused, missing = {}, nil, nil, nil, 0, 0
   if self.cancelled[spec.id] then return cancelled(spec) end
   if self:interrupted() then return util.fail("EINTR", "interrupted") end
   -- One connection for the whole file: a split plan beside it would describe other bytes.
   if spec.partial and not spec.shared and not spec.fresh then os.remove(spec.partial .. ".split") end
   for ui, url in ipairs(spec.urls) do
     if ui > 1 then
+      -- A file looked for in the places it may be (a repo's tokenizer: the model's folder, then
+      -- each above it) is not found in one: no failure, the search going on.
       self.emit { event = "fallback", id = spec.id, file = spec.file, from = spec.urls[ui - 1], to = url,
-        reason = last and last.message }
+        reason = last and last.message, searching = spec.searching and last and last.status == 404 or nil }
     end
     for attempt = 1, retries do
       -- A cancel may come while the previous attempt waited out its backoff.
@@ -547,11 +549,16 @@ function Scheduler:fetch_whole(spec)
       if self:interrupted() then return util.fail("EINTR", "interrupted") end
     end
     tried[#tried + 1] = string.format("%s (%s)", util.shown_url(url), last and last.message or "?")
+    if last and last.status == 404 then missing = missing + 1 end
   end
   -- Every URL refused by the policy (a Hub endpoint on plain http://, say) is the policy's failure.
   if refused == #spec.urls then return nil, last.message, "EPOLICY", last end
   local code = saw_auth and "EAUTH" or "ENET"
   local msg = string.format("download failed: %s: tried %s", spec.file or "?", table.concat(tried, ", "))
+  -- Looked for in every place it may be, and in none (404 at each): no download failed.
+  if spec.searching and missing == #spec.urls then
+    msg = string.format("not in the model's repo: looked for in %d places, its folder and each above it", #spec.urls)
+  end
   -- What to do, for the URL that asked for a credential (auth_hint: a string, or a function of that
   -- URL, the status it answered and the URL that answered it: another, past a redirect).
   local hint = spec.auth_hint

@@ -138,6 +138,7 @@ function Reporter:sentence(ev)
     local attempt = ev.attempt and string.format(" (attempt %d)", ev.attempt) or ""
     return self:paint("yellow", label(ev) .. (ev.reason and (": " .. ev.reason) or "") .. "; " .. wait .. attempt)
   elseif kind == "fallback" then
+    if ev.searching then return nil end -- not in one of the places it is looked for: no failure
     -- The same URL again: a split download given up for one connection (the reason says why).
     if ev.from and ev.from == ev.to then
       return self:paint("yellow", label(ev) .. ": " .. (ev.reason or "the split was given up") .. " (" .. ev.to .. ")")

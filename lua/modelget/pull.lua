@@ -209,7 +209,8 @@ local function plan_files(sched, entry, rule, ctx)
     i = i or #files + 1
     at[path] = i
     files[i] = { path = path, urls = urls, sha256 = f.sha256, size = f.size_exact and f.size or nil,
-                 estimate = util.parse_size(f.size), optional = f.optional, side = not main, main = main }
+                 estimate = util.parse_size(f.size), optional = f.optional, side = not main, main = main,
+                 searching = f.searching }
   end
   for _, f in ipairs(entry.files or {}) do side(f, true) end
   for _, f in ipairs(rule.side_files and rule.side_files(entry) or {}) do side(f, false) end
@@ -466,6 +467,7 @@ function pull.run(sched, entry, ctx)
       return sched:fetch {
         id = entry.id, file = f.path, urls = urls, partial = partial_path(pdir, f.path), size = f.size,
         sha256 = f.sha256 or f.listed_sha256, -- to be checked after: a complete split needs no HEAD
+        searching = f.searching,
         space_factor = f.archive and 2 or 1, space_path = pdir,
         fresh = not earlier, -- a partial folder this pull made holds no plan or state of an earlier one
         fsync = false, -- made durable with the rest of the model at its install, off the event loop

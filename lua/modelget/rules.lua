@@ -90,7 +90,7 @@ function rules.repo_files(entry, names, optional)
       end
       urls[#urls + 1] = hub.resolve_url(repo, rev, name)
       out[#out + 1] = { name = name, url = urls[1], alt = #urls > 1 and { table.unpack(urls, 2) } or nil,
-                        optional = optional or nil }
+                        optional = optional or nil, searching = #urls > 1 or nil }
     end
   end
   return out
