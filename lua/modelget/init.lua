@@ -593,9 +593,9 @@ function modelget.import_dir(dir, opts)
       if f.type == "file" then
         local dest = staging .. "/" .. f.path
         core.mkdirs(util.dirname(dest))
-        local n, herr, hcode = util.copy_file(dir .. "/" .. f.path, dest, core.interrupted)
-        local sha
-        if n then sha, herr, hcode = core.sha256_file(dest) end
+        local hasher <close> = core.hasher()
+        local n, herr, hcode = util.copy_file(dir .. "/" .. f.path, dest, core.interrupted, hasher)
+        local sha = n and hasher:hex()
         if not sha or core.interrupted() then
           core.rmtree(staging)
           if core.interrupted() then

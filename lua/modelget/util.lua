@@ -313,8 +313,9 @@ end
 
 -- Copies a file in chunks (import of local folders); returns bytes copied. stop(), when given, is
 -- asked before each chunk (core.interrupted: a Ctrl-C ends a copy of many GB at once): true ends the
--- copy with EINTR.
-function util.copy_file(from, to, stop)
+-- copy with EINTR. hasher (core.hasher()), when given, takes each chunk as it is written: the copy's
+-- SHA-256 with no second read of it.
+function util.copy_file(from, to, stop, hasher)
   local src, err = io.open(from, "rb")
   if not src then return util.fail("EIO", "%s", err) end
   local dst, derr = io.open(to, "wb")
@@ -332,6 +333,7 @@ function util.copy_file(from, to, stop)
       src:close(); dst:close()
       return util.fail(werr:find("No space") and "ESPACE" or "EIO", "%s: %s", to, werr)
     end
+    if hasher then hasher:update(chunk) end
     total = total + #chunk
   end
   src:close()
