@@ -702,6 +702,9 @@ test("a model whose .modelget.json is damaged (not JSON, cut short, gone): verif
     t.eq(listed.intact.event, "installed", c[1] .. ": ls --json lists the intact one")
     t.eq(listed.damaged.event, "damaged", c[1] .. ": ls --json lists the damaged one as such")
     t.match(listed.damaged.problem, "^%.modelget%.json: " .. c[3], c[1] .. ": and what is wrong")
+    local models, damaged = require("modelget").installed { store = store }
+    t.eq(#models, 1, c[1] .. ": the facade's installed lists the intact one")
+    t.eq(damaged[1] and damaged[1].id, "damaged", c[1] .. ": and, second, the damaged one")
     t.eq(table.concat(t.tree(store), " "), table.concat(before, " "), c[1] .. ": verify and ls changed nothing")
     r = t.status(mg(store, { "rm", "damaged" }), 0, c[1] .. ": rm")
     t.ok(not t.exists(store .. "/models/llamacpp/damaged"), c[1] .. ": its folder is gone")

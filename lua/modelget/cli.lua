@@ -814,10 +814,9 @@ command("ls", {
   max = 0,
   run = function(ctx)
     local mg = ctx:facade()
-    local list, err, code = mg.installed(ctx.opts)
-    if not list then return ctx:fail(err, code) end
-    -- A model folder whose manifest cannot be read is no model to list, but it is there.
-    local damaged = require("modelget.store").damaged(mg.store_root(ctx.opts))
+    -- A model folder whose manifest cannot be read (damaged) is no model to list, but it is there.
+    local list, damaged, code = mg.installed(ctx.opts)
+    if not list then return ctx:fail(damaged, code) end
     if ctx.json then
       local shown = {}
       for i, m in ipairs(list) do shown[i] = shown_entry(m) end

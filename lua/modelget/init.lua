@@ -397,13 +397,15 @@ function modelget.info(id, opts)
   return info
 end
 
+-- The installed models, and (a second value) the damaged model folders: {{id=, framework=, path=,
+-- problem=}…}.
 function modelget.installed(opts)
-  local list = store.installed(store.root(options(opts)))
+  local list, damaged = store.models(store.root(options(opts)))
   for _, m in ipairs(list) do
     m.source, m.url = m.manifest.source, m.manifest.url -- where it came from: the catalog, a URL, an import
     m.manifest = nil
   end
-  return list
+  return list, damaged
 end
 
 -- Re-hashes installed models (all, or the ids given) against their manifests.
@@ -420,14 +422,16 @@ function modelget.verify(ids, opts)
   if ids ~= nil and type(ids) ~= "table" then error("bad argument #1 to 'verify': expected a list of ids or nil", 2) end
   opts = options(opts)
   local root = store.root(opts)
-  local all, damaged = store.installed(root), store.damaged(root)
+  local all, damaged = store.models(root)
   local wanted
   if ids and #ids > 0 then
     wanted = {}
-    local is_damaged = {}
-    for _, d in ipairs(damaged) do is_damaged[d.id] = true end
+    local there = {} -- the ids of the store's model folders, intact or damaged
+    for _, list in ipairs { all, damaged } do
+      for _, m in ipairs(list) do there[m.id] = true end
+    end
     for _, id in ipairs(ids) do
-      if not store.find(root, id) and not is_damaged[id] then
+      if not there[id] then
         return util.fail("EUNKNOWN", "model '%s' is not installed: see 'modelget ls'", id)
       end
       wanted[id] = true

@@ -406,36 +406,33 @@ local function each_model(root, fn)
   end
 end
 
--- Every installed model, from the manifests: {{id=, framework=, path=, bytes=, files=, manifest=}…}.
-function store.installed(root)
-  local out = {}
-  each_model(root, function(dir, fw, id, m)
+-- The store's model folders, in one walk: the installed models, from their manifests
+-- ({{id=, framework=, path=, bytes=, files=, manifest=}…}), and the damaged ones, whose manifest
+-- cannot be read (missing, not JSON, no list of files: damage from outside, as an install writes the
+-- manifest before its folder appears): {{id=, framework=, path=, problem=}…}, problem naming the
+-- manifest and what is wrong. Each list sorted by framework, then id.
+function store.models(root)
+  local installed, damaged = {}, {}
+  each_model(root, function(dir, fw, id, m, problem)
     if m then
       local bytes = 0
       for _, f in ipairs(m.files) do bytes = bytes + (f.size or 0) end
-      out[#out + 1] = { id = id, framework = fw, path = dir, bytes = bytes, files = m.files, manifest = m }
+      installed[#installed + 1] = { id = id, framework = fw, path = dir, bytes = bytes, files = m.files, manifest = m }
+      return
     end
-  end)
-  table.sort(out, util.by_framework_then_id)
-  return out
-end
-
--- Model folders whose manifest cannot be read (missing, not JSON, no list of files): damage from
--- outside, as an install writes the manifest before its folder appears. No model of store.installed,
--- yet there: {{id=, framework=, path=, problem=}…}, problem naming the manifest and what is wrong.
-function store.damaged(root)
-  local out = {}
-  each_model(root, function(dir, fw, id, m, problem)
     -- Only a folder named as an id can be a model (and be removed by rm ID): a file manager's
     -- .Trash-1000 or a "My Model" put there is no damaged model.
-    local st = not m and util.valid_id(id) and core.stat(dir)
+    local st = util.valid_id(id) and core.stat(dir)
     if st and st.type == "dir" then
-      out[#out + 1] = { id = id, framework = fw, path = dir, problem = store.MANIFEST .. ": " .. problem }
+      damaged[#damaged + 1] = { id = id, framework = fw, path = dir, problem = store.MANIFEST .. ": " .. problem }
     end
   end)
-  table.sort(out, util.by_framework_then_id)
-  return out
+  table.sort(installed, util.by_framework_then_id)
+  table.sort(damaged, util.by_framework_then_id)
+  return installed, damaged
 end
+
+function store.installed(root) return (store.models(root)) end
 
 -- The frameworks under which a model id has a folder in models/ (an id is one model: one lock, one
 -- partial folder, one `rm`).
