@@ -772,13 +772,21 @@ test("verify while another process replaces or removes a model: no failure for a
   t.eq(out, "ok      swap\n", "only the model still installed")
 end)
 
-test("rm killed part-way leaves no half model in the store, and the next rm clears what it left", function()
-  local dir = t.tmpdir("rm-clone")
+-- A store named name holding ids, each imported (llamacpp) from one folder of a GGUF model and
+-- `sides` small side files. -> the store, the folder.
+local function imported(name, ids, sides)
+  local dir = t.tmpdir(name .. "-clone")
   t.write(dir .. "/model.gguf", gguf(64 * KiB))
-  for i = 1, 5 do t.write(dir .. "/side" .. i .. ".json", "{}") end
-  local store = t.tmpdir("rm-killed")
-  t.status(mg(store, { "import", dir, "--id", "half", "--framework", "llamacpp" }), 0, "import half")
-  t.status(mg(store, { "import", dir, "--id", "other", "--framework", "llamacpp" }), 0, "import other")
+  for i = 1, sides or 0 do t.write(dir .. "/side" .. i .. ".json", "{}") end
+  local store = t.tmpdir(name)
+  for _, id in ipairs(ids) do
+    t.status(mg(store, { "import", dir, "--id", id, "--framework", "llamacpp" }), 0, "import " .. id)
+  end
+  return store, dir
+end
+
+test("rm killed part-way leaves no half model in the store, and the next rm clears what it left", function()
+  local store = imported("rm-killed", { "half", "other" }, 5)
   -- Killed (SIGKILL, tests/fixtures/diskfault.c) at its third file deleted.
   local r = mg(store, { "rm", "half" }, { env = t.fault_env { KILL_AT_UNLINK = "3" } })
   t.ok(r.status ~= 0, "rm was killed")
@@ -789,12 +797,7 @@ test("rm killed part-way leaves no half model in the store, and the next rm clea
 end)
 
 test("Ctrl-C in rm before a model leaves its place: exit 130, that model and the ones after it stay", function()
-  local dir = t.tmpdir("rm-int-clone")
-  t.write(dir .. "/model.gguf", gguf(64 * KiB))
-  local store = t.tmpdir("rm-interrupted")
-  for _, id in ipairs { "first", "second" } do
-    t.status(mg(store, { "import", dir, "--id", id, "--framework", "llamacpp" }), 0, "import " .. id)
-  end
+  local store = imported("rm-interrupted", { "first", "second" })
   -- Held just after it took the first model's lock (tests/fixtures/diskfault.c), it gets Ctrl-C there.
   local r = t.signal_at({ "--store", store, "rm", "first", "second" }, { PAUSE_AFTER_LOCK = "/partial/.locks" })
   t.eq(r.status, 130, "exit status (stderr: " .. r.stderr .. ")")
@@ -873,12 +876,7 @@ test("Ctrl-C in verify, import, or a pull checking the installed model: exit 130
 end)
 
 test("Ctrl-C in verify of several models: the verdicts reached before it are said, then the interruption", function()
-  local dir = t.tmpdir("verify-int-clone")
-  t.write(dir .. "/model.gguf", gguf(64 * KiB))
-  local store = t.tmpdir("verify-interrupted")
-  for _, id in ipairs { "checked", "cut-short", "unseen" } do
-    t.status(mg(store, { "import", dir, "--id", id, "--framework", "llamacpp" }), 0, "import " .. id)
-  end
+  local store = imported("verify-interrupted", { "checked", "cut-short", "unseen" })
   -- Models are checked by id: the second one's hash is where the Ctrl-C comes.
   local pause = { PAUSE_AT_OPEN = "/models/llamacpp/cut-short/model.gguf" }
   local r = t.signal_at({ "--store", store, "verify" }, pause)

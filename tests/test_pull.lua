@@ -337,31 +337,32 @@ test("a URL that serves other bytes than the SHA-256 stated: the alternative URL
   for _, f in ipairs(t.tree(store .. "/partial")) do t.nomatch(f, "%.part$", "no partial left: " .. f) end
 end)
 
-test("429 with Retry-After is honoured", function()
+-- A pull of NAME.bin that is answered `first` (a status with its Retry-After) once, then served:
+-- -> what the command said, the fixture server, and the check that the right bytes were installed.
+local function pull_after(name, seed, first, args)
   local fx = servers.fixture()
-  local data = t.bytes(100000, 10)
-  local url = fx.put("limited.bin", data)
-  fx.script("limited.bin", { { status = 429, retry_after = 1 } })
-  local store = store_dir("429")
-  local r = t.status(pull(store, { url, "--framework", "other", "--json" }), 0, "pull")
+  local data = t.bytes(100000, seed)
+  local url = fx.put(name .. ".bin", data)
+  fx.script(name .. ".bin", { first })
+  local store = store_dir(name)
+  local r = t.status(pull(store, { url, "--framework", "other", table.unpack(args or {}) }), 0, "pull")
+  t.eq(t.sha256_file(installed(store, "other", name, name .. ".bin")), t.sha256(data), "bytes")
+  return r, fx
+end
+
+test("429 with Retry-After is honoured", function()
+  local r, fx = pull_after("limited", 10, { status = 429, retry_after = 1 }, { "--json" })
   local retry = t.last_event(events(r.stdout), "retry")
   t.ok(retry, "a retry event")
   t.eq(retry.delay, 1, "waited what Retry-After said")
   local reqs = fx.requests("/f/limited.bin")
   t.ok(reqs[2].time - reqs[1].time >= 0.9, "the second request came a second later")
-  t.eq(t.sha256_file(installed(store, "other", "limited", "limited.bin")), t.sha256(data), "bytes")
 end)
 
 test("Retry-After: 0 is a retry at once, and the line says so (not 'retrying in 0.0s')", function()
-  local fx = servers.fixture()
-  local data = t.bytes(100000, 12)
-  local url = fx.put("at-once.bin", data)
-  fx.script("at-once.bin", { { status = 503, retry_after = 0 } })
-  local store = store_dir("at-once")
-  local r = t.status(pull(store, { url, "--framework", "other" }), 0, "pull")
+  local r = pull_after("at-once", 12, { status = 503, retry_after = 0 })
   t.match(r.stdout, "at%-once[^\n]*503[^\n]*; retrying now %(attempt 2%)", "the retry line")
   t.nomatch(r.stdout .. r.stderr, "retrying in 0%.0s", "no wait of 0.0s")
-  t.eq(t.sha256_file(installed(store, "other", "at-once", "at-once.bin")), t.sha256(data), "bytes")
 end)
 
 test("a redirect to another host does not carry the Hub token", function()
